@@ -1,0 +1,296 @@
+"""Event contracts of every Kafka topic (see DESIGN.md, "Contracts").
+
+Every record is one pydantic model with a ``schema_version``, a deterministic ``event_id``
+(Meta's wamid for a message, ``wamid:status`` for a status, a hash of the body otherwise),
+event time (``occurred_at``) and processing time (``received_at``).
+
+Meta adds fields and enum values often: unknown fields are kept (``extra="allow"`` on the
+shapes that mirror Meta's), and enum-like fields are plain strings with the known values
+listed as constants, so a new value never fails validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def body_hash(*parts: object) -> str:
+    """A stable id for records that have no natural id of Meta's: sha256 of canonical JSON."""
+    canonical = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+class Event(BaseModel):
+    """Fields every record carries."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+    event_id: str
+    tenant_id: str | None = None
+    phone_number_id: str
+    occurred_at: datetime
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class MetaShape(BaseModel):
+    """A sub-object mirroring Meta's JSON: unknown fields are kept."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+# --- wa.messages.in ------------------------------------------------------------------------
+
+MESSAGE_TYPES = (
+    "text", "image", "video", "audio", "document", "sticker", "location", "contacts",
+    "reaction", "interactive", "button", "order", "system", "unsupported",
+)
+
+
+class Referral(MetaShape):
+    """A click-to-WhatsApp ad (or Page CTA) that started the conversation."""
+
+    source_url: str | None = None
+    source_id: str | None = None
+    source_type: str | None = None  # "ad", "post", ...
+    body: str | None = None
+    headline: str | None = None
+    media_type: str | None = None
+    ctwa_clid: str | None = None
+
+
+class MessageContext(MetaShape):
+    message_id: str | None = Field(default=None, validation_alias="id")
+    sender: str | None = Field(default=None, validation_alias="from")
+    forwarded: bool | None = None
+
+
+class MetaError(MetaShape):
+    code: int
+    title: str | None = None
+    message: str | None = None
+    details: str | None = None
+    href: str | None = None
+
+
+class InboundMessage(Event):
+    """A customer's message to a business number (event_id = wamid)."""
+
+    waba_id: str | None = None
+    display_phone_number: str | None = None
+    wamid: str
+    customer_wa_id: str | None = None  # phone number; absent for username-only users
+    customer_user_id: str | None = None  # business-scoped user id (BSUID)
+    customer_parent_user_id: str | None = None
+    customer_username: str | None = None
+    profile_name: str | None = None
+    type: str  # one of MESSAGE_TYPES, or a value Meta added later
+    text: str | None = None  # text body, caption, or the title of a reply
+    interactive_reply_id: str | None = None  # button_reply/list_reply id
+    button_payload: str | None = None  # template quick-reply payload
+    context: MessageContext | None = None
+    referral: Referral | None = None
+    errors: list[MetaError] = Field(default_factory=list)
+    payload: dict[str, Any] = Field(default_factory=dict)  # the type object as Meta sent it
+
+    @property
+    def customer_id(self) -> str:
+        """The identity to key per-customer state on: phone number, else BSUID."""
+        return self.customer_wa_id or self.customer_user_id or "unknown"
+
+
+# --- wa.statuses ---------------------------------------------------------------------------
+
+STATUS_ORDER = {"sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
+
+
+class Pricing(MetaShape):
+    billable: bool | None = None
+    pricing_model: str | None = None  # "CBP" | "PMP"
+    type: str | None = None  # regular | free_customer_service | free_entry_point
+    category: str | None = None
+
+
+class Conversation(MetaShape):
+    id: str | None = None
+    expiration_timestamp: str | None = None
+    origin_type: str | None = None
+
+
+class MessageStatus(Event):
+    """A delivery status of a business message (event_id = ``wamid:status``)."""
+
+    waba_id: str | None = None
+    wamid: str
+    status: str  # sent | delivered | read | failed | played | (new values kept)
+    recipient_id: str | None = None
+    recipient_user_id: str | None = None
+    biz_opaque_callback_data: str | None = None
+    pricing: Pricing | None = None
+    conversation: Conversation | None = None
+    errors: list[MetaError] = Field(default_factory=list)
+
+    @staticmethod
+    def make_event_id(wamid: str, status: str) -> str:
+        return f"{wamid}:{status}"
+
+
+# --- wa.account.events ---------------------------------------------------------------------
+
+class AccountEvent(Event):
+    """Every non-message webhook field (template status, quality, user preferences, ...).
+
+    ``phone_number_id`` is the number the event concerns when Meta names one, else the WABA
+    id (so the record still has a key). ``kind`` is Meta's field name, or ``consent`` for a
+    consent change decided by Parley (router opt-outs, 131050).
+    """
+
+    waba_id: str | None = None
+    kind: str
+    value: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConsentChange(Event):
+    """A customer stopped or resumed marketing from a business (on wa.account.events).
+
+    event_id is a hash of (tenant, customer, action, source event).
+    """
+
+    kind: Literal["consent"] = "consent"
+    customer_id: str
+    category: str = "marketing"
+    action: Literal["stop", "resume"]
+    source: str  # router_keyword | quick_reply | user_preferences | error_131050
+
+
+# --- wa.messages.out -----------------------------------------------------------------------
+
+SEND_PRIORITIES = ("reply", "authentication", "utility", "marketing")
+
+
+class TemplateParameter(MetaShape):
+    type: str = "text"
+    text: str | None = None
+    parameter_name: str | None = None
+
+
+class TemplateComponent(MetaShape):
+    type: str  # header | body | button
+    sub_type: str | None = None
+    index: str | int | None = None
+    parameters: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TemplateRef(MetaShape):
+    name: str
+    language: str
+    components: list[TemplateComponent] = Field(default_factory=list)
+
+
+class OutboundMessage(Event):
+    """A request to send one message (event_id = Parley's message id, the request id)."""
+
+    message_id: str
+    to: str | None = None  # customer's phone number (E.164 without +) ...
+    to_user_id: str | None = None  # ... or BSUID
+    type: str  # text | image | video | audio | document | sticker | location | contacts |
+    # interactive | template | reaction
+    content: dict[str, Any] = Field(default_factory=dict)  # the type object for Meta
+    template: TemplateRef | None = None
+    fallback_template: TemplateRef | None = None
+    reply_to_wamid: str | None = None
+    priority: str = "reply"  # one of SEND_PRIORITIES
+    biz_opaque_callback_data: str | None = None
+    origin: str = "api"  # api | router | campaign | replay
+    attempt: int = 0
+    not_before: datetime | None = None  # retry scheduling
+
+    @property
+    def recipient(self) -> str:
+        return self.to or self.to_user_id or ""
+
+
+# --- wa.messages.routed --------------------------------------------------------------------
+
+class RouteDestination(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: str  # agent_queue | auto_reply | tenant_webhook | consent | none
+    target: str | None = None  # topic, template name or URL
+
+
+class RoutedMessage(Event):
+    """The router's decision for one inbound message (event_id = wamid)."""
+
+    wamid: str
+    customer_id: str
+    intent: str
+    confidence: float
+    language: str | None = None
+    rule: str
+    destination: RouteDestination
+    signal: str  # interactive | quick_reply | keyword | referral | classifier
+
+
+# --- wa.sends ------------------------------------------------------------------------------
+
+class SendResult(Event):
+    """What happened to one OutboundMessage (event_id = ``message_id:outcome``)."""
+
+    message_id: str
+    outcome: str  # accepted | refused | failed
+    wamid: str | None = None
+    recipient: str | None = None
+    is_template: bool = False
+    template_name: str | None = None
+    category: str | None = None  # marketing | utility | authentication | service
+    free_window: str | None = None  # customer_service | free_entry_point | None
+    reason: str | None = None
+    error_code: int | None = None
+    attempt: int = 0
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+class DeadLetter(BaseModel):
+    """A record that could not be handled, with why; replayable onto ``source_topic``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = 1
+    event_id: str
+    service: str
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    key: str | None = None
+    reason: str
+    error_type: str
+    attempts: int = 1
+    payload: str  # the original record value, utf-8 (base64 if it was not utf-8)
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    headers: dict[str, str] = Field(default_factory=dict)
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+# --- helpers shared by producers -----------------------------------------------------------
+
+def money(value: str | int | Decimal) -> Decimal:
+    """Money is decimal, never float."""
+    return Decimal(str(value))
+
+
+def from_unix(ts: str | int | float | None) -> datetime:
+    if ts is None or ts == "":
+        return utcnow()
+    return datetime.fromtimestamp(int(float(ts)), tz=UTC)

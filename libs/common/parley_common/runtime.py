@@ -1,0 +1,160 @@
+"""What every service's composition root needs: broker, pool, tenants, telemetry, ops HTTP.
+
+Each service is one process: a FastAPI app served by uvicorn, whose lifespan starts the Kafka
+broker (its subscribers) and the database pool. Operations routes:
+
+- ``/healthz``: liveness; answers from the process alone, never depends on Kafka.
+- ``/readyz``: the broker and the database answer.
+- ``/metrics``: Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import uvicorn
+from fastapi import APIRouter, FastAPI, Response
+from faststream.kafka import KafkaBroker
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from parley_common.broker import make_broker
+from parley_common.db import create_pool, migrate
+from parley_common.redaction import Redactor
+from parley_common.settings import CommonSettings
+from parley_common.telemetry import configure_logging, make_registry, make_tracer_provider
+from parley_common.tenancy.directory import LiveTenantDirectory, TenantDirectory
+
+log = logging.getLogger("parley.runtime")
+
+TENANCY_MIGRATIONS = Path(__file__).parent / "tenancy" / "migrations"
+
+
+@dataclass
+class Runtime:
+    service: str
+    settings: CommonSettings
+    broker: KafkaBroker
+    registry: CollectorRegistry
+    tracer_provider: TracerProvider
+    redactor: Redactor
+    migrations: Sequence[tuple[str, Path]] = ()
+    pool: asyncpg.Pool | None = None
+    live_tenants: LiveTenantDirectory | None = None
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def tenants(self) -> TenantDirectory:
+        return self.live_tenants.current if self.live_tenants else TenantDirectory()
+
+    def require_pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise RuntimeError("database pool is not started")
+        return self.pool
+
+
+def build_runtime(
+    service: str,
+    settings: CommonSettings,
+    *,
+    migrations: Sequence[tuple[str, Path]] = (),
+    tracer_provider: TracerProvider | None = None,
+    configure_logs: bool = True,
+    **broker_overrides: object,
+) -> Runtime:
+    redactor = Redactor(settings.redaction_key)
+    if configure_logs:
+        configure_logging(service, settings.log_level, redactor)
+    tp = tracer_provider or make_tracer_provider(service)
+    registry = make_registry()
+    broker = make_broker(settings.kafka_bootstrap, service=service, tracer_provider=tp, registry=registry,
+                         **broker_overrides)
+    return Runtime(service, settings, broker, registry, tp, redactor, migrations)
+
+
+async def start_runtime(rt: Runtime, *, start_broker: bool = True) -> None:
+    rt.pool = await create_pool(rt.settings.database_url, min_size=rt.settings.db_pool_min,
+                                max_size=rt.settings.db_pool_max)
+    async with rt.pool.acquire() as conn:
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        for schema, directory in rt.migrations:
+            await migrate(conn, schema, directory)
+    rt.live_tenants = LiveTenantDirectory(rt.pool)
+    await rt.live_tenants.start()
+    for hook in rt.on_start:
+        await hook()
+    if start_broker:
+        await rt.broker.start()
+
+
+async def stop_runtime(rt: Runtime) -> None:
+    with contextlib.suppress(Exception):
+        await rt.broker.stop()
+    for hook in rt.on_stop:
+        with contextlib.suppress(Exception):
+            await hook()
+    if rt.live_tenants:
+        await rt.live_tenants.stop()
+    if rt.pool:
+        await rt.pool.close()
+    with contextlib.suppress(Exception):
+        rt.tracer_provider.force_flush(2000)
+
+
+def ops_router(rt: Runtime) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Liveness (never depends on Kafka or the database)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": rt.service}
+
+    @router.get("/readyz", summary="Readiness: the broker and the database answer")
+    async def readyz(response: Response) -> dict[str, object]:
+        checks: dict[str, bool] = {}
+        try:
+            checks["kafka"] = bool(await asyncio.wait_for(rt.broker.ping(timeout=2.0), 3.0))
+        except Exception:
+            checks["kafka"] = False
+        try:
+            async with rt.require_pool().acquire(timeout=2.0) as conn:
+                checks["database"] = await conn.fetchval("SELECT 1", timeout=2.0) == 1
+        except Exception:
+            checks["database"] = False
+        ok = all(checks.values())
+        response.status_code = 200 if ok else 503
+        return {"status": "ready" if ok else "not ready", "checks": checks}
+
+    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(rt.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def make_app(rt: Runtime, *, title: str, routers: Sequence[APIRouter] = (), version: str = "0.1.0") -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await start_runtime(rt)
+        try:
+            yield
+        finally:
+            await stop_runtime(rt)
+
+    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app.include_router(ops_router(rt))
+    for r in routers:
+        app.include_router(r)
+    app.state.runtime = rt
+    return app
+
+
+def serve(app: FastAPI, settings: CommonSettings) -> None:
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None,
+                access_log=False, loop="uvloop", http="httptools", lifespan="on")

@@ -1,0 +1,54 @@
+"""``parley-topics create``: create every topic of the registry; idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
+
+from parley_common.settings import CommonSettings
+from parley_common.topics import ALL_TOPICS
+
+app = typer.Typer(help="Kafka topics of Parley.", no_args_is_help=True)
+
+
+async def ensure_topics(bootstrap: str, replication_factor: int = 1, partitions: int | None = None) -> list[str]:
+    """Create missing topics; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in ALL_TOPICS if t.name not in existing]
+        if missing:
+            await admin.create_topics([
+                NewTopic(t.name, partitions or t.partitions, replication_factor,
+                         topic_configs={"retention.ms": str(t.retention_ms), "cleanup.policy": t.cleanup_policy,
+                                        "max.message.bytes": str(4 * 1024 * 1024)})
+                for t in missing
+            ])
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+@app.command("create")
+def create(replication_factor: int = typer.Option(1, min=1)) -> None:
+    bootstrap = CommonSettings().kafka_bootstrap
+    try:
+        created = asyncio.run(ensure_topics(bootstrap, replication_factor))
+    except KafkaConnectionError as exc:
+        typer.echo(f"error: cannot reach Kafka at {bootstrap}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"created {len(created)} topic(s); {len(ALL_TOPICS) - len(created)} already existed")
+
+
+@app.command("list")
+def list_topics() -> None:
+    for t in ALL_TOPICS:
+        typer.echo(f"{t.name:<24} partitions={t.partitions:<3} key={t.key:<28} {t.description}")
+
+
+def main() -> None:
+    app(prog_name="parley-topics")
