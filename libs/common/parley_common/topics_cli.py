@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaConnectionError
 from parley_common.settings import CommonSettings
 from parley_common.topics import ALL_TOPICS
 
-app = typer.Typer(help="Kafka topics of Parley.", no_args_is_help=True)
+app = typer.Typer(help="Kafka topics of Parley.", no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 async def ensure_topics(bootstrap: str, replication_factor: int = 1, partitions: int | None = None) -> list[str]:

@@ -22,13 +22,13 @@ import typer
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from parley_common.db import migrate
+from parley_common.db import connect, migrate
 from parley_common.settings import CommonSettings
 from parley_common.tenancy.directory import hash_api_key
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-app = typer.Typer(help="Manage Parley's tenant registry.", no_args_is_help=True)
+app = typer.Typer(help="Manage Parley's tenant registry.", no_args_is_help=True, pretty_exceptions_enable=False)
 keys = typer.Typer(help="API keys of a tenant.", no_args_is_help=True)
 app.add_typer(keys, name="key")
 
@@ -96,7 +96,7 @@ def _dsn() -> str:
 
 async def _connect() -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(_dsn())
+        return await connect(_dsn())
     except (OSError, asyncpg.PostgresError) as exc:
         _fail(f"cannot reach PostgreSQL: {exc}")
         raise
