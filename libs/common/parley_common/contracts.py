@@ -242,6 +242,24 @@ class RoutedMessage(Event):
     signal: str  # interactive | quick_reply | keyword | referral | classifier
 
 
+class AgentTask(Event):
+    """A customer message waiting for a human agent (on wa.agents; event_id = wamid).
+
+    Agents' tools filter on ``tenant_id``, ``skill`` and ``language`` (also sent as headers
+    ``x-parley-tenant``, ``x-parley-skill``, ``x-parley-language``).
+    """
+
+    wamid: str
+    customer_id: str
+    skill: str
+    language: str | None = None
+    intent: str
+    confidence: float
+    reason: str  # rule | low_confidence | out_of_scope | human_agent
+    text: str | None = None
+    profile_name: str | None = None
+
+
 # --- wa.sends ------------------------------------------------------------------------------
 
 class SendResult(Event):
