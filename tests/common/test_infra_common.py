@@ -1,0 +1,134 @@
+"""The shared plumbing against the real broker and database."""
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from faststream.kafka import KafkaMessage
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from parley_common.broker import CONSUMER_DEFAULTS, make_broker
+from parley_common.contracts import DeadLetter, InboundMessage
+from parley_common.db import connect, migrate
+from parley_common.deadletter import with_dead_letter
+from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from parley_common.tenancy.directory import TenantDirectory
+from parley_common.topics import DEAD_LETTERS, MESSAGES_IN
+
+pytestmark = pytest.mark.infra
+
+TENANCY = Path(__file__).resolve().parents[2] / "libs/common/parley_common/tenancy/migrations"
+
+
+async def test_record_round_trip_carries_trace_context_and_dead_letters_poison(kafka_bootstrap):
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    broker = make_broker(kafka_bootstrap, service="commontest", tracer_provider=tp)
+    got: list[tuple[InboundMessage, dict]] = []
+    letters: list[DeadLetter] = []
+    done = asyncio.Event()
+
+    @broker.subscriber(MESSAGES_IN.name, group_id="commontest", **CONSUMER_DEFAULTS)
+    async def on_message(msg: KafkaMessage) -> None:
+        async def handle() -> None:
+            event = InboundMessage.model_validate_json(msg.body)  # poison records raise here
+            got.append((event, dict(msg.headers)))
+
+        await with_dead_letter(broker, service="commontest", topic=MESSAGES_IN.name, value=msg.body,
+                               key=msg.raw_message.key, handle=handle, backoff_s=0.01,
+                               partition=msg.raw_message.partition, offset=msg.raw_message.offset)
+        if got and letters:
+            done.set()
+
+    @broker.subscriber(DEAD_LETTERS.name, group_id="commontest-dlq", **CONSUMER_DEFAULTS)
+    async def on_letter(letter: DeadLetter) -> None:
+        letters.append(letter)
+        if got:
+            done.set()
+
+    async with broker:
+        await broker.start()
+        event = InboundMessage(event_id="wamid.rt1", wamid="wamid.rt1", phone_number_id="555", type="text",
+                               text="hello", occurred_at=datetime.now(UTC))
+        await broker.publish(b"{not json", MESSAGES_IN.name, key=b"555")
+        await broker.publish(event, MESSAGES_IN.name, key=b"555")
+        await asyncio.wait_for(done.wait(), 60)
+
+    assert got[0][0] == event
+    assert "traceparent" in got[0][1]
+    assert letters[0].source_topic == MESSAGES_IN.name and letters[0].payload == "{not json"
+    assert letters[0].attempts == 3 and letters[0].key == "555"
+    names = {s.name for s in exporter.get_finished_spans()}
+    assert f"{MESSAGES_IN.name} process" in names and f"{MESSAGES_IN.name} publish" in names
+
+
+async def test_migrations_apply_once_and_refuse_edited_files(database_url, tmp_path):
+    (tmp_path / "0001_a.sql").write_text("CREATE TABLE mtest.a (id int);")
+    assert await migrate(database_url, "mtest", tmp_path) == ["0001_a.sql"]
+    (tmp_path / "0002_b.sql").write_text("CREATE TABLE mtest.b (id int);")
+    assert await migrate(database_url, "mtest", tmp_path) == ["0002_b.sql"]
+    assert await migrate(database_url, "mtest", tmp_path) == []
+    (tmp_path / "0001_a.sql").write_text("CREATE TABLE mtest.a (id bigint);")
+    with pytest.raises(RuntimeError, match="changed after it was applied"):
+        await migrate(database_url, "mtest", tmp_path)
+
+
+async def test_tenant_registry_import_keys_and_isolation(database_url, monkeypatch):
+    monkeypatch.setenv("T_SECRET", "s3cret")
+    await migrate(database_url, "tenancy", TENANCY)
+    reg = RegistryFile.model_validate({
+        "apps": [{"app_id": "app1", "app_secret_refs": ["env:T_SECRET"], "access_token_ref": "env:T_SECRET"}],
+        "tenants": [
+            {"tenant_id": "ta", "name": "A", "app_id": "app1", "business_country": "BD", "time_zone": "Asia/Dhaka",
+             "wabas": ["wa1"], "phone_numbers": [{"phone_number_id": "pa", "display_phone_number": "1", "waba_id": "wa1"}]},
+            {"tenant_id": "tb", "name": "B", "app_id": "app1", "business_country": "TR",
+             "time_zone": "Europe/Istanbul", "wabas": ["wb1"],
+             "phone_numbers": [{"phone_number_id": "pb", "display_phone_number": "2", "waba_id": "wb1"}]},
+        ]})
+    conn = await connect(database_url)
+    try:
+        await import_registry(conn, reg)
+        await import_registry(conn, reg)  # idempotent
+        _, key_a = await add_api_key(conn, "ta")
+        stolen = RegistryFile.model_validate({"tenants": [
+            {"tenant_id": "tb", "name": "B", "app_id": "app1", "business_country": "TR",
+             "time_zone": "Europe/Istanbul", "wabas": ["wa1"]}]})
+        with pytest.raises(ValueError, match="already belongs to tenant ta"):
+            await import_registry(conn, stolen)
+        d = await TenantDirectory.load(conn)
+    finally:
+        await conn.close()
+    assert d.tenant_for_api_key(key_a).tenant_id == "ta"
+    assert d.tenant_for_api_key(key_a + "x") is None
+    assert d.tenant_for_number("pb").tenant_id == "tb"
+    assert d.apps["app1"].app_secrets == (b"s3cret",)
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval("SELECT key_hash FROM tenancy.api_keys")
+    finally:
+        await conn.close()
+    assert key_a.encode() not in bytes(stored)
+
+
+def test_inline_secrets_are_rejected():
+    with pytest.raises(ValueError, match="never inline"):
+        RegistryFile.model_validate({"apps": [{"app_id": "a", "app_secret_refs": ["hunter2"]}]})
+
+
+def test_log_records_are_redacted(caplog):
+    from parley_common.redaction import Redactor
+    from parley_common.telemetry import RedactingFilter
+
+    logger = logging.getLogger("parley.test.redact")
+    f = RedactingFilter(Redactor("k"))
+    record = logger.makeRecord("x", logging.INFO, "f", 1, "sent to %s", ("+8801700000001",), None,
+                               extra={"text": "refund my order 42", "count": 3})
+    f.filter(record)
+    assert "8801700000001" not in record.getMessage()
+    assert record.text.startswith("h:") and record.count == 3
