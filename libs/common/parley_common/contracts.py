@@ -70,6 +70,9 @@ class Referral(MetaShape):
 
 
 class MessageContext(MetaShape):
+    # by name too, so the record read back from Kafka (dumped by field name) keeps its values
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
     message_id: str | None = Field(default=None, validation_alias="id")
     sender: str | None = Field(default=None, validation_alias="from")
     forwarded: bool | None = None
