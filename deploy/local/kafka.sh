@@ -64,10 +64,15 @@ libs_marker_content() {
   printf 'kafka_2.13=%s pom-sha256=%s\n' "$(kafka_version)" "$(sha256sum "$KAFKA_POM" | cut -d' ' -f1)"
 }
 
+# Marker: first line = version + pom hash, then one line per jar that must be present.
 libs_complete() {
   [[ -f "$KAFKA_LIBS_MARKER" ]] || return 1
-  [[ "$(cat "$KAFKA_LIBS_MARKER")" == "$(libs_marker_content)" ]] || return 1
+  [[ "$(head -n1 "$KAFKA_LIBS_MARKER")" == "$(libs_marker_content)" ]] || return 1
   [[ -f "$KAFKA_LIBS/kafka_2.13-$(kafka_version).jar" ]] || return 1
+  local jar
+  while IFS= read -r jar; do
+    [[ -f "$KAFKA_LIBS/$jar" ]] || { log "libs incomplete ($jar missing)"; return 1; }
+  done < <(tail -n +2 "$KAFKA_LIBS_MARKER")
 }
 
 # Resolve the broker's runtime classpath from Maven Central into .parley/kafka/libs (only when missing,
@@ -81,8 +86,8 @@ ensure_libs() {
   mvnlog="$KAFKA_STATE/mvn-copy-dependencies.log"
   rm -rf -- "$tmp"
   mkdir -p -- "$tmp"
-  log "fetching kafka_2.13 $v + log4j2 backend from Maven Central into $KAFKA_LIBS (first run only) ..."
-  t0=$SECONDS
+  log "fetching kafka_2.13 $v + log4j2 backend from Maven Central into $KAFKA_LIBS (only when missing or stale; cached in ~/.m2) ..."
+  t0="$(timer_start)"
   if ! mvn -q -B -Dstyle.color=never -f "$KAFKA_POM" "$DEPENDENCY_PLUGIN:copy-dependencies" \
         -DincludeScope=runtime -DoutputDirectory="$tmp" >"$mvnlog" 2>&1; then
     show_tail "$mvnlog" 40
@@ -93,12 +98,14 @@ ensure_libs() {
   for jar in "kafka_2.13-$v.jar" "kafka-clients-$v.jar" "kafka-server-$v.jar" "kafka-raft-$v.jar"; do
     [[ -f "$tmp/$jar" ]] || { rm -rf -- "$tmp"; die "Maven finished but $jar is missing (see $mvnlog)"; }
   done
-  compgen -G "$tmp/log4j-core-*.jar" >/dev/null && compgen -G "$tmp/log4j-slf4j-impl-*.jar" >/dev/null \
-    || { rm -rf -- "$tmp"; die "log4j-core / log4j-slf4j-impl missing from the resolved jars (see $KAFKA_POM)"; }
-  libs_marker_content >"$tmp/.parley-libs-complete"
+  if ! compgen -G "$tmp/log4j-core-*.jar" >/dev/null || ! compgen -G "$tmp/log4j-slf4j-impl-*.jar" >/dev/null; then
+    rm -rf -- "$tmp"
+    die "log4j-core / log4j-slf4j-impl missing from the resolved jars (see $KAFKA_POM)"
+  fi
+  { libs_marker_content; (cd "$tmp" && ls -1 -- *.jar); } >"$tmp/.parley-libs-complete"
   rm -rf -- "$KAFKA_LIBS"
   mv -- "$tmp" "$KAFKA_LIBS"
-  log "fetched $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars ($(du -sh "$KAFKA_LIBS" | cut -f1)) in $((SECONDS - t0)) s"
+  log "fetched $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars ($(du -sh "$KAFKA_LIBS" | cut -f1)) in $(timer_since "$t0") s"
 }
 
 render_conf() {
@@ -175,13 +182,14 @@ fail_start() {
 }
 
 wait_ready() {
-  local pid="$1" off="$2" t0=$SECONDS
+  local pid="$1" off="$2" t0=$SECONDS t1
+  t1="$(timer_start)"
   while :; do
     if ! kill -0 "$pid" 2>/dev/null; then
       fail_start "" "Kafka (pid $pid) exited during startup; logs above ($KAFKA_LOGS)"
     fi
     if port_open "$KAFKA_HOST" "$KAFKA_PORT" && started_since "$off"; then
-      log "ready on $KAFKA_HOST:$KAFKA_PORT (pid $pid, $((SECONDS - t0)) s)"
+      log "ready on $KAFKA_HOST:$KAFKA_PORT (pid $pid, $(timer_since "$t1") s after launch)"
       return 0
     fi
     if ((SECONDS - t0 >= READY_TIMEOUT)); then
@@ -198,8 +206,8 @@ stop_pid() {
     if ((SECONDS - t0 >= STOP_TIMEOUT)); then
       warn "pid $pid still alive after ${STOP_TIMEOUT} s of SIGTERM; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
-      local i
-      for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      local _
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       kill -0 "$pid" 2>/dev/null && die "pid $pid survived SIGKILL"
       break
     fi
@@ -238,12 +246,13 @@ If it is a broker you want to use instead, export PARLEY_KAFKA_BOOTSTRAP."
   render_conf
   ensure_formatted
 
-  local off t0=$SECONDS
+  local off t0
+  t0="$(timer_start)"
   off="$(log_size)"
   log "starting Kafka $(kafka_version) (KRaft broker+controller, heap: $HEAP_OPTS) ..."
   # setsid: own session, so the caller's Ctrl-C / process-group kill does not take the broker down.
   # 9>&-: do not leak the lock fd into the long-lived broker.
-  # shellcheck disable=SC2086  # HEAP_OPTS is a list of JVM flags
+  # shellcheck disable=SC2086,SC2016  # HEAP_OPTS is a list of JVM flags; $$ is for the inner bash
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$KAFKA_PIDFILE" \
     "$JAVA" $HEAP_OPTS \
       -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExitOnOutOfMemoryError \
@@ -253,12 +262,12 @@ If it is a broker you want to use instead, export PARLEY_KAFKA_BOOTSTRAP."
       -cp "$KAFKA_LIBS/*" \
       kafka.Kafka "$KAFKA_CONF" \
     </dev/null >"$KAFKA_LOGS/kafka.out" 2>&1 9>&- &
-  local i
-  for i in $(seq 1 50); do [[ -s "$KAFKA_PIDFILE" ]] && break; sleep 0.1; done
+  local _
+  for _ in $(seq 1 50); do [[ -s "$KAFKA_PIDFILE" ]] && break; sleep 0.1; done
   pid="$(tr -dc '0-9' <"$KAFKA_PIDFILE" 2>/dev/null || true)"
   [[ -n "$pid" ]] || fail_start "" "could not launch java (no pid written to $KAFKA_PIDFILE)"
   wait_ready "$pid" "$off"
-  log "up in $((SECONDS - t0)) s; bootstrap servers: $PARLEY_LOCAL_KAFKA_BOOTSTRAP (log: $(server_log))"
+  log "up in $(timer_since "$t0") s; bootstrap servers: $PARLEY_LOCAL_KAFKA_BOOTSTRAP (log: $(server_log))"
 }
 
 cmd_down() {
@@ -270,10 +279,11 @@ cmd_down() {
     return 0
   fi
   log "stopping Kafka (pid $pid) ..."
-  local t0=$SECONDS
+  local t0
+  t0="$(timer_start)"
   stop_pid "$pid"
   rm -f -- "$KAFKA_PIDFILE"
-  log "stopped in $((SECONDS - t0)) s"
+  log "stopped in $(timer_since "$t0") s"
 }
 
 cmd_status() {

@@ -7,6 +7,7 @@ PARLEY_ROOT="$(cd -- "$PARLEY_LOCAL_DIR/../.." && pwd -P)"
 PARLEY_STATE_DIR="$PARLEY_ROOT/.parley"
 
 # Local endpoints (fixed; the env subcommand prints them).
+# shellcheck disable=SC2034  # used by the scripts that source this file
 PARLEY_LOCAL_KAFKA_BOOTSTRAP="127.0.0.1:19092"
 PARLEY_LOCAL_DATABASE_URL="postgresql://parley:parley@127.0.0.1:55432/parley"
 
@@ -19,6 +20,7 @@ die()  { printf '[%s] ERROR: %s\n' "$_parley_tag" "$*" >&2; exit 1; }
 # True if something accepts TCP connections on host:port.
 port_open() {
   local host="$1" port="$2"
+  # shellcheck disable=SC2016  # $0/$1 expand in the inner bash
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null
 }
 
@@ -39,6 +41,13 @@ with_lock() {
   if ! flock -w 180 9; then
     die "another deploy/local/$1 command holds $lock for >180 s; giving up"
   fi
+}
+
+# Wall-clock timer with 0.1 s resolution: t0=$(timer_start); ...; log "took $(timer_since "$t0") s"
+timer_start() { printf '%s\n' "${EPOCHREALTIME//[^0-9]/}"; }
+timer_since() {
+  local d=$(( (${EPOCHREALTIME//[^0-9]/} - $1) / 100000 ))
+  printf '%d.%d\n' $((d / 10)) $((d % 10))
 }
 
 # Print the last lines of a file to stderr, framed.
