@@ -44,6 +44,16 @@ kafka_version() {
   printf '%s\n' "$v"
 }
 
+# Install a Debian package when a tool is missing (a fresh machine must need nothing by hand).
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "$1 is missing and apt-get is unavailable; install it yourself"
+  log "installing $1 with apt-get ..."
+  local aptlog="$PARLEY_STATE_DIR/apt-$1.log"
+  mkdir -p "$PARLEY_STATE_DIR"
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$1"; } >"$aptlog" 2>&1 \
+    || { show_tail "$aptlog"; die "apt-get install $1 failed (see $aptlog)"; }
+}
+
 JAVA=""
 find_java() {
   if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
@@ -51,7 +61,9 @@ find_java() {
   elif command -v java >/dev/null 2>&1; then
     JAVA="$(command -v java)"
   else
-    die "java not found (need Java 17+ for Kafka 4.x): apt-get install -y openjdk-17-jre-headless, or set JAVA_HOME"
+    apt_install openjdk-17-jre-headless
+    command -v java >/dev/null 2>&1 || die "java not found (need Java 17+ for Kafka 4.x); set JAVA_HOME"
+    JAVA="$(command -v java)"
   fi
   local spec
   spec="$("$JAVA" -XshowSettings:properties -version 2>&1 | sed -n 's/^[[:space:]]*java.specification.version = //p' | head -n1)"
@@ -79,7 +91,8 @@ libs_complete() {
 # incomplete or stale). Downloads into a temp dir and renames, so an interrupted run leaves nothing half-done.
 ensure_libs() {
   libs_complete && return 0
-  command -v mvn >/dev/null 2>&1 || die "mvn not found (needed once to fetch the Kafka jars): apt-get install -y maven"
+  command -v mvn >/dev/null 2>&1 || apt_install maven
+  command -v mvn >/dev/null 2>&1 || die "mvn not found (needed once to fetch the Kafka jars)"
   local v tmp mvnlog t0
   v="$(kafka_version)"
   tmp="$KAFKA_STATE/libs.tmp.$$"
