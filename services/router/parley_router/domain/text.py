@@ -1,0 +1,40 @@
+"""Text normalisation shared by the classifier and the keyword signals.
+
+Customers misspell, drop accents, stretch letters ("pleeease") and mix scripts. Normalising
+before matching keeps keyword lists short and gives the classifier's n-grams more overlap.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_ARABIC_DIACRITICS = re.compile("[\u064b-\u0652\u0670\u0640]")  # harakat, dagger alef, tatweel
+_ARABIC_FOLD = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ى": "ي", "ة": "ه", "ؤ": "و", "ئ": "ي"})
+_STRETCH = re.compile(r"(\w)\1{2,}")
+_SPACE = re.compile(r"\s+")
+
+
+def _strip_latin_accents(text: str) -> str:
+    """Drop accents on Latin letters only (Bengali vowel signs are combining marks too)."""
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFKD", text):
+        if unicodedata.combining(ch) and out and out[-1].isascii():
+            continue
+        out.append(ch)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
+def normalise(text: str) -> str:
+    """Case-folded, accent-free (Latin), Arabic-folded, de-stretched, single-spaced text."""
+    t = unicodedata.normalize("NFKC", text).replace("ı", "i").casefold()
+    t = _strip_latin_accents(t)
+    t = _ARABIC_DIACRITICS.sub("", t).translate(_ARABIC_FOLD)
+    t = _STRETCH.sub(r"\1\1", t)
+    return _SPACE.sub(" ", t).strip()
+
+
+def keyword_form(text: str) -> str:
+    """The normalised text without punctuation, for whole-message keyword matches."""
+    t = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in normalise(text))
+    return _SPACE.sub(" ", t).strip()

@@ -1,0 +1,35 @@
+"""The router's settings (env prefix ``PARLEY_ROUTER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from parley_common.settings import CommonSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class RouterSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_ROUTER_", extra="ignore")
+
+    http_port: int = 8082
+    # Public benchmarks (BANKING77, CLINC150) in the formats of ../shared/datasets/.
+    datasets_dir: Path = REPO_ROOT.parent / "shared" / "datasets"
+    # Where the default model trained from the shipped examples is cached.
+    model_cache_dir: Path = REPO_ROOT / ".parley" / "router-models"
+    # Below this confidence the classifier's answer is not trusted: the message goes to a human.
+    confidence_threshold: float = 0.45
+    # Batch consumption of wa.messages.in.
+    batch_max_records: int = 500
+    batch_timeout_ms: int = 20
+    # Tenant HTTPS endpoints: bounded retries, then a dead letter.
+    webhook_attempts: int = 4
+    webhook_timeout_s: float = 5.0
+    webhook_backoff_s: float = 0.2
+    # How often other replicas look for retrained tenant models.
+    model_poll_interval_s: float = 5.0
+    # Topic prefix of agent queues: "<prefix>.<tenant>.<skill>" when per-tenant topics are wanted;
+    # empty means the shared AGENT_QUEUE topic with tenant, skill and language in the record.
+    agent_topic_prefix: str = ""
