@@ -1,0 +1,325 @@
+"""`make run`: the whole pipeline on local infrastructure, driven by demo traffic.
+
+Starts the four services and the Cloud API simulator as processes (logs in .parley/logs/), loads
+the demo tenants, drives inbound customer traffic (several tenants, languages, ad referrals) and
+template campaigns through the business API, waits until the pipeline is quiet, prints what
+happened at every stage, and stops everything on Ctrl-C (or at the end, unless --keep-running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = REPO / ".parley"
+LOGS = STATE / "logs"
+DEMO = REPO / "deploy" / "demo"
+PORTS = {"simulator": 8090, "ingest": 8081, "router": 8082, "sender": 8083, "billing": 8084}
+SECRET_NAMES = ("PARLEY_DEMO_APP_SECRET", "PARLEY_DEMO_ACCESS_TOKEN", "PARLEY_DEMO_VERIFY_TOKEN",
+                "PARLEY_DEMO_APP2_SECRET", "PARLEY_DEMO_APP2_OLD_SECRET", "PARLEY_DEMO_APP2_ACCESS_TOKEN")
+
+
+def say(msg: str) -> None:
+    print(f"[parley] {msg}", flush=True)
+
+
+def demo_secrets() -> dict[str, str]:
+    """Random secrets for the demo apps, generated once into .parley/secrets.env (git-ignored)."""
+    path = STATE / "secrets.env"
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            k, _, v = line.partition("=")
+            if k:
+                values[k] = v
+    changed = False
+    for name in SECRET_NAMES:
+        if name not in values:
+            values[name] = secrets.token_hex(24)
+            changed = True
+    if changed:
+        STATE.mkdir(exist_ok=True)
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        path.chmod(0o600)
+    return values
+
+
+def infra_env() -> dict[str, str]:
+    out = subprocess.run(["bash", str(REPO / "deploy/local/infra.sh"), "env"], check=True,
+                         capture_output=True, text=True).stdout
+    env: dict[str, str] = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            k, _, v = line[len("export "):].partition("=")
+            env[k] = shlex.split(v)[0] if v else ""
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"[parley] `{' '.join(cmd)}` failed:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        log = (LOGS / f"{name}.log").open("ab")
+        env = {**self.env, **(extra_env or {})}
+        self.procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    async def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2) as client:
+            for name, port in PORTS.items():
+                path = "/readyz" if name != "simulator" else "/_sim/stats"
+                while True:
+                    proc = self.procs[name]
+                    if proc.poll() is not None:
+                        tail = (LOGS / f"{name}.log").read_text(errors="replace")[-3000:]
+                        raise SystemExit(f"[parley] {name} exited with {proc.returncode}:\n{tail}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"http://127.0.0.1:{port}{path}")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"[parley] {name} not ready after {timeout:.0f}s; see {LOGS / name}.log")
+                    await asyncio.sleep(0.5)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[int, int]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        result: dict[str, dict[int, int]] = {}
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001 — first look at a topic
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            offs = await consumer.end_offsets(tps) if tps else {}
+            result[topic] = {tp.partition: off for tp, off in offs.items()}
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def read_range(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, int]) -> list[dict[str, Any]]:
+    """Every record of ``topic`` between two offset snapshots, decoded as JSON."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in end if end[p] > start.get(p, 0)]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start.get(tp.partition, 0))
+        remaining = {tp: end[tp.partition] for tp in tps}
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.offset < remaining.get(tp, -1):
+                        out.append(json.loads(r.value))
+                if tp in remaining and consumer.last_stable_offset(tp) is not None and \
+                        await consumer.position(tp) >= remaining[tp]:
+                    remaining.pop(tp)
+            if not batch:
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= remaining[tp]:
+                        remaining.pop(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def delta(before: dict[int, int], after: dict[int, int]) -> int:
+    return sum(after.get(p, 0) - before.get(p, 0) for p in after)
+
+
+async def wait_quiet(bootstrap: str, topics: list[str], quiet_s: float, timeout_s: float) -> dict[str, dict[int, int]]:
+    """Wait until no topic grew for ``quiet_s`` seconds (the pipeline has drained)."""
+    last = await end_offsets(bootstrap, topics)
+    stable_since = time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = await end_offsets(bootstrap, topics)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet_s:
+            break
+    return last
+
+
+def api_keys(env: dict[str, str]) -> dict[str, str]:
+    """One API key per demo tenant, created once and kept in .parley/demo-keys.json."""
+    path = STATE / "demo-keys.json"
+    keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    listed = json.loads(run(["parley-tenants", "list", "--json"], env))
+    for tenant in (t["tenant_id"] for t in listed):
+        if tenant not in keys:
+            keys[tenant] = run(["parley-tenants", "key", "add", tenant, "--label", "make-run demo"], env).split()[1]
+    path.write_text(json.dumps(keys, indent=1))
+    path.chmod(0o600)
+    return keys
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--inbound", type=int, default=3000, help="inbound customer messages to drive")
+    parser.add_argument("--templates", type=int, default=300, help="template messages per tenant")
+    parser.add_argument("--rate", type=float, default=300.0, help="inbound messages per second")
+    parser.add_argument("--keep-running", action="store_true", help="keep the stack running after the demo")
+    args = parser.parse_args()
+
+    env = {**os.environ, **infra_env(), **demo_secrets()}
+    env.pop("PARLEY_TOPIC_NAMESPACE", None)
+    bootstrap = env["PARLEY_KAFKA_BOOTSTRAP"]
+    say("preparing the database and topics")
+    run(["parley-tenants", "migrate"], env)
+    run(["parley-tenants", "import", str(DEMO / "tenants.yaml")], env)
+    run(["parley-topics", "create"], env)
+    keys = api_keys(env)
+
+    from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED, SENDS, STATUSES, \
+        WEBHOOKS_RAW
+    topics = [t.name for t in (WEBHOOKS_RAW, MESSAGES_IN, MESSAGES_ROUTED, MESSAGES_OUT, SENDS, STATUSES,
+                                ACCOUNT_EVENTS)]
+    before = await end_offsets(bootstrap, topics)
+    started_at = datetime.now(UTC)
+
+    stack = Stack(env)
+    ingest_url = f"http://127.0.0.1:{PORTS['ingest']}"
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        say("starting the Cloud API simulator and the four services (logs in .parley/logs/)")
+        stack.start("simulator", ["parley-simulator", "run", "--port", str(PORTS["simulator"]),
+                                  "--config", str(DEMO / "simulator.yaml"),
+                                  "--webhook-url", ingest_url + "/webhooks/meta/{app_id}"])
+        for svc in ("ingest", "router", "sender", "billing"):
+            stack.start(svc, [f"parley-{svc}", "run"], {
+                f"PARLEY_{svc.upper()}_HTTP_PORT": str(PORTS[svc]),
+                "PARLEY_SENDER_GRAPH_API_BASE": f"http://127.0.0.1:{PORTS['simulator']}",
+                "OTEL_SERVICE_NAME": f"parley-{svc}",
+            })
+        await stack.wait_ready()
+        run(["parley-billing", "ratecard", "import", str(DEMO / "rate-card.csv")], env)
+        run(["parley-sender", "templates", "sync"], {**env, "PARLEY_SENDER_GRAPH_API_BASE":
+                                                     f"http://127.0.0.1:{PORTS['simulator']}"})
+        say(f"driving {args.inbound} inbound messages and {args.templates} templates per tenant")
+        from demo_traffic import drive  # deploy/local/demo_traffic.py
+
+        driven = await drive(env=env, keys=keys, ingest_url=ingest_url, sim_url=f"http://127.0.0.1:{PORTS['simulator']}",
+                             inbound=args.inbound, templates=args.templates, rate=args.rate, stop=stop)
+        say("waiting for the pipeline to drain")
+        after = await wait_quiet(bootstrap, topics, quiet_s=8, timeout_s=240)
+        await print_summary(bootstrap, before, after, keys, started_at, driven)
+        if args.keep_running and not stop.is_set():
+            say("everything keeps running; Ctrl-C stops it")
+            await stop.wait()
+    finally:
+        say("stopping the services")
+        stack.stop()
+    return 0
+
+
+async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after: dict[str, dict[int, int]],
+                        keys: dict[str, str], since: datetime, driven: dict[str, Any]) -> None:
+    from parley_common.topics import MESSAGES_ROUTED, SENDS, STATUSES
+
+    counts = {t: delta(before.get(t, {}), after[t]) for t in after}
+    routed = await read_range(bootstrap, MESSAGES_ROUTED.name, before.get(MESSAGES_ROUTED.name, {}),
+                              after[MESSAGES_ROUTED.name])
+    sends = await read_range(bootstrap, SENDS.name, before.get(SENDS.name, {}), after[SENDS.name])
+    statuses = await read_range(bootstrap, STATUSES.name, before.get(STATUSES.name, {}), after[STATUSES.name])
+    print()
+    print("=" * 72)
+    print("Parley demo summary")
+    print("=" * 72)
+    print("Driven:", ", ".join(f"{k}={v}" for k, v in driven.items()))
+    print("\nRecords per stage (this run):")
+    for topic, n in counts.items():
+        print(f"  {topic:<26} {n:>8}")
+    intents = Counter(r["intent"] for r in routed)
+    languages = Counter(r.get("language") or "?" for r in routed)
+    print("\nIntents:   " + ", ".join(f"{k}={v}" for k, v in intents.most_common()))
+    print("Languages: " + ", ".join(f"{k}={v}" for k, v in languages.most_common()))
+    print("Destinations: " + ", ".join(f"{k}={v}" for k, v in Counter(
+        r["destination"]["kind"] for r in routed).most_common()))
+    outcome = Counter((s["outcome"], "template" if s.get("is_template") else "free-form") for s in sends)
+    print("\nSends:     " + ", ".join(f"{o}/{k}={v}" for (o, k), v in sorted(outcome.items())))
+    reasons = Counter(s.get("reason") or str(s.get("error_code")) for s in sends if s["outcome"] != "accepted")
+    if reasons:
+        print("Not sent:  " + ", ".join(f"{k}={v}" for k, v in reasons.most_common(6)))
+    print("Statuses:  " + ", ".join(f"{k}={v}" for k, v in Counter(s["status"] for s in statuses).most_common()))
+    delivered_templates = {s["wamid"] for s in statuses if s["status"] in ("delivered", "read")} & {
+        s["wamid"] for s in sends if s.get("is_template") and s.get("wamid")}
+    print(f"Delivered template messages: {len(delivered_templates)}")
+    print("\nBilled (billing service, per tenant):")
+    total_rows = 0
+    async with httpx.AsyncClient(timeout=10) as client:
+        for tenant, key in keys.items():
+            r = await client.get(f"http://127.0.0.1:{PORTS['billing']}/v1/usage",
+                                 params={"from": since.isoformat()}, headers={"Authorization": f"Bearer {key}"})
+            if r.status_code != 200:
+                print(f"  {tenant:<18} usage unavailable ({r.status_code}: {r.text[:120]})")
+                continue
+            usage = r.json()
+            lines = usage.get("lines", [])
+            billable = sum(int(x.get("messages", 0)) for x in lines)
+            total_rows += billable
+            amount = sum((Decimal(str(x.get("amount", "0"))) for x in lines), Decimal(0))
+            detail = "; ".join(f"{x.get('market')}/{x.get('category')}/{x.get('free_type') or 'regular'}="
+                               f"{x.get('messages')}" for x in lines)
+            print(f"  {tenant:<18} messages={billable:<6} amount={amount} {usage.get('currency', '')}  {detail}")
+    print(f"  ledger messages in total: {total_rows} (delivered templates seen on Kafka: {len(delivered_templates)})")
+    print("=" * 72)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    sys.exit(asyncio.run(main()))
