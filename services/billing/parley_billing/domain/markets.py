@@ -1,0 +1,57 @@
+"""Which of Meta's pricing markets a recipient is in: country from the number (``phonenumbers``),
+then the shipped country → market table, "Other" as the fallback."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import phonenumbers
+
+OTHER = "Other"
+
+
+@dataclass(frozen=True)
+class Market:
+    country: str | None  # ISO 3166-1 alpha-2, None when the number gives none
+    name: str  # Meta's market name
+    fallback: str | None = None  # the market to use when the rate card has no row for ``name``
+
+
+@lru_cache(maxsize=1)
+def market_table() -> dict[str, tuple[str, str | None]]:
+    text = resources.files("parley_billing.data").joinpath("markets.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {r["country"]: (r["market"], r["fallback_market"] or None) for r in rows}
+
+
+@lru_cache(maxsize=65536)
+def country_of(number: str | None) -> str | None:
+    """ISO country of an E.164 number given with or without ``+`` (None for BSUIDs or junk)."""
+    if not number:
+        return None
+    digits = number.lstrip("+")
+    if not digits.isdigit():
+        return None
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return None
+    # A valid number names its region; otherwise Meta prices by the calling code, whose main
+    # region is the best guess (e.g. +44 → GB for a number outside the allocated ranges).
+    region = phonenumbers.region_code_for_number(parsed) or phonenumbers.region_code_for_country_code(
+        parsed.country_code)
+    return region if region and region != "ZZ" else None
+
+
+def market_of_country(country: str | None) -> Market:
+    if country is None:
+        return Market(None, OTHER)
+    name, fallback = market_table().get(country, (OTHER, None))
+    return Market(country, name, fallback)
+
+
+def market_for_number(number: str | None) -> Market:
+    return market_of_country(country_of(number))
