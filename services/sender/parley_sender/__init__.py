@@ -1,0 +1,1 @@
+"""Parley's sender: every reply and template delivered within Meta's rules and limits, exactly once."""

@@ -1,0 +1,205 @@
+"""The rate governor of one business number, as pure arithmetic over an injected clock.
+
+Meta's limits (whatsapp-platform.md §4):
+
+- throughput: 80 messages/s per number by default, up to 1,000; above it Meta answers 130429.
+  :class:`ThroughputLimit` grants at most ``limit`` sends in any window of one second (a sliding
+  log, so the guarantee holds for *every* window, not only aligned ones) and at most a tenth of
+  that in any 100 ms, so a backlog is paced instead of fired in one burst per second. On 130429
+  it halves its effective limit and recovers linearly over ``recovery_s``.
+- pair rate: about one message per 6 s to one customer, bursts up to 45 borrowed from the future
+  (a 20-message burst needs about two minutes of rest): a token bucket of 45 refilled at 1/6 s.
+  131056 blocks the customer for 4^x seconds, x counting consecutive 131056s.
+- messaging limit: unique customers reached *outside* a customer-service window in a rolling
+  24 hours, per business portfolio (the tenant); ``None`` is unlimited.
+- priority: replies first, then authentication, utility, marketing.
+
+The async adapter (:mod:`parley_sender.pacing`) sleeps for the waits this module computes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+PRIORITY_RANK: dict[str, int] = {"reply": 0, "authentication": 1, "utility": 2, "marketing": 3}
+
+
+def priority_rank(priority: str | None) -> int:
+    return PRIORITY_RANK.get(priority or "", PRIORITY_RANK["marketing"])
+
+
+class _SlidingLog:
+    """Timestamps of the grants of the last ``period`` seconds."""
+
+    def __init__(self, period: float, capacity: int) -> None:
+        self.period = period
+        self.log: deque[float] = deque(maxlen=max(1, capacity))
+
+    def wait(self, now: float, limit: int) -> float:
+        log = self.log
+        cutoff = now - self.period
+        while log and log[0] <= cutoff:
+            log.popleft()
+        if len(log) < limit:
+            return 0.0
+        return log[len(log) - limit] + self.period - now
+
+    def resize(self, capacity: int) -> None:
+        if capacity != self.log.maxlen:
+            self.log = deque(self.log, maxlen=max(1, capacity))
+
+
+@dataclass
+class ThroughputLimit:
+    """Sends per second of one business number, with backoff on 130429."""
+
+    limit: int = 80
+    period: float = 1.0
+    recovery_s: float = 30.0
+    min_limit: int = 1
+    _throttled_at: float | None = None
+    _throttled_to: float = 0.0
+    _second: _SlidingLog = field(init=False)
+    _slice: _SlidingLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._second = _SlidingLog(self.period, self.limit)
+        self._slice = _SlidingLog(self.period / 10, self._slice_limit(self.limit))
+
+    @staticmethod
+    def _slice_limit(limit: int) -> int:
+        return max(1, math.ceil(limit / 10))
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._second.resize(limit)
+        self._slice.resize(self._slice_limit(limit))
+
+    def effective_limit(self, now: float) -> int:
+        if self._throttled_at is None:
+            return self.limit
+        elapsed = now - self._throttled_at
+        if elapsed >= self.recovery_s:
+            self._throttled_at = None
+            return self.limit
+        value = self._throttled_to + (self.limit - self._throttled_to) * elapsed / self.recovery_s
+        return max(self.min_limit, int(value))
+
+    def reserve(self, now: float) -> float:
+        """Grant one send now (returns 0.0) or return how long to wait before asking again."""
+        eff = self.effective_limit(now)
+        wait = max(self._second.wait(now, eff), self._slice.wait(now, self._slice_limit(eff)))
+        if wait > 0:
+            return wait
+        self._second.log.append(now)
+        self._slice.log.append(now)
+        return 0.0
+
+    def on_throttled(self, now: float) -> None:
+        """Meta answered 130429: halve what we grant, then recover linearly."""
+        current = self.effective_limit(now)
+        self._throttled_to = max(self.min_limit, current // 2)
+        self._throttled_at = now
+
+
+@dataclass
+class _PairState:
+    tokens: float
+    updated: float
+    strikes: int = 0
+    blocked_until: float = 0.0
+
+
+@dataclass
+class PairRateLimit:
+    """Messages from one number to each customer: a token bucket with Meta's burst allowance."""
+
+    burst: int = 45
+    refill_per_s: float = 1 / 6
+    max_backoff_s: float = 4.0 ** 5
+    _pairs: dict[str, _PairState] = field(default_factory=dict)
+
+    def _state(self, customer: str, now: float) -> _PairState:
+        st = self._pairs.get(customer)
+        if st is None:
+            st = self._pairs[customer] = _PairState(float(self.burst), now)
+        else:
+            st.tokens = min(float(self.burst), st.tokens + (now - st.updated) * self.refill_per_s)
+            st.updated = now
+        return st
+
+    def wait(self, customer: str, now: float) -> float:
+        st = self._state(customer, now)
+        blocked = st.blocked_until - now
+        if blocked > 0:
+            return blocked
+        if st.tokens >= 1.0:
+            return 0.0
+        return (1.0 - st.tokens) / self.refill_per_s
+
+    def reserve(self, customer: str, now: float) -> float:
+        wait = self.wait(customer, now)
+        if wait == 0.0:
+            self._pairs[customer].tokens -= 1.0
+        return wait
+
+    def on_success(self, customer: str) -> None:
+        st = self._pairs.get(customer)
+        if st is not None:
+            st.strikes = 0
+
+    def on_throttled(self, customer: str, now: float) -> float:
+        """Meta answered 131056: block the pair for 4^x seconds; returns the block."""
+        st = self._state(customer, now)
+        st.strikes += 1
+        st.tokens = 0.0
+        backoff = min(self.max_backoff_s, 4.0 ** st.strikes)
+        st.blocked_until = now + backoff
+        return backoff
+
+    def forget_idle(self, now: float) -> None:
+        """Drop customers whose bucket is full again (bounded memory)."""
+        full = [c for c, st in self._pairs.items()
+                if st.blocked_until <= now and st.tokens + (now - st.updated) * self.refill_per_s >= self.burst]
+        for c in full:
+            del self._pairs[c]
+
+
+DAY_S = 24 * 3600.0
+
+
+@dataclass
+class MessagingLimit:
+    """Unique customers a portfolio reached outside a window in the rolling 24 hours."""
+
+    limit: int | None = 250
+    window_s: float = DAY_S
+    reached: dict[str, float] = field(default_factory=dict)  # customer -> last reached (epoch s)
+
+    def _prune(self, now: float) -> None:
+        cutoff = now - self.window_s
+        stale = [c for c, at in self.reached.items() if at <= cutoff]
+        for c in stale:
+            del self.reached[c]
+
+    def count(self, now: float) -> int:
+        self._prune(now)
+        return len(self.reached)
+
+    def allows(self, customer: str, now: float) -> bool:
+        if self.limit is None:
+            return True
+        self._prune(now)
+        return customer in self.reached or len(self.reached) < self.limit
+
+    def record(self, customer: str, now: float) -> None:
+        self.reached[customer] = now
+
+    def room_at(self, now: float) -> float:
+        """When the next new customer fits (epoch s); ``now`` if there is room."""
+        if self.limit is None or self.count(now) < self.limit:
+            return now
+        oldest = sorted(self.reached.values())[len(self.reached) - self.limit]
+        return oldest + self.window_s

@@ -1,0 +1,44 @@
+"""Settings of the sender (env prefix ``PARLEY_SENDER_``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from parley_common.settings import CommonSettings
+
+
+class SenderSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_SENDER_", extra="ignore")
+
+    http_port: int = 8083
+    db_pool_max: int = 12
+
+    # Cloud API client. The base URL and version come from the tenant's Meta app; this overrides
+    # the base for every tenant (the demo and the tests point it at the simulator).
+    graph_api_base: str | None = None
+    graph_api_version: str | None = None
+    http_timeout_s: float = 10.0
+    http_connect_timeout_s: float = 3.0
+    http_max_connections: int = 256
+
+    # Consumption: records per batch and how many requests may be in flight per business number.
+    batch_max_records: int = 500
+    batch_timeout_ms: int = 20
+    max_in_flight_per_number: int = 64
+
+    # Retries through wa.messages.out.retry, then the dead-letter topic.
+    max_attempts: int = 6
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    # A message whose pair-rate wait is longer than this is parked on the retry topic instead of
+    # holding its partition.
+    max_inline_wait_s: float = 2.0
+
+    # Rate governor.
+    default_throughput_mps: int = 80
+    throughput_headroom: float = 1.0  # fraction of the number's limit the governor grants
+
+    # Templates: language fallbacks tried in order when the requested language is missing,
+    # e.g. {"en_GB": ["en", "en_US"]}; the base language ("pt" of "pt_BR") is always tried last.
+    template_language_fallbacks: dict[str, list[str]] = {}
+    template_cache_ttl_s: float = 30.0
