@@ -24,7 +24,7 @@ def test_late_older_consent_change_is_ignored() -> None:
 
 
 @pytest.mark.parametrize(("recipient", "region"), [
-    ("16505551234", "US"), ("+12125551234", "US"), ("14165551234", "CA"), ("447911123456", "GB"),
+    ("16505551234", "US"), ("+12125551234", "US"), ("14165551234", "CA"), ("442071234567", "GB"),
     ("US.abc123", "US"), ("", None),
 ])
 def test_region_of_recipient(recipient: str, region: str | None) -> None:

@@ -8,7 +8,7 @@ Meta's limits (whatsapp-platform.md §4):
   that in any 100 ms, so a backlog is paced instead of fired in one burst per second. On 130429
   it halves its effective limit and recovers linearly over ``recovery_s``.
 - pair rate: about one message per 6 s to one customer, bursts up to 45 borrowed from the future
-  (a 20-message burst needs about two minutes of rest): a token bucket of 45 refilled at 1/6 s.
+  (a 20-message burst needs about two minutes of rest).
   131056 blocks the customer for 4^x seconds, x counting consecutive 131056s.
 - messaging limit: unique customers reached *outside* a customer-service window in a rolling
   24 hours, per business portfolio (the tenant); ``None`` is unlimited.
@@ -30,21 +30,26 @@ def priority_rank(priority: str | None) -> int:
     return PRIORITY_RANK.get(priority or "", PRIORITY_RANK["marketing"])
 
 
+# A grant leaves the window this long after ``period``: window boundaries measured elsewhere (at the
+# Cloud API, with network jitter) then never see one grant too many.
+GUARD_S = 0.002
+
+
 class _SlidingLog:
     """Timestamps of the grants of the last ``period`` seconds."""
 
     def __init__(self, period: float, capacity: int) -> None:
-        self.period = period
+        self.period = period + GUARD_S
         self.log: deque[float] = deque(maxlen=max(1, capacity))
 
     def wait(self, now: float, limit: int) -> float:
         log = self.log
         cutoff = now - self.period
-        while log and log[0] <= cutoff:
+        while log and log[0] < cutoff:
             log.popleft()
         if len(log) < limit:
             return 0.0
-        return log[len(log) - limit] + self.period - now
+        return log[len(log) - limit] + self.period - now + 1e-9
 
     def resize(self, capacity: int) -> None:
         if capacity != self.log.maxlen:
@@ -106,44 +111,48 @@ class ThroughputLimit:
 
 @dataclass
 class _PairState:
-    tokens: float
-    updated: float
+    burst_started: float = float("-inf")
+    burst_count: int = 0
+    repaid_at: float = float("-inf")  # when the borrowed quota is paid back
     strikes: int = 0
-    blocked_until: float = 0.0
+    blocked_until: float = float("-inf")
 
 
 @dataclass
 class PairRateLimit:
-    """Messages from one number to each customer: a token bucket with Meta's burst allowance."""
+    """Messages from one number to each customer, with Meta's borrow-from-the-future bursts.
+
+    One message per ``interval_s``; once rested, up to ``burst`` messages within one interval,
+    each borrowing an interval of quota, so a 20-message burst then rests 20 × 6 s = 2 minutes.
+    """
 
     burst: int = 45
-    refill_per_s: float = 1 / 6
+    interval_s: float = 6.0
     max_backoff_s: float = 4.0 ** 5
     _pairs: dict[str, _PairState] = field(default_factory=dict)
 
-    def _state(self, customer: str, now: float) -> _PairState:
+    def wait(self, customer: str, now: float) -> float:
         st = self._pairs.get(customer)
         if st is None:
-            st = self._pairs[customer] = _PairState(float(self.burst), now)
-        else:
-            st.tokens = min(float(self.burst), st.tokens + (now - st.updated) * self.refill_per_s)
-            st.updated = now
-        return st
-
-    def wait(self, customer: str, now: float) -> float:
-        st = self._state(customer, now)
-        blocked = st.blocked_until - now
-        if blocked > 0:
-            return blocked
-        if st.tokens >= 1.0:
             return 0.0
-        return (1.0 - st.tokens) / self.refill_per_s
+        if st.blocked_until > now:
+            return st.blocked_until - now
+        if now >= st.repaid_at:
+            return 0.0
+        if now < st.burst_started + self.interval_s and st.burst_count < self.burst:
+            return 0.0
+        return st.repaid_at - now
 
     def reserve(self, customer: str, now: float) -> float:
         wait = self.wait(customer, now)
-        if wait == 0.0:
-            self._pairs[customer].tokens -= 1.0
-        return wait
+        if wait > 0.0:
+            return wait
+        st = self._pairs.setdefault(customer, _PairState())
+        if now >= st.repaid_at:
+            st.burst_started, st.burst_count, st.repaid_at = now, 0, now
+        st.burst_count += 1
+        st.repaid_at += self.interval_s
+        return 0.0
 
     def on_success(self, customer: str) -> None:
         st = self._pairs.get(customer)
@@ -152,18 +161,18 @@ class PairRateLimit:
 
     def on_throttled(self, customer: str, now: float) -> float:
         """Meta answered 131056: block the pair for 4^x seconds; returns the block."""
-        st = self._state(customer, now)
+        st = self._pairs.setdefault(customer, _PairState())
         st.strikes += 1
-        st.tokens = 0.0
         backoff = min(self.max_backoff_s, 4.0 ** st.strikes)
         st.blocked_until = now + backoff
+        st.repaid_at = max(st.repaid_at, st.blocked_until)
         return backoff
 
     def forget_idle(self, now: float) -> None:
-        """Drop customers whose bucket is full again (bounded memory)."""
-        full = [c for c, st in self._pairs.items()
-                if st.blocked_until <= now and st.tokens + (now - st.updated) * self.refill_per_s >= self.burst]
-        for c in full:
+        """Drop customers with nothing owed (bounded memory)."""
+        idle = [c for c, st in self._pairs.items()
+                if st.repaid_at <= now and st.blocked_until <= now and st.strikes == 0]
+        for c in idle:
             del self._pairs[c]
 
 
