@@ -1,0 +1,137 @@
+"""Facts extracted from the three consumed topics, in the shape the store keeps them.
+
+Decoding is done from the records' JSON dicts (the contract models' field names) without building
+a pydantic model per record: billing meters tens of thousands of statuses per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from parley_billing.domain.engine import MetaPricing
+
+# Which status Meta's pricing object is taken from when several carry one (lower wins): Meta puts
+# it on "sent" and on one of delivered/read; the delivered/read one is the charging event.
+META_RANK = {"delivered": 1, "read": 2, "played": 3, "sent": 4}
+DELIVERED = frozenset({"delivered", "read", "played"})
+
+
+class FactError(ValueError):
+    """A record that cannot be a billing fact (missing ids, bad timestamp)."""
+
+
+def _customer(value: object) -> str:
+    return str(value).lstrip("+") if value else ""
+
+
+def _time(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise FactError(f"timestamp {value!r} is not ISO 8601")
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise FactError(f"timestamp {value!r} is not ISO 8601") from None
+    if t.tzinfo is None:
+        raise FactError("timestamp has no time zone")
+    return t
+
+
+def _require(d: Mapping[str, Any], key: str) -> str:
+    v = d.get(key)
+    if not v:
+        raise FactError(f"{key} is missing")
+    return str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFact:
+    wamid: str
+    tenant_id: str | None
+    phone_number_id: str
+    waba_id: str | None
+    customer: str
+    delivered_at: datetime | None
+    meta_rank: int | None
+    meta: MetaPricing | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendFact:
+    wamid: str
+    tenant_id: str | None
+    phone_number_id: str
+    customer: str
+    is_template: bool
+    category: str | None
+    free_window: str | None
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    wamid: str
+    tenant_id: str | None
+    phone_number_id: str
+    customer: str
+    at: datetime
+    referral: bool
+
+
+def status_fact(d: Mapping[str, Any]) -> StatusFact | None:
+    """A ``MessageStatus`` record as a fact; None when it has no billing effect (failed, unknown)."""
+    status = d.get("status")
+    if status not in META_RANK:
+        return None
+    pricing = d.get("pricing")
+    meta = None
+    if isinstance(pricing, Mapping):
+        meta = MetaPricing(pricing.get("billable"), pricing.get("pricing_model"), pricing.get("type"),
+                           pricing.get("category"))
+    return StatusFact(
+        wamid=_require(d, "wamid"), tenant_id=d.get("tenant_id"),
+        phone_number_id=_require(d, "phone_number_id"), waba_id=d.get("waba_id"),
+        customer=_customer(d.get("recipient_id") or d.get("recipient_user_id")),
+        delivered_at=_time(d.get("occurred_at")) if status in DELIVERED else None,
+        meta_rank=META_RANK[status] if meta else None, meta=meta)
+
+
+def send_fact(d: Mapping[str, Any]) -> SendFact | None:
+    """A ``SendResult`` record as a fact; None unless Meta accepted it (only then is there a wamid)."""
+    if d.get("outcome") != "accepted" or not d.get("wamid"):
+        return None
+    return SendFact(
+        wamid=str(d["wamid"]), tenant_id=d.get("tenant_id"), phone_number_id=_require(d, "phone_number_id"),
+        customer=_customer(d.get("recipient")), is_template=bool(d.get("is_template")),
+        category=d.get("category"), free_window=d.get("free_window"), sent_at=_time(d.get("occurred_at")))
+
+
+def inbound_record(d: Mapping[str, Any]) -> InboundRecord:
+    customer = _customer(d.get("customer_wa_id") or d.get("customer_user_id"))
+    if not customer:
+        raise FactError("inbound message names no customer")
+    return InboundRecord(
+        wamid=_require(d, "wamid"), tenant_id=d.get("tenant_id"), phone_number_id=_require(d, "phone_number_id"),
+        customer=customer, at=_time(d.get("occurred_at")), referral=bool(d.get("referral")))
+
+
+def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:
+    """One fact per wamid: the earliest delivery and the best-ranked pricing of the batch."""
+    best: dict[str, StatusFact] = {}
+    for f in facts:
+        prev = best.get(f.wamid)
+        if prev is None:
+            best[f.wamid] = f
+            continue
+        delivered = min((t for t in (prev.delivered_at, f.delivered_at) if t is not None), default=None)
+        if f.meta_rank is not None and (prev.meta_rank is None or f.meta_rank < prev.meta_rank):
+            rank, meta = f.meta_rank, f.meta
+        else:
+            rank, meta = prev.meta_rank, prev.meta
+        best[f.wamid] = StatusFact(prev.wamid, prev.tenant_id or f.tenant_id, prev.phone_number_id,
+                                   prev.waba_id or f.waba_id, prev.customer or f.customer, delivered, rank, meta)
+    return list(best.values())

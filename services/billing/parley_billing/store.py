@@ -1,0 +1,355 @@
+"""PostgreSQL adapter of billing (schema ``billing`` only).
+
+Metering is set-based: a batch of records becomes one upsert of facts (unnest arrays, ``ON CONFLICT``
+keeping the earliest delivery), which returns only the facts that changed; the timelines those
+facts belong to are then re-priced by the pure engine and written to the ledger with one upsert
+that only touches rows whose price changed. All in one transaction per batch, under advisory
+locks per business number, so concurrent batches (three topics, several replicas) never price a
+timeline from a stale view. See docs/adr/0050-billing-metering-and-pricing.md.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from parley_billing.domain.engine import (
+    PMP_LOOKBACK,
+    PMP_START,
+    Business,
+    InboundFact,
+    MetaPricing,
+    OutboundFact,
+    PricedMessage,
+    Timeline,
+    month_of,
+    price_timeline,
+)
+from parley_billing.domain.facts import InboundRecord, SendFact, StatusFact, collapse_statuses
+from parley_billing.domain.rates import RATE_CARD_COLUMNS, RateBook, RateRow, TierBook, TierRow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+LOCK_CLASS = 0x5042  # "PB": Parley billing
+LOCK_BUCKETS = 1 << 12
+NEG_INF = datetime.min.replace(tzinfo=UTC)
+# Re-pricing after a fact at time f: messages from f - MARGIN on are re-priced, reading facts from
+# f - MARGIN - PMP_LOOKBACK on (a PMP price looks back at most PMP_LOOKBACK).
+MARGIN = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    tenant_id: str | None
+    country: str | None
+    tz: ZoneInfo
+
+
+UNKNOWN_TENANT = TenantInfo(None, None, ZoneInfo("UTC"))
+TenantLookup = Callable[[str | None, str], TenantInfo]
+
+
+def _bucket(phone_number_id: str) -> int:
+    return zlib.crc32(phone_number_id.encode()) % LOCK_BUCKETS
+
+
+async def _lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None:
+    buckets = sorted({_bucket(n) for n in numbers})  # one order everywhere: no deadlocks
+    if buckets:
+        await conn.execute("SELECT pg_advisory_xact_lock($1::int, b) FROM unnest($2::int[]) AS b",
+                           LOCK_CLASS, buckets)
+
+
+Key = tuple[str, str]  # (phone_number_id, customer)
+
+
+class RateCache:
+    """The rate book and tier table, reloaded when an import changed them."""
+
+    def __init__(self) -> None:
+        self.stamp: Any = None
+        self.rates = RateBook([])
+        self.tiers = TierBook([])
+
+    async def refresh(self, conn: asyncpg.Connection) -> None:
+        stamp = await conn.fetchrow(
+            "SELECT (SELECT max(imported_at) FROM billing.rate_cards) r, (SELECT count(*) FROM billing.rate_cards) rn,"
+            " (SELECT max(imported_at) FROM billing.tiers) t, (SELECT count(*) FROM billing.tiers) tn")
+        key = tuple(stamp)
+        if key == self.stamp:
+            return
+        rows = await conn.fetch("SELECT * FROM billing.rate_cards")
+        self.rates = RateBook([RateRow(r["effective_from"], r["market"], r["currency"],
+                                       {c: r[c] for c in RATE_CARD_COLUMNS[3:]}) for r in rows])
+        tiers = await conn.fetch("SELECT * FROM billing.tiers")
+        self.tiers = TierBook([TierRow(r["effective_from"], r["market"], r["category"], r["from_volume"],
+                                       r["to_volume"], r["rate"]) for r in tiers])
+        self.stamp = key
+
+
+class Metering:
+    """Records facts and keeps the ledger priced; one instance per process."""
+
+    def __init__(self, pool: asyncpg.Pool, tenants: TenantLookup) -> None:
+        self.pool = pool
+        self.tenants = tenants
+        self.rates = RateCache()
+
+    # --- facts in ------------------------------------------------------------------------------
+    async def record_statuses(self, facts: Sequence[StatusFact]) -> int:
+        """Returns how many ledger rows were written or changed."""
+        facts = collapse_statuses(facts)
+        if not facts:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _lock_numbers(conn, (f.phone_number_id for f in facts))
+            changed = await conn.fetch(
+                """INSERT INTO billing.deliveries AS d
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                        $6::timestamptz[], $7::int2[], $8::bool[], $9::text[], $10::text[],
+                                        $11::text[])
+                   ON CONFLICT (wamid) DO UPDATE SET
+                     delivered_at = LEAST(d.delivered_at, excluded.delivered_at),
+                     tenant_id = coalesce(d.tenant_id, excluded.tenant_id),
+                     waba_id = coalesce(d.waba_id, excluded.waba_id),
+                     meta_rank = CASE WHEN excluded.meta_rank < coalesce(d.meta_rank, 32767)
+                                      THEN excluded.meta_rank ELSE d.meta_rank END,
+                     meta_billable = CASE WHEN excluded.meta_rank < coalesce(d.meta_rank, 32767)
+                                      THEN excluded.meta_billable ELSE d.meta_billable END,
+                     meta_pricing_model = CASE WHEN excluded.meta_rank < coalesce(d.meta_rank, 32767)
+                                      THEN excluded.meta_pricing_model ELSE d.meta_pricing_model END,
+                     meta_type = CASE WHEN excluded.meta_rank < coalesce(d.meta_rank, 32767)
+                                      THEN excluded.meta_type ELSE d.meta_type END,
+                     meta_category = CASE WHEN excluded.meta_rank < coalesce(d.meta_rank, 32767)
+                                      THEN excluded.meta_category ELSE d.meta_category END
+                   WHERE excluded.delivered_at < d.delivered_at
+                      OR (d.delivered_at IS NULL AND excluded.delivered_at IS NOT NULL)
+                      OR excluded.meta_rank < coalesce(d.meta_rank, 32767)
+                      OR (d.tenant_id IS NULL AND excluded.tenant_id IS NOT NULL)
+                   RETURNING phone_number_id, customer, delivered_at""",
+                [f.wamid for f in facts], [f.tenant_id for f in facts], [f.phone_number_id for f in facts],
+                [f.waba_id for f in facts], [f.customer for f in facts], [f.delivered_at for f in facts],
+                [f.meta_rank for f in facts], [f.meta.billable if f.meta else None for f in facts],
+                [f.meta.pricing_model if f.meta else None for f in facts],
+                [f.meta.type if f.meta else None for f in facts],
+                [f.meta.category if f.meta else None for f in facts])
+            affected: dict[Key, datetime] = {}
+            for r in changed:
+                if r["delivered_at"] is not None:
+                    _touch(affected, (r["phone_number_id"], r["customer"]), r["delivered_at"])
+            return await self._reprice(conn, affected)
+
+    async def record_sends(self, facts: Sequence[SendFact]) -> int:
+        if not facts:
+            return 0
+        unique = list({f.wamid: f for f in facts}.values())
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _lock_numbers(conn, (f.phone_number_id for f in unique))
+            inserted = await conn.fetch(
+                """INSERT INTO billing.sends
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                                        $6::text[], $7::text[], $8::timestamptz[])
+                   ON CONFLICT (wamid) DO NOTHING RETURNING wamid""",
+                [f.wamid for f in unique], [f.tenant_id for f in unique], [f.phone_number_id for f in unique],
+                [f.customer for f in unique], [f.is_template for f in unique], [f.category for f in unique],
+                [f.free_window for f in unique], [f.sent_at for f in unique])
+            if not inserted:
+                return 0
+            # Only a send whose message was already delivered changes a price.
+            delivered = await conn.fetch(
+                "SELECT phone_number_id, customer, delivered_at FROM billing.deliveries"
+                " WHERE wamid = ANY($1::text[]) AND delivered_at IS NOT NULL", [r["wamid"] for r in inserted])
+            affected: dict[Key, datetime] = {}
+            for r in delivered:
+                _touch(affected, (r["phone_number_id"], r["customer"]), r["delivered_at"])
+            return await self._reprice(conn, affected)
+
+    async def record_inbound(self, facts: Sequence[InboundRecord]) -> int:
+        if not facts:
+            return 0
+        unique = list({f.wamid: f for f in facts}.values())
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _lock_numbers(conn, (f.phone_number_id for f in unique))
+            inserted = await conn.fetch(
+                """INSERT INTO billing.inbound
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                                        $6::bool[])
+                   ON CONFLICT (wamid) DO NOTHING RETURNING phone_number_id, customer, received_at""",
+                [f.wamid for f in unique], [f.tenant_id for f in unique], [f.phone_number_id for f in unique],
+                [f.customer for f in unique], [f.at for f in unique], [f.referral for f in unique])
+            affected: dict[Key, datetime] = {}
+            for r in inserted:
+                _touch(affected, (r["phone_number_id"], r["customer"]), r["received_at"])
+            return await self._reprice(conn, affected)
+
+    async def reprice_since(self, since: datetime) -> int:
+        """Re-price every timeline with a delivery on or after ``since`` (after a rate import)."""
+        total = 0
+        async with self.pool.acquire() as conn:
+            keys = await conn.fetch(
+                "SELECT phone_number_id, customer, min(delivered_at) AS t FROM billing.deliveries"
+                " WHERE delivered_at >= $1 GROUP BY 1, 2", since)
+        for i in range(0, len(keys), 2000):
+            chunk = keys[i:i + 2000]
+            async with self.pool.acquire() as conn, conn.transaction():
+                await _lock_numbers(conn, (r["phone_number_id"] for r in chunk))
+                total += await self._reprice(conn, {(r["phone_number_id"], r["customer"]): r["t"] for r in chunk})
+        return total
+
+    # --- pricing -------------------------------------------------------------------------------
+    async def _reprice(self, conn: asyncpg.Connection, affected: dict[Key, datetime]) -> int:
+        if not affected:
+            return 0
+        await self.rates.refresh(conn)
+        keys = list(affected)
+        write_from = [affected[k] - MARGIN for k in keys]
+        # CBP conversations chain from the start of a timeline: read it all when CBP is involved.
+        read_from = [NEG_INF if t < PMP_START + PMP_LOOKBACK else t - PMP_LOOKBACK for t in write_from]
+        write_from = [NEG_INF if r == NEG_INF else w for r, w in zip(read_from, write_from, strict=True)]
+        args = ([k[0] for k in keys], [k[1] for k in keys], read_from)
+        outbound = await conn.fetch(
+            """SELECT d.phone_number_id, d.customer, d.wamid, d.delivered_at, d.tenant_id, d.waba_id,
+                      d.meta_billable, d.meta_pricing_model, d.meta_type, d.meta_category,
+                      s.is_template, s.category, s.tenant_id AS send_tenant
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
+               JOIN billing.deliveries d ON d.phone_number_id = k.pnid AND d.customer = k.customer
+                                        AND d.delivered_at >= k.since
+               LEFT JOIN billing.sends s ON s.wamid = d.wamid""", *args)
+        inbound = await conn.fetch(
+            """SELECT i.phone_number_id, i.customer, i.received_at, i.referral, i.tenant_id
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
+               JOIN billing.inbound i ON i.phone_number_id = k.pnid AND i.customer = k.customer
+                                     AND i.received_at >= k.since""", *args)
+        by_key_out: dict[Key, list[asyncpg.Record]] = defaultdict(list)
+        for r in outbound:
+            by_key_out[(r["phone_number_id"], r["customer"])].append(r)
+        by_key_in: dict[Key, list[InboundFact]] = defaultdict(list)
+        tenant_of: dict[Key, str | None] = {}
+        for r in inbound:
+            key = (r["phone_number_id"], r["customer"])
+            by_key_in[key].append(InboundFact(r["received_at"], r["referral"]))
+            tenant_of.setdefault(key, r["tenant_id"])
+        rows: list[tuple[Any, ...]] = []
+        for key, since in zip(keys, write_from, strict=True):
+            recs = by_key_out.get(key)
+            if not recs:
+                continue
+            tenant_id = next((r["tenant_id"] or r["send_tenant"] for r in recs
+                              if r["tenant_id"] or r["send_tenant"]), None) or tenant_of.get(key)
+            tenant = self.tenants(tenant_id, key[0])
+            account = next((r["waba_id"] for r in recs if r["waba_id"]), None) or key[0]
+            timeline = Timeline(key[1], by_key_in.get(key, ()), [_outbound(r) for r in recs], account)
+            for p in price_timeline(timeline, Business(tenant.country, self.rates.rates)):
+                if p.delivered_at >= since:
+                    rows.append(_ledger_row(p, key[0], tenant))
+        if not rows:
+            return 0
+        cols = list(zip(*rows, strict=True))
+        result = await conn.fetch(LEDGER_UPSERT, *cols)
+        return len(result)
+
+
+def _touch(affected: dict[Key, datetime], key: Key, t: datetime) -> None:
+    prev = affected.get(key)
+    if prev is None or t < prev:
+        affected[key] = t
+
+
+def _outbound(r: asyncpg.Record) -> OutboundFact:
+    meta = None
+    if r["meta_pricing_model"] or r["meta_category"] or r["meta_type"] or r["meta_billable"] is not None:
+        meta = MetaPricing(r["meta_billable"], r["meta_pricing_model"], r["meta_type"], r["meta_category"])
+    return OutboundFact(r["wamid"], r["delivered_at"], r["is_template"], r["category"], meta)
+
+
+def _ledger_row(p: PricedMessage, phone_number_id: str, tenant: TenantInfo) -> tuple[Any, ...]:
+    m = p.meta
+    return (p.wamid, tenant.tenant_id, phone_number_id, p.account, p.delivered_at, month_of(p.delivered_at, tenant.tz),
+            p.pricing_model, p.category, p.type, p.billable, p.market, p.country, p.currency, p.amount,
+            p.conversation_id, p.opens_conversation, m.billable if m else None, m.pricing_model if m else None,
+            m.type if m else None, m.category if m else None)
+
+
+LEDGER_UPSERT = """
+INSERT INTO billing.ledger AS l (wamid, tenant_id, phone_number_id, account, delivered_at, month, pricing_model,
+    category, type, billable, market, country, currency, amount, conversation_id, opens_conversation,
+    meta_billable, meta_pricing_model, meta_type, meta_category)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::bool[], $11::text[], $12::text[], $13::text[], $14::numeric[], $15::text[],
+    $16::bool[], $17::bool[], $18::text[], $19::text[], $20::text[])
+ON CONFLICT (wamid) DO UPDATE SET
+    tenant_id = excluded.tenant_id, phone_number_id = excluded.phone_number_id, account = excluded.account,
+    delivered_at = excluded.delivered_at, month = excluded.month, pricing_model = excluded.pricing_model,
+    category = excluded.category, type = excluded.type, billable = excluded.billable, market = excluded.market,
+    country = excluded.country, currency = excluded.currency, amount = excluded.amount,
+    conversation_id = excluded.conversation_id, opens_conversation = excluded.opens_conversation,
+    meta_billable = excluded.meta_billable, meta_pricing_model = excluded.meta_pricing_model,
+    meta_type = excluded.meta_type, meta_category = excluded.meta_category,
+    priced_at = now(), revision = l.revision + 1
+WHERE (l.tenant_id, l.account, l.delivered_at, l.month, l.pricing_model, l.category, l.type, l.billable, l.market,
+       l.country, l.currency, l.amount, l.conversation_id, l.opens_conversation, l.meta_billable,
+       l.meta_pricing_model, l.meta_type, l.meta_category)
+  IS DISTINCT FROM
+      (excluded.tenant_id, excluded.account, excluded.delivered_at, excluded.month, excluded.pricing_model,
+       excluded.category, excluded.type, excluded.billable, excluded.market, excluded.country, excluded.currency,
+       excluded.amount, excluded.conversation_id, excluded.opens_conversation, excluded.meta_billable,
+       excluded.meta_pricing_model, excluded.meta_type, excluded.meta_category)
+RETURNING wamid
+"""
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+LEDGER_COLUMNS = ("wamid, delivered_at, pricing_model, category, type, billable, market, country, currency, "
+                  "amount, account, conversation_id, opens_conversation, "
+                  "meta_billable, meta_pricing_model, meta_type, meta_category")
+
+
+def priced_from_row(r: asyncpg.Record) -> PricedMessage:
+    meta = None
+    if r["meta_pricing_model"] or r["meta_category"] or r["meta_type"] or r["meta_billable"] is not None:
+        meta = MetaPricing(r["meta_billable"], r["meta_pricing_model"], r["meta_type"], r["meta_category"])
+    return PricedMessage(r["wamid"], r["delivered_at"], r["pricing_model"], r["category"], r["type"], r["billable"],
+                         r["market"], r["country"], r["currency"], r["amount"], r["account"],
+                         r["conversation_id"], r["opens_conversation"], meta)
+
+
+async def month_ledger(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, month: str) -> list[PricedMessage]:
+    rows = await conn.fetch(f"SELECT {LEDGER_COLUMNS} FROM billing.ledger WHERE tenant_id = $1 AND month = $2",
+                            tenant_id, month)
+    return [priced_from_row(r) for r in rows]
+
+
+async def usage(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, start: datetime, end: datetime
+                ) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT market, category, type, pricing_model, currency, count(*) AS messages,
+                  count(*) FILTER (WHERE billable) AS billable,
+                  count(*) FILTER (WHERE billable AND amount IS NULL) AS unpriced,
+                  coalesce(sum(amount), 0) AS list_amount
+           FROM billing.ledger WHERE tenant_id = $1 AND delivered_at >= $2 AND delivered_at < $3
+           GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5""", tenant_id, start, end)
+    return [dict(r) for r in rows]
+
+
+async def ledger_totals(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Decimal | int]:
+    """Whole-ledger totals (for exactness checks)."""
+    r = await conn.fetchrow(
+        "SELECT count(*) n, count(*) FILTER (WHERE billable) b, coalesce(sum(amount), 0) a FROM billing.ledger")
+    return {"messages": r["n"], "billable": r["b"], "amount": r["a"]}
+
+
+async def ledger_fingerprint(conn: asyncpg.Connection | asyncpg.Pool) -> str:
+    """md5 of every ledger row's priced content in wamid order (two runs priced alike ⇔ equal)."""
+    return str(await conn.fetchval(
+        """SELECT md5(coalesce(string_agg(concat_ws('|', wamid, tenant_id, month, pricing_model, category, type,
+                  billable, market, currency, amount::text, conversation_id), E'\\n' ORDER BY wamid), ''))
+           FROM billing.ledger"""))
