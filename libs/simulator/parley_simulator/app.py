@@ -1,0 +1,330 @@
+"""HTTP face of the simulator: Meta's Graph API routes plus a control API under ``/_sim``.
+
+Graph API (answers in Meta's documented shapes):
+- ``POST /{version}/{phone_number_id}/messages``
+- ``GET|POST /{version}/{waba_id}/message_templates``
+
+Control API (tests and demos; not part of Meta's API):
+- ``POST /_sim/inbound``          generate (``count``, ``seed``) or post explicit inbound messages
+- ``POST /_sim/inbound/record``   record an inbound webhook body posted by someone else (windows)
+- ``POST /_sim/windows``          open a customer-service window (``last_inbound_at``, ``referral``)
+- ``POST /_sim/preferences``      a customer stops/resumes marketing (optionally posts the webhook)
+- ``POST /_sim/templates/{waba_id}/{name}/{language}/status``  pause/disable/approve/reject
+- ``GET|POST /_sim/clock``        read or set the simulated clock
+- ``GET|PATCH /_sim/behaviour``   latency, 5xx/timeout rates, ratios, ...
+- ``PATCH /_sim/numbers/{phone_number_id}``  throughput
+- ``GET /_sim/stats``, ``GET /_sim/messages``, ``GET /_sim/webhooks``, ``POST /_sim/drain``,
+  ``POST /_sim/reset``, ``GET /healthz``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, HTTPException, Request, Response
+from pydantic import BaseModel, Field
+
+from .config import SimulatorConfig, TemplateConfig
+from .errors import GraphError
+from .simulator import CloudApiSimulator
+from .traffic import TrafficGenerator, custom_webhook
+from .validation import normalise_recipient
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _graph_error(err: GraphError) -> Response:
+    return _json(err.body(), err.http_status)
+
+
+def _instant(value: str | float | int) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+class InboundRequest(BaseModel):
+    count: int = Field(default=0, ge=0, le=100_000)
+    seed: int | None = None
+    phone_number_ids: list[str] | None = None
+    # Explicit messages for one number instead of generated ones.
+    phone_number_id: str | None = None
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class WindowRequest(BaseModel):
+    phone_number_id: str
+    customer: str
+    last_inbound_at: str | float | None = None  # unix seconds or ISO 8601; default: simulated now
+    referral: bool = False
+
+
+class PreferenceRequest(BaseModel):
+    phone_number_id: str
+    customer: str
+    value: str = Field(pattern="^(stop|resume)$")
+    notify: bool = True
+
+
+class TemplateStatusRequest(BaseModel):
+    status: str
+    reason: str | None = None
+    title: str | None = None
+
+
+class ClockRequest(BaseModel):
+    now: str | float | None = None
+    advance_s: float | None = None
+
+
+class NumberPatch(BaseModel):
+    throughput: int | None = Field(default=None, ge=1, le=10_000)
+
+
+def create_app(config: SimulatorConfig, *, simulator: CloudApiSimulator | None = None) -> FastAPI:
+    sim = simulator or CloudApiSimulator(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await sim.start()
+        try:
+            yield
+        finally:
+            await sim.stop()
+
+    app = FastAPI(
+        title="Parley Cloud API simulator",
+        lifespan=lifespan,
+        docs_url="/_sim/docs",
+        openapi_url="/_sim/openapi.json",
+    )
+    app.state.simulator = sim
+    _routes_graph(app, sim)
+    _routes_control(app, sim)
+    return app
+
+
+def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
+    @app.post("/{version}/{phone_number_id}/messages")
+    async def send_message(version: str, phone_number_id: str, request: Request) -> Response:
+        outcome = await sim.send(
+            version, phone_number_id, request.headers.get("authorization"), await request.body()
+        )
+        if outcome.hang_s:
+            await asyncio.sleep(outcome.hang_s)
+        return _json(outcome.body, outcome.http_status)
+
+    @app.get("/{version}/{waba_id}/message_templates")
+    async def list_templates(version: str, waba_id: str, request: Request) -> Response:
+        try:
+            return _json(
+                sim.list_templates(waba_id, request.headers.get("authorization"), dict(request.query_params))
+            )
+        except GraphError as err:
+            return _graph_error(err)
+
+    @app.post("/{version}/{waba_id}/message_templates")
+    async def create_template(version: str, waba_id: str, request: Request) -> Response:
+        try:
+            try:
+                body = json.loads(await request.body())
+            except ValueError as exc:
+                raise GraphError(100, "The request body is not valid JSON") from exc
+            return _json(sim.create_template(waba_id, request.headers.get("authorization"), body))
+        except GraphError as err:
+            return _graph_error(err)
+
+
+def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/_sim/inbound")
+    async def inbound(req: InboundRequest) -> dict[str, Any]:
+        hooks = []
+        if req.messages:
+            if req.phone_number_id not in sim.numbers:
+                raise HTTPException(404, "unknown phone_number_id")
+            number = sim.business_numbers([req.phone_number_id])[0]
+            try:
+                hooks.append(custom_webhook(number, req.messages, clock=sim.clock.now, rng=sim.rng))
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from exc
+        if req.count:
+            unknown = [i for i in req.phone_number_ids or [] if i not in sim.numbers]
+            if unknown:
+                raise HTTPException(404, f"unknown phone_number_ids {unknown}")
+            gen = TrafficGenerator(
+                sim.business_numbers(req.phone_number_ids),
+                seed=req.seed if req.seed is not None else sim.rng.randrange(1 << 30),
+                clock=sim.clock.now,
+            )
+            hooks.extend(gen.webhooks(req.count))
+        for hook in hooks:
+            sim.post_inbound(hook)
+        return {
+            "webhooks": len(hooks),
+            "messages": [
+                {
+                    "wamid": r.wamid,
+                    "phone_number_id": r.phone_number_id,
+                    "customer_id": r.customer_id,
+                    "timestamp": r.timestamp,
+                    "language": r.language,
+                    "intent": r.intent,
+                    "type": r.type,
+                    "referral": r.referral,
+                    "username_only": r.username_only,
+                }
+                for h in hooks
+                for r in h.records
+            ],
+        }
+
+    @app.post("/_sim/inbound/record")
+    async def inbound_record(request: Request) -> dict[str, int]:
+        """Record the windows of an inbound webhook body that was posted by someone else (``drive``)."""
+        payload = json.loads(await request.body())
+        recorded = 0
+        for entry in payload.get("entry", []):
+            for change in entry.get("changes", []):
+                value = change.get("value", {})
+                pn = value.get("metadata", {}).get("phone_number_id")
+                for msg in value.get("messages", []):
+                    customer = msg.get("from") or msg.get("from_user_id")
+                    if pn and customer:
+                        sim.windows.record_inbound(
+                            pn,
+                            customer,
+                            float(msg.get("timestamp", sim.clock.now())),
+                            referral="referral" in msg,
+                        )
+                        recorded += 1
+        sim.stats["inbound_messages"] += recorded
+        return {"recorded": recorded}
+
+    @app.post("/_sim/windows")
+    async def open_window(req: WindowRequest) -> dict[str, Any]:
+        at = sim.clock.now() if req.last_inbound_at is None else _instant(req.last_inbound_at)
+        sim.windows.record_inbound(
+            req.phone_number_id, normalise_recipient(req.customer), at, referral=req.referral
+        )
+        return {"phone_number_id": req.phone_number_id, "last_inbound_at": at}
+
+    @app.post("/_sim/preferences")
+    async def preferences(req: PreferenceRequest) -> dict[str, str]:
+        if req.phone_number_id not in sim.numbers:
+            raise HTTPException(404, "unknown phone_number_id")
+        sim.set_marketing_preference(req.phone_number_id, req.customer, req.value, notify=req.notify)
+        return {"value": req.value}
+
+    @app.post("/_sim/templates/{waba_id}/{name}/{language}/status")
+    async def template_status(
+        waba_id: str, name: str, language: str, req: TemplateStatusRequest
+    ) -> dict[str, Any]:
+        stored = sim.templates.find(waba_id, name, language)
+        if stored is None:
+            raise HTTPException(404, "unknown template")
+        sim.set_template_status(stored, req.status.upper(), reason=req.reason, title=req.title)
+        return stored.listing()
+
+    @app.post("/_sim/templates/{waba_id}")
+    async def add_template(waba_id: str, template: TemplateConfig) -> dict[str, Any]:
+        if waba_id not in sim.wabas:
+            raise HTTPException(404, "unknown waba")
+        return sim.add_template(waba_id, template).listing()
+
+    @app.get("/_sim/clock")
+    async def get_clock() -> dict[str, Any]:
+        return {"now": sim.clock.now(), "iso": sim.clock.now_dt().isoformat()}
+
+    @app.post("/_sim/clock")
+    async def set_clock(req: ClockRequest) -> dict[str, Any]:
+        if req.now is not None:
+            sim.clock.set(datetime.fromtimestamp(_instant(req.now), UTC))
+        if req.advance_s:
+            sim.clock.advance(req.advance_s)
+        return {"now": sim.clock.now(), "iso": sim.clock.now_dt().isoformat()}
+
+    @app.get("/_sim/behaviour")
+    async def get_behaviour() -> dict[str, Any]:
+        return sim.behaviour.model_dump(mode="json")
+
+    @app.patch("/_sim/behaviour")
+    async def patch_behaviour(request: Request) -> dict[str, Any]:
+        try:
+            return sim.update_behaviour(json.loads(await request.body())).model_dump(mode="json")
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
+    @app.patch("/_sim/numbers/{phone_number_id}")
+    async def patch_number(phone_number_id: str, req: NumberPatch) -> dict[str, Any]:
+        number = sim.numbers.get(phone_number_id)
+        if number is None:
+            raise HTTPException(404, "unknown phone_number_id")
+        if req.throughput is not None:
+            number.throughput = req.throughput
+        return {"id": number.id, "throughput": number.throughput}
+
+    @app.get("/_sim/stats")
+    async def stats() -> Response:
+        return _json(sim.stats_snapshot())
+
+    @app.get("/_sim/messages")
+    async def messages(
+        wamid: str | None = None,
+        biz_opaque_callback_data: str | None = None,
+        phone_number_id: str | None = None,
+        to: str | None = None,
+        limit: int = 1000,
+    ) -> Response:
+        found = sim.find_messages(
+            wamid=wamid,
+            biz_opaque_callback_data=biz_opaque_callback_data,
+            phone_number_id=phone_number_id,
+            to=to,
+        )
+        return _json({"count": len(found), "data": [m.summary() for m in found[-limit:]]})
+
+    @app.get("/_sim/webhooks")
+    async def webhooks(kind: str | None = None, limit: int = 200) -> Response:
+        posted = [w for w in sim.dispatcher.log if kind is None or w.kind == kind][-limit:]
+        return _json(
+            {
+                "count": len(posted),
+                "data": [
+                    {
+                        "app_id": w.app_id,
+                        "kind": w.kind,
+                        "http_status": w.http_status,
+                        "attempt": w.attempt,
+                        "signature": w.signature,
+                        "body": w.body.decode(),
+                    }
+                    for w in posted
+                ],
+            }
+        )
+
+    @app.post("/_sim/drain")
+    async def drain(timeout_s: float = 30.0) -> dict[str, Any]:
+        done = await sim.dispatcher.drain(timeout_s)
+        return {"drained": done, "pending": sim.dispatcher.pending}
+
+    @app.post("/_sim/reset")
+    async def reset() -> dict[str, str]:
+        sim.reset()
+        return {"status": "reset"}

@@ -1,0 +1,668 @@
+"""The simulator's behaviour, independent of HTTP: what Meta answers to a send and which
+webhooks follow. ``app.py`` puts routes in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .clock import SimClock
+from .config import Behaviour, PhoneNumberConfig, SimulatorConfig, TemplateConfig, WabaConfig
+from .errors import GraphError
+from .limits import PairRateLimiter, ThroughputLimiter
+from .pricing import PricedMessage, PricingEngine
+from .templates import StoredTemplate, TemplateCatalogue, parse_new_template
+from .traffic import BusinessNumber, InboundWebhook
+from .validation import SendRequest, check_template_parameters, normalise_recipient, parse_send
+from .webhooks import PendingStatus, WebhookDispatcher
+from .windows import CustomerWindows, MarketingConsent
+
+# Failures Meta reports by a status webhook after answering "accepted" (unless configured sync).
+ASYNC_BY_DEFAULT = frozenset({131026, 131047, 131049, 131050, 132015})
+_VERSION = re.compile(r"^v(\d+)(?:\.\d+)?$")
+
+
+@dataclass
+class SentMessage:
+    """A message the simulator accepted, with the statuses it planned for it."""
+
+    wamid: str
+    phone_number_id: str
+    waba_id: str
+    to: str
+    wa_id: str
+    type: str
+    category: str  # marketing | utility | authentication | service
+    template_name: str | None
+    template_language: str | None
+    biz_opaque_callback_data: str | None
+    api_version: str
+    accepted_at: float  # simulated unix time
+    free_entry_point: bool
+    in_service_window: bool
+    failure_code: int | None = None
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SendOutcome:
+    def __init__(self, http_status: int, body: dict[str, Any], *, hang_s: float = 0.0) -> None:
+        self.http_status = http_status
+        self.body = body
+        self.hang_s = hang_s
+
+
+class CloudApiSimulator:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.behaviour: Behaviour = config.behaviour.model_copy()
+        self.rng = random.Random(config.seed)
+        self.clock = SimClock(self.behaviour.clock_start)
+        self.windows = CustomerWindows()
+        self.consent = MarketingConsent()
+        self.pricing = PricingEngine()
+        self.throughput = ThroughputLimiter()
+        self.pair_rate = PairRateLimiter()
+        self.templates = TemplateCatalogue()
+        self.apps = {a.app_id: a for a in config.apps}
+        self.wabas: dict[str, WabaConfig] = {w.id: w for w in config.wabas}
+        self.numbers: dict[str, PhoneNumberConfig] = {p.id: p.model_copy() for p in config.phone_numbers}
+        self.unknown_recipients: set[str] = {
+            normalise_recipient(r) for r in self.behaviour.unknown_recipients
+        }
+        self._tokens: dict[str, set[str]] = defaultdict(set)  # phone number or WABA id -> tokens
+        for w in config.wabas:
+            tok = w.access_token()
+            if tok:
+                self._tokens[w.id].add(tok)
+        for p in config.phone_numbers:
+            tok = p.access_token()
+            if tok:
+                self._tokens[p.id].add(tok)
+        self._all_tokens = set().union(*self._tokens.values()) if self._tokens else set()
+        for w in config.wabas:
+            for t in w.templates:
+                self.templates.add(w.id, t)
+        self.messages: dict[str, SentMessage] = {}
+        self._by_opaque: dict[str, list[str]] = defaultdict(list)
+        self.stats: Counter[str] = Counter()
+        self.errors_by_code: Counter[int] = Counter()
+        self.per_number: dict[str, Counter[str]] = defaultdict(Counter)
+        self._wamid_seq = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.dispatcher = WebhookDispatcher(
+            url_template=config.webhook_url,
+            app_secrets={a.app_id: a.secret() for a in config.apps},
+            behaviour=self.behaviour,
+            rng=self.rng,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.dispatcher.stop()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def update_behaviour(self, changes: dict[str, Any]) -> Behaviour:
+        merged = Behaviour.model_validate({**self.behaviour.model_dump(), **changes})
+        for key in changes:
+            setattr(self.behaviour, key, getattr(merged, key))
+        if "unknown_recipients" in changes:
+            self.unknown_recipients = {normalise_recipient(r) for r in self.behaviour.unknown_recipients}
+        if "clock_start" in changes and merged.clock_start is not None:
+            self.clock.set(merged.clock_start)
+        return self.behaviour
+
+    def reset(self) -> None:
+        """Forget runtime state (messages, windows, consent, limits, counters); keep the config."""
+        self.windows.reset()
+        self.consent.reset()
+        self.pricing.reset()
+        self.throughput.reset()
+        self.pair_rate.reset()
+        self.messages.clear()
+        self._by_opaque.clear()
+        self.stats.clear()
+        self.errors_by_code.clear()
+        self.per_number.clear()
+        self.dispatcher.reset()
+
+    # --- auth -----------------------------------------------------------------------------
+
+    def _check_token(self, authorization: str | None, object_ids: tuple[str, ...]) -> None:
+        token = None
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        if not token or token not in self._all_tokens:
+            raise GraphError(190, "Invalid OAuth access token")
+        if not any(token in self._tokens.get(oid, ()) for oid in object_ids):
+            raise GraphError(
+                190,
+                "The access token is not valid for this object",
+                message="Invalid OAuth access token - the token has no access to this object",
+            )
+
+    @staticmethod
+    def _unknown_object(object_id: str) -> GraphError:
+        return GraphError(
+            100,
+            f"Unsupported post request. Object with ID '{object_id}' does not exist, "
+            "cannot be loaded due to missing permissions, or does not support this operation.",
+            error_type="GraphMethodException",
+        )
+
+    def _number_tokens_scope(self, number: PhoneNumberConfig) -> tuple[str, ...]:
+        return (number.id, number.waba_id)
+
+    def _waba_scope(self, waba_id: str) -> tuple[str, ...]:
+        return (waba_id, *(p.id for p in self.numbers.values() if p.waba_id == waba_id))
+
+    # --- sending --------------------------------------------------------------------------
+
+    def _fail(self, phone_number_id: str, err: GraphError) -> SendOutcome:
+        self.stats["requests_rejected"] += 1
+        self.errors_by_code[err.code] += 1
+        self.per_number[phone_number_id][f"error_{err.code}"] += 1
+        return SendOutcome(err.http_status, err.body())
+
+    async def send(
+        self, version: str, phone_number_id: str, authorization: str | None, raw_body: bytes
+    ) -> SendOutcome:
+        """``POST /{version}/{phone_number_id}/messages``."""
+        self.stats["requests"] += 1
+        b = self.behaviour
+        delay = b.latency_ms + (self.rng.random() * b.latency_jitter_ms if b.latency_jitter_ms else 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+        try:
+            number = self.numbers.get(phone_number_id)
+            self._check_token(authorization, self._number_tokens_scope(number) if number else ())
+            if number is None:
+                raise self._unknown_object(phone_number_id)
+        except GraphError as err:
+            return self._fail(phone_number_id, err)
+        if b.timeout_rate and self.rng.random() < b.timeout_rate:
+            self.stats["timeouts"] += 1
+            self.per_number[phone_number_id]["timeouts"] += 1
+            return SendOutcome(504, GraphError(2, "Request timed out").body(), hang_s=b.hang_seconds)
+        if b.error_5xx_rate and self.rng.random() < b.error_5xx_rate:
+            code = self.rng.choice((1, 2))
+            return self._fail(phone_number_id, GraphError(code, "Simulated server error"))
+        try:
+            try:
+                body = json.loads(raw_body)
+            except ValueError as exc:
+                raise GraphError(100, "The request body is not valid JSON") from exc
+            request = parse_send(body)
+            outcome = self._accept(version, number, request)
+        except GraphError as err:
+            return self._fail(phone_number_id, err)
+        if b.timeout_accepted_rate and self.rng.random() < b.timeout_accepted_rate:
+            self.stats["timeouts_after_accept"] += 1
+            self.per_number[phone_number_id]["timeouts_after_accept"] += 1
+            return SendOutcome(504, GraphError(2, "Request timed out").body(), hang_s=b.hang_seconds)
+        return outcome
+
+    def _sync(self, code: int) -> bool:
+        return code in self.behaviour.sync_error_codes or code not in ASYNC_BY_DEFAULT
+
+    def _accept(self, version: str, number: PhoneNumberConfig, req: SendRequest) -> SendOutcome:
+        now = self.clock.now()
+        wa_id = normalise_recipient(req.to)
+        category = "service"
+        stored: StoredTemplate | None = None
+        async_failure: tuple[int, str] | None = None
+
+        def problem(code: int, details: str) -> None:
+            nonlocal async_failure
+            if self._sync(code):
+                raise GraphError(code, details)
+            if async_failure is None:
+                async_failure = (code, details)
+
+        if req.is_template:
+            assert req.template_name is not None and req.template_language is not None
+            stored = self.templates.find(number.waba_id, req.template_name, req.template_language)
+            if stored is None or stored.status in ("PENDING", "REJECTED", "IN_APPEAL", "ARCHIVED"):
+                raise GraphError(
+                    132001, f"template name ({req.template_name}) does not exist in {req.template_language}"
+                )
+            if stored.status == "DISABLED":
+                raise GraphError(132016, f"template {req.template_name} is disabled")
+            check_template_parameters(stored.template, req.template_components)
+            category = stored.template.category.lower()
+            if stored.status == "PAUSED":
+                problem(132015, f"template {req.template_name} is paused")
+        in_window = self.windows.in_service_window(number.id, wa_id, now)
+        if not req.is_template and not in_window:
+            problem(
+                131047,
+                "Message failed to send because more than 24 hours have passed since the "
+                "customer last replied to this number.",
+            )
+        if wa_id in self.unknown_recipients or (
+            self.behaviour.unknown_recipient_pattern
+            and re.search(self.behaviour.unknown_recipient_pattern, wa_id)
+        ):
+            problem(131026, "Message Undeliverable.")
+        if category == "marketing" and self.consent.stopped(number.waba_id, wa_id):
+            problem(131050, "The recipient has stopped marketing messages from this business.")
+        if (
+            category == "marketing"
+            and async_failure is None
+            and self.behaviour.failure_131049_rate
+            and self.rng.random() < self.behaviour.failure_131049_rate
+        ):
+            problem(131049, "This message was not delivered to maintain healthy ecosystem engagement.")
+
+        mono = time.monotonic()
+        if not self.throughput.allows(number.id, number.throughput, mono):
+            raise GraphError(
+                130429,
+                f"Message failed to send because there were too many messages sent "
+                f"from this phone number in a short period of time "
+                f"(limit {number.throughput}/s).",
+            )
+        if not self.pair_rate.try_acquire(
+            number.id,
+            wa_id,
+            burst=self.behaviour.pair_burst,
+            interval_s=self.behaviour.pair_interval_s,
+            now=mono,
+        ):
+            raise GraphError(
+                131056,
+                "Message failed to send because there were too many messages sent "
+                "from this phone number to the same phone number in a short period "
+                "of time.",
+            )
+        self.throughput.record(number.id, mono)
+
+        wamid = self._new_wamid(wa_id)
+        api_version = _version_number(version)
+        fep = False if async_failure else self.windows.entry_point_open_for_send(number.id, wa_id, now)
+        msg = SentMessage(
+            wamid=wamid,
+            phone_number_id=number.id,
+            waba_id=number.waba_id,
+            to=req.to,
+            wa_id=wa_id,
+            type=req.type,
+            category=category,
+            template_name=req.template_name,
+            template_language=req.template_language,
+            biz_opaque_callback_data=req.biz_opaque_callback_data,
+            api_version=version,
+            accepted_at=now,
+            free_entry_point=fep,
+            in_service_window=in_window,
+            failure_code=async_failure[0] if async_failure else None,
+            request=req.body,
+        )
+        self.messages[wamid] = msg
+        if req.biz_opaque_callback_data is not None:
+            self._by_opaque[req.biz_opaque_callback_data].append(wamid)
+        self.stats["requests_accepted"] += 1
+        self.per_number[number.id]["accepted"] += 1
+        if async_failure:
+            self._plan_failure(msg, number, *async_failure)
+        else:
+            priced = self.pricing.price(
+                phone_number_id=number.id,
+                customer=wa_id,
+                now=now,
+                category=category,
+                in_service_window=in_window,
+                free_entry_point=fep,
+                api_version=api_version,
+            )
+            self._plan_statuses(msg, number, priced)
+        return SendOutcome(
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": req.to, "wa_id": wa_id}],
+                "messages": [{"id": wamid, "message_status": "accepted"}],
+            },
+        )
+
+    def _new_wamid(self, wa_id: str) -> str:
+        raw = f"{wa_id}:{next(self._wamid_seq)}:{self.rng.getrandbits(64):016x}".encode()
+        return "wamid." + base64.b64encode(b"\x15\x02\x00\x11\x18\x12" + raw).decode()
+
+    # --- statuses -------------------------------------------------------------------------
+
+    def _status(self, msg: SentMessage, status: str, offset_s: float, **extra: Any) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "id": msg.wamid,
+            "status": status,
+            "timestamp": str(int(msg.accepted_at + offset_s)),
+        }
+        if re.fullmatch(r"[A-Z]{2}\..+", msg.wa_id):
+            obj["recipient_user_id"] = msg.wa_id
+        else:
+            obj["recipient_id"] = msg.wa_id
+        if msg.biz_opaque_callback_data is not None:
+            obj["biz_opaque_callback_data"] = msg.biz_opaque_callback_data
+        obj.update({k: v for k, v in extra.items() if v is not None})
+        return obj
+
+    def _schedule(
+        self, msg: SentMessage, number: PhoneNumberConfig, delay_s: float, status: dict[str, Any]
+    ) -> None:
+        msg.statuses.append(status)
+        self.stats[f"status_{status['status']}"] += 1
+        waba = self.wabas[number.waba_id]
+        self.dispatcher.schedule_status(
+            delay_s,
+            PendingStatus(
+                app_id=waba.app_id,
+                waba_id=waba.id,
+                metadata={"display_phone_number": number.display_phone_number, "phone_number_id": number.id},
+                status=status,
+            ),
+        )
+
+    def _plan_failure(self, msg: SentMessage, number: PhoneNumberConfig, code: int, details: str) -> None:
+        from .errors import status_error
+
+        self.stats[f"async_failure_{code}"] += 1
+        self.errors_by_code[code] += 1
+        self.per_number[number.id][f"failed_{code}"] += 1
+        delay = self.behaviour.sent_delay_ms / 1000
+        self._schedule(
+            msg, number, delay, self._status(msg, "failed", delay, errors=[status_error(code, details)])
+        )
+
+    def _plan_statuses(self, msg: SentMessage, number: PhoneNumberConfig, priced: PricedMessage) -> None:
+        b = self.behaviour
+        sent_s = b.sent_delay_ms / 1000
+        self._schedule(
+            msg,
+            number,
+            sent_s,
+            self._status(
+                msg, "sent", sent_s, conversation=priced.conversation_for("sent"), pricing=priced.pricing
+            ),
+        )
+        if self.rng.random() >= b.delivered_ratio:
+            return
+        read = self.rng.random() < b.read_ratio
+        skip_delivered = read and self.rng.random() < b.skip_delivered_ratio
+        priced_on = "read" if skip_delivered else "delivered"
+        if not skip_delivered:
+            d = max(sent_s, b.delivered_delay_ms / 1000)
+            self._schedule(
+                msg,
+                number,
+                d,
+                self._status(
+                    msg,
+                    "delivered",
+                    d,
+                    conversation=priced.conversation_for("delivered"),
+                    pricing=priced.pricing if priced_on == "delivered" else None,
+                ),
+            )
+        if read:
+            r = max(sent_s, b.delivered_delay_ms / 1000, b.read_delay_ms / 1000)
+            self._schedule(
+                msg,
+                number,
+                r,
+                self._status(
+                    msg,
+                    "read",
+                    r,
+                    conversation=priced.conversation_for("read") if priced_on == "read" else None,
+                    pricing=priced.pricing if priced_on == "read" else None,
+                ),
+            )
+
+    # --- inbound --------------------------------------------------------------------------
+
+    def business_numbers(self, ids: list[str] | None = None) -> list[BusinessNumber]:
+        chosen = [self.numbers[i] for i in ids] if ids else list(self.numbers.values())
+        return [
+            BusinessNumber(
+                phone_number_id=p.id,
+                waba_id=p.waba_id,
+                display_phone_number=p.display_phone_number,
+                app_id=self.wabas[p.waba_id].app_id,
+            )
+            for p in chosen
+        ]
+
+    def record_inbound(self, webhook: InboundWebhook) -> None:
+        for r in webhook.records:
+            self.windows.record_inbound(
+                r.phone_number_id, r.customer_id, float(r.timestamp), referral=r.referral
+            )
+            self.stats["inbound_messages"] += 1
+            self.per_number[r.phone_number_id]["inbound"] += 1
+
+    def post_inbound(self, webhook: InboundWebhook) -> None:
+        self.record_inbound(webhook)
+        self.stats["inbound_webhooks"] += 1
+        self.dispatcher.post_payload(webhook.app_id, webhook.payload, kind="inbound")
+
+    # --- consent --------------------------------------------------------------------------
+
+    def set_marketing_preference(
+        self, phone_number_id: str, customer: str, value: str, *, notify: bool
+    ) -> None:
+        number = self.numbers[phone_number_id]
+        wa_id = normalise_recipient(customer)
+        if value == "stop":
+            self.consent.stop(number.waba_id, wa_id)
+        else:
+            self.consent.resume(number.waba_id, wa_id)
+        if notify:
+            waba = self.wabas[number.waba_id]
+            ts = str(int(self.clock.now()))
+            value_obj = {
+                "messaging_product": "whatsapp",
+                "metadata": {
+                    "display_phone_number": number.display_phone_number,
+                    "phone_number_id": number.id,
+                },
+                "contacts": [{"wa_id": wa_id}],
+                "user_preferences": [
+                    {
+                        "wa_id": wa_id,
+                        "category": "marketing_messages",
+                        "value": value,
+                        "timestamp": ts,
+                        "detail": "User requested to stop marketing messages"
+                        if value == "stop"
+                        else "User requested to resume marketing messages",
+                    }
+                ],
+            }
+            self.dispatcher.post_payload(
+                waba.app_id,
+                {
+                    "object": "whatsapp_business_account",
+                    "entry": [
+                        {"id": waba.id, "changes": [{"value": value_obj, "field": "user_preferences"}]}
+                    ],
+                },
+                kind="user_preferences",
+            )
+
+    # --- templates ------------------------------------------------------------------------
+
+    def list_templates(
+        self, waba_id: str, authorization: str | None, query: dict[str, str]
+    ) -> dict[str, Any]:
+        self._check_waba(waba_id, authorization)
+        items = self.templates.list(
+            waba_id,
+            name=query.get("name"),
+            status=query.get("status"),
+            category=query.get("category"),
+            language=query.get("language"),
+        )
+        limit = max(1, min(int(query.get("limit", "25")), 1000))
+        after = query.get("after")
+        start = _decode_cursor(after) if after else 0
+        page = items[start : start + limit]
+        out: dict[str, Any] = {"data": [t.listing() for t in page]}
+        if items:
+            paging: dict[str, Any] = {
+                "cursors": {"before": _encode_cursor(start), "after": _encode_cursor(start + len(page))}
+            }
+            if start + len(page) < len(items):
+                paging["next"] = (
+                    f"/{waba_id}/message_templates?limit={limit}&after={_encode_cursor(start + len(page))}"
+                )
+            out["paging"] = paging
+        return out
+
+    def create_template(self, waba_id: str, authorization: str | None, body: Any) -> dict[str, Any]:
+        self._check_waba(waba_id, authorization)
+        template = parse_new_template(body)
+        existing = self.templates.find(waba_id, template.name, template.language)
+        if existing is not None:
+            raise GraphError(
+                100,
+                f"Content in this language already exists for template {template.name} ({template.language})",
+            )
+        stored = self.templates.add(waba_id, template)
+        self.stats["templates_created"] += 1
+        self._spawn(self._approve_later(stored))
+        return {"id": stored.id, "status": "PENDING", "category": stored.template.category}
+
+    async def _approve_later(self, stored: StoredTemplate) -> None:
+        await asyncio.sleep(self.behaviour.template_approval_delay_s)
+        if stored.status == "PENDING":
+            self.set_template_status(stored, "APPROVED")
+
+    def _check_waba(self, waba_id: str, authorization: str | None) -> None:
+        self._check_token(authorization, self._waba_scope(waba_id))
+        if waba_id not in self.wabas:
+            raise self._unknown_object(waba_id)
+
+    def set_template_status(
+        self, stored: StoredTemplate, status: str, *, reason: str | None = None, title: str | None = None
+    ) -> None:
+        self.templates.set_status(stored, status)
+        self.stats[f"template_status_{status}"] += 1
+        waba = self.wabas[stored.waba_id]
+        value: dict[str, Any] = {
+            "event": status,
+            "message_template_id": int(stored.id),
+            "message_template_name": stored.template.name,
+            "message_template_language": stored.template.language,
+            "message_template_category": stored.template.category,
+            "reason": reason if reason is not None else "NONE",
+        }
+        if status == "PAUSED":
+            value["other_info"] = {
+                "title": title or "FIRST_PAUSE",
+                "description": "Your message template has been paused because of low quality.",
+            }
+        elif status == "DISABLED":
+            value["other_info"] = {
+                "title": title or "DISABLED",
+                "description": "Your message template has been disabled because of continued low quality.",
+            }
+        self.dispatcher.post_payload(
+            waba.app_id,
+            {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {
+                        "id": waba.id,
+                        "time": int(self.clock.now()),
+                        "changes": [{"value": value, "field": "message_template_status_update"}],
+                    }
+                ],
+            },
+            kind="template_status",
+        )
+
+    def add_template(self, waba_id: str, template: TemplateConfig) -> StoredTemplate:
+        return self.templates.add(waba_id, template)
+
+    # --- queries --------------------------------------------------------------------------
+
+    def find_messages(
+        self,
+        *,
+        wamid: str | None = None,
+        biz_opaque_callback_data: str | None = None,
+        phone_number_id: str | None = None,
+        to: str | None = None,
+    ) -> list[SentMessage]:
+        if wamid is not None:
+            found = [self.messages[wamid]] if wamid in self.messages else []
+        elif biz_opaque_callback_data is not None:
+            found = [self.messages[w] for w in self._by_opaque.get(biz_opaque_callback_data, [])]
+        else:
+            found = list(self.messages.values())
+        if phone_number_id is not None:
+            found = [m for m in found if m.phone_number_id == phone_number_id]
+        if to is not None:
+            wa_id = normalise_recipient(to)
+            found = [m for m in found if m.wa_id == wa_id]
+        return found
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        duplicates = {k: len(v) for k, v in self._by_opaque.items() if len(v) > 1}
+        return {
+            "requests": {
+                "total": self.stats["requests"],
+                "accepted": self.stats["requests_accepted"],
+                "rejected": self.stats["requests_rejected"],
+                "timeouts": self.stats["timeouts"],
+                "timeouts_after_accept": self.stats["timeouts_after_accept"],
+            },
+            "errors_by_code": {str(k): v for k, v in sorted(self.errors_by_code.items())},
+            "statuses": {k[len("status_") :]: v for k, v in self.stats.items() if k.startswith("status_")},
+            "per_number": {pn: dict(c) for pn, c in self.per_number.items()},
+            "inbound": {
+                "messages": self.stats["inbound_messages"],
+                "webhooks": self.stats["inbound_webhooks"],
+            },
+            "templates": {k: v for k, v in self.stats.items() if k.startswith("template")},
+            "webhooks": dict(self.dispatcher.stats) | {"pending": self.dispatcher.pending},
+            "duplicate_biz_opaque_callback_data": len(duplicates),
+        }
+
+
+def _version_number(version: str) -> int:
+    m = _VERSION.match(version)
+    return int(m.group(1)) if m else 99
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(str(offset).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except ValueError as exc:
+        raise GraphError(100, "Invalid paging cursor") from exc
