@@ -1,0 +1,206 @@
+"""The business send API: ``POST /v1/messages`` and ``POST /v1/messages/batch``.
+
+Per-tenant API keys (Bearer); a key acts only on its own tenant's numbers (403 otherwise).
+Per-tenant request rate limits (429 with Retry-After). An optional ``Idempotency-Key``: a repeat
+within the TTL returns the first answer, the same key with another body is 409. 202 once every
+OutboundMessage is acknowledged by Kafka on ``wa.messages.out``.
+"""
+
+
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from parley_common.tenancy.models import Tenant
+from parley_common.topics import MESSAGES_OUT
+from parley_ingest.domain.records import JSON, OutRecord
+from parley_ingest.domain.send_requests import (
+    Accepted,
+    BatchAccepted,
+    Problem,
+    SendBatchRequest,
+    SendMessageRequest,
+    ValidationFailed,
+    new_message_id,
+    request_fingerprint,
+)
+from parley_ingest.publishing import KafkaUnavailable
+from parley_ingest.services import IngestServices
+
+log = logging.getLogger("parley.ingest.api")
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="Repeat within 24 h returns the first answer; the same key with another body is 409")]
+
+
+class TenantRateLimits:
+    """Per-tenant request rates (sliding window counter of the ``limits`` library, per process)."""
+
+    def __init__(self, default: str) -> None:
+        self._default = parse(default)
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._parsed: dict[str, RateLimitItem] = {}
+
+    def _limit_for(self, tenant: Tenant) -> RateLimitItem:
+        spec = tenant.settings.get("ingest_rate_limit")
+        if not isinstance(spec, str):
+            return self._default
+        if spec not in self._parsed:
+            try:
+                self._parsed[spec] = parse(spec)
+            except ValueError:
+                log.error("invalid ingest_rate_limit in tenant settings", extra={"tenant": tenant.tenant_id})
+                self._parsed[spec] = self._default
+        return self._parsed[spec]
+
+    def retry_after(self, tenant: Tenant) -> int | None:
+        """None when the request may go ahead (and counts it); else seconds to wait."""
+        limit = self._limit_for(tenant)
+        if self._limiter.hit(limit, tenant.tenant_id):
+            return None
+        stats = self._limiter.get_window_stats(limit, tenant.tenant_id)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def validation_failed(errors: list[tuple[str, str]]) -> JSONResponse:
+    return JSONResponse(ValidationFailed(errors=[{"field": f, "reason": r} for f, r in errors]  # type: ignore[misc]
+                                         ).model_dump(), status_code=422)
+
+
+async def request_validation_handler(_: Request, exc: Exception) -> JSONResponse:
+    """422 with the field and the reason (400 when the body is not JSON at all)."""
+    assert isinstance(exc, RequestValidationError)
+    errors: list[tuple[str, str]] = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":
+            return _problem(400, "body is not valid JSON")
+        loc = [str(part) for part in e.get("loc", ())]
+        if loc and loc[0] in ("body", "header", "query", "path"):
+            loc = loc[1:]
+        errors.append((".".join(loc) or "body", str(e.get("msg", "invalid"))))
+    return validation_failed(errors)
+
+
+_COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body is not JSON"},
+    401: {"model": Problem, "description": "Missing or unknown API key"},
+    403: {"model": Problem, "description": "'from' is not a number of the key's tenant"},
+    409: {"model": Problem, "description": "Idempotency-Key reused with another body, or still in flight"},
+    413: {"model": Problem, "description": "Body too large"},
+    422: {"model": ValidationFailed, "description": "Invalid field, with the reason"},
+    429: {"model": Problem, "description": "Tenant's request rate exceeded; see Retry-After"},
+    503: {"model": Problem, "description": "Kafka or the database is unavailable; retry"},
+}
+
+
+def api_router(svc: IngestServices) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["send API"])
+    bearer = HTTPBearer(auto_error=False, description="A tenant API key (parley-tenants key add)")
+    limits = TenantRateLimits(svc.settings.api_rate_limit)
+
+    async def authenticated_tenant(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Tenant:
+        tenant = svc.tenants.tenant_for_api_key(credentials.credentials) if credentials else None
+        if tenant is None:
+            raise HTTPException(401, "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        wait = limits.retry_after(tenant)
+        if wait is not None:
+            raise HTTPException(429, "request rate limit exceeded", headers={"Retry-After": str(wait)})
+        return tenant
+
+    async def accept(tenant: Tenant, messages: list[SendMessageRequest], problems: list[tuple[str, str]],
+                     fingerprint: str, key: str | None, *, endpoint: str, origin: str,
+                     answer: Any) -> JSONResponse:
+        if problems:
+            return validation_failed(problems)
+        for i, m in enumerate(messages):
+            if m.from_ not in tenant.phone_number_ids:
+                where = "from" if endpoint == "messages" else f"messages.{i}.from"
+                return _problem(403, f"'{where}' is not a phone number id of this API key's tenant")
+        store = svc.require_store()
+        request_hash = request_fingerprint(endpoint, fingerprint)
+        if key is not None:
+            try:
+                stored = await store.reserve(tenant.tenant_id, key, request_hash)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return _problem(503, "database unavailable, retry", {"Retry-After": "1"})
+            if stored is not None:
+                if stored.request_hash != request_hash:
+                    return _problem(409, "Idempotency-Key was used with a different request")
+                if stored.status_code is None:
+                    return _problem(409, "a request with this Idempotency-Key is still in flight")
+                return JSONResponse(stored.response, status_code=stored.status_code,
+                                    headers={"Idempotent-Replayed": "true"})
+        now = datetime.now(UTC)
+        outbound = [m.to_outbound(tenant_id=tenant.tenant_id, message_id=new_message_id(tenant.tenant_id, key, i),
+                                  now=now, origin=origin) for i, m in enumerate(messages)]
+        records = [OutRecord(MESSAGES_OUT.name, o.model_dump_json().encode(), o.phone_number_id.encode(),
+                             {"content-type": JSON, "x-parley-event-id": o.event_id, "x-parley-tenant": o.tenant_id
+                              or ""}) for o in outbound]
+        try:
+            await svc.writer.write_all(records)
+        except KafkaUnavailable:
+            if key is not None:
+                try:
+                    await store.release(tenant.tenant_id, key)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    log.warning("could not release idempotency key after a Kafka failure",
+                                extra={"tenant": tenant.tenant_id})
+            return _problem(503, "Kafka unavailable, retry", {"Retry-After": "1"})
+        body = answer([o.message_id for o in outbound])
+        if key is not None:
+            try:
+                await store.complete(tenant.tenant_id, key, 202, body)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                # The messages are on Kafka; a retry with this key re-derives the same message ids.
+                log.warning("could not store idempotent answer", extra={"tenant": tenant.tenant_id})
+        for o in outbound:
+            svc.metrics.api_messages.labels(tenant.tenant_id, o.type).inc()
+        return JSONResponse(body, status_code=202)
+
+    @router.post("/messages", status_code=202, response_model=Accepted, responses=_COMMON_RESPONSES,
+                 summary="Send one message")
+    async def send_message(
+        message: SendMessageRequest,
+        tenant: Annotated[Tenant, Depends(authenticated_tenant)],
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:
+        response = await accept(tenant, [message], message.problems(), message.fingerprint(), idempotency_key,
+                                endpoint="messages", origin="api",
+                                answer=lambda ids: Accepted(id=ids[0]).model_dump())
+        svc.metrics.api_requests.labels("messages", str(response.status_code)).inc()
+        return response
+
+    @router.post("/messages/batch", status_code=202, response_model=BatchAccepted, responses=_COMMON_RESPONSES,
+                 summary="Send up to 1,000 messages, all or none")
+    async def send_batch(
+        batch: SendBatchRequest,
+        tenant: Annotated[Tenant, Depends(authenticated_tenant)],
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:
+        if len(batch.messages) > svc.settings.max_batch_messages:
+            return validation_failed([("messages", f"at most {svc.settings.max_batch_messages} messages")])
+        response = await accept(tenant, list(batch.messages), batch.problems(), batch.fingerprint(),
+                                idempotency_key, endpoint="batch", origin="campaign",
+                                answer=lambda ids: BatchAccepted(ids=ids).model_dump())
+        svc.metrics.api_requests.labels("batch", str(response.status_code)).inc()
+        return response
+
+    return router

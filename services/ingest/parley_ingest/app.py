@@ -1,0 +1,123 @@
+"""Composition root of ingest: runtime, routes (Meta webhooks, send API), store, error shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from parley_common.runtime import build_runtime, make_app
+from parley_ingest.api import api_router, request_validation_handler
+from parley_ingest.metrics import IngestMetrics
+from parley_ingest.publishing import RecordWriter
+from parley_ingest.services import IngestServices
+from parley_ingest.settings import IngestSettings
+from parley_ingest.store import IdempotencyStore
+from parley_ingest.webhooks import webhook_router
+
+log = logging.getLogger("parley.ingest")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+PURGE_INTERVAL_S = 600.0
+
+
+class ApiBodyLimit:
+    """413 for send-API bodies over the limit, by Content-Length or while streaming.
+
+    (The webhook route checks its own 3 MB limit on the stream it reads.)
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, prefix: str = "/v1/") -> None:
+        self.app = app
+        self.limit = limit
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await _send_413(send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_413(send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_413(send: Send) -> None:
+    body = b'{"detail":"body too large"}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: IngestSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    settings = settings or IngestSettings()
+    rt = build_runtime("ingest", settings, migrations=[("ingest", MIGRATIONS)], tracer_provider=tracer_provider)
+    svc = IngestServices(
+        rt=rt, settings=settings, metrics=IngestMetrics.register(rt.registry),
+        writer=RecordWriter(rt.broker, timeout_s=settings.produce_timeout_s, breaker_s=settings.kafka_breaker_s),
+        tracer=rt.tracer_provider.get_tracer("parley.ingest"),
+    )
+    purge_task: asyncio.Task[None] | None = None
+
+    async def start_store() -> None:
+        nonlocal purge_task
+        svc.store = IdempotencyStore(rt.require_pool(), ttl_hours=settings.idempotency_ttl_hours)
+        purge_task = asyncio.create_task(_purge_forever(svc.store))
+
+    async def stop_store() -> None:
+        if purge_task is not None:
+            purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge_task
+
+    rt.on_start.append(start_store)
+    rt.on_stop.append(stop_store)
+    app = make_app(rt, title="Parley ingest",
+                   routers=[webhook_router(svc), api_router(svc)])
+    app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes)
+    app.state.ingest = svc
+    return app
+
+
+async def _purge_forever(store: IdempotencyStore) -> None:
+    while True:
+        try:
+            purged = await store.purge_expired()
+            if purged:
+                log.info("purged expired idempotency keys", extra={"count": purged})
+        except Exception:
+            log.exception("purging idempotency keys failed")
+        await asyncio.sleep(PURGE_INTERVAL_S)

@@ -1,0 +1,84 @@
+"""The Kafka records of one accepted webhook POST (pure: the same for live intake and replay)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from parley_common.contracts import DeadLetter, Event, body_hash
+from parley_common.meta import NormalisedWebhook, ShapeProblem
+from parley_common.topics import ACCOUNT_EVENTS, DEAD_LETTERS, MESSAGES_IN, STATUSES, WEBHOOKS_RAW
+
+JSON = "application/json"
+H_APP_ID = "x-parley-app-id"
+H_RECEIVED_AT = "x-parley-received-at"
+H_SIGNATURE_VALID = "x-parley-signature-valid"
+H_BODY_SHA256 = "x-parley-body-sha256"
+H_EVENT_ID = "x-parley-event-id"
+H_TENANT = "x-parley-tenant"
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    topic: str
+    value: bytes
+    key: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def raw_archive_record(raw: bytes, *, app_id: str, received_at: datetime) -> OutRecord:
+    """The exact bytes of the POST, keyed by the verified app."""
+    return OutRecord(WEBHOOKS_RAW.name, raw, app_id.encode(), {
+        "content-type": JSON,
+        H_APP_ID: app_id,
+        H_RECEIVED_AT: received_at.isoformat(),
+        H_SIGNATURE_VALID: "true",
+        H_BODY_SHA256: hashlib.sha256(raw).hexdigest(),
+    })
+
+
+def _event_record(topic: str, event: Event) -> OutRecord:
+    headers = {"content-type": JSON, H_EVENT_ID: event.event_id}
+    if event.tenant_id:
+        headers[H_TENANT] = event.tenant_id
+    return OutRecord(topic, event.model_dump_json().encode(), event.phone_number_id.encode(), headers)
+
+
+def event_records(normalised: NormalisedWebhook) -> list[OutRecord]:
+    """Every message, status and account event, each on its topic, keyed by phone_number_id."""
+    records = [_event_record(MESSAGES_IN.name, m) for m in normalised.messages]
+    records += [_event_record(STATUSES.name, s) for s in normalised.statuses]
+    records += [_event_record(ACCOUNT_EVENTS.name, a) for a in normalised.account_events]
+    return records
+
+
+def problem_event_id(raw: bytes, problem: ShapeProblem) -> str:
+    """Deterministic, so Meta's retries of one bad webhook give one dead-letter id."""
+    return "ingest:" + body_hash(hashlib.sha256(raw).hexdigest(), problem.where)
+
+
+def dead_letter_record(raw: bytes, problem: ShapeProblem, *, app_id: str, received_at: datetime) -> OutRecord:
+    """A webhook part that does not match Meta's shape, for wa.deadletter (the raw archive has
+    the whole body; the record points at it by app id, receive time and body hash)."""
+    body_sha = hashlib.sha256(raw).hexdigest()
+    letter = DeadLetter(
+        event_id=problem_event_id(raw, problem), service="ingest", source_topic=WEBHOOKS_RAW.name,
+        key=problem.key or app_id, reason=f"{problem.where}: {problem.reason}", error_type="WebhookShapeError",
+        payload=problem.fragment_json().decode("utf-8"), payload_encoding="utf-8",
+        headers={H_APP_ID: app_id, H_RECEIVED_AT: received_at.isoformat(), H_BODY_SHA256: body_sha},
+        failed_at=received_at,
+    )
+    return OutRecord(DEAD_LETTERS.name, letter.model_dump_json().encode(), (problem.key or app_id).encode(), {
+        "content-type": JSON, "x-parley-service": "ingest", "x-parley-source-topic": WEBHOOKS_RAW.name,
+        H_EVENT_ID: letter.event_id,
+    })
+
+
+def webhook_records(raw: bytes, normalised: NormalisedWebhook, *, app_id: str,
+                    received_at: datetime) -> list[OutRecord]:
+    """Everything one accepted POST writes: raw bytes, every event, a dead letter per problem."""
+    records = [raw_archive_record(raw, app_id=app_id, received_at=received_at)]
+    records += event_records(normalised)
+    records += [dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems]
+    return records

@@ -1,0 +1,233 @@
+"""What a business may ask Parley to send: the request body of ``POST /v1/messages``.
+
+The body mirrors Meta's send API (``type`` plus the type object of that name), addressed by the
+tenant's own number (``from``, a phone_number_id) and the customer (``to``, a phone number in
+E.164, or ``to_user_id``, a business-scoped user id). Every rule that can be checked without I/O
+is checked here, so a bad request gets a 422 naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from parley_common.contracts import SEND_PRIORITIES, OutboundMessage, TemplateRef
+
+MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
+SEND_TYPES = ("text", *MEDIA_TYPES, "location", "contacts", "interactive", "template", "reaction")
+SendType = Literal["text", "image", "video", "audio", "document", "sticker", "location", "contacts",
+                   "interactive", "template", "reaction"]
+Priority = Literal["reply", "authentication", "utility", "marketing"]
+assert set(Priority.__args__) == set(SEND_PRIORITIES)  # type: ignore[attr-defined]
+
+PhoneNumberId = Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="the tenant's phone_number_id")]
+BSUID_PATTERN = r"^[A-Z]{2}\.[A-Za-z0-9]{1,128}$"
+
+
+class _PassThrough(BaseModel):
+    """A type object: the fields Parley checks; anything else goes to Meta unchanged."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class TextObject(_PassThrough):
+    body: str = Field(min_length=1, max_length=4096)
+    preview_url: bool | None = None
+
+
+class MediaObject(_PassThrough):
+    id: str | None = Field(default=None, min_length=1, max_length=256)
+    link: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=2048)
+    caption: str | None = Field(default=None, max_length=1024)
+    filename: str | None = Field(default=None, max_length=240)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MediaObject:
+        if (self.id is None) == (self.link is None):
+            raise PydanticCustomError("media_source", "give exactly one of 'id' or 'link'")
+        return self
+
+
+class LocationObject(_PassThrough):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    name: str | None = Field(default=None, max_length=1000)
+    address: str | None = Field(default=None, max_length=1000)
+
+
+class InteractiveObject(_PassThrough):
+    type: str = Field(min_length=1, max_length=64, description="button, list, cta_url, flow, product, ...")
+    action: dict[str, Any]
+    body: dict[str, Any] | None = None
+
+
+class LanguageObject(_PassThrough):
+    code: str = Field(min_length=2, max_length=16)
+
+
+class TemplateObject(_PassThrough):
+    name: str = Field(min_length=1, max_length=512)
+    language: LanguageObject | Annotated[str, Field(min_length=2, max_length=16)]
+    components: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
+
+    @field_validator("components")
+    @classmethod
+    def _component_types(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for c in v:
+            if not isinstance(c.get("type"), str) or not c["type"]:
+                raise PydanticCustomError("component_type", "every component needs a 'type'")
+            if "parameters" in c and not isinstance(c["parameters"], list):
+                raise PydanticCustomError("component_parameters", "'parameters' must be a list")
+        return v
+
+    @property
+    def language_code(self) -> str:
+        return self.language if isinstance(self.language, str) else self.language.code
+
+    def to_ref(self) -> TemplateRef:
+        return TemplateRef.model_validate({"name": self.name, "language": self.language_code,
+                                           "components": self.components})
+
+
+class ReactionObject(_PassThrough):
+    message_id: str = Field(min_length=1, max_length=256)
+    emoji: str = Field(max_length=16, description="an emoji, or empty to remove the reaction")
+
+
+class SendMessageRequest(BaseModel):
+    """One message to send."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: PhoneNumberId = Field(alias="from")
+    to: str | None = Field(default=None, max_length=32, description="customer phone number, E.164")
+    to_user_id: str | None = Field(default=None, pattern=BSUID_PATTERN,
+                                   description="customer's business-scoped user id (BSUID)")
+    type: SendType
+    text: TextObject | None = None
+    image: MediaObject | None = None
+    video: MediaObject | None = None
+    audio: MediaObject | None = None
+    document: MediaObject | None = None
+    sticker: MediaObject | None = None
+    location: LocationObject | None = None
+    contacts: list[dict[str, Any]] | None = Field(default=None, min_length=1, max_length=100)
+    interactive: InteractiveObject | None = None
+    template: TemplateObject | None = None
+    reaction: ReactionObject | None = None
+    reply_to: str | None = Field(default=None, min_length=1, max_length=256, description="wamid replied to")
+    priority: Priority | None = None
+    biz_opaque_callback_data: str | None = Field(default=None, max_length=512)
+    fallback_template: TemplateObject | None = Field(
+        default=None, description="sent instead when the customer service window is closed")
+
+    @field_validator("to")
+    @classmethod
+    def _e164(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        candidate = v if v.startswith("+") else "+" + v
+        try:
+            number = phonenumbers.parse(candidate, None)
+        except phonenumbers.NumberParseException as exc:
+            raise PydanticCustomError("phone_number", "not a phone number in E.164 form") from exc
+        if not phonenumbers.is_valid_number(number):
+            raise PydanticCustomError("phone_number", "not a valid phone number")
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Rules across fields, as (field, reason); empty when the request is sendable."""
+        found: list[tuple[str, str]] = []
+        if (self.to is None) == (self.to_user_id is None):
+            found.append(("to", "give exactly one of 'to' or 'to_user_id'"))
+        if getattr(self, self.type) is None:
+            found.append((self.type, f"a '{self.type}' message needs the '{self.type}' object"))
+        for other in SEND_TYPES:
+            if other != self.type and getattr(self, other) is not None:
+                found.append((other, f"not allowed in a '{self.type}' message"))
+        if self.type in ("audio", "sticker") and getattr(self, self.type).caption is not None:
+            found.append((f"{self.type}.caption", f"Meta does not caption {self.type} messages"))
+        if self.fallback_template is not None and self.type == "template":
+            found.append(("fallback_template", "a template message needs no fallback template"))
+        return found
+
+    def content(self) -> dict[str, Any]:
+        obj = getattr(self, self.type)
+        if self.type == "contacts":
+            return {"contacts": obj}
+        assert isinstance(obj, BaseModel)
+        return obj.model_dump(mode="json", exclude_none=True)
+
+    def fingerprint(self) -> str:
+        """Hash of the request's meaning (field order and whitespace do not matter)."""
+        canonical = orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True),
+                                 option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()
+
+    def to_outbound(self, *, tenant_id: str, message_id: str, now: datetime, origin: str) -> OutboundMessage:
+        priority = self.priority or ("utility" if self.type == "template" else "reply")
+        return OutboundMessage(
+            event_id=message_id, message_id=message_id, tenant_id=tenant_id, phone_number_id=self.from_,
+            occurred_at=now, received_at=now, to=self.to, to_user_id=self.to_user_id, type=self.type,
+            content=self.content(),
+            template=self.template.to_ref() if self.template else None,
+            fallback_template=self.fallback_template.to_ref() if self.fallback_template else None,
+            reply_to_wamid=self.reply_to, priority=priority,
+            biz_opaque_callback_data=self.biz_opaque_callback_data, origin=origin,
+        )
+
+
+class SendBatchRequest(BaseModel):
+    """Up to 1,000 messages (a campaign), accepted all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: list[SendMessageRequest] = Field(min_length=1, max_length=1000)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [(f"messages.{i}.{f}", reason) for i, m in enumerate(self.messages) for f, reason in m.problems()]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256("|".join(m.fingerprint() for m in self.messages).encode()).hexdigest()
+
+
+class Accepted(BaseModel):
+    id: str = Field(description="Parley's message id (the OutboundMessage's message_id)")
+
+
+class BatchAccepted(BaseModel):
+    ids: list[str] = Field(description="Parley's message ids, in the order of the request")
+
+
+class FieldProblem(BaseModel):
+    field: str
+    reason: str
+
+
+class ValidationFailed(BaseModel):
+    detail: str = "validation failed"
+    errors: list[FieldProblem]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def new_message_id(tenant_id: str, idempotency_key: str | None, index: int) -> str:
+    """Parley's message id: derived from the idempotency key when there is one, so a retried
+    request that already reached Kafka gets the same id (and the sender sends once)."""
+    if idempotency_key is None:
+        return "pm_" + uuid.uuid4().hex
+    digest = hashlib.sha256(f"{tenant_id}\x00{idempotency_key}\x00{index}".encode()).hexdigest()
+    return "pm_" + digest[:32]
+
+
+def request_fingerprint(endpoint: str, body_fingerprint: str) -> str:
+    return hashlib.sha256(f"{endpoint}\x00{body_fingerprint}".encode()).hexdigest()

@@ -1,0 +1,51 @@
+"""What ingest's HTTP routes share: runtime, settings, metrics, the record writer, the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opentelemetry.trace import Tracer
+
+from parley_common.runtime import Runtime
+from parley_common.tenancy.directory import TenantDirectory
+from parley_ingest.metrics import IngestMetrics
+from parley_ingest.publishing import RecordWriter
+from parley_ingest.settings import IngestSettings
+from parley_ingest.store import IdempotencyStore
+
+
+@dataclass
+class IngestServices:
+    rt: Runtime
+    settings: IngestSettings
+    metrics: IngestMetrics
+    writer: RecordWriter
+    tracer: Tracer
+    store: IdempotencyStore | None = field(default=None)
+
+    @property
+    def tenants(self) -> TenantDirectory:
+        return self.rt.tenants
+
+    def require_store(self) -> IdempotencyStore:
+        if self.store is None:
+            raise RuntimeError("idempotency store is not started")
+        return self.store
+
+
+@dataclass(frozen=True)
+class DirectoryTenants:
+    """Tenant resolution for a webhook verified with ``app_id``'s secret.
+
+    A number or WABA resolves only to a tenant of that same Meta app: a webhook signed by one
+    app never speaks for another app's tenants (it is still published, with no tenant).
+    """
+
+    directory: TenantDirectory
+    app_id: str
+
+    def tenant_for(self, phone_number_id: str | None, waba_id: str | None) -> str | None:
+        tenant = self.directory.tenant_for_number(phone_number_id) or self.directory.tenant_for_waba(waba_id)
+        if tenant is None or tenant.app_id != self.app_id:
+            return None
+        return tenant.tenant_id

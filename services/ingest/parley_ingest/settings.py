@@ -1,0 +1,28 @@
+"""Ingest's settings (env prefix ``PARLEY_INGEST_``; shared ones keep their ``PARLEY_`` names)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from parley_common.settings import CommonSettings
+
+MB = 1024 * 1024
+
+
+class IngestSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_INGEST_", extra="ignore")
+
+    http_port: int = 8081
+    # Meta's payload limit is 3 MB; larger bodies get 413 without being read whole.
+    max_webhook_bytes: int = 3 * MB
+    max_api_bytes: int = 8 * MB
+    # How long a request may wait for Kafka's acknowledgement before answering 503.
+    produce_timeout_s: float = Field(default=5.0, gt=0)
+    # After Kafka failed, answer 503 at once for this long (then let one request probe again).
+    kafka_breaker_s: float = Field(default=2.0, ge=0)
+    # Per-tenant request rate of the send API (``limits`` notation); a tenant's
+    # ``settings.ingest_rate_limit`` overrides it.
+    api_rate_limit: str = "50/second"
+    idempotency_ttl_hours: int = Field(default=24, ge=1)
+    max_batch_messages: int = Field(default=1000, ge=1, le=1000)
