@@ -25,7 +25,9 @@ async def ensure_topics(bootstrap: str, replication_factor: int = 1, partitions:
             await admin.create_topics([
                 NewTopic(t.name, partitions or t.partitions, replication_factor,
                          topic_configs={"retention.ms": str(t.retention_ms), "cleanup.policy": t.cleanup_policy,
-                                        "max.message.bytes": str(4 * 1024 * 1024)})
+                                        "max.message.bytes": str(4 * 1024 * 1024),
+                                        # with acks=all, a write is durable on at least two replicas
+                                        "min.insync.replicas": "2" if replication_factor >= 3 else "1"})
                 for t in missing
             ])
         return [t.name for t in missing]
