@@ -94,14 +94,28 @@ class RateCache:
                                        r["to_volume"], r["rate"]) for r in tiers])
         self.stamp = key
 
+    async def refresh_from_pool(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as conn:
+            await self.refresh(conn)
+
 
 class Metering:
     """Records facts and keeps the ledger priced; one instance per process."""
 
-    def __init__(self, pool: asyncpg.Pool, tenants: TenantLookup) -> None:
-        self.pool = pool
+    def __init__(self, pool: asyncpg.Pool | None, tenants: TenantLookup) -> None:
+        self._pool = pool
         self.tenants = tenants
         self.rates = RateCache()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the database pool is not attached yet")
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
 
     # --- facts in ------------------------------------------------------------------------------
     async def record_statuses(self, facts: Sequence[StatusFact]) -> int:

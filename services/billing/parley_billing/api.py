@@ -1,0 +1,127 @@
+"""Billing's HTTP API: per-tenant, Bearer API key; a tenant only ever sees its own ledger."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from parley_common.runtime import Runtime
+from parley_common.tenancy.models import Tenant
+from pydantic import BaseModel, Field
+
+from parley_billing import invoicing
+from parley_billing.domain.engine import PMP_START, Business, OutboundFact, Timeline, price_timeline
+from parley_billing.domain.markets import market_of_country
+from parley_billing.settings import BillingSettings
+from parley_billing.store import Metering, TenantInfo, usage
+
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class EstimateItem(BaseModel):
+    country: str = Field(pattern=r"^[A-Za-z]{2}$", description="recipient country, ISO 3166-1 alpha-2")
+    category: str = Field(pattern=r"^(marketing|utility|authentication)$")
+    recipients: int = Field(ge=0, le=100_000_000)
+
+
+class EstimateRequest(BaseModel):
+    send_on: date | None = Field(default=None, description="planned date (UTC); today when omitted")
+    items: list[EstimateItem] = Field(min_length=1, max_length=1000)
+
+
+def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
+                 tenant_info: Callable[[str | None, str], TenantInfo]) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["billing"])
+
+    def current_tenant(request: Request) -> Tenant:
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        tenant = rt.tenants.tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key else None
+        if tenant is None:
+            raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer …)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return tenant
+
+    TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+    def info(t: Tenant) -> TenantInfo:
+        return tenant_info(t.tenant_id, "")
+
+    def check_month(month: str) -> str:
+        if not MONTH.match(month):
+            raise HTTPException(422, "month must be YYYY-MM")
+        return month
+
+    @router.get("/usage", summary="Usage in a period, by market, category and free type")
+    async def get_usage(tenant: TenantDep, from_: Annotated[date, Query(alias="from")],
+                        to: Annotated[date, Query(description="inclusive")]) -> dict[str, Any]:
+        if to < from_:
+            raise HTTPException(422, "'to' is before 'from'")
+        tz = info(tenant).tz
+        start = datetime.combine(from_, time(), tz)
+        end = datetime.combine(to + timedelta(days=1), time(), tz)
+        rows = await usage(rt.require_pool(), tenant.tenant_id, start, end)
+        return {"tenant_id": tenant.tenant_id, "from": from_.isoformat(), "to": to.isoformat(),
+                "time_zone": str(tz), "note": "list prices before month-level volume tiers and free tiers; "
+                                              "the invoice applies those",
+                "groups": [{**r, "list_amount": str(r["list_amount"])} for r in rows]}
+
+    @router.get("/invoices/{month}", summary="The monthly invoice (JSON, or CSV with ?format=csv)")
+    async def get_invoice(tenant: TenantDep, month: str, request: Request,
+                          format: str | None = None) -> Any:  # noqa: A002
+        check_month(month)
+        await metering.rates.refresh_from_pool(rt.require_pool())
+        doc = await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=metering.rates.tiers,
+                                      now=datetime.now(UTC),
+                                      grace=timedelta(hours=settings.finalise_grace_hours))
+        if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
+            return Response(invoicing.invoice_csv(doc), media_type="text/csv")
+        return doc
+
+    @router.get("/reconciliation/{month}", summary="Parley's pricing against Meta's, per message")
+    async def get_reconciliation(tenant: TenantDep, month: str) -> dict[str, Any]:
+        check_month(month)
+        await metering.rates.refresh_from_pool(rt.require_pool())
+        return await invoicing.reconciliation(rt.require_pool(), info(tenant), month,
+                                              tiers=metering.rates.tiers)
+
+    @router.post("/estimates", summary="Price a planned campaign before sending it")
+    async def post_estimate(tenant: TenantDep, body: EstimateRequest) -> dict[str, Any]:
+        await metering.rates.refresh_from_pool(rt.require_pool())
+        on = body.send_on or datetime.now(UTC).date()
+        at = datetime.combine(on, time(12), UTC)
+        business = Business(tenant.business_country, metering.rates.rates)
+        lines, totals = [], {}
+        for item in body.items:
+            market = market_of_country(item.country.upper())
+            number = _example_number(item.country.upper())
+            priced = price_timeline(Timeline(number, (), [OutboundFact("estimate", at, True, item.category)]),
+                                    business)[0]
+            unit = priced.amount
+            amount = None if unit is None else unit * item.recipients
+            if amount is not None:
+                totals[priced.currency] = totals.get(priced.currency, Decimal(0)) + amount
+            lines.append({"country": item.country.upper(), "market": market.name, "category": priced.category,
+                          "pricing_model": priced.pricing_model, "recipients": item.recipients,
+                          "unit_price": None if unit is None else str(unit), "currency": priced.currency,
+                          "amount": None if amount is None else str(amount)})
+        return {"tenant_id": tenant.tenant_id, "send_on": on.isoformat(),
+                "model": "PMP" if at >= PMP_START else "CBP", "lines": lines,
+                "totals": {k: str(v) for k, v in totals.items()},
+                "note": "list prices, as if no recipient had an open service or free entry point window"}
+
+    return router
+
+
+def _example_number(country: str) -> str:
+    """A number in ``country`` so the estimate goes through the same market resolution."""
+    import phonenumbers
+
+    example = phonenumbers.example_number_for_type(country, phonenumbers.PhoneNumberType.MOBILE)
+    if example is None:
+        return ""
+    return phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164).lstrip("+")

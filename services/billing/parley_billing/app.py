@@ -1,0 +1,44 @@
+"""Composition root of billing: runtime, metering store, Kafka batch subscribers, HTTP API."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from parley_common.runtime import Runtime, build_runtime, make_app
+
+from parley_billing import api, handlers
+from parley_billing.settings import BillingSettings
+from parley_billing.store import MIGRATIONS, UNKNOWN_TENANT, Metering, TenantInfo, TenantLookup
+
+
+def tenant_lookup(rt: Runtime) -> TenantLookup:
+    def lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:
+        d = rt.tenants
+        tenant = d.tenants.get(tenant_id or "") or d.tenant_for_number(phone_number_id)
+        if tenant is None:
+            return TenantInfo(tenant_id, None, UNKNOWN_TENANT.tz)
+        try:
+            tz = ZoneInfo(tenant.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = UNKNOWN_TENANT.tz
+        return TenantInfo(tenant.tenant_id, tenant.business_country, tz)
+
+    return lookup
+
+
+def create_app(settings: BillingSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    settings = settings or BillingSettings()
+    rt = build_runtime("billing", settings, migrations=[("billing", MIGRATIONS)], tracer_provider=tracer_provider)
+    lookup = tenant_lookup(rt)
+    metering = Metering(None, lookup)  # the pool is attached when the app starts
+
+    async def attach_pool() -> None:
+        metering.pool = rt.require_pool()
+
+    rt.on_start.append(attach_pool)
+    handlers.register(rt.broker, metering, settings, rt.registry)
+    app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup)])
+    app.state.metering = metering
+    return app

@@ -1,0 +1,18 @@
+"""Billing settings (env prefix ``PARLEY_BILLING_``; shared ones keep ``PARLEY_``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from parley_common.settings import CommonSettings
+
+
+class BillingSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_BILLING_", extra="ignore")
+
+    http_port: int = 8084
+    # Kafka batch consumption: records per poll and how long to wait to fill a batch.
+    batch_max_records: int = 5000
+    batch_timeout_ms: int = 200
+    # A month is finalised this long after it ended in the tenant's time zone (late statuses).
+    finalise_grace_hours: float = 48.0
