@@ -1,0 +1,84 @@
+"""Accuracy figures behind ``parley-router eval`` and the benchmark (docs/adr/0020-router-*)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parley_router.corpora import few_shot, load_banking77, load_clinc150, load_examples
+from parley_router.domain.classifier import IntentClassifier, tune_oos_threshold
+from parley_router.models import DEFAULT_CONFIG, train_from_examples
+
+
+@dataclass(frozen=True)
+class Score:
+    name: str
+    figures: dict[str, Any]
+
+
+def _accuracy(model: IntentClassifier, texts: list[str], labels: list[str]) -> float:
+    pred = [p.intent for p in model.predict(texts, oos_threshold=0.0)]
+    return float(np.mean(np.array(pred) == np.array(labels)))
+
+
+def eval_banking77(datasets_dir: Path, shots: int | None = None, seed: int = 0) -> Score:
+    xtr, ytr = load_banking77(datasets_dir, "train")
+    xte, yte = load_banking77(datasets_dir, "test")
+    if shots:
+        xtr, ytr = few_shot(xtr, ytr, shots, seed)
+    t0 = time.perf_counter()
+    model = IntentClassifier.train(xtr, ytr, DEFAULT_CONFIG)
+    train_s = time.perf_counter() - t0
+    return Score(f"banking77_{shots}shot" if shots else "banking77_full",
+                 {"accuracy": _accuracy(model, xte, yte), "train_examples": len(xtr), "train_s": train_s})
+
+
+def eval_clinc150(datasets_dir: Path) -> Score:
+    """Train on ``train``; tune the out-of-scope threshold on ``val`` + ``oos_val``; test on ``test`` + ``oos_test``.
+
+    oos_train is not used for training: the threshold alone decides out-of-scope, as in the
+    paper's threshold baselines.
+    """
+    d = load_clinc150(datasets_dir)
+    t0 = time.perf_counter()
+    model = IntentClassifier.train(*d["train"], DEFAULT_CONFIG)
+    train_s = time.perf_counter() - t0
+
+    def top(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        proba = model.probabilities(texts)
+        return proba.max(axis=1), model.model.classes_[proba.argmax(axis=1)]
+
+    p_val, y_val = top(d["val"][0])
+    p_oos_val, _ = top(d["oos_val"][0])
+    threshold = tune_oos_threshold(p_val, y_val == np.array(d["val"][1]), p_oos_val)
+    p_test, y_test = top(d["test"][0])
+    p_oos, _ = top(d["oos_test"][0])
+    in_scope = float(np.mean((y_test == np.array(d["test"][1])) & (p_test >= threshold)))
+    in_scope_no_threshold = float(np.mean(y_test == np.array(d["test"][1])))
+    recall = float(np.mean(p_oos < threshold))
+    return Score("clinc150", {"in_scope_accuracy": in_scope, "oos_recall": recall, "threshold": threshold,
+                              "in_scope_accuracy_without_threshold": in_scope_no_threshold,
+                              "train_s": train_s})
+
+
+def eval_multilingual(examples_dir: Path | None = None) -> Score:
+    """Train on the shipped examples' training part; accuracy on the held-out part, per language."""
+    examples = load_examples(examples_dir)
+    train = [e for e in examples if not e.held_out]
+    test = [e for e in examples if e.held_out]
+    t0 = time.perf_counter()
+    model = train_from_examples(train)
+    train_s = time.perf_counter() - t0
+    preds = model.predict([e.text for e in test], oos_threshold=0.0)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for e, p in zip(test, preds, strict=True):
+        hits[e.source].append(p.intent == e.intent)
+        hits["all"].append(p.intent == e.intent)
+    per = {k: float(np.mean(v)) for k, v in sorted(hits.items())}
+    return Score("multilingual", {"per_language": per, "train_examples": len(train),
+                                  "test_examples": len(test), "train_s": train_s})
