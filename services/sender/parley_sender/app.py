@@ -1,0 +1,40 @@
+"""Composition root of the sender: runtime, store, Cloud API client, subscribers, HTTP routes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from parley_common.runtime import build_runtime, make_app
+
+from parley_sender.api import router as api_router
+from parley_sender.cloudapi import CloudApiClient
+from parley_sender.delivery import Metrics, Sender
+from parley_sender.handlers import register
+from parley_sender.settings import SenderSettings
+from parley_sender.store import MIGRATIONS, SenderStore
+
+
+def create_app(settings: SenderSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    settings = settings or SenderSettings()
+    rt = build_runtime("sender", settings, migrations=[("sender", MIGRATIONS)], tracer_provider=tracer_provider)
+    client = CloudApiClient(base_override=settings.graph_api_base, version_override=settings.graph_api_version,
+                            timeout_s=settings.http_timeout_s, connect_timeout_s=settings.http_connect_timeout_s,
+                            max_connections=settings.http_max_connections)
+    sender = Sender(settings=settings, broker=rt.broker, store=None,  # type: ignore[arg-type]
+                    client=client, tenants=lambda: rt.tenants, redactor=rt.redactor,
+                    metrics=Metrics.create(rt.registry))
+    register(sender)
+
+    async def open_store() -> None:
+        sender.store = SenderStore(rt.require_pool())
+
+    async def close() -> None:
+        for pacer in sender.pacers.values():
+            await pacer.close()
+        await client.aclose()
+
+    rt.on_start.append(open_store)
+    rt.on_stop.append(close)
+    app = make_app(rt, title="Parley sender", routers=[api_router(sender)])
+    app.state.sender = sender
+    return app

@@ -1,0 +1,141 @@
+"""The Cloud API client: one pooled httpx client, the access token per tenant app, configurable
+base URL and version (Meta's Graph API or the simulator: configuration only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from parley_common.tenancy.models import MetaApp
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+DEFAULT_BASE = "https://graph.facebook.com"
+
+
+@dataclass(frozen=True)
+class SendResponse:
+    """What one ``POST /{phone_number_id}/messages`` returned."""
+
+    wamid: str | None = None
+    message_status: str | None = None  # accepted | held_for_quality_assessment | paused
+    http_status: int | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    error_details: str | None = None
+    fbtrace_id: str | None = None
+    # The request may have reached Meta but we do not know the answer (read timeout, connection
+    # dropped after sending): never retried blindly.
+    in_doubt: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.wamid is not None
+
+
+class GraphApiError(RuntimeError):
+    def __init__(self, status: int, code: int | None, message: str) -> None:
+        super().__init__(f"Graph API HTTP {status} code {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class CloudApiClient:
+    def __init__(self, *, base_override: str | None = None, version_override: str | None = None,
+                 timeout_s: float = 10.0, connect_timeout_s: float = 3.0, max_connections: int = 256,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self._base_override = base_override.rstrip("/") if base_override else None
+        self._version_override = version_override
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def _url(self, app: MetaApp | None, path: str) -> str:
+        base = self._base_override or (app.graph_api_base if app and app.graph_api_base else DEFAULT_BASE)
+        version = self._version_override or (app.graph_api_version if app else "v24.0")
+        return f"{base.rstrip('/')}/{version}/{path.lstrip('/')}"
+
+    @staticmethod
+    def _headers(app: MetaApp | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if app is not None and app.access_token:
+            headers["Authorization"] = f"Bearer {app.access_token}"
+        return headers
+
+    async def send_message(self, app: MetaApp | None, phone_number_id: str, body: Mapping[str, Any]) -> SendResponse:
+        try:
+            resp = await self.client.post(self._url(app, f"{phone_number_id}/messages"),
+                                          content=orjson.dumps(body), headers=self._headers(app))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing was sent: safe to retry.
+            return SendResponse(error_message=type(exc).__name__)
+        except httpx.TransportError as exc:
+            # Read/write timeouts, dropped connections: the request may have been processed.
+            return SendResponse(error_message=type(exc).__name__, in_doubt=True)
+        try:
+            data = orjson.loads(resp.content) if resp.content else {}
+        except orjson.JSONDecodeError:
+            data = {}
+        if resp.status_code == 200 and isinstance(data, dict) and data.get("messages"):
+            first = data["messages"][0]
+            return SendResponse(wamid=first.get("id"), message_status=first.get("message_status", "accepted"),
+                                http_status=200)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            details = error.get("error_data", {}).get("details") if isinstance(error.get("error_data"), dict) \
+                else None
+            code = error.get("code")
+            return SendResponse(http_status=resp.status_code, error_code=int(code) if code is not None else None,
+                                error_message=str(error.get("message", ""))[:500], error_details=details,
+                                fbtrace_id=error.get("fbtrace_id"))
+        return SendResponse(http_status=resp.status_code, error_message=f"HTTP {resp.status_code}")
+
+    async def _graph(self, method: str, app: MetaApp | None, path: str, *, url: str | None = None,
+                     params: Mapping[str, Any] | None = None, body: Any = None) -> dict[str, Any]:
+        """A management call, retried on transport errors and 5xx with tenacity."""
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(0.2, 5),
+                                           retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
+                                           reraise=True):
+            with attempt:
+                resp = await self.client.request(
+                    method, url or self._url(app, path), params=params, headers=self._headers(app),
+                    content=orjson.dumps(body) if body is not None else None)
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    raise _Retryable(f"HTTP {resp.status_code}")
+                data = orjson.loads(resp.content) if resp.content else {}
+                if resp.status_code >= 400:
+                    err = data.get("error", {}) if isinstance(data, dict) else {}
+                    raise GraphApiError(resp.status_code, err.get("code"), str(err.get("message", "")))
+                return data if isinstance(data, dict) else {"data": data}
+        raise AssertionError("unreachable")
+
+    async def list_templates(self, app: MetaApp | None, waba_id: str, *, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every template of a WABA, following Meta's cursor paging."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] | None = {"limit": page_size}
+        url: str | None = None
+        for _ in range(1000):
+            page = await self._graph("GET", app, f"{waba_id}/message_templates", url=url, params=params)
+            out.extend(page.get("data") or [])
+            paging = page.get("paging") or {}
+            after = (paging.get("cursors") or {}).get("after")
+            if not paging.get("next"):
+                break
+            if after:  # cursors keep the configured base (the simulator), an absolute next may not
+                url, params = None, {"limit": page_size, "after": after}
+            else:
+                url, params = str(paging["next"]), None
+        return out
+
+    async def create_template(self, app: MetaApp | None, waba_id: str, template: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._graph("POST", app, f"{waba_id}/message_templates", body=dict(template))
+
+
+class _Retryable(Exception):
+    pass

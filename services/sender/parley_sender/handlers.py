@@ -1,0 +1,189 @@
+"""Kafka subscribers of the sender: decode, call the core, perform effects.
+
+- ``wa.messages.out`` and ``wa.messages.out.retry`` (group ``parley-sender``): send requests.
+- ``wa.messages.in`` (group ``parley-sender-windows``): the windows, in event time.
+- ``wa.statuses`` (group ``parley-sender-statuses``): message states forward; 131050 opt-outs;
+  in-doubt sends resolved by their callback data.
+- ``wa.account.events`` (group ``parley-sender-accounts``): template status, quality and
+  category; user preferences; consent changes.
+
+Every subscriber consumes batches (one database round trip per batch, not per record) and
+commits only after its effects are durable. An undecodable record goes to the dead-letter topic
+and never blocks its partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+
+from aiokafka import ConsumerRecord
+from faststream.kafka.annotations import KafkaMessage
+from parley_common.broker import CONSUMER_DEFAULTS
+from parley_common.contracts import AccountEvent, ConsentChange, InboundMessage, MessageStatus, from_unix
+from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS, STATUSES
+from pydantic import BaseModel
+
+from parley_sender.delivery import SERVICE, Sender, result_of
+from parley_sender.domain.windows import ConversationWindows
+
+log = logging.getLogger("parley.sender.handlers")
+
+# Inbound types that are not a customer writing (they do not open a window).
+NOT_FROM_CUSTOMER = frozenset({"system"})
+
+
+def _records(msg: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
+    raw = msg.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _account_event(raw: bytes) -> AccountEvent | ConsentChange:
+    data = orjson.loads(raw)
+    if isinstance(data, dict) and data.get("kind") == "consent":
+        return ConsentChange.model_validate(data)
+    return AccountEvent.model_validate(data)
+
+
+async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]],
+                  parse: Callable[[bytes], M]) -> list[M]:
+    out: list[M] = []
+    for rec in records:
+        try:
+            out.append(parse(rec.value or b""))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            await publish_dead_letter(sender.broker, dead_letter_record(
+                service=SERVICE, topic=rec.topic, value=rec.value or b"", key=rec.key, exc=exc, attempts=1,
+                partition=rec.partition, offset=rec.offset))
+    return out
+
+
+def register(sender: Sender) -> None:
+    broker = sender.broker
+    s = sender.settings
+    batch = {"batch": True, "max_records": s.batch_max_records, "batch_timeout_ms": s.batch_timeout_ms,
+             **CONSUMER_DEFAULTS}
+
+    @broker.subscriber(MESSAGES_OUT.name, group_id="parley-sender", **batch)
+    async def on_send_requests(msg: KafkaMessage) -> None:
+        await sender.handle_records(_records(msg), from_retry=False)
+
+    @broker.subscriber(MESSAGES_OUT_RETRY.name, group_id="parley-sender", **batch)
+    async def on_send_retries(msg: KafkaMessage) -> None:
+        await sender.handle_records(_records(msg), from_retry=True)
+
+    @broker.subscriber(MESSAGES_IN.name, group_id="parley-sender-windows", **batch)
+    async def on_inbound(msg: KafkaMessage) -> None:
+        await track_windows(sender, await _decode(sender, _records(msg), InboundMessage.model_validate_json))
+
+    @broker.subscriber(STATUSES.name, group_id="parley-sender-statuses", **batch)
+    async def on_statuses(msg: KafkaMessage) -> None:
+        await track_statuses(sender, await _decode(sender, _records(msg), MessageStatus.model_validate_json))
+
+    @broker.subscriber(ACCOUNT_EVENTS.name, group_id="parley-sender-accounts", **batch)
+    async def on_account_events(msg: KafkaMessage) -> None:
+        await track_account_events(sender, await _decode(sender, _records(msg), _account_event))
+
+
+async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> None:
+    inbound = [m for m in inbound if m.type not in NOT_FROM_CUSTOMER]
+    if not inbound:
+        return
+    keys = {(m.phone_number_id, m.customer_id) for m in inbound}
+    current = await sender.store.windows(keys)
+    latest_wamid: dict[tuple[str, str], str] = {}
+    for m in sorted(inbound, key=lambda m: m.occurred_at):
+        key = (m.phone_number_id, m.customer_id)
+        before = current.get(key, ConversationWindows())
+        after = before.observe_inbound(m.occurred_at, from_referral=m.referral is not None)
+        if after.csw.last_inbound_at != before.csw.last_inbound_at:
+            latest_wamid[key] = m.wamid
+        current[key] = after
+    await sender.store.save_windows([(p, c, current[(p, c)], latest_wamid.get((p, c))) for p, c in keys])
+    await sender.store.record_inbound_refs([(m.wamid, m.phone_number_id, m.customer_id, m.occurred_at)
+                                            for m in inbound])
+
+
+async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> None:
+    if not statuses:
+        return
+    await sender.store.record_statuses(statuses)
+    directory = sender.directory()
+    for st in statuses:
+        if st.biz_opaque_callback_data and st.status in ("sent", "delivered", "read", "failed"):
+            resolved = await sender.store.resolve_in_doubt(st.phone_number_id, st.biz_opaque_callback_data, st.wamid)
+            if resolved is not None:
+                await sender.broker.publish(result_of(resolved).model_dump(mode="json"), SENDS.name,
+                                            key=st.phone_number_id.encode())
+        if st.status == "failed" and any(e.code == 131050 for e in st.errors):
+            tenant = directory.tenants.get(st.tenant_id or "") or directory.tenant_for_number(st.phone_number_id)
+            customer = st.recipient_id or st.recipient_user_id
+            if tenant is not None and customer:
+                await sender._stop_marketing(tenant.tenant_id, st.phone_number_id, customer, "error_131050",
+                                             st.event_id)
+
+
+TEMPLATE_KINDS = frozenset({"message_template_status_update", "message_template_quality_update",
+                            "template_category_update"})
+
+
+async def track_account_events(sender: Sender, events: Sequence[AccountEvent | ConsentChange]) -> None:
+    directory = sender.directory()
+    touched: set[str] = set()
+    for ev in events:
+        tenant = (directory.tenants.get(ev.tenant_id or "")
+                  or directory.tenant_for_waba(getattr(ev, "waba_id", None))
+                  or directory.tenant_for_number(ev.phone_number_id))
+        if tenant is None:
+            continue
+        tid = tenant.tenant_id
+        v = ev.value if isinstance(ev, AccountEvent) else {}
+        if isinstance(ev, AccountEvent) and ev.kind in TEMPLATE_KINDS:
+            changes: dict[str, str] = {}
+            if ev.kind == "message_template_status_update" and v.get("event"):
+                changes["status"] = str(v["event"]).upper()
+            elif ev.kind == "message_template_quality_update" and v.get("new_quality_score"):
+                changes["quality"] = str(v["new_quality_score"]).upper()
+            elif ev.kind == "template_category_update" and v.get("new_category"):
+                changes["category"] = str(v["new_category"]).upper()
+            if changes:
+                tid_str = str(v["message_template_id"]) if v.get("message_template_id") is not None else None
+                n = await sender.store.update_template(
+                    tid, template_id=tid_str, name=v.get("message_template_name"),
+                    language=v.get("message_template_language"), **changes)
+                if n == 0:
+                    log.info("template event for a template not in the catalogue; run templates sync",
+                             extra={"tenant_id": tid, "kind": ev.kind})
+                touched.add(tid)
+        elif isinstance(ev, ConsentChange):
+            if ev.category == "marketing":
+                await sender.store.apply_consent(tid, ev.customer_id, ev.action, ev.occurred_at, ev.source)
+        elif ev.kind == "user_preferences":
+            for pref in _user_preferences(v):
+                await sender.store.apply_consent(tid, pref[0], pref[1], pref[2], "user_preferences")
+    for tid in touched:
+        sender.invalidate_catalogue(tid)
+
+
+def _user_preferences(value: dict[str, Any]) -> list[tuple[str, str, datetime]]:
+    """(customer, stop|resume, when) from a ``user_preferences`` webhook value."""
+    out = []
+    for pref in value.get("user_preferences") or []:
+        if str(pref.get("category", "")).lower() != "marketing_messages":
+            continue
+        action = str(pref.get("value", "")).lower()
+        customer = pref.get("wa_id") or pref.get("user_id")
+        if action in ("stop", "resume") and customer:
+            out.append((str(customer), action, from_unix(pref.get("timestamp"))))
+    return out

@@ -1,0 +1,66 @@
+"""Async adapter of the governor: waits for the grants :mod:`domain.governor` computes.
+
+One :class:`NumberPacer` per business number, shared by every consumer of this process. Waiters
+are served by priority (replies first, marketing last), then in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+
+from parley_sender.domain.governor import ThroughputLimit
+
+
+class NumberPacer:
+    def __init__(self, limit: ThroughputLimit, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._pump: asyncio.Task[None] | None = None
+        self.paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+    def on_throttled(self) -> None:
+        self.limit.on_throttled(self._clock())
+
+    async def acquire(self, rank: int = 0) -> None:
+        now = self._clock()
+        if not self._waiters and self.paused_until <= now and self.limit.reserve(now) == 0.0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (rank, next(self._seq), fut))
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._run())
+        await fut
+
+    async def _run(self) -> None:
+        while self._waiters:
+            now = self._clock()
+            if self.paused_until > now:
+                await asyncio.sleep(self.paused_until - now)
+                continue
+            while self._waiters and self._waiters[0][2].done():
+                heapq.heappop(self._waiters)
+            if not self._waiters:
+                return
+            wait = self.limit.reserve(now)
+            if wait > 0.0:
+                await asyncio.sleep(wait)
+                continue
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump

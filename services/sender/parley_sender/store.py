@@ -1,0 +1,261 @@
+"""The sender's tables (schema ``sender``), read and written in batches with asyncpg."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from parley_common.contracts import STATUS_ORDER, MessageStatus
+
+from parley_sender.domain.consent import ConsentState
+from parley_sender.domain.templates import Template, TemplateCatalogue
+from parley_sender.domain.windows import ConversationWindows, CustomerServiceWindow, FreeEntryPointWindow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+FINAL_STATES = frozenset({"accepted", "refused", "failed", "dead"})
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A message's outcome as recorded (and as published on wa.sends)."""
+
+    message_id: str
+    tenant_id: str | None
+    phone_number_id: str
+    recipient: str | None
+    state: str
+    attempt: int
+    wamid: str | None = None
+    callback_data: str | None = None
+    is_template: bool = False
+    template_name: str | None = None
+    category: str | None = None
+    free_window: str | None = None
+    reason: str | None = None
+    error_code: int | None = None
+    request: dict[str, Any] | None = None
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.message_id, self.tenant_id, self.phone_number_id, self.recipient, self.state, self.attempt,
+                self.wamid, self.callback_data, self.is_template, self.template_name, self.category,
+                self.free_window, self.reason, self.error_code, self.request)
+
+
+_COLUMNS = ("message_id, tenant_id, phone_number_id, recipient, state, attempt, wamid, callback_data, "
+            "is_template, template_name, category, free_window, reason, error_code, request")
+
+
+def _row(r: asyncpg.Record) -> MessageRow:
+    return MessageRow(**{k: r[k] for k in _COLUMNS.split(", ")})
+
+
+class SenderStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # --- messages --------------------------------------------------------------------------
+    async def messages(self, ids: Sequence[str]) -> dict[str, MessageRow]:
+        rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM sender.messages WHERE message_id = ANY($1)",
+                                     list(ids))
+        return {r["message_id"]: _row(r) for r in rows}
+
+    async def record_intents(self, rows: Sequence[MessageRow]) -> None:
+        """Before the Cloud API call: state 'sending' for this attempt (never over a final state)."""
+        if not rows:
+            return
+        await self.pool.executemany(
+            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+                ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
+                  callback_data = EXCLUDED.callback_data, is_template = EXCLUDED.is_template,
+                  template_name = EXCLUDED.template_name, category = EXCLUDED.category,
+                  free_window = EXCLUDED.free_window, request = EXCLUDED.request, updated_at = now()
+                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
+            [r.values() for r in rows])
+
+    async def record_outcomes(self, rows: Sequence[MessageRow]) -> None:
+        if not rows:
+            return
+        await self.pool.executemany(
+            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+                ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
+                  wamid = COALESCE(EXCLUDED.wamid, sender.messages.wamid),
+                  is_template = EXCLUDED.is_template, template_name = EXCLUDED.template_name,
+                  category = EXCLUDED.category, free_window = EXCLUDED.free_window,
+                  reason = EXCLUDED.reason, error_code = EXCLUDED.error_code,
+                  callback_data = COALESCE(EXCLUDED.callback_data, sender.messages.callback_data),
+                  request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
+                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
+            [r.values() for r in rows])
+
+    async def message_for_tenant(self, tenant_id: str, message_id: str) -> dict[str, Any] | None:
+        r = await self.pool.fetchrow(
+            """SELECT m.*, d.status AS delivery_status, d.sent_at, d.delivered_at, d.read_at, d.failed_at,
+                      d.errors AS delivery_errors
+               FROM sender.messages m LEFT JOIN sender.deliveries d ON d.wamid = m.wamid
+               WHERE m.message_id = $1 AND m.tenant_id = $2""", message_id, tenant_id)
+        return dict(r) if r else None
+
+    async def resolve_in_doubt(self, phone_number_id: str, callback_data: str, wamid: str) -> MessageRow | None:
+        r = await self.pool.fetchrow(
+            f"""UPDATE sender.messages SET state = 'accepted', wamid = $3, reason = NULL, updated_at = now()
+                WHERE phone_number_id = $1 AND callback_data = $2 AND state = 'in_doubt'
+                RETURNING {_COLUMNS}""", phone_number_id, callback_data, wamid)
+        return _row(r) if r else None
+
+    async def delivered_wamid_for(self, phone_number_id: str, callback_data: str) -> str | None:
+        return await self.pool.fetchval(
+            "SELECT wamid FROM sender.deliveries WHERE phone_number_id = $1 AND callback_data = $2 LIMIT 1",
+            phone_number_id, callback_data)
+
+    # --- statuses --------------------------------------------------------------------------
+    async def record_statuses(self, statuses: Iterable[MessageStatus]) -> None:
+        rows = []
+        for s in statuses:
+            rank = STATUS_ORDER.get(s.status)
+            if rank is None:
+                continue  # a status Meta added later: kept on the topic, not a state here
+            at = s.occurred_at
+            rows.append((s.wamid, s.phone_number_id, s.status, rank, s.biz_opaque_callback_data,
+                         at if s.status == "sent" else None, at if s.status == "delivered" else None,
+                         at if s.status in ("read", "played") else None, at if s.status == "failed" else None,
+                         [e.model_dump(exclude_none=True) for e in s.errors]))
+        if not rows:
+            return
+        await self.pool.executemany(
+            """INSERT INTO sender.deliveries AS d (wamid, phone_number_id, status, status_rank, callback_data,
+                   sent_at, delivered_at, read_at, failed_at, errors)
+               VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+               ON CONFLICT (wamid) DO UPDATE SET
+                 status = CASE WHEN d.status <> 'failed' AND EXCLUDED.status_rank > d.status_rank
+                               THEN EXCLUDED.status ELSE d.status END,
+                 status_rank = CASE WHEN d.status <> 'failed' AND EXCLUDED.status_rank > d.status_rank
+                               THEN EXCLUDED.status_rank ELSE d.status_rank END,
+                 callback_data = COALESCE(d.callback_data, EXCLUDED.callback_data),
+                 sent_at = COALESCE(d.sent_at, EXCLUDED.sent_at),
+                 delivered_at = COALESCE(d.delivered_at, EXCLUDED.delivered_at),
+                 read_at = COALESCE(d.read_at, EXCLUDED.read_at),
+                 failed_at = COALESCE(d.failed_at, EXCLUDED.failed_at),
+                 errors = CASE WHEN EXCLUDED.errors = '[]'::jsonb THEN d.errors ELSE EXCLUDED.errors END,
+                 updated_at = now()""", rows)
+
+    # --- windows ---------------------------------------------------------------------------
+    async def windows(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ConversationWindows]:
+        keys = list(set(keys))
+        if not keys:
+            return {}
+        rows = await self.pool.fetch(
+            """SELECT w.* FROM sender.windows w
+               JOIN unnest($1::text[], $2::text[]) AS k(p, c) ON w.phone_number_id = k.p AND w.customer_id = k.c""",
+            [k[0] for k in keys], [k[1] for k in keys])
+        return {(r["phone_number_id"], r["customer_id"]): ConversationWindows(
+            CustomerServiceWindow(r["last_inbound_at"]),
+            FreeEntryPointWindow(r["referral_at"], r["fep_started_at"])) for r in rows}
+
+    async def save_windows(self, items: Sequence[tuple[str, str, ConversationWindows, str | None]]) -> None:
+        await self.pool.executemany(
+            """INSERT INTO sender.windows AS w (phone_number_id, customer_id, last_inbound_at, last_inbound_wamid,
+                   referral_at, fep_started_at) VALUES ($1,$2,$3,$4,$5,$6)
+               ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
+                 last_inbound_at = EXCLUDED.last_inbound_at,
+                 last_inbound_wamid = COALESCE(EXCLUDED.last_inbound_wamid, w.last_inbound_wamid),
+                 referral_at = EXCLUDED.referral_at,
+                 fep_started_at = CASE WHEN EXCLUDED.fep_started_at IS NULL AND w.fep_started_at IS NOT NULL
+                                        AND EXCLUDED.referral_at IS DISTINCT FROM w.referral_at
+                                        AND EXCLUDED.referral_at >= w.fep_started_at + interval '72 hours'
+                                   THEN NULL ELSE w.fep_started_at END""",
+            [(p, c, w.csw.last_inbound_at, wamid, w.fep.referral_at, w.fep.started_at) for p, c, w, wamid in items])
+
+    async def start_free_entry_points(self, items: Sequence[tuple[str, str, datetime]]) -> None:
+        """The business replied inside an offered FEP: its 72 hours start (first reply wins)."""
+        if items:
+            await self.pool.executemany(
+                """UPDATE sender.windows SET fep_started_at = $3
+                   WHERE phone_number_id = $1 AND customer_id = $2 AND fep_started_at IS NULL
+                     AND referral_at IS NOT NULL AND referral_at > $3 - interval '24 hours'""", items)
+
+    async def record_inbound_refs(self, refs: Sequence[tuple[str, str, str, datetime]]) -> None:
+        if refs:
+            await self.pool.executemany(
+                "INSERT INTO sender.inbound_refs VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING", refs)
+
+    async def known_inbound(self, wamids: Sequence[str]) -> set[str]:
+        if not wamids:
+            return set()
+        rows = await self.pool.fetch("SELECT wamid FROM sender.inbound_refs WHERE wamid = ANY($1)", list(wamids))
+        return {r["wamid"] for r in rows}
+
+    # --- templates -------------------------------------------------------------------------
+    async def catalogue(self, tenant_id: str) -> TemplateCatalogue:
+        rows = await self.pool.fetch("SELECT * FROM sender.templates WHERE tenant_id = $1", tenant_id)
+        return TemplateCatalogue.of(_template(r) for r in rows)
+
+    async def templates(self, tenant_id: str) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM sender.templates WHERE tenant_id = $1 ORDER BY name, language", tenant_id)
+        return [dict(r) for r in rows]
+
+    async def upsert_templates(self, tenant_id: str, templates: Sequence[Template]) -> None:
+        await self.pool.executemany(
+            """INSERT INTO sender.templates (tenant_id, name, language, waba_id, template_id, category, status,
+                   quality, parameter_format, components) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+               ON CONFLICT (tenant_id, name, language) DO UPDATE SET waba_id = EXCLUDED.waba_id,
+                 template_id = EXCLUDED.template_id, category = EXCLUDED.category, status = EXCLUDED.status,
+                 quality = COALESCE(EXCLUDED.quality, sender.templates.quality),
+                 parameter_format = EXCLUDED.parameter_format, components = EXCLUDED.components,
+                 updated_at = now()""",
+            [(tenant_id, t.name, t.language, t.waba_id, t.template_id, t.category, t.status, t.quality,
+              t.parameter_format, list(t.components)) for t in templates])
+
+    async def remove_templates_not_in(self, tenant_id: str, waba_id: str, keep: Sequence[tuple[str, str]]) -> int:
+        result = await self.pool.execute(
+            """DELETE FROM sender.templates WHERE tenant_id = $1 AND waba_id = $2
+               AND (name, language) NOT IN (SELECT * FROM unnest($3::text[], $4::text[]))""",
+            tenant_id, waba_id, [k[0] for k in keep], [k[1] for k in keep])
+        return int(result.split()[-1])
+
+    async def update_template(self, tenant_id: str, *, template_id: str | None, name: str | None,
+                              language: str | None, **changes: str) -> int:
+        sets = ", ".join(f"{col} = ${i + 5}" for i, col in enumerate(changes))
+        result = await self.pool.execute(
+            f"""UPDATE sender.templates SET {sets}, updated_at = now() WHERE tenant_id = $1 AND
+                (($2::text IS NOT NULL AND template_id = $2) OR
+                 (name = $3 AND ($4::text IS NULL OR language = $4)))""",
+            tenant_id, template_id, name, language, *changes.values())
+        return int(result.split()[-1])
+
+    # --- consent and the messaging limit ---------------------------------------------------
+    async def consent(self, tenant_id: str, customers: Sequence[str]) -> dict[str, ConsentState]:
+        if not customers:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT * FROM sender.consent WHERE tenant_id = $1 AND customer_id = ANY($2)", tenant_id, list(customers))
+        return {r["customer_id"]: ConsentState(r["marketing_stopped"], r["changed_at"], r["source"]) for r in rows}
+
+    async def apply_consent(self, tenant_id: str, customer_id: str, action: str, at: datetime, source: str) -> None:
+        await self.pool.execute(
+            """INSERT INTO sender.consent AS c VALUES ($1,$2,$3,$4,$5)
+               ON CONFLICT (tenant_id, customer_id) DO UPDATE SET marketing_stopped = EXCLUDED.marketing_stopped,
+                 changed_at = EXCLUDED.changed_at, source = EXCLUDED.source
+               WHERE c.changed_at <= EXCLUDED.changed_at""", tenant_id, customer_id, action == "stop", at, source)
+
+    async def reached(self, tenant_id: str, since: datetime) -> dict[str, float]:
+        rows = await self.pool.fetch(
+            "SELECT customer_id, reached_at FROM sender.reached WHERE tenant_id = $1 AND reached_at > $2",
+            tenant_id, since)
+        return {r["customer_id"]: r["reached_at"].timestamp() for r in rows}
+
+    async def record_reached(self, items: Sequence[tuple[str, str, datetime]]) -> None:
+        if items:
+            await self.pool.executemany(
+                """INSERT INTO sender.reached VALUES ($1,$2,$3) ON CONFLICT (tenant_id, customer_id)
+                   DO UPDATE SET reached_at = GREATEST(sender.reached.reached_at, EXCLUDED.reached_at)""", items)
+
+
+def _template(r: asyncpg.Record) -> Template:
+    return Template(name=r["name"], language=r["language"], category=r["category"], status=r["status"],
+                    components=tuple(r["components"] or ()), parameter_format=r["parameter_format"],
+                    quality=r["quality"], template_id=r["template_id"], waba_id=r["waba_id"])
