@@ -8,17 +8,19 @@ not retry a payload that will never parse). 503 when Kafka does not acknowledge,
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import ORJSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from parley_common.meta import InvalidWebhookJson, decode_webhook, normalise_webhook
+from parley_common.meta import InvalidWebhookJson, NormalisedWebhook, decode_webhook, normalise_webhook
 from parley_common.meta.signature import find_signing_app, signature_matches
+from parley_common.tenancy.directory import TenantDirectory
 from parley_ingest.domain.records import webhook_records
 from parley_ingest.publishing import KafkaUnavailable
 from parley_ingest.services import DirectoryTenants, IngestServices
@@ -123,13 +125,13 @@ def webhook_router(svc: IngestServices) -> APIRouter:
                 response = _answer("kafka_unavailable", 503, "Kafka unavailable, retry")
                 response.headers["Retry-After"] = "1"
                 return response
-            _count(svc, normalised)
+            _count(svc, normalised, directory)
             span.set_attribute("parley.events", normalised.event_count)
             span.set_attribute("parley.shape_problems", len(normalised.problems))
             span.set_attribute("http.response.status_code", 200)
             m.webhook_requests.labels("accepted").inc()
             m.webhook_seconds.observe(time.perf_counter() - started)
-            return ORJSONResponse({"events": normalised.event_count, "problems": len(normalised.problems)})
+            return JSONResponse({"events": normalised.event_count, "problems": len(normalised.problems)})
 
     @router.post("/webhooks/meta/{app_id}", summary="Receive a webhook of one Meta app",
                  openapi_extra=_WEBHOOK_OPENAPI, response_class=Response)
@@ -142,8 +144,6 @@ def webhook_router(svc: IngestServices) -> APIRouter:
         return await receive(request, None)
 
     def _handshake(app_ids: list[str], mode: str | None, token: str | None, challenge: str | None) -> Response:
-        import hmac
-
         ok = False
         for app_id in app_ids:
             app = svc.tenants.apps.get(app_id)
@@ -181,16 +181,21 @@ def webhook_router(svc: IngestServices) -> APIRouter:
     return router
 
 
-def _count(svc: IngestServices, normalised: Any) -> None:
+def _count(svc: IngestServices, normalised: NormalisedWebhook, directory: TenantDirectory) -> None:
+    """Events per kind; events whose number is not registered (or, for account events, whose
+    number and WABA are not) are published anyway and counted as unknown."""
     m = svc.metrics
-    for kind, events in (("message", normalised.messages), ("status", normalised.statuses),
-                         ("account_event", normalised.account_events)):
-        if not events:
-            continue
-        m.webhook_events.labels(kind).inc(len(events))
-        unknown = sum(1 for e in events if e.tenant_id is None)
+    for kind, events in (("message", normalised.messages), ("status", normalised.statuses)):
+        if events:
+            m.webhook_events.labels(kind).inc(len(events))
+            unknown = sum(1 for e in events if e.phone_number_id not in directory.numbers)
+            if unknown:
+                m.unknown_number_events.labels(kind).inc(unknown)
+    if normalised.account_events:
+        m.webhook_events.labels("account_event").inc(len(normalised.account_events))
+        unknown = sum(1 for e in normalised.account_events if e.tenant_id is None)
         if unknown:
-            m.unknown_number_events.labels(kind).inc(unknown)
+            m.unknown_number_events.labels("account_event").inc(unknown)
     if normalised.problems:
         m.shape_problems.inc(len(normalised.problems))
         for p in normalised.problems:
