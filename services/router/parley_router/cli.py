@@ -24,6 +24,7 @@ app = typer.Typer(help="Parley's router: understands inbound messages and routes
 def run() -> None:
     """Start the router service (HTTP on PARLEY_ROUTER_HTTP_PORT, default 8082)."""
     from parley_common.runtime import serve
+
     from parley_router.app import create_app
 
     settings = RouterSettings()
@@ -46,7 +47,8 @@ def train(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(model.dumps())
     typer.echo(json.dumps({"intents": model.intents, "examples": model.meta.get("examples"),
-                           "fingerprint": model.meta.get("fingerprint"), "saved": str(out) if out else "cache"}))
+                           "fingerprint": model.meta.get("fingerprint"),
+                           "saved": str(out) if out else "cache"}))
 
 
 @app.command()
@@ -135,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -77,7 +77,8 @@ def load_clinc150(datasets_dir: Path) -> dict[str, tuple[list[str], list[str]]]:
     return {k: ([t for t, _ in v], [label for _, label in v]) for k, v in data.items()}
 
 
-def few_shot(texts: list[str], labels: list[str], per_intent: int, seed: int = 0) -> tuple[list[str], list[str]]:
+def few_shot(texts: list[str], labels: list[str], per_intent: int,
+             seed: int = 0) -> tuple[list[str], list[str]]:
     """``per_intent`` examples of each label, drawn with a fixed seed."""
     rng = random.Random(seed)
     by: dict[str, list[str]] = {}

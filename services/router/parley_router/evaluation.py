@@ -39,7 +39,8 @@ def eval_banking77(datasets_dir: Path, shots: int | None = None, seed: int = 0) 
 
 
 def eval_clinc150(datasets_dir: Path) -> Score:
-    """Train on ``train``; tune the out-of-scope threshold on ``val`` + ``oos_val``; test on ``test`` + ``oos_test``.
+    """Train on ``train``; tune the out-of-scope threshold on ``val`` + ``oos_val``; test on
+    ``test`` + ``oos_test``.
 
     oos_train is not used for training: the threshold alone decides out-of-scope, as in the
     paper's threshold baselines.

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic_settings import SettingsConfigDict
-
 from parley_common.settings import CommonSettings
+from pydantic_settings import SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -24,6 +24,7 @@ from parley_router.domain.text import normalise
 
 OUT_OF_SCOPE = "out_of_scope"
 FORMAT_VERSION = 1
+WORD_TOKENS = r"(?u)\b\w+\b"  # one-letter words count (Turkish "o", Spanish "y")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class ClassifierConfig:
 def _features(cfg: ClassifierConfig) -> FeatureUnion:
     return FeatureUnion([
         ("word", TfidfVectorizer(analyzer="word", ngram_range=cfg.word_ngrams, sublinear_tf=True,
-                                 preprocessor=normalise, token_pattern=r"(?u)\b\w+\b", dtype=np.float32)),
+                                 preprocessor=normalise, token_pattern=WORD_TOKENS, dtype=np.float32)),
         ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=cfg.char_ngrams, sublinear_tf=True,
                                  preprocessor=normalise, dtype=np.float32)),
     ])

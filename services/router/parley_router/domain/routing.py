@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from parley_common.contracts import (
@@ -22,12 +23,13 @@ from parley_common.contracts import (
     body_hash,
 )
 from parley_common.topics import AGENT_QUEUE, MESSAGES_OUT
+
 from parley_router.domain.config import Endpoint, Rule, RuleAction, TenantRouting
 from parley_router.domain.defaults import RouterDefaults
 
 OUT_OF_SCOPE = "out_of_scope"
 ALWAYS_HUMAN = frozenset({"complaint", "human_agent", OUT_OF_SCOPE})
-CONSENT_INTENTS = {"opt_out": "stop", "opt_in": "resume"}
+CONSENT_INTENTS: dict[str, Literal["stop", "resume"]] = {"opt_out": "stop", "opt_in": "resume"}
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,13 @@ def _matches(rule: Rule, msg: InboundMessage, u: Understanding, local_time: date
 def _pick_text(texts: dict[str, str], language: str | None) -> str | None:
     if language and language in texts:
         return texts[language]
-    return texts.get("en") or next(iter(texts.values()), None)
+    fallback: str | None = texts.get("en") or next(iter(texts.values()), None)
+    return fallback
 
 
 def outbound_message_id(wamid: str, rule: str) -> str:
     """The deterministic id of the router's reply to one inbound under one rule."""
-    return "rt-" + body_hash("router-reply", wamid, rule)
+    return "rt-" + str(body_hash("router-reply", wamid, rule))
 
 
 class DecisionBuilder:
@@ -98,7 +101,8 @@ class DecisionBuilder:
             confidence=round(u.confidence, 4), language=u.language, rule=rule,
             destination=RouteDestination(kind=kind, target=target), signal=u.signal)
 
-    def reply(self, rule: str, *, text: str | None = None, template: TemplateRef | None = None) -> OutboundMessage:
+    def reply(self, rule: str, *, text: str | None = None,
+              template: TemplateRef | None = None) -> OutboundMessage:
         m = self.msg
         mid = outbound_message_id(m.wamid, rule)
         return OutboundMessage(
@@ -137,7 +141,8 @@ def _apply_action(b: DecisionBuilder, rule_name: str, action: RuleAction, cfg: T
     endpoint: Endpoint = cfg.endpoints[action.webhook]
     routed = b.routed(rule_name, "tenant_webhook", endpoint.url)
     body = routed.model_dump_json().encode()
-    return RoutingDecision(routed, webhook=WebhookCall(action.webhook, endpoint.url, endpoint.secret_ref, body))
+    call = WebhookCall(action.webhook, endpoint.url, endpoint.secret_ref, body)
+    return RoutingDecision(routed, webhook=call)
 
 
 def decide(
@@ -159,13 +164,14 @@ def decide(
         consent = ConsentChange(
             event_id=body_hash(tenant_id, msg.customer_id, action, msg.wamid), tenant_id=tenant_id,
             phone_number_id=msg.phone_number_id, occurred_at=msg.occurred_at, customer_id=msg.customer_id,
-            action=action,  # type: ignore[arg-type]
+            action=action,
             source="quick_reply" if u.signal == "quick_reply" else "router_keyword")
-        texts = {**defaults.confirmations.get(u.intent, {}), **cfg.confirmations.get(u.intent, {})}  # type: ignore[call-overload]
+        texts = {**defaults.confirmations.get(u.intent, {}),
+                 **cfg.confirmations.get(u.intent, {})}  # type: ignore[call-overload]
         text = _pick_text(texts, u.language)
-        rule = f"consent:{u.intent}"
-        outbound = [b.reply(rule, text=text)] if text else []
-        return RoutingDecision(b.routed(rule, "consent", action), outbound=outbound, consent=consent)
+        consent_rule = f"consent:{u.intent}"
+        outbound = [b.reply(consent_rule, text=text)] if text else []
+        return RoutingDecision(b.routed(consent_rule, "consent", action), outbound=outbound, consent=consent)
 
     # A statistical guess below the threshold never gets an automatic answer.
     uncertain = u.signal == "classifier" and (u.confidence < threshold or u.intent == OUT_OF_SCOPE)

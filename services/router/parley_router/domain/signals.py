@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parley_common.contracts import InboundMessage
+
 from parley_router.domain.config import TenantRouting
 from parley_router.domain.defaults import RouterDefaults
 from parley_router.domain.text import keyword_form

@@ -1,0 +1,80 @@
+"""Composition root of the router: broker, subscriber, models, store, ops HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from parley_common.broker import CONSUMER_DEFAULTS
+from parley_common.runtime import build_runtime, make_app
+from parley_common.topics import MESSAGES_IN
+
+from parley_router.corpora import load_examples
+from parley_router.domain.defaults import load_defaults
+from parley_router.domain.language import LanguageIdentifier
+from parley_router.domain.pipeline import MessageRouter
+from parley_router.handlers import SERVICE, RecordProducer, RouterService
+from parley_router.model_registry import ModelRegistry
+from parley_router.models import default_model
+from parley_router.settings import RouterSettings
+from parley_router.store import RouterStore
+from parley_router.webhooks import TenantEndpointClient
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: RouterSettings | None = None, *,
+               tracer_provider: TracerProvider | None = None) -> FastAPI:
+    settings = settings or RouterSettings()
+    rt = build_runtime(SERVICE, settings, migrations=[("router", MIGRATIONS)],
+                       tracer_provider=tracer_provider)
+    examples = load_examples()
+    registry = ModelRegistry(default_model(settings.model_cache_dir), examples, store=None)
+    router = MessageRouter(load_defaults(), LanguageIdentifier(), registry.for_tenant,
+                           settings.confidence_threshold)
+    producer = RecordProducer(settings.kafka_bootstrap)
+    endpoints = TenantEndpointClient(attempts=settings.webhook_attempts, timeout_s=settings.webhook_timeout_s,
+                                     backoff_s=settings.webhook_backoff_s)
+    service = RouterService(rt, router, None, producer, endpoints)
+    tasks: list[asyncio.Task[Any]] = []
+
+    subscriber = rt.broker.subscriber(
+        MESSAGES_IN.name, group_id="parley-router", batch=True, max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms, **CONSUMER_DEFAULTS)
+
+    @subscriber  # type: ignore[untyped-decorator]
+    async def on_inbound(records: list[dict[str, Any]]) -> None:
+        await service.handle_batch(records)
+
+    async def sync_models_forever() -> None:
+        while True:
+            await registry.sync(rt.tenants.tenants.values(), service.routing_of)
+            await asyncio.sleep(settings.model_poll_interval_s)
+
+    async def start() -> None:
+        store = RouterStore(rt.require_pool())
+        service.store = store
+        registry._store = store
+        await producer.start()
+        await registry.sync(rt.tenants.tenants.values(), service.routing_of)
+        tasks.append(asyncio.create_task(sync_models_forever()))
+
+    async def stop() -> None:
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await registry.close()
+        await producer.stop()
+        await endpoints.aclose()
+
+    rt.on_start.append(start)
+    rt.on_stop.append(stop)
+    app = make_app(rt, title="Parley router")
+    app.state.router_service = service
+    app.state.model_registry = registry
+    return app  # type: ignore[no-any-return]

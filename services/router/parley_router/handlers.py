@@ -1,0 +1,178 @@
+"""The Kafka side of the router: a batch of wa.messages.in in, decisions and their effects out.
+
+Per batch: decode (a record that does not decode is dead-lettered alone), drop wamids already
+routed (durable, ``router.routed``) and duplicates inside the batch, decide, then publish every
+record (routed, replies, agent tasks, consent changes) keyed by ``phone_number_id`` in input
+order, call tenant endpoints concurrently, and only then mark the wamids routed. The offsets are
+committed after the handler returns (NACK_ON_ERROR): a crash in between re-routes the batch,
+and every id is derived from the wamid, so downstream dedupe absorbs the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from opentelemetry import propagate
+from parley_common.broker import MAX_REQUEST_BYTES
+from parley_common.contracts import InboundMessage
+from parley_common.deadletter import dead_letter_record, publish_dead_letter
+from parley_common.runtime import Runtime
+from parley_common.tenancy.models import Tenant
+from parley_common.topics import ACCOUNT_EVENTS, AGENT_QUEUE, MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import BaseModel, ValidationError
+
+from parley_router.domain.config import TenantRouting
+from parley_router.domain.pipeline import MessageRouter, TenantContext
+from parley_router.domain.routing import RoutingDecision
+from parley_router.store import RouterStore
+from parley_router.webhooks import TenantEndpointClient
+
+log = logging.getLogger("parley.router")
+SERVICE = "router"
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.routed = Counter("parley_router_routed_total", "Inbound messages routed",
+                              ["intent", "destination", "signal"], registry=registry)
+        self.duplicates = Counter("parley_router_duplicates_total", "Inbound duplicates skipped",
+                                  registry=registry)
+        self.classify_seconds = Histogram(
+            "parley_router_decide_seconds_per_message", "Understanding and routing time per message",
+            buckets=(1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2), registry=registry)
+        self.webhook_failures = Counter("parley_router_webhook_failures_total",
+                                        "Tenant endpoint calls dead-lettered", registry=registry)
+
+
+class RecordProducer:
+    """A long-lived aiokafka producer for the hot path (batched sends, futures gathered)."""
+
+    def __init__(self, bootstrap: str, client_id: str = "parley-router") -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
+            compression_type="lz4", linger_ms=5, max_batch_size=256 * 1024,
+            max_request_size=MAX_REQUEST_BYTES)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send_all(self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]) -> None:
+        futures = [await self._producer.send(topic, value, key=key, headers=headers)
+                   for topic, key, value, headers in records]
+        if futures:
+            await asyncio.gather(*futures)
+
+
+def _dump(model: BaseModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+class RouterService:
+    def __init__(self, rt: Runtime, router: MessageRouter, store: RouterStore | None,
+                 producer: RecordProducer, endpoints: TenantEndpointClient) -> None:
+        self.rt = rt
+        self.router = router
+        self.store = store
+        self.producer = producer
+        self.endpoints = endpoints
+        self.metrics = RouterMetrics(rt.registry)
+        self._routing_cache: dict[str, tuple[int, TenantRouting]] = {}
+
+    def routing_of(self, tenant: Tenant) -> TenantRouting:
+        cached = self._routing_cache.get(tenant.tenant_id)
+        if cached and cached[0] == id(tenant.settings):
+            return cached[1]
+        try:
+            cfg = TenantRouting.from_tenant_settings(tenant.settings)
+        except ValidationError as exc:
+            log.error("invalid router settings; using defaults",
+                      extra={"tenant_id": tenant.tenant_id, "errors": exc.error_count()})
+            cfg = TenantRouting()
+        self._routing_cache[tenant.tenant_id] = (id(tenant.settings), cfg)
+        return cfg
+
+    def context_for(self, msg: InboundMessage) -> TenantContext:
+        tenant = self.rt.tenants.tenant_for_number(msg.phone_number_id)
+        if tenant is None:
+            return TenantContext(msg.tenant_id, None, TenantRouting())
+        return TenantContext(tenant.tenant_id, tenant.time_zone, self.routing_of(tenant))
+
+    async def _dead_letter(self, raw: bytes, key: bytes | None, exc: BaseException) -> None:
+        await publish_dead_letter(self.rt.broker, dead_letter_record(
+            service=SERVICE, topic=MESSAGES_IN.name, value=raw, key=key, exc=exc, attempts=1))
+
+    async def handle_batch(self, records: Sequence[dict[str, Any]]) -> list[RoutingDecision]:
+        messages: list[InboundMessage] = []
+        for rec in records:
+            try:
+                messages.append(InboundMessage.model_validate(rec))
+            except ValidationError as exc:
+                key = str(rec.get("phone_number_id", "")).encode() if isinstance(rec, dict) else None
+                await self._dead_letter(orjson.dumps(rec), key, exc)
+        seen = await self.store.already_routed([m.wamid for m in messages]) if self.store else set()
+        fresh: list[InboundMessage] = []
+        for m in messages:
+            if m.wamid in seen:
+                self.metrics.duplicates.inc()
+                continue
+            seen.add(m.wamid)
+            fresh.append(m)
+        if not fresh:
+            return []
+        t0 = asyncio.get_running_loop().time()
+        decisions = self.router.route([(m, self.context_for(m)) for m in fresh])
+        self.metrics.classify_seconds.observe((asyncio.get_running_loop().time() - t0) / len(fresh))
+        await self.publish(decisions)
+        calls = [self._call_endpoint(d) for d in decisions if d.webhook is not None]
+        if calls:
+            await asyncio.gather(*calls)
+        if self.store:
+            await self.store.mark_routed(decisions)
+        for d in decisions:
+            self.metrics.routed.labels(d.routed.intent, d.routed.destination.kind, d.routed.signal).inc()
+        return decisions
+
+    async def publish(self, decisions: Sequence[RoutingDecision]) -> None:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        trace_headers = [(k, v.encode()) for k, v in carrier.items()]
+        records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
+        for d in decisions:
+            key = d.routed.phone_number_id.encode()
+            # Side effects first, the decision record last: a consumer of wa.messages.routed
+            # may rely on the reply / task already being on its topic.
+            for out in d.outbound:
+                records.append((MESSAGES_OUT.name, key, _dump(out), trace_headers))
+            if d.consent is not None:
+                records.append((ACCOUNT_EVENTS.name, key, _dump(d.consent), trace_headers))
+            if d.agent_task is not None:
+                t = d.agent_task
+                headers = [*trace_headers, ("x-parley-tenant", (t.tenant_id or "").encode()),
+                           ("x-parley-skill", t.skill.encode()),
+                           ("x-parley-language", (t.language or "").encode())]
+                records.append((AGENT_QUEUE.name, key, _dump(t), headers))
+            records.append((MESSAGES_ROUTED.name, key, _dump(d.routed), trace_headers))
+        await self.producer.send_all(records)
+
+    async def _call_endpoint(self, d: RoutingDecision) -> None:
+        assert d.webhook is not None
+        try:
+            await self.endpoints.deliver(d.webhook, d.routed.event_id)
+        except Exception as exc:  # after the client's bounded retries: never block the partition
+            self.metrics.webhook_failures.inc()
+            log.warning("tenant endpoint failed; dead-lettering",
+                        extra={"tenant_id": d.routed.tenant_id, "endpoint": d.webhook.endpoint,
+                               "error_type": type(exc).__name__})
+            await publish_dead_letter(self.rt.broker, dead_letter_record(
+                service=SERVICE, topic=MESSAGES_ROUTED.name, value=d.webhook.body,
+                key=d.routed.phone_number_id.encode(), exc=exc, attempts=self.endpoints.attempts,
+                event_id=f"router:webhook:{d.routed.event_id}"))
