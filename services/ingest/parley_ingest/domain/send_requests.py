@@ -152,7 +152,8 @@ class SendMessageRequest(BaseModel):
         for other in SEND_TYPES:
             if other != self.type and getattr(self, other) is not None:
                 found.append((other, f"not allowed in a '{self.type}' message"))
-        if self.type in ("audio", "sticker") and getattr(self, self.type).caption is not None:
+        media = getattr(self, self.type)
+        if self.type in ("audio", "sticker") and media is not None and media.caption is not None:
             found.append((f"{self.type}.caption", f"Meta does not caption {self.type} messages"))
         if self.fallback_template is not None and self.type == "template":
             found.append(("fallback_template", "a template message needs no fallback template"))
