@@ -7,7 +7,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-
 from parley_billing.store import MIGRATIONS, Metering, TenantInfo
 
 TABLES = ("ledger", "deliveries", "sends", "inbound", "invoice_lines", "invoices", "rate_cards", "tiers")

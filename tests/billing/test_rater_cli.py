@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
-
 from parley_billing.cli import app
+from typer.testing import CliRunner
 
 DATA = Path(__file__).parent / "data"
 CARD = Path(__file__).parents[2] / "services/billing/parley_billing/data/example_rate_card.csv"

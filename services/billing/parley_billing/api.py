@@ -72,7 +72,7 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
 
     @router.get("/invoices/{month}", summary="The monthly invoice (JSON, or CSV with ?format=csv)")
     async def get_invoice(tenant: TenantDep, month: str, request: Request,
-                          format: str | None = None) -> Any:  # noqa: A002
+                          format: str | None = None) -> Any:
         check_month(month)
         await metering.rates.refresh_from_pool(rt.require_pool())
         doc = await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=metering.rates.tiers,

@@ -125,11 +125,12 @@ class Metering:
             return 0
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_numbers(conn, (f.phone_number_id for f in facts))
+            await _copy_in(conn, "_deliveries_in", DELIVERIES_IN, [
+                (f.wamid, f.tenant_id, f.phone_number_id, f.waba_id, f.customer, f.delivered_at, f.meta_rank,
+                 f.meta.billable if f.meta else None, f.meta.pricing_model if f.meta else None,
+                 f.meta.type if f.meta else None, f.meta.category if f.meta else None) for f in facts])
             changed = await conn.fetch(
-                """INSERT INTO billing.deliveries AS d
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                        $6::timestamptz[], $7::int2[], $8::bool[], $9::text[], $10::text[],
-                                        $11::text[])
+                """INSERT INTO billing.deliveries AS d SELECT * FROM _deliveries_in
                    ON CONFLICT (wamid) DO UPDATE SET
                      delivered_at = LEAST(d.delivered_at, excluded.delivered_at),
                      tenant_id = coalesce(d.tenant_id, excluded.tenant_id),
@@ -148,13 +149,7 @@ class Metering:
                       OR (d.delivered_at IS NULL AND excluded.delivered_at IS NOT NULL)
                       OR excluded.meta_rank < coalesce(d.meta_rank, 32767)
                       OR (d.tenant_id IS NULL AND excluded.tenant_id IS NOT NULL)
-                   RETURNING phone_number_id, customer, delivered_at""",
-                [f.wamid for f in facts], [f.tenant_id for f in facts], [f.phone_number_id for f in facts],
-                [f.waba_id for f in facts], [f.customer for f in facts], [f.delivered_at for f in facts],
-                [f.meta_rank for f in facts], [f.meta.billable if f.meta else None for f in facts],
-                [f.meta.pricing_model if f.meta else None for f in facts],
-                [f.meta.type if f.meta else None for f in facts],
-                [f.meta.category if f.meta else None for f in facts])
+                   RETURNING phone_number_id, customer, delivered_at""")
             affected: dict[Key, datetime] = {}
             for r in changed:
                 if r["delivered_at"] is not None:
@@ -266,9 +261,25 @@ class Metering:
                     rows.append(_ledger_row(p, key[0], tenant))
         if not rows:
             return 0
-        cols = list(zip(*rows, strict=True))
-        result = await conn.fetch(LEDGER_UPSERT, *cols)
+        await _copy_in(conn, "_ledger_in", LEDGER_IN, rows)
+        result = await conn.fetch(LEDGER_UPSERT)
         return len(result)
+
+
+# Batches reach PostgreSQL by binary COPY into per-connection temp tables (much cheaper than
+# array parameters), then one INSERT … SELECT … ON CONFLICT.
+DELIVERIES_IN = ("wamid text, tenant_id text, phone_number_id text, waba_id text, customer text, "
+                 "delivered_at timestamptz, meta_rank int2, meta_billable bool, meta_pricing_model text, "
+                 "meta_type text, meta_category text")
+LEDGER_IN = ("wamid text, tenant_id text, phone_number_id text, account text, delivered_at timestamptz, "
+             "month text, pricing_model text, category text, type text, billable bool, market text, "
+             "country text, currency text, amount numeric, conversation_id text, opens_conversation bool, "
+             "meta_billable bool, meta_pricing_model text, meta_type text, meta_category text")
+
+
+async def _copy_in(conn: asyncpg.Connection, table: str, columns: str, records: list[tuple[Any, ...]]) -> None:
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
+    await conn.copy_records_to_table(table, records=records)
 
 
 def _touch(affected: dict[Key, datetime], key: Key, t: datetime) -> None:
@@ -296,9 +307,7 @@ LEDGER_UPSERT = """
 INSERT INTO billing.ledger AS l (wamid, tenant_id, phone_number_id, account, delivered_at, month, pricing_model,
     category, type, billable, market, country, currency, amount, conversation_id, opens_conversation,
     meta_billable, meta_pricing_model, meta_type, meta_category)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],
-    $8::text[], $9::text[], $10::bool[], $11::text[], $12::text[], $13::text[], $14::numeric[], $15::text[],
-    $16::bool[], $17::bool[], $18::text[], $19::text[], $20::text[])
+SELECT * FROM _ledger_in
 ON CONFLICT (wamid) DO UPDATE SET
     tenant_id = excluded.tenant_id, phone_number_id = excluded.phone_number_id, account = excluded.account,
     delivered_at = excluded.delivered_at, month = excluded.month, pricing_model = excluded.pricing_model,
