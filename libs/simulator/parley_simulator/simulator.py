@@ -156,7 +156,7 @@ class CloudApiSimulator:
             token = authorization[7:].strip()
         if not token or token not in self._all_tokens:
             raise GraphError(190, "Invalid OAuth access token")
-        if not any(token in self._tokens.get(oid, ()) for oid in object_ids):
+        if object_ids and not any(token in self._tokens.get(oid, ()) for oid in object_ids):
             raise GraphError(
                 190,
                 "The access token is not valid for this object",
