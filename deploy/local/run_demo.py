@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".parley"
 LOGS = STATE / "logs"
 DEMO = REPO / "deploy" / "demo"
+BILLING_DATA = REPO / "services/billing/parley_billing/data"
 PORTS = {"simulator": 8090, "ingest": 8081, "router": 8082, "sender": 8083, "billing": 8084}
 SECRET_NAMES = ("PARLEY_DEMO_APP_SECRET", "PARLEY_DEMO_ACCESS_TOKEN", "PARLEY_DEMO_VERIFY_TOKEN",
                 "PARLEY_DEMO_APP2_SECRET", "PARLEY_DEMO_APP2_OLD_SECRET", "PARLEY_DEMO_APP2_ACCESS_TOKEN")
@@ -247,7 +248,7 @@ async def main() -> int:
                 "OTEL_SERVICE_NAME": f"parley-{svc}",
             })
         await stack.wait_ready()
-        run(["parley-billing", "ratecard", "import", str(DEMO / "rate-card.csv")], env)
+        run(["parley-billing", "ratecard", "import", str(BILLING_DATA / "example_rate_card.csv")], env)
         run(["parley-sender", "templates", "sync"], {**env, "PARLEY_SENDER_GRAPH_API_BASE":
                                                      f"http://127.0.0.1:{PORTS['simulator']}"})
         say(f"driving {args.inbound} inbound messages and {args.templates} templates per tenant")
