@@ -3,8 +3,6 @@
 Another tenant's message or template is answered 404, exactly as a missing one.
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException

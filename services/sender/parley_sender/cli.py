@@ -73,23 +73,18 @@ def templates_sync(tenant: str | None = typer.Option(None, "--tenant", help="onl
         typer.echo(f"{tid}: {counts['synced']} template(s) synced, {counts['removed']} removed")
 
 
-async def read_dead_letters(bootstrap: str, *, service: str = SERVICE, timeout_s: float = 3.0) -> list[DeadLetter]:
+async def read_dead_letters(bootstrap: str, *, service: str = SERVICE, timeout_s: float = 5.0) -> list[DeadLetter]:
     """Every dead letter of ``service`` currently on the topic (reads from the beginning, no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                group_id=None, auto_offset_reset="earliest")
     await consumer.start()
+    out: list[DeadLetter] = []
     try:
-        parts = await consumer.partitions_for_topic(DEAD_LETTERS.name) or set()
-        tps = [TopicPartition(DEAD_LETTERS.name, p) for p in parts]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        out: list[DeadLetter] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while any(await consumer.position(tp) < end[tp] for tp in tps) and loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
+        end: dict[TopicPartition, int] | None = None
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():
                 for rec in records:
                     try:
@@ -98,6 +93,11 @@ async def read_dead_letters(bootstrap: str, *, service: str = SERVICE, timeout_s
                         continue
                     if letter.service == service:
                         out.append(letter)
+            tps = consumer.assignment()
+            if tps and end is None:
+                end = await consumer.end_offsets(list(tps))
+            if end is not None and all([await consumer.position(tp) >= off for tp, off in end.items()]):
+                break
         return out
     finally:
         await consumer.stop()

@@ -99,7 +99,7 @@ class CloudApiClient:
     async def _graph(self, method: str, app: MetaApp | None, path: str, *, url: str | None = None,
                      params: Mapping[str, Any] | None = None, body: Any = None) -> dict[str, Any]:
         """A management call, retried on transport errors and 5xx with tenacity."""
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(0.2, 5),
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
                                            retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
                                            reraise=True):
             with attempt:

@@ -83,7 +83,7 @@ def retry_delay(attempt: int, minimum: float, initial: float, maximum: float) ->
     """Exponential backoff with jitter (tenacity's), never below what Meta's error asks for."""
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(1, attempt)
-    return max(minimum, float(wait_exponential_jitter(initial=initial, max=maximum)(state)))
+    return max(minimum, float(wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)(state)))
 
 
 def result_of(row: MessageRow) -> SendResult:

@@ -1,0 +1,193 @@
+"""Real infrastructure for the sender's integration tests: Kafka, PostgreSQL, the simulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from parley_common.db import migrate
+from parley_common.runtime import TENANCY_MIGRATIONS
+from parley_simulator.app import create_app as create_simulator
+from parley_simulator.config import SimulatorConfig
+
+from parley_sender.app import create_app
+from parley_sender.settings import SenderSettings
+
+TOKEN = "sim-token-sender-tests"
+APP_ID = "app-sender"
+WABA = "waba-s1"
+TEMPLATES: list[dict[str, Any]] = [
+    {"name": "order_update", "language": "en_US", "category": "UTILITY",
+     "components": [{"type": "BODY", "text": "Hi {{1}}, order {{2}} ships today."}]},
+    {"name": "promo", "language": "en_US", "category": "MARKETING",
+     "components": [{"type": "BODY", "text": "Sale for {{1}}!"}]},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve_http(app: FastAPI, port: int) -> AsyncIterator[None]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+                                           access_log=False))
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+def simulator_config(numbers: dict[str, int]) -> SimulatorConfig:
+    return SimulatorConfig.model_validate({
+        "apps": [{"app_id": APP_ID, "app_secret": "s3cret"}],
+        "wabas": [{"id": WABA, "app_id": APP_ID, "token": TOKEN,
+                   "templates": TEMPLATES}],
+        "phone_numbers": [{"id": pn, "display_phone_number": f"1555{pn}", "waba_id": WABA, "throughput": mps}
+                          for pn, mps in numbers.items()],
+        "behaviour": {"sent_delay_ms": 5, "delivered_delay_ms": 10, "read_delay_ms": 20},
+    })
+
+
+async def seed_tenants(database_url: str, numbers: dict[str, int], *, tenant: str = "acme",
+                       other_tenant: str = "other", messaging_limit: int | None = None) -> dict[str, str]:
+    os.environ["PARLEY_TEST_SIM_TOKEN"] = TOKEN
+    conn = await asyncpg.connect(database_url)
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        reg = RegistryFile.model_validate({
+            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:PARLEY_TEST_SIM_TOKEN"],
+                      "access_token_ref": "env:PARLEY_TEST_SIM_TOKEN"}],
+            "tenants": [
+                {"tenant_id": tenant, "name": "Acme", "app_id": APP_ID, "business_country": "GB",
+                 "time_zone": "Europe/London", "messaging_limit": messaging_limit, "wabas": [WABA],
+                 "phone_numbers": [{"phone_number_id": pn, "display_phone_number": f"1555{pn}", "waba_id": WABA,
+                                    "throughput_mps": mps} for pn, mps in numbers.items()]},
+                {"tenant_id": other_tenant, "name": "Other", "app_id": APP_ID, "business_country": "GB",
+                 "time_zone": "Europe/London", "wabas": [f"{WABA}-other"]},
+            ],
+        })
+        await import_registry(conn, reg)
+        _, key = await add_api_key(conn, tenant)
+        _, other_key = await add_api_key(conn, other_tenant)
+        return {tenant: key, other_tenant: other_key}
+    finally:
+        await conn.close()
+
+
+def sender_settings(kafka: str, database_url: str, sim_url: str, **kw: Any) -> SenderSettings:
+    return SenderSettings(kafka_bootstrap=kafka, database_url=database_url, graph_api_base=sim_url,
+                          batch_timeout_ms=20, retry_initial_s=0.2, retry_max_s=1.0, log_level="WARNING", **kw)
+
+
+@dataclass
+class RunningSender:
+    app: FastAPI
+    task: asyncio.Task[None]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await self.task
+
+    async def kill(self) -> None:
+        """Cancel the app's task mid-stream (as a SIGTERM would)."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def start_sender(settings: SenderSettings) -> RunningSender:
+    app = create_app(settings)
+    started = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(started.wait(), 60)
+    return RunningSender(app, task, stop)
+
+
+class Producer:
+    def __init__(self, bootstrap: str) -> None:
+        self._p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+
+    async def __aenter__(self) -> Producer:
+        await self._p.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._p.stop()
+
+    async def send(self, topic: str, value: Any, key: str) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        await self._p.send_and_wait(topic, raw, key=key.encode())
+
+
+async def collect(bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool],
+                  timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Read ``topic`` from the beginning until ``done(records)`` holds or the timeout passes."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not done(out) and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(orjson.loads(r.value) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def outbound(message_id: str, pn: str, to: str, *, kind: str = "template", name: str = "order_update",
+             params: tuple[str, ...] = ("Ann", "A-1"), **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"event_id": message_id, "message_id": message_id, "phone_number_id": pn,
+                            "occurred_at": datetime.now(UTC).isoformat(), "to": to, "type": kind}
+    if kind == "template":
+        base["template"] = {"name": name, "language": "en_US", "components": [
+            {"type": "body", "parameters": [{"type": "text", "text": p} for p in params]}]}
+    else:
+        base["content"] = {"body": "hello"}
+    return base | kw
+
+
+def new_id(prefix: str = "m") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def sim_count(sim_url: str, callback: str) -> int:
+    async with httpx.AsyncClient(base_url=sim_url) as c:
+        r = await c.get("/_sim/messages", params={"biz_opaque_callback_data": callback})
+        return int(r.json()["count"])
