@@ -143,3 +143,21 @@ def test_rule_naming_an_unknown_endpoint_is_rejected() -> None:
 def test_inline_endpoint_secrets_are_rejected() -> None:
     with pytest.raises(ValidationError):
         TenantRouting.model_validate({"endpoints": {"crm": {"url": "https://x", "secret_ref": "hunter2"}}})
+
+
+def test_an_unsure_classifier_opt_in_does_not_resume_marketing(defaults: RouterDefaults) -> None:
+    d = decide(inbound("is this offer still on?"), u("opt_in", 0.55), DEMO, defaults, tenant_id="t")
+    assert d.consent is None and d.outbound == [] and d.agent_task is not None
+
+
+def test_a_confident_classifier_opt_out_stops_marketing(defaults: RouterDefaults) -> None:
+    d = decide(inbound("please never send me promos again"), u("opt_out", 0.93), DEMO, defaults, tenant_id="t")
+    assert d.consent is not None and d.consent.action == "stop"
+
+
+def test_rules_without_an_intent_condition_apply_to_uncertain_messages(defaults: RouterDefaults) -> None:
+    cfg = TenantRouting.model_validate({"rules": [
+        {"name": "bn-team", "when": {"language": ["bn"]}, "then": {"agent_queue": "bangla-desk"}},
+        {"name": "bn-refund", "when": {"intent": ["refund"], "language": ["bn"]}, "then": {"agent_queue": "x"}}]})
+    d = decide(inbound("কিছু একটা"), u("refund", 0.1, "bn"), cfg, defaults, tenant_id="t")
+    assert d.routed.rule == "bn-team" and d.agent_task is not None and d.agent_task.skill == "bangla-desk"

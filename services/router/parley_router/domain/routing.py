@@ -29,6 +29,7 @@ from parley_router.domain.defaults import RouterDefaults
 
 OUT_OF_SCOPE = "out_of_scope"
 ALWAYS_HUMAN = frozenset({"complaint", "human_agent", OUT_OF_SCOPE})
+CONSENT_MIN_CONFIDENCE = 0.7  # a classifier's opt-out/opt-in needs more than the usual threshold
 CONSENT_INTENTS: dict[str, Literal["stop", "resume"]] = {"opt_out": "stop", "opt_in": "resume"}
 
 
@@ -158,8 +159,14 @@ def decide(
     b = DecisionBuilder(msg, u, tenant_id)
     threshold = cfg.confidence_threshold if cfg.confidence_threshold is not None else confidence_threshold
 
-    # Consent first: a customer's STOP is honoured whatever the tenant's rules say.
-    if u.intent in CONSENT_INTENTS:
+    # A statistical guess below the threshold never gets an automatic answer (nor a consent
+    # change: resuming marketing on a guess would be worse than asking a person).
+    guessed = u.signal == "classifier"
+    uncertain = guessed and (u.confidence < threshold or u.intent == OUT_OF_SCOPE
+                             or (u.intent in CONSENT_INTENTS and u.confidence < CONSENT_MIN_CONFIDENCE))
+
+    # Consent next: a customer's STOP is honoured whatever the tenant's rules say.
+    if u.intent in CONSENT_INTENTS and not uncertain:
         action = CONSENT_INTENTS[u.intent]
         consent = ConsentChange(
             event_id=body_hash(tenant_id, msg.customer_id, action, msg.wamid), tenant_id=tenant_id,
@@ -173,19 +180,21 @@ def decide(
         outbound = [b.reply(consent_rule, text=text)] if text else []
         return RoutingDecision(b.routed(consent_rule, "consent", action), outbound=outbound, consent=consent)
 
-    # A statistical guess below the threshold never gets an automatic answer.
-    uncertain = u.signal == "classifier" and (u.confidence < threshold or u.intent == OUT_OF_SCOPE)
-    if uncertain:
-        reason = "out_of_scope" if u.intent == OUT_OF_SCOPE else "low_confidence"
-        return RoutingDecision(b.routed(f"human:{reason}", "agent_queue", AGENT_QUEUE.name),
-                               agent_task=b.agent_task(cfg.default_skill, reason))
-
+    # Tenant rules, first match wins. For an uncertain guess only the rules that do not depend
+    # on the intent (referral, language, time of day) apply.
     local_time = None
     if time_zone:
         local_time = msg.occurred_at.astimezone(ZoneInfo(time_zone))
     for rule in cfg.rules:
+        if uncertain and rule.when.intent is not None:
+            continue
         if _matches(rule, msg, u, local_time):
             return _apply_action(b, rule.name, rule.then, cfg, defaults)
+
+    if uncertain:
+        reason = "out_of_scope" if u.intent == OUT_OF_SCOPE else "low_confidence"
+        return RoutingDecision(b.routed(f"human:{reason}", "agent_queue", AGENT_QUEUE.name),
+                               agent_task=b.agent_task(cfg.default_skill, reason))
 
     skill = cfg.skills.get(u.intent) or defaults.skills.get(u.intent) or cfg.default_skill
     if u.intent in ALWAYS_HUMAN:
