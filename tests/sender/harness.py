@@ -191,3 +191,23 @@ async def sim_count(sim_url: str, callback: str) -> int:
     async with httpx.AsyncClient(base_url=sim_url) as c:
         r = await c.get("/_sim/messages", params={"biz_opaque_callback_data": callback})
         return int(r.json()["count"])
+
+
+async def sync_catalogue(database_url: str, sim_url: str, tenant: str) -> dict[str, int]:
+    """What ``parley-sender templates sync --tenant T`` does, against the simulator."""
+    from parley_common.db import create_pool
+    from parley_common.tenancy.directory import TenantDirectory
+
+    from parley_sender.catalogue import sync_templates
+    from parley_sender.cloudapi import CloudApiClient
+    from parley_sender.store import MIGRATIONS, SenderStore
+
+    pool = await create_pool(database_url)
+    client = CloudApiClient(base_override=sim_url)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, "sender", MIGRATIONS)
+        return await sync_templates(SenderStore(pool), client, await TenantDirectory.load(pool), tenant)
+    finally:
+        await client.aclose()
+        await pool.close()
