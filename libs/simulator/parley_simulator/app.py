@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import SimulatorConfig, TemplateConfig
 from .errors import GraphError
@@ -93,6 +95,48 @@ class NumberPatch(BaseModel):
     throughput: int | None = Field(default=None, ge=1, le=10_000)
 
 
+_SEND_PATH = re.compile(r"^/([^/]+)/([^/]+)/messages$")
+
+
+class FastSendPath:
+    """Answers ``POST /{version}/{phone_number_id}/messages`` before FastAPI's routing.
+
+    The send path is the hot one (benchmarks drive thousands of sends per second through it);
+    going straight from ASGI to the simulator roughly halves its cost. Every other route goes
+    to the FastAPI app.
+    """
+
+    def __init__(self, app: ASGIApp, sim: CloudApiSimulator) -> None:
+        self.app = app
+        self.sim = sim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        is_post = scope["type"] == "http" and scope["method"] == "POST"
+        match = _SEND_PATH.match(scope["path"]) if is_post else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        authorization = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        outcome = await self.sim.send(match.group(1), match.group(2), authorization, b"".join(chunks))
+        if outcome.hang_s:
+            await asyncio.sleep(outcome.hang_s)
+        body = orjson.dumps(outcome.body)
+        await send({"type": "http.response.start", "status": outcome.http_status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(config: SimulatorConfig, *, simulator: CloudApiSimulator | None = None) -> FastAPI:
     sim = simulator or CloudApiSimulator(config)
 
@@ -113,6 +157,7 @@ def create_app(config: SimulatorConfig, *, simulator: CloudApiSimulator | None =
     app.state.simulator = sim
     _routes_graph(app, sim)
     _routes_control(app, sim)
+    app.add_middleware(FastSendPath, sim=sim)
     return app
 
 

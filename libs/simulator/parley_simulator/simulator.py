@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
-import json
 import random
 import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import orjson
 
 from .clock import SimClock
 from .config import Behaviour, PhoneNumberConfig, SimulatorConfig, TemplateConfig, WabaConfig
@@ -28,6 +29,7 @@ from .windows import CustomerWindows, MarketingConsent
 # Failures Meta reports by a status webhook after answering "accepted" (unless configured sync).
 ASYNC_BY_DEFAULT = frozenset({131026, 131047, 131049, 131050, 132015})
 _VERSION = re.compile(r"^v(\d+)(?:\.\d+)?$")
+_BSUID = re.compile(r"[A-Z]{2}\..+")
 
 
 @dataclass
@@ -211,8 +213,8 @@ class CloudApiSimulator:
             return self._fail(phone_number_id, GraphError(code, "Simulated server error"))
         try:
             try:
-                body = json.loads(raw_body)
-            except ValueError as exc:
+                body = orjson.loads(raw_body)
+            except orjson.JSONDecodeError as exc:
                 raise GraphError(100, "The request body is not valid JSON") from exc
             request = parse_send(body)
             outcome = self._accept(version, number, request)
@@ -359,7 +361,7 @@ class CloudApiSimulator:
             "status": status,
             "timestamp": str(int(msg.accepted_at + offset_s)),
         }
-        if re.fullmatch(r"[A-Z]{2}\..+", msg.wa_id):
+        if _BSUID.fullmatch(msg.wa_id):
             obj["recipient_user_id"] = msg.wa_id
         else:
             obj["recipient_id"] = msg.wa_id
@@ -373,6 +375,8 @@ class CloudApiSimulator:
     ) -> None:
         msg.statuses.append(status)
         self.stats[f"status_{status['status']}"] += 1
+        if self.dispatcher.url_template is None:
+            return  # nowhere to post: the statuses stay observable through /_sim/messages
         waba = self.wabas[number.waba_id]
         self.dispatcher.schedule_status(
             delay_s,

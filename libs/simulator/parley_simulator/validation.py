@@ -35,6 +35,8 @@ INTERACTIVE_TYPES = (
 )
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
+_BSUID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9]{1,128}")
+_NON_DIGITS = re.compile(r"\D")
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,11 @@ def _require_str(obj: dict[str, Any], key: str, name: str) -> str:
 
 def normalise_recipient(to: str) -> str:
     """The wa_id Meta answers for an input: digits only (a BSUID ``CC.xxx`` is kept as is)."""
-    if re.fullmatch(r"[A-Z]{2}\.[A-Za-z0-9]{1,128}", to):
+    if to.isdigit():
         return to
-    return re.sub(r"\D", "", to)
+    if _BSUID.fullmatch(to):
+        return to
+    return _NON_DIGITS.sub("", to)
 
 
 def parse_send(body: Any) -> SendRequest:
