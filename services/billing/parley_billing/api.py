@@ -8,10 +8,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+import phonenumbers
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from parley_common.runtime import Runtime
 from parley_common.tenancy.models import Tenant
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from parley_billing import invoicing
 from parley_billing.domain.engine import PMP_START, Business, OutboundFact, Timeline, price_timeline
@@ -19,7 +20,10 @@ from parley_billing.domain.markets import market_of_country
 from parley_billing.settings import BillingSettings
 from parley_billing.store import Metering, TenantInfo, usage
 
-MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+MONTH = re.compile(MONTH_PATTERN)
+MAX_USAGE_DAYS = 400
+MonthPath = Annotated[str, Path(pattern=MONTH_PATTERN, description="YYYY-MM, in the tenant's time zone")]
 
 
 class EstimateItem(BaseModel):
@@ -27,40 +31,54 @@ class EstimateItem(BaseModel):
     category: str = Field(pattern=r"^(marketing|utility|authentication)$")
     recipients: int = Field(ge=0, le=100_000_000)
 
+    @field_validator("country")
+    @classmethod
+    def _known_country(cls, v: str) -> str:
+        v = v.upper()
+        if v not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not a country with phone numbers (ISO 3166-1 alpha-2)")
+        return v
+
 
 class EstimateRequest(BaseModel):
     send_on: date | None = Field(default=None, description="planned date (UTC); today when omitted")
     items: list[EstimateItem] = Field(min_length=1, max_length=1000)
 
 
+def current_tenant(request: Request) -> Tenant:
+    """The tenant whose API key is the request's Bearer token, else 401."""
+    rt: Runtime = request.app.state.runtime
+    auth = request.headers.get("authorization", "")
+    scheme, _, key = auth.partition(" ")
+    tenant = rt.tenants.tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    if tenant is None:
+        raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer …)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+# Module level: with postponed annotations FastAPI resolves these names in the module's globals.
+TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+
 def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
                  tenant_info: Callable[[str | None, str], TenantInfo]) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["billing"])
 
-    def current_tenant(request: Request) -> Tenant:
-        auth = request.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        tenant = rt.tenants.tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key else None
-        if tenant is None:
-            raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer …)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        return tenant
-
-    TenantDep = Annotated[Tenant, Depends(current_tenant)]
-
     def info(t: Tenant) -> TenantInfo:
         return tenant_info(t.tenant_id, "")
 
-    def check_month(month: str) -> str:
-        if not MONTH.match(month):
-            raise HTTPException(422, "month must be YYYY-MM")
-        return month
+    def invalid(loc: list[str], msg: str, value: object) -> HTTPException:
+        """A 422 shaped like FastAPI's own validation errors: which field, and why."""
+        return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
 
     @router.get("/usage", summary="Usage in a period, by market, category and free type")
     async def get_usage(tenant: TenantDep, from_: Annotated[date, Query(alias="from")],
                         to: Annotated[date, Query(description="inclusive")]) -> dict[str, Any]:
         if to < from_:
-            raise HTTPException(422, "'to' is before 'from'")
+            raise invalid(["query", "to"], "'to' is before 'from'", to.isoformat())
+        if (to - from_).days >= MAX_USAGE_DAYS:
+            raise invalid(["query", "to"], f"the period is longer than {MAX_USAGE_DAYS} days", to.isoformat())
         tz = info(tenant).tz
         start = datetime.combine(from_, time(), tz)
         end = datetime.combine(to + timedelta(days=1), time(), tz)
@@ -71,9 +89,8 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
                 "groups": [{**r, "list_amount": str(r["list_amount"])} for r in rows]}
 
     @router.get("/invoices/{month}", summary="The monthly invoice (JSON, or CSV with ?format=csv)")
-    async def get_invoice(tenant: TenantDep, month: str, request: Request,
-                          format: str | None = None) -> Any:
-        check_month(month)
+    async def get_invoice(tenant: TenantDep, month: MonthPath, request: Request,
+                          format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None) -> Any:
         await metering.rates.refresh_from_pool(rt.require_pool())
         doc = await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=metering.rates.tiers,
                                       now=datetime.now(UTC),
@@ -83,8 +100,7 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
         return doc
 
     @router.get("/reconciliation/{month}", summary="Parley's pricing against Meta's, per message")
-    async def get_reconciliation(tenant: TenantDep, month: str) -> dict[str, Any]:
-        check_month(month)
+    async def get_reconciliation(tenant: TenantDep, month: MonthPath) -> dict[str, Any]:
         await metering.rates.refresh_from_pool(rt.require_pool())
         return await invoicing.reconciliation(rt.require_pool(), info(tenant), month,
                                               tiers=metering.rates.tiers)
@@ -97,15 +113,15 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
         business = Business(tenant.business_country, metering.rates.rates)
         lines, totals = [], {}
         for item in body.items:
-            market = market_of_country(item.country.upper())
-            number = _example_number(item.country.upper())
+            market = market_of_country(item.country)
+            number = _example_number(item.country)
             priced = price_timeline(Timeline(number, (), [OutboundFact("estimate", at, True, item.category)]),
                                     business)[0]
             unit = priced.amount
             amount = None if unit is None else unit * item.recipients
             if amount is not None:
                 totals[priced.currency] = totals.get(priced.currency, Decimal(0)) + amount
-            lines.append({"country": item.country.upper(), "market": market.name, "category": priced.category,
+            lines.append({"country": item.country, "market": market.name, "category": priced.category,
                           "pricing_model": priced.pricing_model, "recipients": item.recipients,
                           "unit_price": None if unit is None else str(unit), "currency": priced.currency,
                           "amount": None if amount is None else str(amount)})
@@ -119,8 +135,6 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
 
 def _example_number(country: str) -> str:
     """A number in ``country`` so the estimate goes through the same market resolution."""
-    import phonenumbers
-
     example = phonenumbers.example_number_for_type(country, phonenumbers.PhoneNumberType.MOBILE)
     if example is None:
         return ""

@@ -62,6 +62,7 @@ async def invoice(pool: asyncpg.Pool, tenant: TenantInfo, month: str, *, tiers: 
                            tenant.tenant_id)
         finalised_at = await conn.fetchval(
             "SELECT finalised_at FROM billing.invoices WHERE tenant_id = $1 AND month = $2", tenant.tenant_id, month)
+        status = "final"
         if finalised_at is None:
             lines = await _current_lines(conn, tenant, month, tiers)
             adjustments = await _pending_adjustments(conn, tenant, month, tiers)
@@ -76,14 +77,14 @@ async def invoice(pool: asyncpg.Pool, tenant: TenantInfo, month: str, *, tiers: 
                     [(tenant.tenant_id, month, *(getattr(x, c) for c in LINE_COLUMNS))
                      for x in lines + adjustments])
                 status = "final"
-        else:
+        if status == "final":
+            # A final invoice is always what was stored, so every later read is identical to this one.
             rows = await conn.fetch(
                 f"SELECT {', '.join(LINE_COLUMNS)} FROM billing.invoice_lines WHERE tenant_id = $1 AND month = $2"
                 " ORDER BY for_month, pricing_model, market, category, type, currency", tenant.tenant_id, month)
             all_lines = [_line(r) for r in rows]
             lines = [x for x in all_lines if x.for_month == month]
             adjustments = [x for x in all_lines if x.for_month != month]
-            status = "final"
     return {
         "tenant_id": tenant.tenant_id, "month": month, "time_zone": str(tenant.tz), "status": status,
         "finalised_at": finalised_at.isoformat() if finalised_at else None,
