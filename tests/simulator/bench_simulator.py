@@ -5,8 +5,9 @@
 Starts ``parley-simulator run`` as its own process (throughput limit raised so that only the
 simulator's speed counts), then drives valid template sends from ``--clients`` client processes
 and prints the accepted sends per second, and the simulator's own CPU time per send (the rate one
-free core could sustain; on a shared machine the wall-clock rate understates it). The simulator must stay well above the sender's
-target (3,000/s) so that it is never the bottleneck of ``make bench-sender``.
+free core could sustain; on a shared machine the wall-clock rate understates it). The simulator
+must stay well above the sender's target (3,000/s) so that it is never the bottleneck of
+``make bench-sender``.
 """
 
 from __future__ import annotations
@@ -45,22 +46,40 @@ def _client(url: str, seconds: float, concurrency: int, offset: int, out: multip
         deadline = time.monotonic() + seconds
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+
             async def worker(w: int) -> None:
                 nonlocal ok, bad
                 i = 0
                 while time.monotonic() < deadline:
                     i += 1
-                    body = {"messaging_product": "whatsapp", "to": f"44{offset + w:04d}{i:06d}", "type": "template",
-                            "template": {"name": "ticket_confirmation", "language": {"code": "en"},
-                                         "components": [{"type": "body", "parameters": [
-                                             {"type": "text", "text": "A1"}, {"type": "text", "text": "Fri"}]}]}}
-                    r = await client.post(url, content=json.dumps(body),
-                                          headers={"Authorization": "Bearer bench-token",
-                                                   "Content-Type": "application/json"})
+                    body = {
+                        "messaging_product": "whatsapp",
+                        "to": f"44{offset + w:04d}{i:06d}",
+                        "type": "template",
+                        "template": {
+                            "name": "ticket_confirmation",
+                            "language": {"code": "en"},
+                            "components": [
+                                {
+                                    "type": "body",
+                                    "parameters": [
+                                        {"type": "text", "text": "A1"},
+                                        {"type": "text", "text": "Fri"},
+                                    ],
+                                }
+                            ],
+                        },
+                    }
+                    r = await client.post(
+                        url,
+                        content=json.dumps(body),
+                        headers={"Authorization": "Bearer bench-token", "Content-Type": "application/json"},
+                    )
                     if r.status_code == 200:
                         ok += 1
                     else:
                         bad += 1
+
             await asyncio.gather(*(worker(w) for w in range(concurrency)))
         return ok, bad
 
@@ -85,8 +104,10 @@ def main() -> None:
         cfg = Path(tmp) / "sim.yaml"
         cfg.write_text(CONFIG)
         env = {**os.environ, "BENCH_SIM_SECRET": "s", "BENCH_SIM_TOKEN": "bench-token"}
-        proc = subprocess.Popen([sys.executable, "-m", "parley_simulator.cli", "run", "--port", str(port),
-                                 "--config", str(cfg)], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parley_simulator.cli", "run", "--port", str(port), "--config", str(cfg)],
+            env=env,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             for _ in range(200):
@@ -98,9 +119,13 @@ def main() -> None:
             queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
             cpu_before = _cpu_seconds(proc.pid)
             started = time.monotonic()
-            workers = [multiprocessing.Process(target=_client, args=(
-                f"{base}/v24.0/1001/messages", args.seconds, args.concurrency, c * 1000, queue))
-                for c in range(args.clients)]
+            workers = [
+                multiprocessing.Process(
+                    target=_client,
+                    args=(f"{base}/v24.0/1001/messages", args.seconds, args.concurrency, c * 1000, queue),
+                )
+                for c in range(args.clients)
+            ]
             for w in workers:
                 w.start()
             results = [queue.get() for _ in workers]
@@ -112,13 +137,20 @@ def main() -> None:
             bad = sum(r[1] for r in results)
             stats = httpx.get(f"{base}/_sim/stats").json()
             served = stats["requests"]["total"]
-            print(json.dumps({
-                "accepted_per_s": round(ok / elapsed), "accepted": ok, "not_accepted": bad,
-                "seconds": round(elapsed, 2), "simulator_accepted": stats["requests"]["accepted"],
-                # CPU the simulator spent per request: what one free core could answer per second
-                "simulator_cpu_us_per_send": round(cpu / served * 1e6) if served else None,
-                "simulator_sends_per_cpu_s": round(served / cpu) if cpu else None,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "accepted_per_s": round(ok / elapsed),
+                        "accepted": ok,
+                        "not_accepted": bad,
+                        "seconds": round(elapsed, 2),
+                        "simulator_accepted": stats["requests"]["accepted"],
+                        # CPU the simulator spent per request: what one free core could answer per second
+                        "simulator_cpu_us_per_send": round(cpu / served * 1e6) if served else None,
+                        "simulator_sends_per_cpu_s": round(served / cpu) if cpu else None,
+                    }
+                )
+            )
         finally:
             proc.terminate()
             proc.wait()

@@ -37,52 +37,113 @@ TOKEN_OTHER = "token-other-app"
 CUSTOMER = "447700900123"
 
 TEMPLATES = [
-    {"name": "ticket_confirmation", "language": "en", "category": "UTILITY",
-     "components": [{"type": "BODY", "text": "Your ticket {{1}} is confirmed for {{2}}."}]},
-    {"name": "seasonal_offer", "language": "en", "category": "MARKETING",
-     "components": [{"type": "HEADER", "format": "IMAGE"},
-                    {"type": "BODY", "text": "Hi {{1}}, this week's offer is waiting."},
-                    {"type": "BUTTONS", "buttons": [
-                        {"type": "URL", "text": "Shop", "url": "https://shop.example/{{1}}"},
-                        {"type": "QUICK_REPLY", "text": "Stop promotions"}]}]},
-    {"name": "plain_offer", "language": "en", "category": "MARKETING",
-     "components": [{"type": "BODY", "text": "Hi {{1}}, new deals today."}]},
-    {"name": "order_update", "language": "en", "category": "UTILITY", "parameter_format": "named",
-     "components": [{"type": "BODY", "text": "Hello {{first_name}}, order {{order_id}} shipped."}]},
-    {"name": "login_code", "language": "en", "category": "AUTHENTICATION",
-     "components": [{"type": "BODY", "text": "{{1}} is your verification code."},
-                    {"type": "BUTTONS", "buttons": [{"type": "URL", "text": "Copy", "url": "https://x.example/{{1}}"}]}]},
-    {"name": "paused_promo", "language": "en", "category": "MARKETING", "status": "PAUSED",
-     "components": [{"type": "BODY", "text": "Promo"}]},
-    {"name": "disabled_promo", "language": "en", "category": "MARKETING", "status": "DISABLED",
-     "components": [{"type": "BODY", "text": "Promo"}]},
-    {"name": "pending_promo", "language": "en", "category": "MARKETING", "status": "PENDING",
-     "components": [{"type": "BODY", "text": "Promo"}]},
+    {
+        "name": "ticket_confirmation",
+        "language": "en",
+        "category": "UTILITY",
+        "components": [{"type": "BODY", "text": "Your ticket {{1}} is confirmed for {{2}}."}],
+    },
+    {
+        "name": "seasonal_offer",
+        "language": "en",
+        "category": "MARKETING",
+        "components": [
+            {"type": "HEADER", "format": "IMAGE"},
+            {"type": "BODY", "text": "Hi {{1}}, this week's offer is waiting."},
+            {
+                "type": "BUTTONS",
+                "buttons": [
+                    {"type": "URL", "text": "Shop", "url": "https://shop.example/{{1}}"},
+                    {"type": "QUICK_REPLY", "text": "Stop promotions"},
+                ],
+            },
+        ],
+    },
+    {
+        "name": "plain_offer",
+        "language": "en",
+        "category": "MARKETING",
+        "components": [{"type": "BODY", "text": "Hi {{1}}, new deals today."}],
+    },
+    {
+        "name": "order_update",
+        "language": "en",
+        "category": "UTILITY",
+        "parameter_format": "named",
+        "components": [{"type": "BODY", "text": "Hello {{first_name}}, order {{order_id}} shipped."}],
+    },
+    {
+        "name": "login_code",
+        "language": "en",
+        "category": "AUTHENTICATION",
+        "components": [
+            {"type": "BODY", "text": "{{1}} is your verification code."},
+            {
+                "type": "BUTTONS",
+                "buttons": [{"type": "URL", "text": "Copy", "url": "https://x.example/{{1}}"}],
+            },
+        ],
+    },
+    {
+        "name": "paused_promo",
+        "language": "en",
+        "category": "MARKETING",
+        "status": "PAUSED",
+        "components": [{"type": "BODY", "text": "Promo"}],
+    },
+    {
+        "name": "disabled_promo",
+        "language": "en",
+        "category": "MARKETING",
+        "status": "DISABLED",
+        "components": [{"type": "BODY", "text": "Promo"}],
+    },
+    {
+        "name": "pending_promo",
+        "language": "en",
+        "category": "MARKETING",
+        "status": "PENDING",
+        "components": [{"type": "BODY", "text": "Promo"}],
+    },
 ]
 
 FAST = {
-    "sent_delay_ms": 0, "delivered_delay_ms": 10, "read_delay_ms": 20, "webhook_batch_window_ms": 5,
-    "template_approval_delay_s": 0.2, "webhook_retry_base_s": 0.05, "webhook_retry_max_s": 0.2,
-    "delivered_ratio": 1.0, "read_ratio": 0.0, "skip_delivered_ratio": 0.0, "split_entries_ratio": 0.0,
+    "sent_delay_ms": 0,
+    "delivered_delay_ms": 10,
+    "read_delay_ms": 20,
+    "webhook_batch_window_ms": 5,
+    "template_approval_delay_s": 0.2,
+    "webhook_retry_base_s": 0.05,
+    "webhook_retry_max_s": 0.2,
+    "delivered_ratio": 1.0,
+    "read_ratio": 0.0,
+    "skip_delivered_ratio": 0.0,
+    "split_entries_ratio": 0.0,
 }
 
 
 def make_config(webhook_url: str | None, **behaviour: Any) -> SimulatorConfig:
-    return SimulatorConfig.model_validate({
-        "apps": [{"app_id": APP_ID, "app_secret": APP_SECRET},
-                 {"app_id": OTHER_APP_ID, "app_secret": OTHER_APP_SECRET}],
-        "wabas": [{"id": WABA, "app_id": APP_ID, "token": TOKEN, "templates": TEMPLATES},
-                  {"id": WABA2, "app_id": APP_ID, "token": TOKEN2},
-                  {"id": WABA_OTHER_APP, "app_id": OTHER_APP_ID, "token": TOKEN_OTHER}],
-        "phone_numbers": [
-            {"id": PN, "display_phone_number": "15550001111", "waba_id": WABA, "throughput": 80},
-            {"id": PN2, "display_phone_number": "15550002222", "waba_id": WABA2},
-            {"id": PN_OTHER, "display_phone_number": "15550004444", "waba_id": WABA_OTHER_APP},
-        ],
-        "webhook_url": webhook_url,
-        "behaviour": {**FAST, **behaviour},
-        "seed": 7,
-    })
+    return SimulatorConfig.model_validate(
+        {
+            "apps": [
+                {"app_id": APP_ID, "app_secret": APP_SECRET},
+                {"app_id": OTHER_APP_ID, "app_secret": OTHER_APP_SECRET},
+            ],
+            "wabas": [
+                {"id": WABA, "app_id": APP_ID, "token": TOKEN, "templates": TEMPLATES},
+                {"id": WABA2, "app_id": APP_ID, "token": TOKEN2},
+                {"id": WABA_OTHER_APP, "app_id": OTHER_APP_ID, "token": TOKEN_OTHER},
+            ],
+            "phone_numbers": [
+                {"id": PN, "display_phone_number": "15550001111", "waba_id": WABA, "throughput": 80},
+                {"id": PN2, "display_phone_number": "15550002222", "waba_id": WABA2},
+                {"id": PN_OTHER, "display_phone_number": "15550004444", "waba_id": WABA_OTHER_APP},
+            ],
+            "webhook_url": webhook_url,
+            "behaviour": {**FAST, **behaviour},
+            "seed": 7,
+        }
+    )
 
 
 class Served:
@@ -102,8 +163,8 @@ class Served:
 
     async def __aenter__(self) -> Served:
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:
-            await asyncio.sleep(0.005)
+        while not self.server.started:  # uvicorn exposes a flag, not an event
+            await asyncio.sleep(0.005)  # noqa: ASYNC110
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -137,14 +198,25 @@ class Receiver:
         return [p for p in self.posts if p.headers.get("x-hub-signature-256") == expected_signature(p)]
 
     def statuses(self) -> list[dict[str, Any]]:
-        return [s for p in self.posts for e in p.json["entry"] for c in e["changes"]
-                for s in c["value"].get("statuses", [])]
+        return [
+            s
+            for p in self.posts
+            for e in p.json["entry"]
+            for c in e["changes"]
+            for s in c["value"].get("statuses", [])
+        ]
 
     def by_field(self, name: str) -> list[dict[str, Any]]:
-        return [c["value"] for p in self.posts for e in p.json["entry"] for c in e["changes"] if c["field"] == name]
+        return [
+            c["value"]
+            for p in self.posts
+            for e in p.json["entry"]
+            for c in e["changes"]
+            if c["field"] == name
+        ]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        for _ in range(int(timeout / 0.01)):
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        for _ in range(int(timeout_s / 0.01)):
             if predicate():
                 return
             await asyncio.sleep(0.01)
@@ -180,13 +252,15 @@ class SimHandle:
     sim: CloudApiSimulator
     http: httpx.AsyncClient
 
-    async def send(self, body: dict[str, Any], *, token: str | None = TOKEN, pn: str = PN,
-                   version: str = "v24.0") -> httpx.Response:
+    async def send(
+        self, body: dict[str, Any], *, token: str | None = TOKEN, pn: str = PN, version: str = "v24.0"
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await self.http.post(f"{self.url}/{version}/{pn}/messages", json=body, headers=headers)
 
-    async def open_window(self, customer: str = CUSTOMER, *, pn: str = PN, referral: bool = False,
-                          at: float | None = None) -> None:
+    async def open_window(
+        self, customer: str = CUSTOMER, *, pn: str = PN, referral: bool = False, at: float | None = None
+    ) -> None:
         body: dict[str, Any] = {"phone_number_id": pn, "customer": customer, "referral": referral}
         if at is not None:
             body["last_inbound_at"] = at
@@ -224,16 +298,34 @@ async def make_sim(receiver: Receiver) -> AsyncIterator[SimFactory]:
 
 
 def text(to: str = CUSTOMER, body: str = "Hello", **extra: Any) -> dict[str, Any]:
-    return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "text",
-            "text": {"body": body}, **extra}
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "text",
+        "text": {"body": body},
+        **extra,
+    }
 
 
-def template(name: str, params: list[str] | None = None, *, to: str = CUSTOMER, language: str = "en",
-             components: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+def template(
+    name: str,
+    params: list[str] | None = None,
+    *,
+    to: str = CUSTOMER,
+    language: str = "en",
+    components: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     if components is None:
         components = [{"type": "body", "parameters": [{"type": "text", "text": p} for p in params or []]}]
-    return {"messaging_product": "whatsapp", "to": to, "type": "template",
-            "template": {"name": name, "language": {"code": language}, "components": components}, **extra}
+    return {
+        "messaging_product": "whatsapp",
+        "to": to,
+        "type": "template",
+        "template": {"name": name, "language": {"code": language}, "components": components},
+        **extra,
+    }
 
 
 def error_code(r: httpx.Response) -> int:

@@ -16,41 +16,87 @@ CBP_DAY = datetime(2025, 3, 3, 12, tzinfo=UTC).timestamp()
 HOUR = 3600.0
 
 
-def price(engine: PricingEngine, category: str, *, now: float = PMP_DAY, window: bool = False,
-          fep: bool = False, version: int = 24, customer: str = CUSTOMER) -> dict:
-    return engine.price(phone_number_id=PN, customer=customer, now=now, category=category,
-                        in_service_window=window, free_entry_point=fep, api_version=version).pricing
+def price(
+    engine: PricingEngine,
+    category: str,
+    *,
+    now: float = PMP_DAY,
+    window: bool = False,
+    fep: bool = False,
+    version: int = 24,
+    customer: str = CUSTOMER,
+) -> dict:
+    return engine.price(
+        phone_number_id=PN,
+        customer=customer,
+        now=now,
+        category=category,
+        in_service_window=window,
+        free_entry_point=fep,
+        api_version=version,
+    ).pricing
 
 
-@pytest.mark.parametrize(("category", "window", "fep", "expected_type", "billable", "expected_category"), [
-    ("service", True, False, "free_customer_service", False, "service"),
-    ("utility", True, False, "free_customer_service", False, "utility"),
-    ("utility", False, False, "regular", True, "utility"),
-    ("marketing", True, False, "regular", True, "marketing"),
-    ("marketing", False, False, "regular", True, "marketing"),
-    ("authentication", True, False, "regular", True, "authentication"),
-    ("marketing", True, True, "free_entry_point", False, "referral_conversion"),
-    ("authentication", False, True, "free_entry_point", False, "referral_conversion"),
-    ("utility", False, True, "free_entry_point", False, "referral_conversion"),
-])
-def test_per_message_pricing_rules(category: str, window: bool, fep: bool, expected_type: str, billable: bool,
-                                   expected_category: str) -> None:
+@pytest.mark.parametrize(
+    ("category", "window", "fep", "expected_type", "billable", "expected_category"),
+    [
+        ("service", True, False, "free_customer_service", False, "service"),
+        ("utility", True, False, "free_customer_service", False, "utility"),
+        ("utility", False, False, "regular", True, "utility"),
+        ("marketing", True, False, "regular", True, "marketing"),
+        ("marketing", False, False, "regular", True, "marketing"),
+        ("authentication", True, False, "regular", True, "authentication"),
+        ("marketing", True, True, "free_entry_point", False, "referral_conversion"),
+        ("authentication", False, True, "free_entry_point", False, "referral_conversion"),
+        ("utility", False, True, "free_entry_point", False, "referral_conversion"),
+    ],
+)
+def test_per_message_pricing_rules(
+    category: str, window: bool, fep: bool, expected_type: str, billable: bool, expected_category: str
+) -> None:
     p = price(PricingEngine(), category, window=window, fep=fep)
-    assert p == {"billable": billable, "pricing_model": "PMP", "type": expected_type,
-                 "category": expected_category}
+    assert p == {
+        "billable": billable,
+        "pricing_model": "PMP",
+        "type": expected_type,
+        "category": expected_category,
+    }
 
 
 def test_pmp_conversation_object_only_up_to_v23_or_in_an_entry_point() -> None:
     engine = PricingEngine()
-    v23 = engine.price(phone_number_id=PN, customer=CUSTOMER, now=PMP_DAY, category="utility",
-                       in_service_window=False, free_entry_point=False, api_version=23)
-    v24 = engine.price(phone_number_id=PN, customer=CUSTOMER, now=PMP_DAY, category="utility",
-                       in_service_window=False, free_entry_point=False, api_version=24)
-    v24_fep = engine.price(phone_number_id=PN, customer=CUSTOMER, now=PMP_DAY, category="utility",
-                           in_service_window=False, free_entry_point=True, api_version=24)
+    v23 = engine.price(
+        phone_number_id=PN,
+        customer=CUSTOMER,
+        now=PMP_DAY,
+        category="utility",
+        in_service_window=False,
+        free_entry_point=False,
+        api_version=23,
+    )
+    v24 = engine.price(
+        phone_number_id=PN,
+        customer=CUSTOMER,
+        now=PMP_DAY,
+        category="utility",
+        in_service_window=False,
+        free_entry_point=False,
+        api_version=24,
+    )
+    v24_fep = engine.price(
+        phone_number_id=PN,
+        customer=CUSTOMER,
+        now=PMP_DAY,
+        category="utility",
+        in_service_window=False,
+        free_entry_point=True,
+        api_version=24,
+    )
     assert v23.conversation is not None and v23.conversation["origin"] == {"type": "utility"}
     assert v24.conversation is None
-    assert v24_fep.conversation is not None and v24_fep.conversation["origin"] == {"type": "referral_conversion"}
+    assert v24_fep.conversation is not None and v24_fep.conversation["origin"] == {
+        "type": "referral_conversion"
+    }
     assert "expiration_timestamp" in v24_fep.conversation_for("sent")
     assert "expiration_timestamp" not in v24_fep.conversation_for("delivered")
 
@@ -59,8 +105,15 @@ def test_cbp_conversations_open_per_category_and_are_reused_for_24_hours() -> No
     engine = PricingEngine()
 
     def conv(category: str, at: float) -> tuple[str, dict]:
-        priced = engine.price(phone_number_id=PN, customer=CUSTOMER, now=at, category=category,
-                              in_service_window=False, free_entry_point=False, api_version=23)
+        priced = engine.price(
+            phone_number_id=PN,
+            customer=CUSTOMER,
+            now=at,
+            category=category,
+            in_service_window=False,
+            free_entry_point=False,
+            api_version=23,
+        )
         assert priced.conversation is not None
         return priced.conversation["id"], priced.pricing
 
@@ -77,8 +130,9 @@ def test_cbp_conversations_open_per_category_and_are_reused_for_24_hours() -> No
 def test_cbp_service_is_free_from_november_2024_and_charged_before() -> None:
     engine = PricingEngine()
     after = price(engine, "service", now=CBP_DAY, window=True)
-    before = price(engine, "service", now=datetime(2024, 6, 3, tzinfo=UTC).timestamp(), window=True,
-                   customer="15550001")
+    before = price(
+        engine, "service", now=datetime(2024, 6, 3, tzinfo=UTC).timestamp(), window=True, customer="15550001"
+    )
     assert after == {"billable": False, "pricing_model": "CBP", "category": "service"}
     assert before["billable"] is True
 
@@ -109,12 +163,14 @@ def test_free_entry_point_opens_on_a_reply_within_24_hours_of_the_ad_and_lasts_7
 
 # --- over HTTP ----------------------------------------------------------------------------
 
+
 def _priced(receiver: Receiver, wamid: str) -> dict[str, dict]:
     return {s["status"]: s for s in receiver.statuses() if s["id"] == wamid}
 
 
-async def test_pmp_pricing_on_sent_and_exactly_one_of_delivered_or_read(make_sim: SimFactory,
-                                                                         receiver: Receiver) -> None:
+async def test_pmp_pricing_on_sent_and_exactly_one_of_delivered_or_read(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(read_ratio=1.0)
     await h.open_window()
     utility = (await h.send(template("ticket_confirmation", ["A", "B"]))).json()["messages"][0]["id"]
@@ -122,10 +178,19 @@ async def test_pmp_pricing_on_sent_and_exactly_one_of_delivered_or_read(make_sim
     free_form = (await h.send(text())).json()["messages"][0]["id"]
     await h.drain()
     expectations = {
-        utility: {"billable": False, "pricing_model": "PMP", "type": "free_customer_service", "category": "utility"},
+        utility: {
+            "billable": False,
+            "pricing_model": "PMP",
+            "type": "free_customer_service",
+            "category": "utility",
+        },
         marketing: {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "marketing"},
-        free_form: {"billable": False, "pricing_model": "PMP", "type": "free_customer_service",
-                    "category": "service"},
+        free_form: {
+            "billable": False,
+            "pricing_model": "PMP",
+            "type": "free_customer_service",
+            "category": "service",
+        },
     }
     for wamid, pricing in expectations.items():
         statuses = _priced(receiver, wamid)
@@ -135,26 +200,37 @@ async def test_pmp_pricing_on_sent_and_exactly_one_of_delivered_or_read(make_sim
         assert "conversation" not in statuses["sent"]  # v24: omitted outside an entry point
 
 
-async def test_ad_referral_makes_the_reply_a_free_entry_point(make_sim: SimFactory, receiver: Receiver) -> None:
+async def test_ad_referral_makes_the_reply_a_free_entry_point(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim()
     await h.open_window(referral=True)
     wamid = (await h.send(template("plain_offer", ["Ann"]))).json()["messages"][0]["id"]
     await h.drain()
     sent = _priced(receiver, wamid)["sent"]
-    assert sent["pricing"] == {"billable": False, "pricing_model": "PMP", "type": "free_entry_point",
-                               "category": "referral_conversion"}
+    assert sent["pricing"] == {
+        "billable": False,
+        "pricing_model": "PMP",
+        "type": "free_entry_point",
+        "category": "referral_conversion",
+    }
     assert sent["conversation"]["origin"] == {"type": "referral_conversion"}
     msg = (await h.http.get(f"{h.url}/_sim/messages", params={"wamid": wamid})).json()["data"][0]
     assert msg["free_entry_point"] is True
 
 
-async def test_clock_before_july_2025_gives_conversation_based_pricing(make_sim: SimFactory,
-                                                                       receiver: Receiver) -> None:
+async def test_clock_before_july_2025_gives_conversation_based_pricing(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim()
     r = await h.http.post(f"{h.url}/_sim/clock", json={"now": "2025-03-03T12:00:00Z"})
     assert r.json()["iso"].startswith("2025-03-03T12:00")
-    first = (await h.send(template("ticket_confirmation", ["A", "B"]), version="v21.0")).json()["messages"][0]["id"]
-    second = (await h.send(template("ticket_confirmation", ["C", "D"]), version="v21.0")).json()["messages"][0]["id"]
+    first = (await h.send(template("ticket_confirmation", ["A", "B"]), version="v21.0")).json()["messages"][
+        0
+    ]["id"]
+    second = (await h.send(template("ticket_confirmation", ["C", "D"]), version="v21.0")).json()["messages"][
+        0
+    ]["id"]
     await h.drain()
     a, b = _priced(receiver, first), _priced(receiver, second)
     assert a["sent"]["pricing"] == {"billable": True, "pricing_model": "CBP", "category": "utility"}

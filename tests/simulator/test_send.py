@@ -69,20 +69,55 @@ INVALID = {
     "type without its object": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "text"},
     "unknown type": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "hologram", "hologram": {}},
     "empty text": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "text", "text": {"body": ""}},
-    "text over 4096": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "text",
-                       "text": {"body": "x" * 4097}},
-    "four reply buttons": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "interactive",
-                           "interactive": {"type": "button", "body": {"text": "Pick"}, "action": {"buttons": [
-                               {"type": "reply", "reply": {"id": f"b{i}", "title": f"B{i}"}} for i in range(4)]}}},
-    "button title over 20": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "interactive",
-                             "interactive": {"type": "button", "body": {"text": "Pick"}, "action": {"buttons": [
-                                 {"type": "reply", "reply": {"id": "b1", "title": "x" * 21}}]}}},
-    "interactive without body": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "interactive",
-                                 "interactive": {"type": "button", "action": {"buttons": [
-                                     {"type": "reply", "reply": {"id": "b1", "title": "Yes"}}]}}},
-    "image without id or link": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "image", "image": {}},
-    "template without language": {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "template",
-                                  "template": {"name": "ticket_confirmation"}},
+    "text over 4096": {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "text",
+        "text": {"body": "x" * 4097},
+    },
+    "four reply buttons": {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "body": {"text": "Pick"},
+            "action": {
+                "buttons": [{"type": "reply", "reply": {"id": f"b{i}", "title": f"B{i}"}} for i in range(4)]
+            },
+        },
+    },
+    "button title over 20": {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "body": {"text": "Pick"},
+            "action": {"buttons": [{"type": "reply", "reply": {"id": "b1", "title": "x" * 21}}]},
+        },
+    },
+    "interactive without body": {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "action": {"buttons": [{"type": "reply", "reply": {"id": "b1", "title": "Yes"}}]},
+        },
+    },
+    "image without id or link": {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "image",
+        "image": {},
+    },
+    "template without language": {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "template",
+        "template": {"name": "ticket_confirmation"},
+    },
 }
 
 
@@ -100,24 +135,36 @@ async def test_malformed_bodies_are_400_with_code_100_and_details(make_sim: SimF
 
 async def test_invalid_json_is_code_100(make_sim: SimFactory) -> None:
     h = await make_sim()
-    r = await h.http.post(f"{h.url}/v24.0/{PN}/messages", content=b"{not json",
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+    r = await h.http.post(
+        f"{h.url}/v24.0/{PN}/messages", content=b"{not json", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert r.status_code == 400 and error_code(r) == 100
 
 
 async def test_three_reply_buttons_are_fine(make_sim: SimFactory) -> None:
     h = await make_sim()
     await h.open_window()
-    body = {"messaging_product": "whatsapp", "to": CUSTOMER, "type": "interactive",
-            "interactive": {"type": "button", "body": {"text": "Pick"}, "action": {"buttons": [
-                {"type": "reply", "reply": {"id": f"b{i}", "title": f"B{i}"}} for i in range(3)]}}}
+    body = {
+        "messaging_product": "whatsapp",
+        "to": CUSTOMER,
+        "type": "interactive",
+        "interactive": {
+            "type": "button",
+            "body": {"text": "Pick"},
+            "action": {
+                "buttons": [{"type": "reply", "reply": {"id": f"b{i}", "title": f"B{i}"}} for i in range(3)]
+            },
+        },
+    }
     assert (await h.send(body)).status_code == 200
 
 
 # --- 24-hour window ------------------------------------------------------------------------
 
+
 async def test_free_form_outside_window_is_accepted_then_failed_with_131047(
-        make_sim: SimFactory, receiver: Receiver) -> None:
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim()
     r = await h.send(text())
     assert r.status_code == 200  # Meta accepts, then reports the failure by webhook
@@ -128,7 +175,9 @@ async def test_free_form_outside_window_is_accepted_then_failed_with_131047(
     assert "pricing" not in failed
 
 
-async def test_free_form_outside_window_is_400_131047_when_configured_synchronous(make_sim: SimFactory) -> None:
+async def test_free_form_outside_window_is_400_131047_when_configured_synchronous(
+    make_sim: SimFactory,
+) -> None:
     h = await make_sim(sync_error_codes=[131047])
     r = await h.send(text())
     assert r.status_code == 400 and error_code(r) == 131047
@@ -150,9 +199,13 @@ async def test_templates_need_no_window(make_sim: SimFactory) -> None:
 
 # --- templates -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "language"), [("no_such_template", "en"), ("ticket_confirmation", "fr"),
-                                                ("pending_promo", "en")])
-async def test_missing_or_unapproved_template_is_132001(make_sim: SimFactory, name: str, language: str) -> None:
+
+@pytest.mark.parametrize(
+    ("name", "language"), [("no_such_template", "en"), ("ticket_confirmation", "fr"), ("pending_promo", "en")]
+)
+async def test_missing_or_unapproved_template_is_132001(
+    make_sim: SimFactory, name: str, language: str
+) -> None:
     h = await make_sim()
     r = await h.send(template(name, [], language=language))
     assert r.status_code == 400 and error_code(r) == 132001
@@ -168,29 +221,43 @@ async def test_parameter_count_mismatch_is_132000(make_sim: SimFactory, params: 
 
 async def test_header_media_and_url_button_parameters_are_checked(make_sim: SimFactory) -> None:
     h = await make_sim()
-    ok = [{"type": "header", "parameters": [{"type": "image", "image": {"link": "https://x.example/a.png"}}]},
-          {"type": "body", "parameters": [{"type": "text", "text": "Ann"}]},
-          {"type": "button", "sub_type": "url", "index": "0", "parameters": [{"type": "text", "text": "sale"}]}]
+    ok = [
+        {"type": "header", "parameters": [{"type": "image", "image": {"link": "https://x.example/a.png"}}]},
+        {"type": "body", "parameters": [{"type": "text", "text": "Ann"}]},
+        {"type": "button", "sub_type": "url", "index": "0", "parameters": [{"type": "text", "text": "sale"}]},
+    ]
     assert (await h.send(template("seasonal_offer", components=ok))).status_code == 200
     no_button = ok[:2]
     r = await h.send(template("seasonal_offer", components=no_button))
     assert error_code(r) == 132000
-    wrong_media = [{"type": "header", "parameters": [{"type": "video", "video": {"link": "https://x/v.mp4"}}]},
-                   *ok[1:]]
+    wrong_media = [
+        {"type": "header", "parameters": [{"type": "video", "video": {"link": "https://x/v.mp4"}}]},
+        *ok[1:],
+    ]
     assert error_code(await h.send(template("seasonal_offer", components=wrong_media))) == 132012
 
 
 async def test_named_parameters_must_match_the_templates_names(make_sim: SimFactory) -> None:
     h = await make_sim()
-    good = [{"type": "body", "parameters": [
-        {"type": "text", "parameter_name": "first_name", "text": "Ann"},
-        {"type": "text", "parameter_name": "order_id", "text": "A-1"}]}]
+    good = [
+        {
+            "type": "body",
+            "parameters": [
+                {"type": "text", "parameter_name": "first_name", "text": "Ann"},
+                {"type": "text", "parameter_name": "order_id", "text": "A-1"},
+            ],
+        }
+    ]
     assert (await h.send(template("order_update", components=good))).status_code == 200
-    positional = [{"type": "body", "parameters": [{"type": "text", "text": "Ann"}, {"type": "text", "text": "A-1"}]}]
+    positional = [
+        {"type": "body", "parameters": [{"type": "text", "text": "Ann"}, {"type": "text", "text": "A-1"}]}
+    ]
     assert error_code(await h.send(template("order_update", components=positional))) == 132012
 
 
-async def test_paused_template_is_accepted_then_failed_with_132015(make_sim: SimFactory, receiver: Receiver) -> None:
+async def test_paused_template_is_accepted_then_failed_with_132015(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim()
     r = await h.send(template("paused_promo", []))
     assert r.status_code == 200
@@ -207,12 +274,15 @@ async def test_disabled_template_is_400_132016(make_sim: SimFactory) -> None:
 
 # --- limits --------------------------------------------------------------------------------
 
+
 async def test_throughput_above_the_numbers_limit_is_429_130429(make_sim: SimFactory) -> None:
     h = await make_sim()
     h.sim.numbers[PN].throughput = 5
     started = time.monotonic()
-    codes = [(await h.send(template("ticket_confirmation", ["A", "B"], to=f"4477009000{i:02d}"))).status_code
-             for i in range(6)]
+    codes = [
+        (await h.send(template("ticket_confirmation", ["A", "B"], to=f"4477009000{i:02d}"))).status_code
+        for i in range(6)
+    ]
     assert time.monotonic() - started < 1.0, "the burst must fit in one second for this test"
     assert codes[:5] == [200] * 5
     assert codes[5] == 429
@@ -227,13 +297,16 @@ async def test_throughput_can_be_changed_through_the_control_api(make_sim: SimFa
     h = await make_sim()
     r = await h.http.patch(f"{h.url}/_sim/numbers/{PN}", json={"throughput": 2})
     assert r.json()["throughput"] == 2
-    codes = [(await h.send(template("ticket_confirmation", ["A", "B"], to=f"4477009001{i:02d}"))).status_code
-             for i in range(3)]
+    codes = [
+        (await h.send(template("ticket_confirmation", ["A", "B"], to=f"4477009001{i:02d}"))).status_code
+        for i in range(3)
+    ]
     assert codes == [200, 200, 429]
 
 
 async def test_pair_rate_above_the_burst_is_131056_and_other_recipients_are_unaffected(
-        make_sim: SimFactory) -> None:
+    make_sim: SimFactory,
+) -> None:
     h = await make_sim(pair_burst=3, pair_interval_s=6)
     codes = [(await h.send(template("ticket_confirmation", ["A", "B"]))).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
@@ -252,6 +325,7 @@ async def test_pair_rate_refills_one_message_per_interval(make_sim: SimFactory) 
 
 # --- recipients and consent ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("to", ["447700900404", "15550100000"])  # configured set, default pattern
 async def test_unknown_recipient_fails_with_131026(make_sim: SimFactory, receiver: Receiver, to: str) -> None:
     h = await make_sim(unknown_recipients=["+44 7700 900404"])
@@ -268,10 +342,12 @@ async def test_unknown_recipient_is_400_131026_when_synchronous(make_sim: SimFac
 
 
 async def test_marketing_to_a_customer_who_stopped_it_fails_with_131050(
-        make_sim: SimFactory, receiver: Receiver) -> None:
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim()
-    r = await h.http.post(f"{h.url}/_sim/preferences",
-                          json={"phone_number_id": PN, "customer": CUSTOMER, "value": "stop"})
+    r = await h.http.post(
+        f"{h.url}/_sim/preferences", json={"phone_number_id": PN, "customer": CUSTOMER, "value": "stop"}
+    )
     assert r.status_code == 200
     marketing = (await h.send(template("plain_offer", ["Ann"]))).json()["messages"][0]["id"]
     utility = (await h.send(template("ticket_confirmation", ["A", "B"]))).json()["messages"][0]["id"]
@@ -281,17 +357,24 @@ async def test_marketing_to_a_customer_who_stopped_it_fails_with_131050(
     assert by_id[utility]["status"] == "sent"
     [prefs] = receiver.by_field("user_preferences")
     assert prefs["user_preferences"][0] | {"timestamp": "_"} == {
-        "wa_id": CUSTOMER, "category": "marketing_messages", "value": "stop", "timestamp": "_",
-        "detail": "User requested to stop marketing messages"}
-    await h.http.post(f"{h.url}/_sim/preferences", json={"phone_number_id": PN, "customer": CUSTOMER,
-                                                         "value": "resume", "notify": False})
+        "wa_id": CUSTOMER,
+        "category": "marketing_messages",
+        "value": "stop",
+        "timestamp": "_",
+        "detail": "User requested to stop marketing messages",
+    }
+    await h.http.post(
+        f"{h.url}/_sim/preferences",
+        json={"phone_number_id": PN, "customer": CUSTOMER, "value": "resume", "notify": False},
+    )
     again = (await h.send(template("plain_offer", ["Ann"]))).json()["messages"][0]["id"]
     await h.drain()
     assert [s["status"] for s in receiver.statuses() if s["id"] == again] == ["sent", "delivered"]
 
 
 async def test_131049_fails_marketing_by_webhook_at_the_configured_rate(
-        make_sim: SimFactory, receiver: Receiver) -> None:
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(failure_131049_rate=1.0)
     marketing = (await h.send(template("plain_offer", ["Ann"]))).json()["messages"][0]["id"]
     utility = (await h.send(template("ticket_confirmation", ["A", "B"]))).json()["messages"][0]["id"]
@@ -306,6 +389,7 @@ async def test_131049_fails_marketing_by_webhook_at_the_configured_rate(
 
 # --- failures of Meta's own ----------------------------------------------------------------
 
+
 async def test_5xx_rate_answers_server_errors_and_accepts_nothing(make_sim: SimFactory) -> None:
     h = await make_sim(error_5xx_rate=1.0)
     await h.open_window()
@@ -319,8 +403,12 @@ async def test_timeouts_hang_without_accepting(make_sim: SimFactory) -> None:
     h = await make_sim(timeout_rate=1.0, hang_seconds=1.0)
     await h.open_window()
     with pytest.raises(httpx.ReadTimeout):
-        await h.http.post(f"{h.url}/v24.0/{PN}/messages", json=text(biz_opaque_callback_data="req-1"),
-                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=0.2)
+        await h.http.post(
+            f"{h.url}/v24.0/{PN}/messages",
+            json=text(biz_opaque_callback_data="req-1"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=0.2,
+        )
     assert h.sim.find_messages(biz_opaque_callback_data="req-1") == []
 
 
@@ -328,8 +416,12 @@ async def test_timeouts_after_accept_leave_an_accepted_message_behind(make_sim: 
     h = await make_sim(timeout_accepted_rate=1.0, hang_seconds=1.0)
     await h.open_window()
     with pytest.raises(httpx.ReadTimeout):
-        await h.http.post(f"{h.url}/v24.0/{PN}/messages", json=text(biz_opaque_callback_data="req-2"),
-                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=0.2)
+        await h.http.post(
+            f"{h.url}/v24.0/{PN}/messages",
+            json=text(biz_opaque_callback_data="req-2"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=0.2,
+        )
     r = await h.http.get(f"{h.url}/_sim/messages", params={"biz_opaque_callback_data": "req-2"})
     assert r.json()["count"] == 1
 
@@ -356,6 +448,7 @@ async def test_behaviour_changes_at_runtime_through_the_control_api(make_sim: Si
 
 # --- what tests can observe ----------------------------------------------------------------
 
+
 async def test_messages_and_stats_expose_duplicates_by_callback_data(make_sim: SimFactory) -> None:
     h = await make_sim()
     await h.open_window()
@@ -368,8 +461,13 @@ async def test_messages_and_stats_expose_duplicates_by_callback_data(make_sim: S
     by_wamid = (await h.http.get(f"{h.url}/_sim/messages", params={"wamid": first})).json()
     assert by_wamid["data"][0]["biz_opaque_callback_data"] == "order-8812"
     stats = (await h.http.get(f"{h.url}/_sim/stats")).json()
-    assert stats["requests"] == {"total": 4, "accepted": 3, "rejected": 1, "timeouts": 0,
-                                 "timeouts_after_accept": 0}
+    assert stats["requests"] == {
+        "total": 4,
+        "accepted": 3,
+        "rejected": 1,
+        "timeouts": 0,
+        "timeouts_after_accept": 0,
+    }
     assert stats["errors_by_code"] == {"190": 1}
     assert stats["per_number"][PN]["accepted"] == 3
     assert stats["duplicate_biz_opaque_callback_data"] == 1

@@ -10,14 +10,25 @@ from parley_simulator import SimulatorConfig
 from .conftest import TOKEN, TOKEN_OTHER, WABA, Receiver, SimFactory, error_code, template
 
 REPO = Path(__file__).resolve().parents[2]
-NEW = {"name": "delivery_window", "language": "en_US", "category": "UTILITY",
-       "components": [{"type": "BODY", "text": "Your delivery arrives between {{1}} and {{2}}.",
-                       "example": {"body_text": [["9", "11"]]}}]}
+NEW = {
+    "name": "delivery_window",
+    "language": "en_US",
+    "category": "UTILITY",
+    "components": [
+        {
+            "type": "BODY",
+            "text": "Your delivery arrives between {{1}} and {{2}}.",
+            "example": {"body_text": [["9", "11"]]},
+        }
+    ],
+}
 
 
 async def test_list_has_metas_shape(make_sim: SimFactory) -> None:
     h = await make_sim()
-    r = await h.http.get(f"{h.url}/v24.0/{WABA}/message_templates", headers={"Authorization": f"Bearer {TOKEN}"})
+    r = await h.http.get(
+        f"{h.url}/v24.0/{WABA}/message_templates", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert r.status_code == 200
     body = r.json()
     names = {(t["name"], t["language"]) for t in body["data"]}
@@ -57,7 +68,8 @@ async def test_template_endpoints_need_a_token_of_that_waba(make_sim: SimFactory
 
 
 async def test_created_template_is_pending_then_approved_with_a_status_webhook(
-        make_sim: SimFactory, receiver: Receiver) -> None:
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(template_approval_delay_s=0.3)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = await h.http.post(f"{h.url}/v24.0/{WABA}/message_templates", json=NEW, headers=auth)
@@ -68,37 +80,53 @@ async def test_created_template_is_pending_then_approved_with_a_status_webhook(
     assert error_code(early) == 132001  # not approved yet
     await receiver.wait_for(lambda: bool(receiver.by_field("message_template_status_update")))
     [update] = receiver.by_field("message_template_status_update")
-    assert update == {"event": "APPROVED", "message_template_id": int(created["id"]),
-                      "message_template_name": "delivery_window", "message_template_language": "en_US",
-                      "message_template_category": "UTILITY", "reason": "NONE"}
+    assert update == {
+        "event": "APPROVED",
+        "message_template_id": int(created["id"]),
+        "message_template_name": "delivery_window",
+        "message_template_language": "en_US",
+        "message_template_category": "UTILITY",
+        "reason": "NONE",
+    }
     assert receiver.posts[-1].json["entry"][0]["id"] == WABA
-    listed = (await h.http.get(f"{h.url}/v24.0/{WABA}/message_templates", params={"name": "delivery_window"},
-                               headers=auth)).json()["data"]
+    listed = (
+        await h.http.get(
+            f"{h.url}/v24.0/{WABA}/message_templates", params={"name": "delivery_window"}, headers=auth
+        )
+    ).json()["data"]
     assert [t["status"] for t in listed] == ["APPROVED"]
     assert (await h.send(template("delivery_window", ["9", "11"], language="en_US"))).status_code == 200
 
 
-@pytest.mark.parametrize("bad", [
-    {**NEW, "name": "Has Spaces"}, {**NEW, "category": "SERVICE"}, {**NEW, "components": []},
-    {k: v for k, v in NEW.items() if k != "language"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {**NEW, "name": "Has Spaces"},
+        {**NEW, "category": "SERVICE"},
+        {**NEW, "components": []},
+        {k: v for k, v in NEW.items() if k != "language"},
+    ],
+)
 async def test_invalid_template_creation_is_code_100(make_sim: SimFactory, bad: dict) -> None:
     h = await make_sim()
-    r = await h.http.post(f"{h.url}/v24.0/{WABA}/message_templates", json=bad,
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+    r = await h.http.post(
+        f"{h.url}/v24.0/{WABA}/message_templates", json=bad, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert r.status_code == 400 and error_code(r) == 100
 
 
 async def test_duplicate_name_and_language_is_refused(make_sim: SimFactory) -> None:
     h = await make_sim()
     dup = {**NEW, "name": "ticket_confirmation", "language": "en"}
-    r = await h.http.post(f"{h.url}/v24.0/{WABA}/message_templates", json=dup,
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+    r = await h.http.post(
+        f"{h.url}/v24.0/{WABA}/message_templates", json=dup, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert error_code(r) == 100
 
 
 async def test_pause_and_disable_post_status_webhooks_and_change_sends(
-        make_sim: SimFactory, receiver: Receiver) -> None:
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(sync_error_codes=[132015])
     base = f"{h.url}/_sim/templates/{WABA}/plain_offer/en/status"
     assert (await h.http.post(base, json={"status": "PAUSED"})).json()["status"] == "PAUSED"
@@ -123,12 +151,14 @@ async def test_unknown_template_in_control_api_is_404(make_sim: SimFactory) -> N
 def test_seed_file_is_loaded_next_to_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "seed.yaml").write_text(
         "'2001':\n- name: hello\n  language: es\n  category: MARKETING\n"
-        "  components: [{type: BODY, text: 'Hola {{1}}'}]\n")
+        "  components: [{type: BODY, text: 'Hola {{1}}'}]\n"
+    )
     (tmp_path / "sim.yaml").write_text(
         "apps: [{app_id: '9', app_secret_env: SIM_TEST_SECRET}]\n"
         "wabas: [{id: '2001', app_id: '9', token_env: SIM_TEST_TOKEN}]\n"
         "phone_numbers: [{id: '1001', display_phone_number: '15550001', waba_id: '2001', throughput: 250}]\n"
-        "templates_file: seed.yaml\n")
+        "templates_file: seed.yaml\n"
+    )
     monkeypatch.setenv("SIM_TEST_SECRET", "s")
     monkeypatch.setenv("SIM_TEST_TOKEN", "t")
     config = SimulatorConfig.from_yaml(tmp_path / "sim.yaml")
@@ -143,14 +173,19 @@ def test_config_refuses_a_missing_secret_and_dangling_references(tmp_path: Path)
     with pytest.raises(ValueError, match="SIM_TEST_UNSET_SECRET"):
         config.apps[0].secret()
     with pytest.raises(ValueError, match="unknown waba_id"):
-        SimulatorConfig.model_validate({"phone_numbers": [{"id": "1", "display_phone_number": "1",
-                                                           "waba_id": "nope"}]})
+        SimulatorConfig.model_validate(
+            {"phone_numbers": [{"id": "1", "display_phone_number": "1", "waba_id": "nope"}]}
+        )
 
 
 def test_the_demo_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     path = REPO / "deploy" / "demo" / "simulator.yaml"
-    for name in ("PARLEY_DEMO_APP_SECRET", "PARLEY_DEMO_APP2_SECRET", "PARLEY_DEMO_ACCESS_TOKEN",
-                 "PARLEY_DEMO_APP2_ACCESS_TOKEN"):
+    for name in (
+        "PARLEY_DEMO_APP_SECRET",
+        "PARLEY_DEMO_APP2_SECRET",
+        "PARLEY_DEMO_ACCESS_TOKEN",
+        "PARLEY_DEMO_APP2_ACCESS_TOKEN",
+    ):
         monkeypatch.setenv(name, "x")
     config = SimulatorConfig.from_yaml(path)
     assert config.phone_numbers and all(w.templates for w in config.wabas[:1])

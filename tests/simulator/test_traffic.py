@@ -96,20 +96,28 @@ def test_same_seed_same_traffic_other_seed_other_traffic() -> None:
 def test_ground_truth_matches_the_payload() -> None:
     gen = TrafficGenerator(NUMBERS, seed=5, clock=fixed_clock)
     for hook in gen.webhooks(100):
-        wamids = [m["id"] for e in hook.payload["entry"] for c in e["changes"] for m in c["value"]["messages"]]
+        wamids = [
+            m["id"] for e in hook.payload["entry"] for c in e["changes"] for m in c["value"]["messages"]
+        ]
         assert sorted(wamids) == sorted(r.wamid for r in hook.records)
 
 
-async def test_sim_inbound_posts_signed_webhooks_and_opens_windows(make_sim: SimFactory,
-                                                                   receiver: Receiver) -> None:
+async def test_sim_inbound_posts_signed_webhooks_and_opens_windows(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(sync_error_codes=[131047])
-    r = await h.http.post(f"{h.url}/_sim/inbound", json={"count": 30, "seed": 9, "phone_number_ids": [PN, PN2]})
+    r = await h.http.post(
+        f"{h.url}/_sim/inbound", json={"count": 30, "seed": 9, "phone_number_ids": [PN, PN2]}
+    )
     assert r.status_code == 200
     generated = r.json()["messages"]
     assert len(generated) == 30
     await h.drain()
-    inbound = [p for p in receiver.posts if any("messages" in c["value"] for e in p.json["entry"]
-                                                for c in e["changes"])]
+    inbound = [
+        p
+        for p in receiver.posts
+        if any("messages" in c["value"] for e in p.json["entry"] for c in e["changes"])
+    ]
     assert len(inbound) == r.json()["webhooks"]
     assert receiver.verified() == receiver.posts
     assert sum(len(check_inbound_structure(p.json)) for p in inbound) == 30
@@ -124,9 +132,16 @@ async def test_sim_inbound_posts_signed_webhooks_and_opens_windows(make_sim: Sim
 
 async def test_sim_inbound_accepts_explicit_messages(make_sim: SimFactory, receiver: Receiver) -> None:
     h = await make_sim(sync_error_codes=[131047])
-    r = await h.http.post(f"{h.url}/_sim/inbound", json={"phone_number_id": PN, "messages": [
-        {"from": CUSTOMER, "text": "I want 2 tickets", "referral": True},
-        {"from_user_id": "US.13491208655302741918", "text": "hello"}]})
+    r = await h.http.post(
+        f"{h.url}/_sim/inbound",
+        json={
+            "phone_number_id": PN,
+            "messages": [
+                {"from": CUSTOMER, "text": "I want 2 tickets", "referral": True},
+                {"from_user_id": "US.13491208655302741918", "text": "hello"},
+            ],
+        },
+    )
     assert r.status_code == 200
     await h.drain()
     [post] = receiver.posts
@@ -138,15 +153,36 @@ async def test_sim_inbound_accepts_explicit_messages(make_sim: SimFactory, recei
 
 
 async def test_drive_cli_posts_signed_traffic_and_records_windows_at_the_simulator(
-        make_sim: SimFactory, receiver: Receiver) -> None:
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(sync_error_codes=[131047])
     env = {**os.environ, "SIM_DRIVE_SECRET": "test-app-secret-ü"}
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "parley_simulator.cli", "drive", "--webhook-url", receiver.url, "--app-id", APP_ID,
-        "--app-secret-env", "SIM_DRIVE_SECRET", "--count", "40", "--rate", "200", "--seed", "4",
-        "--phone-number", f"{PN}:{WABA}:15550001111", "--simulator-url", h.url,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "parley_simulator.cli",
+        "drive",
+        "--webhook-url",
+        receiver.url,
+        "--app-id",
+        APP_ID,
+        "--app-secret-env",
+        "SIM_DRIVE_SECRET",
+        "--count",
+        "40",
+        "--rate",
+        "200",
+        "--seed",
+        "4",
+        "--phone-number",
+        f"{PN}:{WABA}:15550001111",
+        "--simulator-url",
+        h.url,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert "posted 40 messages" in out.decode()

@@ -27,7 +27,9 @@ from .conftest import (
 )
 
 
-async def test_statuses_are_signed_with_hmac_sha256_of_the_raw_body(make_sim: SimFactory, receiver: Receiver) -> None:
+async def test_statuses_are_signed_with_hmac_sha256_of_the_raw_body(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(read_ratio=1.0)
     await h.open_window()
     await h.send(text(body="Hola, ¿qué tal? 👋", biz_opaque_callback_data="order-8812"))
@@ -43,7 +45,8 @@ async def test_statuses_are_signed_with_hmac_sha256_of_the_raw_body(make_sim: Si
 
 
 async def test_status_webhooks_carry_metas_envelope_metadata_and_callback_data(
-        make_sim: SimFactory, receiver: Receiver) -> None:
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(read_ratio=1.0)
     await h.open_window()
     wamid = (await h.send(text(biz_opaque_callback_data="order-8812"))).json()["messages"][0]["id"]
@@ -86,7 +89,9 @@ async def test_several_statuses_are_batched_into_one_post(make_sim: SimFactory, 
     for i in range(8):
         await h.send(template("ticket_confirmation", ["A", "B"], to=f"4477009002{i:02d}"))
     await h.drain()
-    sizes = [len(c["value"]["statuses"]) for p in receiver.posts for e in p.json["entry"] for c in e["changes"]]
+    sizes = [
+        len(c["value"]["statuses"]) for p in receiver.posts for e in p.json["entry"] for c in e["changes"]
+    ]
     assert sum(sizes) == 16  # 8 sent + 8 delivered
     assert max(sizes) > 1
 
@@ -111,8 +116,11 @@ async def test_batches_span_several_numbers_and_entries(make_sim: SimFactory, re
 def test_split_entries_repeat_the_waba_id_one_entry_per_number() -> None:
     meta = {"display_phone_number": "1", "phone_number_id": "p1"}
     meta2 = {"display_phone_number": "2", "phone_number_id": "p2"}
-    items = [PendingStatus("a", "w", meta, {"id": "1"}), PendingStatus("a", "w", meta2, {"id": "2"}),
-             PendingStatus("a", "w", meta, {"id": "3"})]
+    items = [
+        PendingStatus("a", "w", meta, {"id": "1"}),
+        PendingStatus("a", "w", meta2, {"id": "2"}),
+        PendingStatus("a", "w", meta, {"id": "3"}),
+    ]
     joined = status_payload(items)
     assert len(joined["entry"]) == 1 and len(joined["entry"][0]["changes"]) == 2
     split = status_payload(items, split_entries=True)
@@ -124,7 +132,9 @@ def test_sign_matches_the_documented_header_format() -> None:
     assert sign(b"{}", "s") == "sha256=" + hmac.new(b"s", b"{}", hashlib.sha256).hexdigest()
 
 
-async def test_non_200_answers_are_retried_with_the_same_bytes(make_sim: SimFactory, receiver: Receiver) -> None:
+async def test_non_200_answers_are_retried_with_the_same_bytes(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     receiver.fail_first = 2
     h = await make_sim(delivered_ratio=0.0)
     await h.send(template("ticket_confirmation", ["A", "B"]))
@@ -149,7 +159,9 @@ async def test_retries_are_bounded(make_sim: SimFactory, receiver: Receiver) -> 
     assert stats["webhooks_failed"] == 1 and stats.get("webhooks_posted", 0) == 0
 
 
-async def test_without_a_webhook_url_statuses_are_still_recorded(make_sim: SimFactory, receiver: Receiver) -> None:
+async def test_without_a_webhook_url_statuses_are_still_recorded(
+    make_sim: SimFactory, receiver: Receiver
+) -> None:
     h = await make_sim(webhooks=False)
     await h.open_window()
     wamid = (await h.send(text())).json()["messages"][0]["id"]
