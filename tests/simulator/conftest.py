@@ -163,8 +163,8 @@ class Served:
 
     async def __aenter__(self) -> Served:
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:  # uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.005)  # noqa: ASYNC110
+        while not self.server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+            await asyncio.sleep(0.005)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
