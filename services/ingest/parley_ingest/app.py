@@ -83,7 +83,8 @@ async def _send_413(send: Send) -> None:
 
 def create_app(settings: IngestSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
     settings = settings or IngestSettings()
-    rt = build_runtime("ingest", settings, migrations=[("ingest", MIGRATIONS)], tracer_provider=tracer_provider)
+    rt = build_runtime("ingest", settings, migrations=[("ingest", MIGRATIONS)], tracer_provider=tracer_provider,
+                       linger_ms=settings.kafka_linger_ms)
     svc = IngestServices(
         rt=rt, settings=settings, metrics=IngestMetrics.register(rt.registry),
         writer=RecordWriter(rt.broker, timeout_s=settings.produce_timeout_s, breaker_s=settings.kafka_breaker_s),
