@@ -477,3 +477,21 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def test_message_memory_is_bounded_oldest_first() -> None:
+    import json
+
+    from parley_simulator import CloudApiSimulator
+
+    from .conftest import make_config
+
+    sim = CloudApiSimulator(make_config(None).model_copy(update={"max_messages_kept": 3}))
+    wamids = []
+    for i in range(5):
+        body = json.dumps(template("ticket_confirmation", ["A", "B"], biz_opaque_callback_data=f"r{i % 2}"))
+        outcome = await sim.send("v24.0", PN, f"Bearer {TOKEN}", body.encode())
+        wamids.append(outcome.body["messages"][0]["id"])
+    assert list(sim.messages) == wamids[2:]
+    assert [m.wamid for m in sim.find_messages(biz_opaque_callback_data="r0")] == [wamids[2], wamids[4]]
+    assert [m.wamid for m in sim.find_messages(biz_opaque_callback_data="r1")] == [wamids[3]]

@@ -146,6 +146,8 @@ class SimulatorConfig(_Model):
     webhook_url: str | None = None
     behaviour: Behaviour = Field(default_factory=Behaviour)
     seed: int = 1
+    # Accepted messages kept for /_sim/messages (oldest dropped first), bounding memory under load.
+    max_messages_kept: int = 200_000
     templates_file: str | None = None  # YAML: {waba_id: [template, ...]}
 
     @model_validator(mode="after")

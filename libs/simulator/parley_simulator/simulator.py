@@ -322,9 +322,7 @@ class CloudApiSimulator:
             failure_code=async_failure[0] if async_failure else None,
             request=req.body,
         )
-        self.messages[wamid] = msg
-        if req.biz_opaque_callback_data is not None:
-            self._by_opaque[req.biz_opaque_callback_data].append(wamid)
+        self._remember(msg)
         self.stats["requests_accepted"] += 1
         self.per_number[number.id]["accepted"] += 1
         if async_failure:
@@ -348,6 +346,20 @@ class CloudApiSimulator:
                 "messages": [{"id": wamid, "message_status": "accepted"}],
             },
         )
+
+    def _remember(self, msg: SentMessage) -> None:
+        self.messages[msg.wamid] = msg
+        if msg.biz_opaque_callback_data is not None:
+            self._by_opaque[msg.biz_opaque_callback_data].append(msg.wamid)
+        while len(self.messages) > self.config.max_messages_kept:
+            oldest = self.messages.pop(next(iter(self.messages)))
+            key = oldest.biz_opaque_callback_data
+            if key is not None:
+                kept = [w for w in self._by_opaque.get(key, []) if w != oldest.wamid]
+                if kept:
+                    self._by_opaque[key] = kept
+                else:
+                    self._by_opaque.pop(key, None)
 
     def _new_wamid(self, wa_id: str) -> str:
         raw = f"{wa_id}:{next(self._wamid_seq)}:{self.rng.getrandbits(64):016x}".encode()

@@ -34,7 +34,7 @@ INTERACTIVE_TYPES = (
     "voice_call",
 )
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
+_VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 _BSUID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9]{1,128}")
 _NON_DIGITS = re.compile(r"\D")
 
@@ -205,32 +205,32 @@ def _check_interactive(payload: dict[str, Any]) -> None:
 # --- templates ------------------------------------------------------------------------------
 
 
-def _placeholders(text: str) -> list[str]:
-    return _PLACEHOLDER.findall(text or "")
+def _variables(text: str) -> list[str]:
+    return _VARIABLE.findall(text or "")
 
 
 def expected_parameters(template: TemplateConfig) -> dict[str, list[str]]:
-    """Per sendable component key (``header``, ``body``, ``button:<index>``): the placeholders."""
+    """Per sendable component key (``header``, ``body``, ``button:<index>``): the template variables."""
     expected: dict[str, list[str]] = {}
     for comp in template.components:
         ctype = str(comp.get("type", "")).upper()
         if ctype == "HEADER":
             fmt = str(comp.get("format", "TEXT")).upper()
             if fmt == "TEXT":
-                names = _placeholders(comp.get("text", ""))
+                names = _variables(comp.get("text", ""))
                 if names:
                     expected["header"] = names
             elif fmt in ("IMAGE", "VIDEO", "DOCUMENT", "LOCATION"):
                 expected["header"] = [fmt.lower()]
         elif ctype == "BODY":
-            names = _placeholders(comp.get("text", ""))
+            names = _variables(comp.get("text", ""))
             if names:
                 expected["body"] = names
         elif ctype == "BUTTONS":
             for index, button in enumerate(comp.get("buttons", [])):
                 btype = str(button.get("type", "")).upper()
                 if btype == "URL":
-                    names = _placeholders(button.get("url", ""))
+                    names = _variables(button.get("url", ""))
                     if names:
                         expected[f"button:{index}"] = names
                 elif btype == "COPY_CODE":
