@@ -43,11 +43,11 @@ BENCH_DB = "parley_bench_ingest"
 
 # --- server process ------------------------------------------------------------------------
 
+
 def serve(port: int, mode: str) -> None:
     os.environ["PARLEY_TOPIC_NAMESPACE"] = NAMESPACE
     os.environ["BENCH_APP_SECRET"] = SECRET
     import uvicorn
-
     from parley_ingest.app import create_app
     from parley_ingest.settings import IngestSettings
 
@@ -60,8 +60,17 @@ def serve(port: int, mode: str) -> None:
             return None
 
         writer.write_all = answer_without_kafka
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False, loop="uvloop",
-                http="httptools", lifespan="on", workers=None)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        workers=None,
+    )
 
 
 def _db_url() -> str:
@@ -73,7 +82,6 @@ def _db_url() -> str:
 
 async def prepare() -> None:
     import asyncpg
-
     from parley_common.db import migrate
     from parley_common.runtime import TENANCY_MIGRATIONS
     from parley_common.settings import CommonSettings
@@ -94,39 +102,88 @@ async def prepare() -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     try:
         await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:BENCH_APP_SECRET"]}],
-            "tenants": [{"tenant_id": "bench", "name": "Bench", "app_id": APP_ID, "business_country": "US",
-                         "time_zone": "UTC", "wabas": [WABA], "phone_numbers": [
-                             {"phone_number_id": NUMBER, "display_phone_number": "15550700001", "waba_id": WABA}]}],
-        }))
+        await import_registry(
+            conn,
+            RegistryFile.model_validate(
+                {
+                    "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:BENCH_APP_SECRET"]}],
+                    "tenants": [
+                        {
+                            "tenant_id": "bench",
+                            "name": "Bench",
+                            "app_id": APP_ID,
+                            "business_country": "US",
+                            "time_zone": "UTC",
+                            "wabas": [WABA],
+                            "phone_numbers": [
+                                {
+                                    "phone_number_id": NUMBER,
+                                    "display_phone_number": "15550700001",
+                                    "waba_id": WABA,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ),
+        )
     finally:
         await conn.close()
 
 
 # --- payloads ------------------------------------------------------------------------------
 
+
 def webhook_body(run: str, seq: int, messages: int) -> bytes:
-    msgs = [{"from": f"1650555{(seq * messages + i) % 10000:04d}", "id": f"wamid.bench.{run}.{seq}.{i}",
-             "timestamp": "1763700000", "type": "text", "text": {"body": f"order status please {seq}-{i}"}}
-            for i in range(messages)]
+    msgs = [
+        {
+            "from": f"1650555{(seq * messages + i) % 10000:04d}",
+            "id": f"wamid.bench.{run}.{seq}.{i}",
+            "timestamp": "1763700000",
+            "type": "text",
+            "text": {"body": f"order status please {seq}-{i}"},
+        }
+        for i in range(messages)
+    ]
     contacts = [{"profile": {"name": "Bench Customer"}, "wa_id": m["from"]} for m in msgs]
-    return orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{
-        "field": "messages", "value": {"messaging_product": "whatsapp",
-                                       "metadata": {"display_phone_number": "15550700001",
-                                                    "phone_number_id": NUMBER},
-                                       "contacts": contacts, "messages": msgs}}]}]})
+    return orjson.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": WABA,
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550700001",
+                                    "phone_number_id": NUMBER,
+                                },
+                                "contacts": contacts,
+                                "messages": msgs,
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
 
 
 def signed_request(body: bytes) -> bytes:
     from parley_common.meta.signature import sign
 
-    head = (f"POST /webhooks/meta/{APP_ID} HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\n"
-            f"X-Hub-Signature-256: {sign(body, SECRET.encode())}\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"POST /webhooks/meta/{APP_ID} HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\n"
+        f"X-Hub-Signature-256: {sign(body, SECRET.encode())}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
 # --- load generator ------------------------------------------------------------------------
+
 
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -175,8 +232,9 @@ async def max_rate(port: int, requests: list[bytes], seconds: float, connections
     return done / elapsed, errors
 
 
-async def fixed_rate(port: int, requests: list[bytes], rate: float, seconds: float,
-                     connections: int) -> tuple[list[float], int]:
+async def fixed_rate(
+    port: int, requests: list[bytes], rate: float, seconds: float, connections: int
+) -> tuple[list[float], int]:
     """Open loop: requests start on a fixed schedule; latency runs from the scheduled time."""
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
@@ -212,19 +270,24 @@ async def fixed_rate(port: int, requests: list[bytes], rate: float, seconds: flo
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def start_server(mode: str) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    proc = subprocess.Popen([sys.executable, __file__, "serve", "--port", str(port), "--mode", mode],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "serve", "--port", str(port), "--mode", mode],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ingest server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            raise RuntimeError(
+                f"ingest server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return proc, port
@@ -284,10 +347,15 @@ async def bench(seconds: float, connections: int) -> dict[str, Any]:
         "headline_shape": "50-message batched webhooks",
         "single_message": single,
         "batch_50": batch,
-        "setup": {"cpus": os.cpu_count(), "python": platform.python_version(), "server": "uvicorn 1 worker, uvloop, httptools",
-                  "note": "server, load generator and Kafka share the machine's cores",
-                  "seconds_per_phase": seconds, "connections": connections,
-                  "producer": "acks=all, idempotent, lz4, linger_ms=5 (parley_common.broker)"},
+        "setup": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "server": "uvicorn 1 worker, uvloop, httptools",
+            "note": "server, load generator and Kafka share the machine's cores",
+            "seconds_per_phase": seconds,
+            "connections": connections,
+            "producer": "acks=all, idempotent, lz4, linger_ms=5 (parley_common.broker)",
+        },
     }
 
 
@@ -308,10 +376,12 @@ def main() -> None:
     out.write_text(json.dumps(figures, indent=2) + "\n")
     for shape in ("single_message", "batch_50"):
         f = figures[shape]
-        print(f"{shape:>15}: {f['events_per_s']:>9.0f} events/s ({f['webhooks_per_s']:.0f} webhooks/s), "
-              f"p50 {f['p50_ms_half_load']} ms / p99 {f['p99_ms_half_load']} ms at half load, "
-              f"no-Kafka {f['no_kafka_events_per_s']:.0f} events/s, ratio {f['ratio_vs_no_kafka']}, "
-              f"errors {f['errors_at_max']}+{f['errors_at_half_load']}")
+        print(
+            f"{shape:>15}: {f['events_per_s']:>9.0f} events/s ({f['webhooks_per_s']:.0f} webhooks/s), "
+            f"p50 {f['p50_ms_half_load']} ms / p99 {f['p99_ms_half_load']} ms at half load, "
+            f"no-Kafka {f['no_kafka_events_per_s']:.0f} events/s, ratio {f['ratio_vs_no_kafka']}, "
+            f"errors {f['errors_at_max']}+{f['errors_at_half_load']}"
+        )
     print(f"wrote {out.relative_to(REPO)}")
 
 

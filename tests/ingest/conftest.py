@@ -15,10 +15,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 from ingest_support import REGISTRY, SECRETS
-
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
+from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 
 
 @dataclass
@@ -48,12 +47,18 @@ async def ingest_registry(database_url: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-async def ingest(kafka_bootstrap: str, database_url: str, ingest_registry: dict[str, str]) -> AsyncIterator[IngestEnv]:
+async def ingest(
+    kafka_bootstrap: str, database_url: str, ingest_registry: dict[str, str]
+) -> AsyncIterator[IngestEnv]:
     from parley_ingest.app import create_app
     from parley_ingest.settings import IngestSettings
 
-    settings = IngestSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url,
-                              api_rate_limit="1000/second", produce_timeout_s=10.0)
+    settings = IngestSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=database_url,
+        api_rate_limit="1000/second",
+        produce_timeout_s=10.0,
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -63,13 +68,14 @@ async def ingest(kafka_bootstrap: str, database_url: str, ingest_registry: dict[
 
 async def read_topic(bootstrap: str, topic: str) -> list[Any]:
     """Every record of ``topic`` up to its current end (all partitions)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         cluster = await consumer._client.fetch_all_metadata()
         tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-        assert tps, f"topic {topic} does not exist" 
+        assert tps, f"topic {topic} does not exist"
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -23,24 +23,65 @@ APP2_SECRET = SECRETS["INGEST_TEST_APP2_SECRET"].encode()
 
 REGISTRY: dict[str, Any] = {
     "apps": [
-        {"app_id": APP_1, "app_secret_refs": ["env:INGEST_TEST_APP1_SECRET", "env:INGEST_TEST_APP1_SECRET_NEW"],
-         "verify_token_ref": "env:INGEST_TEST_VERIFY_TOKEN"},
+        {
+            "app_id": APP_1,
+            "app_secret_refs": ["env:INGEST_TEST_APP1_SECRET", "env:INGEST_TEST_APP1_SECRET_NEW"],
+            "verify_token_ref": "env:INGEST_TEST_VERIFY_TOKEN",
+        },
         {"app_id": APP_2, "app_secret_refs": ["env:INGEST_TEST_APP2_SECRET"]},
     ],
     "tenants": [
-        {"tenant_id": "ingest-acme", "name": "Acme", "app_id": APP_1, "business_country": "US",
-         "time_zone": "America/New_York", "wabas": ["880000000101"],
-         "phone_numbers": [
-             {"phone_number_id": "880000000001", "display_phone_number": "15550100001", "waba_id": "880000000101"},
-             {"phone_number_id": "880000000002", "display_phone_number": "15550100002", "waba_id": "880000000101"}]},
-        {"tenant_id": "ingest-globex", "name": "Globex", "app_id": APP_1, "business_country": "DE",
-         "time_zone": "Europe/Berlin", "wabas": ["880000000102"],
-         "phone_numbers": [
-             {"phone_number_id": "880000000003", "display_phone_number": "15550100003", "waba_id": "880000000102"}]},
-        {"tenant_id": "ingest-initech", "name": "Initech", "app_id": APP_2, "business_country": "GB",
-         "time_zone": "Europe/London", "wabas": ["880000000103"], "settings": {"ingest_rate_limit": "3/minute"},
-         "phone_numbers": [
-             {"phone_number_id": "880000000004", "display_phone_number": "15550100004", "waba_id": "880000000103"}]},
+        {
+            "tenant_id": "ingest-acme",
+            "name": "Acme",
+            "app_id": APP_1,
+            "business_country": "US",
+            "time_zone": "America/New_York",
+            "wabas": ["880000000101"],
+            "phone_numbers": [
+                {
+                    "phone_number_id": "880000000001",
+                    "display_phone_number": "15550100001",
+                    "waba_id": "880000000101",
+                },
+                {
+                    "phone_number_id": "880000000002",
+                    "display_phone_number": "15550100002",
+                    "waba_id": "880000000101",
+                },
+            ],
+        },
+        {
+            "tenant_id": "ingest-globex",
+            "name": "Globex",
+            "app_id": APP_1,
+            "business_country": "DE",
+            "time_zone": "Europe/Berlin",
+            "wabas": ["880000000102"],
+            "phone_numbers": [
+                {
+                    "phone_number_id": "880000000003",
+                    "display_phone_number": "15550100003",
+                    "waba_id": "880000000102",
+                }
+            ],
+        },
+        {
+            "tenant_id": "ingest-initech",
+            "name": "Initech",
+            "app_id": APP_2,
+            "business_country": "GB",
+            "time_zone": "Europe/London",
+            "wabas": ["880000000103"],
+            "settings": {"ingest_rate_limit": "3/minute"},
+            "phone_numbers": [
+                {
+                    "phone_number_id": "880000000004",
+                    "display_phone_number": "15550100004",
+                    "waba_id": "880000000103",
+                }
+            ],
+        },
     ],
 }
 
@@ -63,8 +104,9 @@ def assert_subset(expected: Any, actual: Any, path: str = "") -> None:
             assert k in actual, f"{path}.{k}: missing (have {sorted(actual)})"
             assert_subset(v, actual[k], f"{path}.{k}")
     elif isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), \
+        assert isinstance(actual, list) and len(actual) == len(expected), (
             f"{path}: expected {len(expected)} items, got {actual!r}"
+        )
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             assert_subset(e, a, f"{path}[{i}]")
     else:

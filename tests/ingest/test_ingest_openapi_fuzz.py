@@ -13,16 +13,16 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-
 from parley_ingest.cli import openapi_document
+from schemathesis.checks import not_a_server_error
 
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi" / "ingest.json"
 
 
 def test_checked_in_openapi_matches_the_app() -> None:
-    assert OPENAPI.read_bytes() == openapi_document() + b"\n", \
+    assert OPENAPI.read_bytes() == openapi_document() + b"\n", (
         "docs/openapi/ingest.json is stale: run `uv run parley-ingest openapi`"
+    )
 
 
 def _free_port() -> int:
@@ -38,8 +38,14 @@ def live_ingest(kafka_bootstrap: str, database_url: str, ingest_registry: dict[s
     from parley_ingest.settings import IngestSettings
 
     port = _free_port()
-    app = create_app(IngestSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url, http_port=port,
-                                    api_rate_limit="100000/second"))
+    app = create_app(
+        IngestSettings(
+            kafka_bootstrap=kafka_bootstrap,
+            database_url=database_url,
+            http_port=port,
+            api_rate_limit="100000/second",
+        )
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -58,7 +64,9 @@ schema = schemathesis.openapi.from_path(OPENAPI)
 @pytest.mark.infra
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-def test_fuzzed_requests_never_get_a_server_error(case, live_ingest: str, ingest_registry: dict[str, str]) -> None:
+def test_fuzzed_requests_never_get_a_server_error(
+    case, live_ingest: str, ingest_registry: dict[str, str]
+) -> None:
     headers = {}
     if case.path.startswith("/v1/"):
         headers["Authorization"] = f"Bearer {ingest_registry['ingest-acme']}"

@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 from conftest import IngestEnv, read_topic
-
 from parley_common.contracts import OutboundMessage
 from parley_common.topics import MESSAGES_OUT
 
@@ -20,18 +19,30 @@ def _auth(env: IngestEnv, tenant: str = "ingest-acme") -> dict[str, str]:
 
 
 def _text(to: str = "+16505551234", body: str | None = None, **extra: object) -> dict:
-    return {"from": ACME_NUMBER, "to": to, "type": "text", "text": {"body": body or uuid.uuid4().hex}, **extra}
+    return {
+        "from": ACME_NUMBER,
+        "to": to,
+        "type": "text",
+        "text": {"body": body or uuid.uuid4().hex},
+        **extra,
+    }
 
 
 async def _outbound(env: IngestEnv, ids: set[str]) -> list[OutboundMessage]:
     records = await read_topic(env.kafka_bootstrap, MESSAGES_OUT.name)
-    return [OutboundMessage.model_validate_json(r.value) for r in records
-            if any(i.encode() in r.value for i in ids)]
+    return [
+        OutboundMessage.model_validate_json(r.value)
+        for r in records
+        if any(i.encode() in r.value for i in ids)
+    ]
 
 
 async def test_text_message_is_202_and_on_messages_out_keyed_by_number(ingest: IngestEnv) -> None:
-    r = await ingest.client.post("/v1/messages", json=_text(reply_to="wamid.IN1", biz_opaque_callback_data="o-1"),
-                                 headers=_auth(ingest))
+    r = await ingest.client.post(
+        "/v1/messages",
+        json=_text(reply_to="wamid.IN1", biz_opaque_callback_data="o-1"),
+        headers=_auth(ingest),
+    )
     assert r.status_code == 202
     message_id = r.json()["id"]
     (out,) = await _outbound(ingest, {message_id})
@@ -39,22 +50,44 @@ async def test_text_message_is_202_and_on_messages_out_keyed_by_number(ingest: I
     assert out.tenant_id == "ingest-acme" and out.phone_number_id == ACME_NUMBER
     assert out.to == "16505551234" and out.type == "text" and out.reply_to_wamid == "wamid.IN1"
     assert out.biz_opaque_callback_data == "o-1" and out.priority == "reply" and out.origin == "api"
-    records = [rec for rec in await read_topic(ingest.kafka_bootstrap, MESSAGES_OUT.name)
-               if message_id.encode() in rec.value]
+    records = [
+        rec
+        for rec in await read_topic(ingest.kafka_bootstrap, MESSAGES_OUT.name)
+        if message_id.encode() in rec.value
+    ]
     assert records[0].key == ACME_NUMBER.encode()
 
 
 async def test_template_media_interactive_and_bsuid_recipients_are_accepted(ingest: IngestEnv) -> None:
     bodies = [
-        {"from": ACME_NUMBER, "to": "4915112345678", "type": "template", "priority": "marketing",
-         "template": {"name": "summer_sale", "language": {"code": "de"},
-                      "components": [{"type": "body", "parameters": [{"type": "text", "text": "Anna"}]}]}},
-        {"from": ACME_NUMBER, "to_user_id": "US.13491208655302741918", "type": "image",
-         "image": {"link": "https://example.com/a.jpg", "caption": "new"}},
-        {"from": ACME_NUMBER, "to": "+16505551234", "type": "interactive",
-         "interactive": {"type": "button", "body": {"text": "Confirm?"},
-                         "action": {"buttons": [{"type": "reply", "reply": {"id": "y", "title": "Yes"}}]}},
-         "fallback_template": {"name": "confirm_order", "language": "en_US"}},
+        {
+            "from": ACME_NUMBER,
+            "to": "4915112345678",
+            "type": "template",
+            "priority": "marketing",
+            "template": {
+                "name": "summer_sale",
+                "language": {"code": "de"},
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Anna"}]}],
+            },
+        },
+        {
+            "from": ACME_NUMBER,
+            "to_user_id": "US.13491208655302741918",
+            "type": "image",
+            "image": {"link": "https://example.com/a.jpg", "caption": "new"},
+        },
+        {
+            "from": ACME_NUMBER,
+            "to": "+16505551234",
+            "type": "interactive",
+            "interactive": {
+                "type": "button",
+                "body": {"text": "Confirm?"},
+                "action": {"buttons": [{"type": "reply", "reply": {"id": "y", "title": "Yes"}}]},
+            },
+            "fallback_template": {"name": "confirm_order", "language": "en_US"},
+        },
     ]
     ids = []
     for body in bodies:
@@ -116,8 +149,10 @@ async def test_validation_errors_are_422_with_field_and_reason(ingest: IngestEnv
         ({**_text(), "type": "fax"}, "type"),
         ({**_text(), "unexpected": 1}, "unexpected"),
         ({**_text(), "priority": "urgent"}, "priority"),
-        ({"from": ACME_NUMBER, "to": "+16505551234", "type": "template", "template": {"name": "t"}},
-         "template.language"),
+        (
+            {"from": ACME_NUMBER, "to": "+16505551234", "type": "template", "template": {"name": "t"}},
+            "template.language",
+        ),
     ]
     for body, field in cases:
         r = await ingest.client.post("/v1/messages", json=body, headers=_auth(ingest))
@@ -125,11 +160,13 @@ async def test_validation_errors_are_422_with_field_and_reason(ingest: IngestEnv
         errors = r.json()["errors"]
         assert any(e["field"] == field or e["field"].startswith(field + ".") for e in errors), (field, errors)
         assert all(e["reason"] for e in errors)
-    r = await ingest.client.post("/v1/messages/batch", json={"messages": [_text(), _text(to="+1")]},
-                                 headers=_auth(ingest))
+    r = await ingest.client.post(
+        "/v1/messages/batch", json={"messages": [_text(), _text(to="+1")]}, headers=_auth(ingest)
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "messages.1.to"
-    r = await ingest.client.post("/v1/messages", content=b"{not json", headers={
-        **_auth(ingest), "content-type": "application/json"})
+    r = await ingest.client.post(
+        "/v1/messages", content=b"{not json", headers={**_auth(ingest), "content-type": "application/json"}
+    )
     assert r.status_code == 400
 
 
@@ -149,8 +186,10 @@ async def test_batch_is_accepted_all_together(ingest: IngestEnv) -> None:
 async def test_tenant_over_its_rate_limit_gets_429_with_retry_after(ingest: IngestEnv) -> None:
     # ingest-initech's registry settings allow 3 requests a minute
     body = {"from": INITECH_NUMBER, "to": "+447911123456", "type": "text", "text": {"body": "hi"}}
-    statuses = [(await ingest.client.post("/v1/messages", json=body, headers=_auth(ingest, "ingest-initech")))
-                for _ in range(5)]
+    statuses = [
+        (await ingest.client.post("/v1/messages", json=body, headers=_auth(ingest, "ingest-initech")))
+        for _ in range(5)
+    ]
     assert [r.status_code for r in statuses] == [202, 202, 202, 429, 429]
     assert 1 <= int(statuses[-1].headers["retry-after"]) <= 60
     # other tenants are not affected
@@ -159,6 +198,7 @@ async def test_tenant_over_its_rate_limit_gets_429_with_retry_after(ingest: Inge
 
 async def test_oversized_api_body_is_413(ingest: IngestEnv) -> None:
     big = b'{"messages": "' + b"x" * (9 * 1024 * 1024) + b'"}'
-    r = await ingest.client.post("/v1/messages/batch", content=big, headers={
-        **_auth(ingest), "content-type": "application/json"})
+    r = await ingest.client.post(
+        "/v1/messages/batch", content=big, headers={**_auth(ingest), "content-type": "application/json"}
+    )
     assert r.status_code == 413

@@ -9,8 +9,15 @@ from collections import Counter
 import orjson
 import pytest
 from conftest import IngestEnv, read_topic
-from ingest_support import APP1_SECRET, APP1_SECRET_NEW, APP2_SECRET, APP_1, APP_2, CORPUS_TENANTS, corpus_cases
-
+from ingest_support import (
+    APP1_SECRET,
+    APP1_SECRET_NEW,
+    APP2_SECRET,
+    APP_1,
+    APP_2,
+    CORPUS_TENANTS,
+    corpus_cases,
+)
 from parley_common.contracts import AccountEvent, DeadLetter, InboundMessage, MessageStatus
 from parley_common.meta.signature import sign
 from parley_common.topics import ACCOUNT_EVENTS, DEAD_LETTERS, MESSAGES_IN, STATUSES, WEBHOOKS_RAW
@@ -23,8 +30,14 @@ def _unique(webhook: dict, marker: str) -> bytes:
     return orjson.dumps(webhook).replace(b"wamid.", f"wamid.{marker}.".encode())
 
 
-async def _post(env: IngestEnv, body: bytes, *, secret: bytes = APP1_SECRET, app: str | None = APP_1,
-                headers: dict[str, str] | None = None) -> int:
+async def _post(
+    env: IngestEnv,
+    body: bytes,
+    *,
+    secret: bytes = APP1_SECRET,
+    app: str | None = APP_1,
+    headers: dict[str, str] | None = None,
+) -> int:
     path = f"/webhooks/meta/{app}" if app else "/webhooks/meta"
     h = {"X-Hub-Signature-256": sign(body, secret), "content-type": "application/json", **(headers or {})}
     response = await env.client.post(path, content=body, headers=h)
@@ -34,30 +47,51 @@ async def _post(env: IngestEnv, body: bytes, *, secret: bytes = APP1_SECRET, app
 async def _events(env: IngestEnv, marker: str) -> dict[str, list]:
     """Everything on the event topics that belongs to this test (by the marker in its ids/values)."""
     found: dict[str, list] = {}
-    for topic, model in ((MESSAGES_IN, InboundMessage), (STATUSES, MessageStatus), (ACCOUNT_EVENTS, AccountEvent)):
+    for topic, model in (
+        (MESSAGES_IN, InboundMessage),
+        (STATUSES, MessageStatus),
+        (ACCOUNT_EVENTS, AccountEvent),
+    ):
         records = await read_topic(env.kafka_bootstrap, topic.name)
-        found[topic.base] = [(r, model.model_validate_json(r.value)) for r in records if marker.encode() in r.value]
+        found[topic.base] = [
+            (r, model.model_validate_json(r.value)) for r in records if marker.encode() in r.value
+        ]
     return found
 
 
 async def test_every_corpus_event_reaches_its_topic_keyed_by_number_with_tenant(ingest: IngestEnv) -> None:
-    from parley_common.meta import normalise_raw_webhook
     from datetime import UTC, datetime
+
+    from parley_common.meta import normalise_raw_webhook
 
     marker = uuid.uuid4().hex[:8]
     expected: Counter[tuple[str, str]] = Counter()
     for name, case in corpus_cases():
         webhook = case["webhook"]
         if "entry" in webhook and isinstance(webhook["entry"], list):
-            webhook = {**webhook, "entry": [{**e, "changes": [{**c, "value": _marked(c["value"], marker)}
-                                                              if isinstance(c, dict) and isinstance(c.get("value"), dict)
-                                                              else c for c in e.get("changes", [])]}
-                                            for e in webhook["entry"]]}
+            webhook = {
+                **webhook,
+                "entry": [
+                    {
+                        **e,
+                        "changes": [
+                            {**c, "value": _marked(c["value"], marker)}
+                            if isinstance(c, dict) and isinstance(c.get("value"), dict)
+                            else c
+                            for c in e.get("changes", [])
+                        ],
+                    }
+                    for e in webhook["entry"]
+                ],
+            }
         body = _unique(webhook, marker)
         assert await _post(ingest, body) == 200, name
         local = normalise_raw_webhook(body, received_at=datetime.now(UTC), tenants=CORPUS_TENANTS)
-        for topic, events in ((MESSAGES_IN.base, local.messages), (STATUSES.base, local.statuses),
-                              (ACCOUNT_EVENTS.base, local.account_events)):
+        for topic, events in (
+            (MESSAGES_IN.base, local.messages),
+            (STATUSES.base, local.statuses),
+            (ACCOUNT_EVENTS.base, local.account_events),
+        ):
             expected.update((topic, e.event_id) for e in events)
     found = await _events(ingest, marker)
     seen: Counter[tuple[str, str]] = Counter()
@@ -69,8 +103,9 @@ async def test_every_corpus_event_reaches_its_topic_keyed_by_number_with_tenant(
             if event.phone_number_id.startswith("8800000000") or event.waba_id in CORPUS_TENANTS.wabas:
                 assert event.tenant_id is not None, event.event_id
     assert seen == expected
-    in_corpus = sum(len(c["expect"][k]) for _, c in corpus_cases()
-                    for k in ("messages_in", "statuses", "account_events"))
+    in_corpus = sum(
+        len(c["expect"][k]) for _, c in corpus_cases() for k in ("messages_in", "statuses", "account_events")
+    )
     assert sum(seen.values()) == in_corpus
 
 
@@ -97,8 +132,11 @@ async def test_same_batch_three_times_gives_the_same_event_ids_and_raw_copies(in
     # after dedupe on event id, downstream holds exactly one event per distinct id
     distinct = {e.event_id: e for items in found.values() for _, e in items}
     assert len(distinct) == 6
-    raws = [r for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name)
-            if dict(r.headers).get("x-parley-body-sha256") == hashlib.sha256(body).hexdigest().encode()]
+    raws = [
+        r
+        for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name)
+        if dict(r.headers).get("x-parley-body-sha256") == hashlib.sha256(body).hexdigest().encode()
+    ]
     assert len(raws) == 3 and all(r.value == body for r in raws)
     assert all(r.key == APP_1.encode() for r in raws)
 
@@ -108,7 +146,9 @@ async def test_raw_archive_keeps_exact_bytes_with_app_and_receive_time(ingest: I
     body = _unique(dict(corpus_cases())["message_text"]["webhook"], marker)
     body = body.replace(b'"Does it', b'"\\u00e9 Does it')  # escaped unicode stays escaped
     assert await _post(ingest, body, app=None, secret=APP1_SECRET_NEW) == 200
-    raws = [r for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name) if marker.encode() in r.value]
+    raws = [
+        r for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name) if marker.encode() in r.value
+    ]
     assert len(raws) == 1
     headers = dict(raws[0].headers)
     assert raws[0].value == body
@@ -123,19 +163,25 @@ async def test_missing_or_wrong_signature_is_401_and_nothing_reaches_kafka(inges
     assert (await ingest.client.post(f"/webhooks/meta/{APP_1}", content=body)).status_code == 401
     assert await _post(ingest, body, secret=b"not-the-secret") == 401
     assert await _post(ingest, body, secret=APP2_SECRET, app=APP_1) == 401  # another app's secret
-    assert await _post(ingest, body + b" ", secret=APP1_SECRET, headers={
-        "X-Hub-Signature-256": sign(body, APP1_SECRET)}) == 401  # body changed after signing
+    assert (
+        await _post(
+            ingest, body + b" ", secret=APP1_SECRET, headers={"X-Hub-Signature-256": sign(body, APP1_SECRET)}
+        )
+        == 401
+    )  # body changed after signing
     assert await _post(ingest, body, app="no-such-app") == 401
     assert await _post(ingest, body, secret=b"nobody", app=None) == 401
     for topic in (WEBHOOKS_RAW, MESSAGES_IN):
-        assert not [r for r in await read_topic(ingest.kafka_bootstrap, topic.name) if marker.encode() in r.value]
+        assert not [
+            r for r in await read_topic(ingest.kafka_bootstrap, topic.name) if marker.encode() in r.value
+        ]
 
 
 async def test_webhook_of_another_app_does_not_speak_for_this_apps_tenants(ingest: IngestEnv) -> None:
     marker = uuid.uuid4().hex[:8]
     body = _unique(dict(corpus_cases())["message_text"]["webhook"], marker)  # acme's number, app 1's tenant
     assert await _post(ingest, body, secret=APP2_SECRET, app=APP_2) == 200
-    (_, event), = (await _events(ingest, marker))[MESSAGES_IN.base]
+    ((_, event),) = (await _events(ingest, marker))[MESSAGES_IN.base]
     assert event.tenant_id is None
 
 
@@ -147,10 +193,13 @@ async def test_body_over_3_mb_is_413_and_invalid_json_is_400(ingest: IngestEnv) 
         for _ in range(40):
             yield b"x" * 100_000
 
-    streamed = await ingest.client.post(f"/webhooks/meta/{APP_1}", content=chunks(),
-                                        headers={"X-Hub-Signature-256": "sha256=" + "0" * 64})
+    streamed = await ingest.client.post(
+        f"/webhooks/meta/{APP_1}", content=chunks(), headers={"X-Hub-Signature-256": "sha256=" + "0" * 64}
+    )
     assert streamed.status_code == 413
-    just_fits = b'{"object":"whatsapp_business_account","entry":[],"pad":"' + b"x" * (3 * 1024 * 1024 - 100) + b'"}'
+    just_fits = (
+        b'{"object":"whatsapp_business_account","entry":[],"pad":"' + b"x" * (3 * 1024 * 1024 - 100) + b'"}'
+    )
     assert len(just_fits) <= 3 * 1024 * 1024
     assert await _post(ingest, just_fits) == 200  # accepted, kept raw, reported as a shape problem
     assert await _post(ingest, b'{"object": "whatsapp_business_account", "entry": [') == 400
@@ -159,13 +208,19 @@ async def test_body_over_3_mb_is_413_and_invalid_json_is_400(ingest: IngestEnv) 
 async def test_valid_signature_unknown_shape_is_200_kept_raw_and_dead_lettered(ingest: IngestEnv) -> None:
     marker = uuid.uuid4().hex[:8]
     body = orjson.dumps({"object": "page", "marker": marker, "entry": [{"messaging": []}]})
-    response = await ingest.client.post(f"/webhooks/meta/{APP_1}", content=body,
-                                        headers={"X-Hub-Signature-256": sign(body, APP1_SECRET)})
+    response = await ingest.client.post(
+        f"/webhooks/meta/{APP_1}", content=body, headers={"X-Hub-Signature-256": sign(body, APP1_SECRET)}
+    )
     assert response.status_code == 200 and response.json() == {"events": 0, "problems": 1}
-    raws = [r for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name) if marker.encode() in r.value]
+    raws = [
+        r for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name) if marker.encode() in r.value
+    ]
     assert [r.value for r in raws] == [body]
-    letters = [DeadLetter.model_validate_json(r.value)
-               for r in await read_topic(ingest.kafka_bootstrap, DEAD_LETTERS.name) if marker.encode() in r.value]
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(ingest.kafka_bootstrap, DEAD_LETTERS.name)
+        if marker.encode() in r.value
+    ]
     assert len(letters) == 1
     assert letters[0].service == "ingest" and letters[0].source_topic == WEBHOOKS_RAW.name
     assert letters[0].reason.startswith("$.object")
@@ -176,19 +231,26 @@ async def test_valid_signature_unknown_shape_is_200_kept_raw_and_dead_lettered(i
 async def test_unknown_number_is_published_and_counted(ingest: IngestEnv) -> None:
     marker = uuid.uuid4().hex[:8]
     webhook = dict(corpus_cases())["message_text"]["webhook"]
-    before = _metric(await ingest.client.get("/metrics"), 'parley_ingest_unknown_number_events_total{kind="message"}')
+    before = _metric(
+        await ingest.client.get("/metrics"), 'parley_ingest_unknown_number_events_total{kind="message"}'
+    )
     # a number not registered, under a registered WABA: the WABA's tenant, still counted as unknown number
     new_number = _unique(webhook, marker + "a").replace(b"880000000001", b"889999999998")
     # neither number nor WABA registered: no tenant
-    nobody = _unique(webhook, marker + "b").replace(b"880000000001", b"889999999998").replace(
-        b"880000000101", b"889999999101")
+    nobody = (
+        _unique(webhook, marker + "b")
+        .replace(b"880000000001", b"889999999998")
+        .replace(b"880000000101", b"889999999101")
+    )
     assert await _post(ingest, new_number) == 200
     assert await _post(ingest, nobody) == 200
     events = {e.event_id: e for _, e in (await _events(ingest, marker))[MESSAGES_IN.base]}
     assert events[f"wamid.{marker}a.TEXT1"].tenant_id == "ingest-acme"
     assert events[f"wamid.{marker}b.TEXT1"].tenant_id is None
     assert {e.phone_number_id for e in events.values()} == {"889999999998"}
-    after = _metric(await ingest.client.get("/metrics"), 'parley_ingest_unknown_number_events_total{kind="message"}')
+    after = _metric(
+        await ingest.client.get("/metrics"), 'parley_ingest_unknown_number_events_total{kind="message"}'
+    )
     assert after - before == 2
 
 
@@ -200,16 +262,28 @@ def _metric(response, name: str) -> float:
 
 
 async def test_handshake_echoes_challenge_for_known_token_only(ingest: IngestEnv) -> None:
-    ok = await ingest.client.get(f"/webhooks/meta/{APP_1}", params={
-        "hub.mode": "subscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "1158201444"})
+    ok = await ingest.client.get(
+        f"/webhooks/meta/{APP_1}",
+        params={
+            "hub.mode": "subscribe",
+            "hub.verify_token": "verify-me-please",
+            "hub.challenge": "1158201444",
+        },
+    )
     assert ok.status_code == 200 and ok.text == "1158201444"
-    any_app = await ingest.client.get("/webhooks/meta", params={
-        "hub.mode": "subscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "42"})
+    any_app = await ingest.client.get(
+        "/webhooks/meta",
+        params={"hub.mode": "subscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "42"},
+    )
     assert any_app.status_code == 200 and any_app.text == "42"
-    for params in ({"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"},
-                   {"hub.mode": "unsubscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "1"},
-                   {}):
+    for params in (
+        {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"},
+        {"hub.mode": "unsubscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "1"},
+        {},
+    ):
         assert (await ingest.client.get(f"/webhooks/meta/{APP_1}", params=params)).status_code == 403
-    no_token_app = await ingest.client.get(f"/webhooks/meta/{APP_2}", params={
-        "hub.mode": "subscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "1"})
+    no_token_app = await ingest.client.get(
+        f"/webhooks/meta/{APP_2}",
+        params={"hub.mode": "subscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "1"},
+    )
     assert no_token_app.status_code == 403

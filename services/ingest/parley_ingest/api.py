@@ -6,7 +6,6 @@ within the TTL returns the first answer, the same key with another body is 409. 
 OutboundMessage is acknowledged by Kafka on ``wa.messages.out``.
 """
 
-
 import logging
 import math
 import time
@@ -21,13 +20,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
-
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import MESSAGES_OUT
+
 from parley_ingest.domain.records import JSON, OutRecord
 from parley_ingest.domain.send_requests import (
     Accepted,
     BatchAccepted,
+    FieldProblem,
     Problem,
     SendBatchRequest,
     SendMessageRequest,
@@ -40,9 +40,16 @@ from parley_ingest.services import IngestServices
 
 log = logging.getLogger("parley.ingest.api")
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
-    description="Repeat within 24 h returns the first answer; the same key with another body is 409")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Repeat within 24 h returns the first answer; the same key with another body is 409",
+    ),
+]
 
 
 class TenantRateLimits:
@@ -79,8 +86,12 @@ def _problem(status: int, detail: str, headers: dict[str, str] | None = None) ->
 
 
 def validation_failed(errors: list[tuple[str, str]]) -> JSONResponse:
-    return JSONResponse(ValidationFailed(errors=[{"field": f, "reason": r} for f, r in errors]  # type: ignore[misc]
-                                         ).model_dump(), status_code=422)
+    return JSONResponse(
+        ValidationFailed(
+            errors=[FieldProblem(field=f, reason=r) for f, r in errors]
+        ).model_dump(),
+        status_code=422,
+    )
 
 
 async def request_validation_handler(_: Request, exc: Exception) -> JSONResponse:
@@ -125,9 +136,17 @@ def api_router(svc: IngestServices) -> APIRouter:
             raise HTTPException(429, "request rate limit exceeded", headers={"Retry-After": str(wait)})
         return tenant
 
-    async def accept(tenant: Tenant, messages: list[SendMessageRequest], problems: list[tuple[str, str]],
-                     fingerprint: str, key: str | None, *, endpoint: str, origin: str,
-                     answer: Any) -> JSONResponse:
+    async def accept(
+        tenant: Tenant,
+        messages: list[SendMessageRequest],
+        problems: list[tuple[str, str]],
+        fingerprint: str,
+        key: str | None,
+        *,
+        endpoint: str,
+        origin: str,
+        answer: Any,
+    ) -> JSONResponse:
         if problems:
             return validation_failed(problems)
         for i, m in enumerate(messages):
@@ -146,14 +165,28 @@ def api_router(svc: IngestServices) -> APIRouter:
                     return _problem(409, "Idempotency-Key was used with a different request")
                 if stored.status_code is None:
                     return _problem(409, "a request with this Idempotency-Key is still in flight")
-                return JSONResponse(stored.response, status_code=stored.status_code,
-                                    headers={"Idempotent-Replayed": "true"})
+                return JSONResponse(
+                    stored.response, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"}
+                )
         now = datetime.now(UTC)
-        outbound = [m.to_outbound(tenant_id=tenant.tenant_id, message_id=new_message_id(tenant.tenant_id, key, i),
-                                  now=now, origin=origin) for i, m in enumerate(messages)]
-        records = [OutRecord(MESSAGES_OUT.name, o.model_dump_json().encode(), o.phone_number_id.encode(),
-                             {"content-type": JSON, "x-parley-event-id": o.event_id, "x-parley-tenant": o.tenant_id
-                              or ""}) for o in outbound]
+        outbound = [
+            m.to_outbound(
+                tenant_id=tenant.tenant_id,
+                message_id=new_message_id(tenant.tenant_id, key, i),
+                now=now,
+                origin=origin,
+            )
+            for i, m in enumerate(messages)
+        ]
+        records = [
+            OutRecord(
+                MESSAGES_OUT.name,
+                o.model_dump_json().encode(),
+                o.phone_number_id.encode(),
+                {"content-type": JSON, "x-parley-event-id": o.event_id, "x-parley-tenant": o.tenant_id or ""},
+            )
+            for o in outbound
+        ]
         try:
             await svc.writer.write_all(records)
         except KafkaUnavailable:
@@ -161,8 +194,10 @@ def api_router(svc: IngestServices) -> APIRouter:
                 try:
                     await store.release(tenant.tenant_id, key)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    log.warning("could not release idempotency key after a Kafka failure",
-                                extra={"tenant": tenant.tenant_id})
+                    log.warning(
+                        "could not release idempotency key after a Kafka failure",
+                        extra={"tenant": tenant.tenant_id},
+                    )
             return _problem(503, "Kafka unavailable, retry", {"Retry-After": "1"})
         body = answer([o.message_id for o in outbound])
         if key is not None:
@@ -175,21 +210,38 @@ def api_router(svc: IngestServices) -> APIRouter:
             svc.metrics.api_messages.labels(tenant.tenant_id, o.type).inc()
         return JSONResponse(body, status_code=202)
 
-    @router.post("/messages", status_code=202, response_model=Accepted, responses=_COMMON_RESPONSES,
-                 summary="Send one message")
+    @router.post(
+        "/messages",
+        status_code=202,
+        response_model=Accepted,
+        responses=_COMMON_RESPONSES,
+        summary="Send one message",
+    )
     async def send_message(
         message: SendMessageRequest,
         tenant: Annotated[Tenant, Depends(authenticated_tenant)],
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
-        response = await accept(tenant, [message], message.problems(), message.fingerprint(), idempotency_key,
-                                endpoint="messages", origin="api",
-                                answer=lambda ids: Accepted(id=ids[0]).model_dump())
+        response = await accept(
+            tenant,
+            [message],
+            message.problems(),
+            message.fingerprint(),
+            idempotency_key,
+            endpoint="messages",
+            origin="api",
+            answer=lambda ids: Accepted(id=ids[0]).model_dump(),
+        )
         svc.metrics.api_requests.labels("messages", str(response.status_code)).inc()
         return response
 
-    @router.post("/messages/batch", status_code=202, response_model=BatchAccepted, responses=_COMMON_RESPONSES,
-                 summary="Send up to 1,000 messages, all or none")
+    @router.post(
+        "/messages/batch",
+        status_code=202,
+        response_model=BatchAccepted,
+        responses=_COMMON_RESPONSES,
+        summary="Send up to 1,000 messages, all or none",
+    )
     async def send_batch(
         batch: SendBatchRequest,
         tenant: Annotated[Tenant, Depends(authenticated_tenant)],
@@ -197,9 +249,16 @@ def api_router(svc: IngestServices) -> APIRouter:
     ) -> JSONResponse:
         if len(batch.messages) > svc.settings.max_batch_messages:
             return validation_failed([("messages", f"at most {svc.settings.max_batch_messages} messages")])
-        response = await accept(tenant, list(batch.messages), batch.problems(), batch.fingerprint(),
-                                idempotency_key, endpoint="batch", origin="campaign",
-                                answer=lambda ids: BatchAccepted(ids=ids).model_dump())
+        response = await accept(
+            tenant,
+            list(batch.messages),
+            batch.problems(),
+            batch.fingerprint(),
+            idempotency_key,
+            endpoint="batch",
+            origin="campaign",
+            answer=lambda ids: BatchAccepted(ids=ids).model_dump(),
+        )
         svc.metrics.api_requests.labels("batch", str(response.status_code)).inc()
         return response
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from opentelemetry.sdk.trace import TracerProvider
+from parley_common.runtime import build_runtime, make_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from parley_common.runtime import build_runtime, make_app
 from parley_ingest.api import api_router, request_validation_handler
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
@@ -76,18 +76,34 @@ class _BodyTooLarge(Exception):
 
 async def _send_413(send: Send) -> None:
     body = b'{"detail":"body too large"}'
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: IngestSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+def create_app(
+    settings: IngestSettings | None = None, *, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
     settings = settings or IngestSettings()
-    rt = build_runtime("ingest", settings, migrations=[("ingest", MIGRATIONS)], tracer_provider=tracer_provider,
-                       linger_ms=settings.kafka_linger_ms)
+    rt = build_runtime(
+        "ingest",
+        settings,
+        migrations=[("ingest", MIGRATIONS)],
+        tracer_provider=tracer_provider,
+        linger_ms=settings.kafka_linger_ms,
+    )
     svc = IngestServices(
-        rt=rt, settings=settings, metrics=IngestMetrics.register(rt.registry),
-        writer=RecordWriter(rt.broker, timeout_s=settings.produce_timeout_s, breaker_s=settings.kafka_breaker_s),
+        rt=rt,
+        settings=settings,
+        metrics=IngestMetrics.register(rt.registry),
+        writer=RecordWriter(
+            rt.broker, timeout_s=settings.produce_timeout_s, breaker_s=settings.kafka_breaker_s
+        ),
         tracer=rt.tracer_provider.get_tracer("parley.ingest"),
     )
     purge_task: asyncio.Task[None] | None = None
@@ -105,8 +121,7 @@ def create_app(settings: IngestSettings | None = None, *, tracer_provider: Trace
 
     rt.on_start.append(start_store)
     rt.on_stop.append(stop_store)
-    app = make_app(rt, title="Parley ingest",
-                   routers=[webhook_router(svc), api_router(svc)])
+    app = make_app(rt, title="Parley ingest", routers=[webhook_router(svc), api_router(svc)])
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes)
     app.state.ingest = svc

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import typer
-
 from parley_common.runtime import serve
+
 from parley_ingest.settings import IngestSettings
 
 app = typer.Typer(help="Parley ingest: Meta webhooks in, business send API.", no_args_is_help=True)
@@ -52,12 +51,16 @@ def replay_raw(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     verb = "would publish" if dry_run else "published"
-    typer.echo(f"replayed {report.webhooks} webhook(s): {verb} {report.events} event(s), "
-               f"{report.problems} shape problem(s); skipped {report.skipped} record(s)")
+    typer.echo(
+        f"replayed {report.webhooks} webhook(s): {verb} {report.events} event(s), "
+        f"{report.problems} shape problem(s); skipped {report.skipped} record(s)"
+    )
 
 
 @app.command()
-def openapi(output: Path = typer.Option(Path("docs/openapi/ingest.json"), "--output", "-o")) -> None:
+def openapi(
+    output: Path = typer.Option(Path("docs/openapi/ingest.json"), "--output", "-o"),  # noqa: B008
+) -> None:
     """Write the OpenAPI document of ingest's HTTP surface."""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(openapi_document() + b"\n")
@@ -67,7 +70,9 @@ def openapi(output: Path = typer.Option(Path("docs/openapi/ingest.json"), "--out
 def openapi_document() -> bytes:
     from parley_ingest.app import create_app
 
-    return orjson.dumps(create_app(IngestSettings()).openapi(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        create_app(IngestSettings()).openapi(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+    )
 
 
 def main() -> None:
@@ -75,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -20,22 +20,39 @@ class IngestMetrics:
     @classmethod
     def register(cls, registry: CollectorRegistry) -> IngestMetrics:
         return cls(
-            webhook_requests=Counter("parley_ingest_webhook_requests", "Webhook POSTs by outcome",
-                                     ["outcome"], registry=registry),
-            webhook_events=Counter("parley_ingest_webhook_events", "Events published from webhooks",
-                                   ["kind"], registry=registry),
+            webhook_requests=Counter(
+                "parley_ingest_webhook_requests", "Webhook POSTs by outcome", ["outcome"], registry=registry
+            ),
+            webhook_events=Counter(
+                "parley_ingest_webhook_events", "Events published from webhooks", ["kind"], registry=registry
+            ),
             unknown_number_events=Counter(
                 "parley_ingest_unknown_number_events",
                 "Events for a phone number or WABA not in the tenant registry (published with no tenant)",
-                ["kind"], registry=registry),
-            shape_problems=Counter("parley_ingest_shape_problems",
-                                   "Webhook parts that do not match Meta's shape (dead-lettered)",
-                                   registry=registry),
-            webhook_seconds=Histogram("parley_ingest_webhook_seconds", "Webhook POST handling time",
-                                      buckets=(.002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5),
-                                      registry=registry),
-            api_requests=Counter("parley_ingest_api_requests", "Send API requests by endpoint and status",
-                                 ["endpoint", "status"], registry=registry),
-            api_messages=Counter("parley_ingest_api_messages", "Messages accepted by the send API",
-                                 ["tenant", "type"], registry=registry),
+                ["kind"],
+                registry=registry,
+            ),
+            shape_problems=Counter(
+                "parley_ingest_shape_problems",
+                "Webhook parts that do not match Meta's shape (dead-lettered)",
+                registry=registry,
+            ),
+            webhook_seconds=Histogram(
+                "parley_ingest_webhook_seconds",
+                "Webhook POST handling time",
+                buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                registry=registry,
+            ),
+            api_requests=Counter(
+                "parley_ingest_api_requests",
+                "Send API requests by endpoint and status",
+                ["endpoint", "status"],
+                registry=registry,
+            ),
+            api_messages=Counter(
+                "parley_ingest_api_messages",
+                "Messages accepted by the send API",
+                ["tenant", "type"],
+                registry=registry,
+            ),
         )

@@ -69,8 +69,10 @@ class RecordWriter:
     async def _send_all(self, records: Sequence[OutRecord]) -> None:
         producer = self._aiokafka_producer()
         if producer is None:  # e.g. FastStream's in-memory test broker
-            futures = [await self._broker.publish(r.value, r.topic, key=r.key, headers=r.headers, no_confirm=True)
-                       for r in records]
+            futures = [
+                await self._broker.publish(r.value, r.topic, key=r.key, headers=r.headers, no_confirm=True)
+                for r in records
+            ]
             await asyncio.gather(*futures)
             return
         # Hot path (ADR 0010): straight to the producer, one trace context for the whole request
@@ -91,8 +93,14 @@ class RecordWriter:
                 futures += await self._send_as_batches(producer, topic, key, group, trace_headers)
         await asyncio.gather(*futures)
 
-    async def _send_as_batches(self, producer: AIOKafkaProducer, topic: str, key: bytes, group: list[OutRecord],
-                               trace_headers: list[tuple[str, bytes]]) -> list[asyncio.Future[Any]]:
+    async def _send_as_batches(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        key: bytes,
+        group: list[OutRecord],
+        trace_headers: list[tuple[str, bytes]],
+    ) -> list[asyncio.Future[Any]]:
         """Records with one key share a partition: hand them over as whole batches (far cheaper
         per record than one send() each); the partition is the one send() would choose."""
         partitions = sorted(await producer.partitions_for(topic))

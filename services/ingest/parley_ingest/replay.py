@@ -13,13 +13,13 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from parley_common.broker import make_broker
+from parley_common.db import create_pool
 from parley_common.meta import InvalidWebhookJson, normalise_raw_webhook
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import WEBHOOKS_RAW
+
 from parley_ingest.domain.records import (
     H_APP_ID,
     H_RECEIVED_AT,
@@ -41,16 +41,26 @@ class ReplayReport:
     problems: int = 0
 
 
-async def replay_raw(settings: IngestSettings, start: datetime, end: datetime, *, dry_run: bool = False,
-                     batch_records: int = 2000) -> ReplayReport:
-    conn = await asyncpg.connect(settings.database_url)
+async def replay_raw(
+    settings: IngestSettings,
+    start: datetime,
+    end: datetime,
+    *,
+    dry_run: bool = False,
+    batch_records: int = 2000,
+) -> ReplayReport:
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)  # with the json codecs
     try:
-        directory = await TenantDirectory.load(conn)
+        directory = await TenantDirectory.load(pool)
     finally:
-        await conn.close()
+        await pool.close()
     report = ReplayReport()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                group_id=None, client_id="parley-ingest-replay")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        client_id="parley-ingest-replay",
+    )
     broker = make_broker(settings.kafka_bootstrap, service="ingest-replay")
     await consumer.start()
     if not dry_run:
@@ -58,10 +68,9 @@ async def replay_raw(settings: IngestSettings, start: datetime, end: datetime, *
     writer = RecordWriter(broker, timeout_s=max(30.0, settings.produce_timeout_s), breaker_s=0)
     try:
         topic = WEBHOOKS_RAW.name
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
+        # aiokafka offers no public metadata lookup for a consumer without a subscription
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         starts = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in tps})
@@ -97,15 +106,18 @@ async def replay_raw(settings: IngestSettings, start: datetime, end: datetime, *
     return report
 
 
-def _records_of(raw: bytes | None, headers: dict[str, bytes], directory: TenantDirectory,
-                report: ReplayReport) -> list[OutRecord]:
+def _records_of(
+    raw: bytes | None, headers: dict[str, bytes], directory: TenantDirectory, report: ReplayReport
+) -> list[OutRecord]:
     app_id = headers.get(H_APP_ID, b"").decode()
     if raw is None or headers.get(H_SIGNATURE_VALID) != b"true" or not app_id:
         report.skipped += 1
         return []
     received_at = datetime.fromisoformat(headers[H_RECEIVED_AT].decode())
     try:
-        normalised = normalise_raw_webhook(raw, received_at=received_at, tenants=DirectoryTenants(directory, app_id))
+        normalised = normalise_raw_webhook(
+            raw, received_at=received_at, tenants=DirectoryTenants(directory, app_id)
+        )
     except InvalidWebhookJson:
         report.skipped += 1
         return []
@@ -113,7 +125,8 @@ def _records_of(raw: bytes | None, headers: dict[str, bytes], directory: TenantD
     report.events += normalised.event_count
     report.problems += len(normalised.problems)
     return event_records(normalised) + [
-        dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems]
+        dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems
+    ]
 
 
 def run_replay(settings: IngestSettings, start: datetime, end: datetime, dry_run: bool) -> ReplayReport:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from opentelemetry.trace import Tracer
-
 from parley_common.runtime import Runtime
 from parley_common.tenancy.directory import TenantDirectory
+
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.settings import IngestSettings

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from parley_common.settings import CommonSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from parley_common.settings import CommonSettings
 
 MB = 1024 * 1024
 

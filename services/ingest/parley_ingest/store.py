@@ -38,12 +38,20 @@ class IdempotencyStore:
                         OR (ingest.idempotency_keys.status_code IS NULL
                             AND ingest.idempotency_keys.created_at < now() - make_interval(secs => $5))
                    RETURNING true""",
-                tenant_id, key, request_hash, self._ttl_hours, float(self._stale_s))
+                tenant_id,
+                key,
+                request_hash,
+                self._ttl_hours,
+                float(self._stale_s),
+            )
             if claimed:
                 return None
             row = await conn.fetchrow(
                 "SELECT request_hash, status_code, response FROM ingest.idempotency_keys "
-                "WHERE tenant_id = $1 AND idem_key = $2", tenant_id, key)
+                "WHERE tenant_id = $1 AND idem_key = $2",
+                tenant_id,
+                key,
+            )
         if row is None:  # expired and deleted between the two statements: claim again
             return await self.reserve(tenant_id, key, request_hash)
         return StoredAnswer(row["request_hash"], row["status_code"], row["response"])
@@ -52,18 +60,27 @@ class IdempotencyStore:
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "UPDATE ingest.idempotency_keys SET status_code = $3, response = $4 "
-                "WHERE tenant_id = $1 AND idem_key = $2", tenant_id, key, status_code, response)
+                "WHERE tenant_id = $1 AND idem_key = $2",
+                tenant_id,
+                key,
+                status_code,
+                response,
+            )
 
     async def release(self, tenant_id: str, key: str) -> None:
         """Forget an in-flight claim whose request failed, so a retry may run."""
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "DELETE FROM ingest.idempotency_keys WHERE tenant_id = $1 AND idem_key = $2 "
-                "AND status_code IS NULL", tenant_id, key)
+                "AND status_code IS NULL",
+                tenant_id,
+                key,
+            )
 
     async def purge_expired(self) -> int:
         async with self._pool.acquire() as conn:
             result = await conn.execute(
                 "DELETE FROM ingest.idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
-                self._ttl_hours)
+                self._ttl_hours,
+            )
         return int(result.split()[-1])

@@ -17,10 +17,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from opentelemetry.trace import SpanKind, Status, StatusCode
-
 from parley_common.meta import InvalidWebhookJson, NormalisedWebhook, decode_webhook, normalise_webhook
 from parley_common.meta.signature import find_signing_app, signature_matches
 from parley_common.tenancy.directory import TenantDirectory
+
 from parley_ingest.domain.records import webhook_records
 from parley_ingest.publishing import KafkaUnavailable
 from parley_ingest.services import DirectoryTenants, IngestServices
@@ -30,25 +30,42 @@ log = logging.getLogger("parley.ingest.webhooks")
 SIGNATURE_HEADER = "x-hub-signature-256"
 
 _WEBHOOK_OPENAPI: dict[str, Any] = {
-    "parameters": [{
-        "name": "X-Hub-Signature-256", "in": "header", "required": True,
-        "description": "sha256=<hex HMAC-SHA256 of the raw body with the Meta app secret>",
-        "schema": {"type": "string"},
-    }],
+    "parameters": [
+        {
+            "name": "X-Hub-Signature-256",
+            "in": "header",
+            "required": True,
+            "description": "sha256=<hex HMAC-SHA256 of the raw body with the Meta app secret>",
+            "schema": {"type": "string"},
+        }
+    ],
     "requestBody": {
         "required": True,
         "description": "Meta's webhook envelope, at most 3 MB; verified on the raw bytes",
-        "content": {"application/json": {"schema": {
-            "type": "object",
-            "properties": {"object": {"type": "string"}, "entry": {"type": "array", "items": {"type": "object"}}},
-        }}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "object": {"type": "string"},
+                        "entry": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
     },
     "responses": {
-        "200": {"description": "Every record of the webhook is acknowledged by Kafka",
-                "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "properties": {"events": {"type": "integer"}, "problems": {"type": "integer"}},
-                }}}},
+        "200": {
+            "description": "Every record of the webhook is acknowledged by Kafka",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"events": {"type": "integer"}, "problems": {"type": "integer"}},
+                    }
+                }
+            },
+        },
         "400": {"description": "The body is not JSON"},
         "401": {"description": "Missing or wrong X-Hub-Signature-256"},
         "413": {"description": "Body over 3 MB"},
@@ -102,7 +119,9 @@ def webhook_router(svc: IngestServices) -> APIRouter:
                 app = directory.apps.get(app_id)
                 verified = app_id if app and signature_matches(raw, signature, app.app_secrets) else None
             else:
-                verified = find_signing_app(raw, signature, {a.app_id: a.app_secrets for a in directory.apps.values()})
+                verified = find_signing_app(
+                    raw, signature, {a.app_id: a.app_secrets for a in directory.apps.values()}
+                )
             if verified is None:
                 span.set_attribute("http.response.status_code", 401)
                 return _answer("bad_signature", 401, "invalid signature")
@@ -113,15 +132,18 @@ def webhook_router(svc: IngestServices) -> APIRouter:
             except InvalidWebhookJson:
                 span.set_attribute("http.response.status_code", 400)
                 return _answer("invalid_json", 400, "body is not valid JSON")
-            normalised = normalise_webhook(document, received_at=received_at,
-                                           tenants=DirectoryTenants(directory, verified))
+            normalised = normalise_webhook(
+                document, received_at=received_at, tenants=DirectoryTenants(directory, verified)
+            )
             records = webhook_records(raw, normalised, app_id=verified, received_at=received_at)
             try:
                 await svc.writer.write_all(records)
             except KafkaUnavailable as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 span.set_attribute("http.response.status_code", 503)
-                log.warning("webhook not acknowledged by Kafka", extra={"app_id": verified, "error": str(exc)})
+                log.warning(
+                    "webhook not acknowledged by Kafka", extra={"app_id": verified, "error": str(exc)}
+                )
                 response = _answer("kafka_unavailable", 503, "Kafka unavailable, retry")
                 response.headers["Retry-After"] = "1"
                 return response
@@ -133,17 +155,27 @@ def webhook_router(svc: IngestServices) -> APIRouter:
             m.webhook_seconds.observe(time.perf_counter() - started)
             return JSONResponse({"events": normalised.event_count, "problems": len(normalised.problems)})
 
-    @router.post("/webhooks/meta/{app_id}", summary="Receive a webhook of one Meta app",
-                 openapi_extra=_WEBHOOK_OPENAPI, response_class=Response)
+    @router.post(
+        "/webhooks/meta/{app_id}",
+        summary="Receive a webhook of one Meta app",
+        openapi_extra=_WEBHOOK_OPENAPI,
+        response_class=Response,
+    )
     async def receive_for_app(app_id: str, request: Request) -> Response:
         return await receive(request, app_id)
 
-    @router.post("/webhooks/meta", summary="Receive a webhook of any configured Meta app",
-                 openapi_extra=_WEBHOOK_OPENAPI, response_class=Response)
+    @router.post(
+        "/webhooks/meta",
+        summary="Receive a webhook of any configured Meta app",
+        openapi_extra=_WEBHOOK_OPENAPI,
+        response_class=Response,
+    )
     async def receive_any_app(request: Request) -> Response:
         return await receive(request, None)
 
-    def _handshake(app_ids: list[str], mode: str | None, token: str | None, challenge: str | None) -> Response:
+    def _handshake(
+        app_ids: list[str], mode: str | None, token: str | None, challenge: str | None
+    ) -> Response:
         ok = False
         for app_id in app_ids:
             app = svc.tenants.apps.get(app_id)
@@ -155,12 +187,19 @@ def webhook_router(svc: IngestServices) -> APIRouter:
         return PlainTextResponse("verification failed", status_code=403)
 
     handshake_responses: dict[int | str, dict[str, Any]] = {
-        200: {"description": "The challenge, echoed", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        200: {
+            "description": "The challenge, echoed",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
         403: {"description": "Unknown verify token or mode"},
     }
 
-    @router.get("/webhooks/meta/{app_id}", summary="Meta's subscription handshake for one app",
-                response_class=PlainTextResponse, responses=handshake_responses)
+    @router.get(
+        "/webhooks/meta/{app_id}",
+        summary="Meta's subscription handshake for one app",
+        response_class=PlainTextResponse,
+        responses=handshake_responses,
+    )
     async def handshake_for_app(
         app_id: str,
         mode: str | None = Query(default=None, alias="hub.mode"),
@@ -169,8 +208,12 @@ def webhook_router(svc: IngestServices) -> APIRouter:
     ) -> Response:
         return _handshake([app_id], mode, token, challenge)
 
-    @router.get("/webhooks/meta", summary="Meta's subscription handshake (any configured app)",
-                response_class=PlainTextResponse, responses=handshake_responses)
+    @router.get(
+        "/webhooks/meta",
+        summary="Meta's subscription handshake (any configured app)",
+        response_class=PlainTextResponse,
+        responses=handshake_responses,
+    )
     async def handshake_any_app(
         mode: str | None = Query(default=None, alias="hub.mode"),
         token: str | None = Query(default=None, alias="hub.verify_token"),
@@ -199,5 +242,7 @@ def _count(svc: IngestServices, normalised: NormalisedWebhook, directory: Tenant
     if normalised.problems:
         m.shape_problems.inc(len(normalised.problems))
         for p in normalised.problems:
-            log.warning("webhook part does not match Meta's shape; dead-lettered",
-                        extra={"where": p.where, "reason": p.reason})
+            log.warning(
+                "webhook part does not match Meta's shape; dead-lettered",
+                extra={"where": p.where, "reason": p.reason},
+            )

@@ -20,7 +20,7 @@ def _presented_digest(header: str | None) -> bytes | None:
     header = header.strip()
     if not header[: len(SIGNATURE_PREFIX)].lower() == SIGNATURE_PREFIX:
         return None
-    hex_part = header[len(SIGNATURE_PREFIX):].strip()
+    hex_part = header[len(SIGNATURE_PREFIX) :].strip()
     if len(hex_part) != 64:
         return None
     try:

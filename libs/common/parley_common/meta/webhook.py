@@ -44,10 +44,20 @@ MESSAGES_FIELD = "messages"
 MESSAGES_ERRORS_KIND = "messages.errors"
 
 # Keys every inbound message may carry besides its type object.
-_MESSAGE_ENVELOPE_KEYS = frozenset({
-    "from", "from_user_id", "from_parent_user_id", "id", "timestamp", "type", "context", "referral",
-    "errors", "identity",
-})
+_MESSAGE_ENVELOPE_KEYS = frozenset(
+    {
+        "from",
+        "from_user_id",
+        "from_parent_user_id",
+        "id",
+        "timestamp",
+        "type",
+        "context",
+        "referral",
+        "errors",
+        "identity",
+    }
+)
 _MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 
 
@@ -111,22 +121,27 @@ def decode_webhook(raw: bytes) -> Any:
         raise InvalidWebhookJson(f"body is not valid JSON: {exc}") from exc
 
 
-def normalise_raw_webhook(raw: bytes, *, received_at: datetime,
-                          tenants: TenantResolver | None = None) -> NormalisedWebhook:
+def normalise_raw_webhook(
+    raw: bytes, *, received_at: datetime, tenants: TenantResolver | None = None
+) -> NormalisedWebhook:
     """``normalise_webhook`` of raw bytes; raises ``InvalidWebhookJson`` if they are not JSON."""
     return normalise_webhook(decode_webhook(raw), received_at=received_at, tenants=tenants)
 
 
-def normalise_webhook(document: Any, *, received_at: datetime,
-                      tenants: TenantResolver | None = None) -> NormalisedWebhook:
+def normalise_webhook(
+    document: Any, *, received_at: datetime, tenants: TenantResolver | None = None
+) -> NormalisedWebhook:
     out = NormalisedWebhook()
     resolver: TenantResolver = tenants or NoTenants()
     if not isinstance(document, dict):
         out.problems.append(ShapeProblem("$", "webhook body is not a JSON object", document))
         return out
     if document.get("object") != WHATSAPP_OBJECT:
-        out.problems.append(ShapeProblem(
-            "$.object", f"object is {document.get('object')!r}, expected {WHATSAPP_OBJECT!r}", document))
+        out.problems.append(
+            ShapeProblem(
+                "$.object", f"object is {document.get('object')!r}, expected {WHATSAPP_OBJECT!r}", document
+            )
+        )
         return out
     entries = document.get("entry")
     if not isinstance(entries, list) or not entries:
@@ -141,13 +156,18 @@ def normalise_webhook(document: Any, *, received_at: datetime,
         entry_time = entry.get("time")
         for j, change in enumerate(entry["changes"]):
             cwhere = f"{where}.changes[{j}]"
-            if not isinstance(change, dict) or not isinstance(change.get("field"), str) \
-                    or not isinstance(change.get("value"), dict):
-                out.problems.append(ShapeProblem(cwhere, "change is not an object with field and value", change,
-                                                 key=waba_id))
+            if (
+                not isinstance(change, dict)
+                or not isinstance(change.get("field"), str)
+                or not isinstance(change.get("value"), dict)
+            ):
+                out.problems.append(
+                    ShapeProblem(cwhere, "change is not an object with field and value", change, key=waba_id)
+                )
                 continue
-            ctx = _ChangeContext(waba_id, change["field"], change["value"], received_at, entry_time, resolver,
-                                 cwhere)
+            ctx = _ChangeContext(
+                waba_id, change["field"], change["value"], received_at, entry_time, resolver, cwhere
+            )
             if change["field"] == MESSAGES_FIELD:
                 _messages_change(ctx, out)
             else:
@@ -156,6 +176,7 @@ def normalise_webhook(document: Any, *, received_at: datetime,
 
 
 # --- one change ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _ChangeContext:
@@ -174,7 +195,9 @@ class _ChangeContext:
 
     @property
     def phone_number_id(self) -> str | None:
-        return _str_or_none(self.metadata.get("phone_number_id")) or _str_or_none(self.value.get("phone_number_id"))
+        return _str_or_none(self.metadata.get("phone_number_id")) or _str_or_none(
+            self.value.get("phone_number_id")
+        )
 
     @property
     def display_phone_number(self) -> str | None:
@@ -197,12 +220,21 @@ def _messages_change(ctx: _ChangeContext, out: NormalisedWebhook) -> None:
     pnid = ctx.phone_number_id
     messages, statuses, errors = value.get("messages"), value.get("statuses"), value.get("errors")
     if pnid is None:
-        out.problems.append(ShapeProblem(f"{ctx.where}.value.metadata", "messages change without "
-                                         "metadata.phone_number_id", value, key=ctx.waba_id))
+        out.problems.append(
+            ShapeProblem(
+                f"{ctx.where}.value.metadata",
+                "messages change without metadata.phone_number_id",
+                value,
+                key=ctx.waba_id,
+            )
+        )
         return
     if not any(isinstance(x, list) and x for x in (messages, statuses, errors)):
-        out.problems.append(ShapeProblem(f"{ctx.where}.value", "messages change without messages, statuses "
-                                         "or errors", value, key=pnid))
+        out.problems.append(
+            ShapeProblem(
+                f"{ctx.where}.value", "messages change without messages, statuses or errors", value, key=pnid
+            )
+        )
         return
     tenant_id = ctx.tenant_id()
     contacts = _contacts_by_identity(value.get("contacts"))
@@ -220,33 +252,50 @@ def _messages_change(ctx: _ChangeContext, out: NormalisedWebhook) -> None:
             out.problems.append(ShapeProblem(where, _reason(exc), st, key=pnid))
     if isinstance(errors, list) and errors:
         event_value = {"metadata": ctx.metadata, "errors": errors}
-        out.account_events.append(AccountEvent(
-            event_id=body_hash(MESSAGES_ERRORS_KIND, ctx.waba_id, event_value),
-            tenant_id=tenant_id, phone_number_id=pnid, waba_id=ctx.waba_id,
-            occurred_at=ctx.occurred_at(ctx.entry_time), received_at=ctx.received_at,
-            kind=MESSAGES_ERRORS_KIND, value=event_value,
-        ))
+        out.account_events.append(
+            AccountEvent(
+                event_id=body_hash(MESSAGES_ERRORS_KIND, ctx.waba_id, event_value),
+                tenant_id=tenant_id,
+                phone_number_id=pnid,
+                waba_id=ctx.waba_id,
+                occurred_at=ctx.occurred_at(ctx.entry_time),
+                received_at=ctx.received_at,
+                kind=MESSAGES_ERRORS_KIND,
+                value=event_value,
+            )
+        )
 
 
 def _account_change(ctx: _ChangeContext, out: NormalisedWebhook) -> None:
     key = ctx.phone_number_id or ctx.waba_id
     if key is None:
-        out.problems.append(ShapeProblem(ctx.where, f"{ctx.field} change names neither a phone number id nor a "
-                                         "WABA id", ctx.value))
+        out.problems.append(
+            ShapeProblem(
+                ctx.where, f"{ctx.field} change names neither a phone number id nor a WABA id", ctx.value
+            )
+        )
         return
     ts = ctx.value.get("timestamp") or ctx.value.get("event_timestamp") or ctx.entry_time
     try:
         occurred_at = ctx.occurred_at(ts)
     except (ValueError, TypeError, OverflowError, OSError):
         occurred_at = ctx.received_at
-    out.account_events.append(AccountEvent(
-        event_id=body_hash(ctx.field, ctx.waba_id, ctx.value),
-        tenant_id=ctx.tenant_id(), phone_number_id=key, waba_id=ctx.waba_id,
-        occurred_at=occurred_at, received_at=ctx.received_at, kind=ctx.field, value=ctx.value,
-    ))
+    out.account_events.append(
+        AccountEvent(
+            event_id=body_hash(ctx.field, ctx.waba_id, ctx.value),
+            tenant_id=ctx.tenant_id(),
+            phone_number_id=key,
+            waba_id=ctx.waba_id,
+            occurred_at=occurred_at,
+            received_at=ctx.received_at,
+            kind=ctx.field,
+            value=ctx.value,
+        )
+    )
 
 
 # --- messages ------------------------------------------------------------------------------
+
 
 def _contacts_by_identity(contacts: Any) -> dict[str, dict[str, Any]]:
     """contacts[] indexed by wa_id and by user_id (either may be absent for username users)."""
@@ -264,8 +313,9 @@ def _contacts_by_identity(contacts: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _inbound_message(ctx: _ChangeContext, msg: Any, contacts: dict[str, dict[str, Any]],
-                     tenant_id: str | None, pnid: str) -> InboundMessage:
+def _inbound_message(
+    ctx: _ChangeContext, msg: Any, contacts: dict[str, dict[str, Any]], tenant_id: str | None, pnid: str
+) -> InboundMessage:
     if not isinstance(msg, dict):
         raise ValueError("message is not an object")
     wamid = _str_or_none(msg.get("id"))
@@ -275,7 +325,8 @@ def _inbound_message(ctx: _ChangeContext, msg: Any, contacts: dict[str, dict[str
     sender = _str_or_none(msg.get("from"))
     sender_user_id = _str_or_none(msg.get("from_user_id"))
     contact = contacts.get(sender or "\x00") or contacts.get(sender_user_id or "\x00") or contacts.get("", {})
-    profile = contact.get("profile") if isinstance(contact.get("profile"), dict) else {}
+    raw_profile = contact.get("profile")
+    profile: dict[str, Any] = raw_profile if isinstance(raw_profile, dict) else {}
     type_object = msg.get(mtype)
     payload: dict[str, Any]
     if isinstance(type_object, dict):
@@ -288,16 +339,24 @@ def _inbound_message(ctx: _ChangeContext, msg: Any, contacts: dict[str, dict[str
     context = msg.get("context")
     referral = msg.get("referral")
     return InboundMessage(
-        event_id=wamid, tenant_id=tenant_id, phone_number_id=pnid, waba_id=ctx.waba_id,
+        event_id=wamid,
+        tenant_id=tenant_id,
+        phone_number_id=pnid,
+        waba_id=ctx.waba_id,
         display_phone_number=ctx.display_phone_number,
-        occurred_at=ctx.occurred_at(msg.get("timestamp")), received_at=ctx.received_at,
-        wamid=wamid, customer_wa_id=sender or _str_or_none(contact.get("wa_id")),
+        occurred_at=ctx.occurred_at(msg.get("timestamp")),
+        received_at=ctx.received_at,
+        wamid=wamid,
+        customer_wa_id=sender or _str_or_none(contact.get("wa_id")),
         customer_user_id=sender_user_id or _str_or_none(contact.get("user_id")),
         customer_parent_user_id=_str_or_none(msg.get("from_parent_user_id"))
         or _str_or_none(contact.get("parent_user_id")),
         customer_username=_str_or_none(profile.get("username")),
         profile_name=_str_or_none(profile.get("name")),
-        type=mtype, text=text, interactive_reply_id=reply_id, button_payload=button_payload,
+        type=mtype,
+        text=text,
+        interactive_reply_id=reply_id,
+        button_payload=button_payload,
         context=MessageContext.model_validate(context) if isinstance(context, dict) else None,
         referral=Referral.model_validate(referral) if isinstance(referral, dict) else None,
         errors=[_meta_error(e) for e in _list(msg.get("errors"))],
@@ -331,6 +390,7 @@ def _readable_parts(mtype: str, payload: dict[str, Any]) -> tuple[str | None, st
 
 # --- statuses ------------------------------------------------------------------------------
 
+
 def _message_status(ctx: _ChangeContext, st: Any, tenant_id: str | None, pnid: str) -> MessageStatus:
     if not isinstance(st, dict):
         raise ValueError("status is not an object")
@@ -340,9 +400,15 @@ def _message_status(ctx: _ChangeContext, st: Any, tenant_id: str | None, pnid: s
         raise ValueError("status has no id (wamid) or no status")
     pricing = st.get("pricing")
     return MessageStatus(
-        event_id=MessageStatus.make_event_id(wamid, status), tenant_id=tenant_id, phone_number_id=pnid,
-        waba_id=ctx.waba_id, occurred_at=ctx.occurred_at(st.get("timestamp")), received_at=ctx.received_at,
-        wamid=wamid, status=status, recipient_id=_str_or_none(st.get("recipient_id")),
+        event_id=MessageStatus.make_event_id(wamid, status),
+        tenant_id=tenant_id,
+        phone_number_id=pnid,
+        waba_id=ctx.waba_id,
+        occurred_at=ctx.occurred_at(st.get("timestamp")),
+        received_at=ctx.received_at,
+        wamid=wamid,
+        status=status,
+        recipient_id=_str_or_none(st.get("recipient_id")),
         recipient_user_id=_str_or_none(st.get("recipient_user_id")),
         biz_opaque_callback_data=_str_or_none(st.get("biz_opaque_callback_data")),
         pricing=Pricing.model_validate(pricing) if isinstance(pricing, dict) else None,
@@ -372,11 +438,13 @@ def _meta_error(raw: Any) -> MetaError:
     details = raw.get("details")
     if details is None and isinstance(error_data, dict):
         details = error_data.get("details")
-    return MetaError.model_validate({**raw, "code": code_int,
-                                     "details": details if isinstance(details, str) else None})
+    return MetaError.model_validate(
+        {**raw, "code": code_int, "details": details if isinstance(details, str) else None}
+    )
 
 
 # --- small helpers -------------------------------------------------------------------------
+
 
 def _str_or_none(v: Any) -> str | None:
     if isinstance(v, str):

@@ -29,13 +29,18 @@ class OutRecord:
 
 def raw_archive_record(raw: bytes, *, app_id: str, received_at: datetime) -> OutRecord:
     """The exact bytes of the POST, keyed by the verified app."""
-    return OutRecord(WEBHOOKS_RAW.name, raw, app_id.encode(), {
-        "content-type": JSON,
-        H_APP_ID: app_id,
-        H_RECEIVED_AT: received_at.isoformat(),
-        H_SIGNATURE_VALID: "true",
-        H_BODY_SHA256: hashlib.sha256(raw).hexdigest(),
-    })
+    return OutRecord(
+        WEBHOOKS_RAW.name,
+        raw,
+        app_id.encode(),
+        {
+            "content-type": JSON,
+            H_APP_ID: app_id,
+            H_RECEIVED_AT: received_at.isoformat(),
+            H_SIGNATURE_VALID: "true",
+            H_BODY_SHA256: hashlib.sha256(raw).hexdigest(),
+        },
+    )
 
 
 def _event_record(topic: str, event: Event) -> OutRecord:
@@ -63,22 +68,37 @@ def dead_letter_record(raw: bytes, problem: ShapeProblem, *, app_id: str, receiv
     the whole body; the record points at it by app id, receive time and body hash)."""
     body_sha = hashlib.sha256(raw).hexdigest()
     letter = DeadLetter(
-        event_id=problem_event_id(raw, problem), service="ingest", source_topic=WEBHOOKS_RAW.name,
-        key=problem.key or app_id, reason=f"{problem.where}: {problem.reason}", error_type="WebhookShapeError",
-        payload=problem.fragment_json().decode("utf-8"), payload_encoding="utf-8",
+        event_id=problem_event_id(raw, problem),
+        service="ingest",
+        source_topic=WEBHOOKS_RAW.name,
+        key=problem.key or app_id,
+        reason=f"{problem.where}: {problem.reason}",
+        error_type="WebhookShapeError",
+        payload=problem.fragment_json().decode("utf-8"),
+        payload_encoding="utf-8",
         headers={H_APP_ID: app_id, H_RECEIVED_AT: received_at.isoformat(), H_BODY_SHA256: body_sha},
         failed_at=received_at,
     )
-    return OutRecord(DEAD_LETTERS.name, letter.model_dump_json().encode(), (problem.key or app_id).encode(), {
-        "content-type": JSON, "x-parley-service": "ingest", "x-parley-source-topic": WEBHOOKS_RAW.name,
-        H_EVENT_ID: letter.event_id,
-    })
+    return OutRecord(
+        DEAD_LETTERS.name,
+        letter.model_dump_json().encode(),
+        (problem.key or app_id).encode(),
+        {
+            "content-type": JSON,
+            "x-parley-service": "ingest",
+            "x-parley-source-topic": WEBHOOKS_RAW.name,
+            H_EVENT_ID: letter.event_id,
+        },
+    )
 
 
-def webhook_records(raw: bytes, normalised: NormalisedWebhook, *, app_id: str,
-                    received_at: datetime) -> list[OutRecord]:
+def webhook_records(
+    raw: bytes, normalised: NormalisedWebhook, *, app_id: str, received_at: datetime
+) -> list[OutRecord]:
     """Everything one accepted POST writes: raw bytes, every event, a dead letter per problem."""
     records = [raw_archive_record(raw, app_id=app_id, received_at=received_at)]
     records += event_records(normalised)
-    records += [dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems]
+    records += [
+        dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems
+    ]
     return records

@@ -15,15 +15,25 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import phonenumbers
+from parley_common.contracts import SEND_PRIORITIES, OutboundMessage, TemplateRef
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from parley_common.contracts import SEND_PRIORITIES, OutboundMessage, TemplateRef
-
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 SEND_TYPES = ("text", *MEDIA_TYPES, "location", "contacts", "interactive", "template", "reaction")
-SendType = Literal["text", "image", "video", "audio", "document", "sticker", "location", "contacts",
-                   "interactive", "template", "reaction"]
+SendType = Literal[
+    "text",
+    "image",
+    "video",
+    "audio",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "template",
+    "reaction",
+]
 Priority = Literal["reply", "authentication", "utility", "marketing"]
 assert set(Priority.__args__) == set(SEND_PRIORITIES)  # type: ignore[attr-defined]
 
@@ -92,8 +102,9 @@ class TemplateObject(_PassThrough):
         return self.language if isinstance(self.language, str) else self.language.code
 
     def to_ref(self) -> TemplateRef:
-        return TemplateRef.model_validate({"name": self.name, "language": self.language_code,
-                                           "components": self.components})
+        return TemplateRef.model_validate(
+            {"name": self.name, "language": self.language_code, "components": self.components}
+        )
 
 
 class ReactionObject(_PassThrough):
@@ -108,8 +119,9 @@ class SendMessageRequest(BaseModel):
 
     from_: PhoneNumberId = Field(alias="from")
     to: str | None = Field(default=None, max_length=32, description="customer phone number, E.164")
-    to_user_id: str | None = Field(default=None, pattern=BSUID_PATTERN,
-                                   description="customer's business-scoped user id (BSUID)")
+    to_user_id: str | None = Field(
+        default=None, pattern=BSUID_PATTERN, description="customer's business-scoped user id (BSUID)"
+    )
     type: SendType
     text: TextObject | None = None
     image: MediaObject | None = None
@@ -126,7 +138,8 @@ class SendMessageRequest(BaseModel):
     priority: Priority | None = None
     biz_opaque_callback_data: str | None = Field(default=None, max_length=512)
     fallback_template: TemplateObject | None = Field(
-        default=None, description="sent instead when the customer service window is closed")
+        default=None, description="sent instead when the customer service window is closed"
+    )
 
     @field_validator("to")
     @classmethod
@@ -168,20 +181,30 @@ class SendMessageRequest(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of the request's meaning (field order and whitespace do not matter)."""
-        canonical = orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True),
-                                 option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True), option=orjson.OPT_SORT_KEYS
+        )
         return hashlib.sha256(canonical).hexdigest()
 
     def to_outbound(self, *, tenant_id: str, message_id: str, now: datetime, origin: str) -> OutboundMessage:
         priority = self.priority or ("utility" if self.type == "template" else "reply")
         return OutboundMessage(
-            event_id=message_id, message_id=message_id, tenant_id=tenant_id, phone_number_id=self.from_,
-            occurred_at=now, received_at=now, to=self.to, to_user_id=self.to_user_id, type=self.type,
+            event_id=message_id,
+            message_id=message_id,
+            tenant_id=tenant_id,
+            phone_number_id=self.from_,
+            occurred_at=now,
+            received_at=now,
+            to=self.to,
+            to_user_id=self.to_user_id,
+            type=self.type,
             content=self.content(),
             template=self.template.to_ref() if self.template else None,
             fallback_template=self.fallback_template.to_ref() if self.fallback_template else None,
-            reply_to_wamid=self.reply_to, priority=priority,
-            biz_opaque_callback_data=self.biz_opaque_callback_data, origin=origin,
+            reply_to_wamid=self.reply_to,
+            priority=priority,
+            biz_opaque_callback_data=self.biz_opaque_callback_data,
+            origin=origin,
         )
 
 
@@ -193,7 +216,9 @@ class SendBatchRequest(BaseModel):
     messages: list[SendMessageRequest] = Field(min_length=1, max_length=1000)
 
     def problems(self) -> list[tuple[str, str]]:
-        return [(f"messages.{i}.{f}", reason) for i, m in enumerate(self.messages) for f, reason in m.problems()]
+        return [
+            (f"messages.{i}.{f}", reason) for i, m in enumerate(self.messages) for f, reason in m.problems()
+        ]
 
     def fingerprint(self) -> str:
         return hashlib.sha256("|".join(m.fingerprint() for m in self.messages).encode()).hexdigest()
