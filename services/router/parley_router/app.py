@@ -59,6 +59,9 @@ def create_app(settings: RouterSettings | None = None, *,
         store = RouterStore(rt.require_pool())
         service.store = store
         registry._store = store
+        # Load lingua's language models and touch the classifier before the first batch arrives.
+        await asyncio.to_thread(router.understand, [])
+        await asyncio.to_thread(router.languages.detect_many, ["hello there", "x" * 80])
         await producer.start()
         await registry.sync(rt.tenants.tenants.values(), service.routing_of)
         tasks.append(asyncio.create_task(sync_models_forever()))

@@ -17,6 +17,8 @@ _SPACE = re.compile(r"\s+")
 
 def _strip_latin_accents(text: str) -> str:
     """Drop accents on Latin letters only (Bengali vowel signs are combining marks too)."""
+    if text.isascii():
+        return text
     out: list[str] = []
     for ch in unicodedata.normalize("NFKD", text):
         if unicodedata.combining(ch) and out and out[-1].isascii():
@@ -29,7 +31,8 @@ def normalise(text: str) -> str:
     """Case-folded, accent-free (Latin), Arabic-folded, de-stretched, single-spaced text."""
     t = unicodedata.normalize("NFKC", text).replace("ı", "i").casefold()
     t = _strip_latin_accents(t)
-    t = _ARABIC_DIACRITICS.sub("", t).translate(_ARABIC_FOLD)
+    if not t.isascii():
+        t = _ARABIC_DIACRITICS.sub("", t).translate(_ARABIC_FOLD)
     t = _STRETCH.sub(r"\1\1", t)
     return _SPACE.sub(" ", t).strip()
 
