@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
 from parley_common.contracts import InboundMessage
 from parley_router.domain.classifier import IntentClassifier
 from parley_router.domain.defaults import RouterDefaults, load_defaults

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from parley_router.corpora import load_examples, parse_examples
 from parley_router.domain.classifier import IntentClassifier, tune_oos_threshold
 from parley_router.domain.language import LanguageIdentifier

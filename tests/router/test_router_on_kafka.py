@@ -15,7 +15,6 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, import_registry
@@ -56,32 +55,26 @@ def inbound(wamid: str, text: str | None, **kw: Any) -> dict[str, Any]:
             "type": "text", "text": text, **kw}
 
 
-async def _collect(bootstrap: str, topics: list[str], wanted: set[str], timeout: float) -> dict[str, list[dict]]:
+async def _collect(bootstrap: str, topics: list[str], wanted: set[str],
+                   wait_s: float) -> dict[str, list[dict[str, Any]]]:
+    """Records about ``wanted`` wamids (or the test customer) on ``topics``; returns once every
+    wamid was routed and two more seconds passed (so duplicates would show), or after ``wait_s``."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id=f"router-test-{uuid.uuid4().hex[:6]}")
     await consumer.start()
-    found: dict[str, list[dict]] = {t: [] for t in topics}
+    found: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}
+    loop = asyncio.get_running_loop()
+    deadline, settle_until = loop.time() + wait_s, None
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, recs in batch.items():
+        while loop.time() < deadline and (settle_until is None or loop.time() < settle_until):
+            for tp, recs in (await consumer.getmany(timeout_ms=500)).items():
                 for r in recs:
                     value = orjson.loads(r.value)
                     marker = value.get("wamid") or value.get("reply_to_wamid") or value.get("customer_id")
                     if marker in wanted or marker == CUSTOMER:
                         found[tp.topic].append({**value, "_key": r.key, "_headers": dict(r.headers)})
-            routed = {v["wamid"] for v in found[topics[0]]}
-            if wanted <= routed and asyncio.get_running_loop().time() > deadline - timeout + 3:
-                # a few seconds more so that duplicates, if any, would show up
-                if all(len([v for v in found[topics[0]] if v["wamid"] == w]) for w in wanted):
-                    await asyncio.sleep(1.0)
-                    for tp, recs in (await consumer.getmany(timeout_ms=1000)).items():
-                        for r in recs:
-                            value = orjson.loads(r.value)
-                            if value.get("wamid") in wanted or value.get("reply_to_wamid") in wanted:
-                                found[tp.topic].append({**value, "_key": r.key})
-                    break
+            if settle_until is None and wanted <= {v["wamid"] for v in found[topics[0]]}:
+                settle_until = loop.time() + 2.0
     finally:
         await consumer.stop()
     return found
@@ -108,7 +101,8 @@ async def test_six_languages_are_routed_to_the_expected_destinations(kafka_boots
                     "auto_reply": True,
                     "endpoints": {"crm": {"url": f"http://127.0.0.1:{port}/hook",
                                           "secret_ref": "env:ROUTER_E2E_ENDPOINT_SECRET"}},
-                    "rules": [{"name": "ad-leads", "when": {"referral": ["ad-777"]}, "then": {"webhook": "crm"}}],
+                    "rules": [{"name": "ad-leads", "when": {"referral": ["ad-777"]},
+                               "then": {"webhook": "crm"}}],
                 }},
             }],
         }))
@@ -143,18 +137,19 @@ async def test_six_languages_are_routed_to_the_expected_destinations(kafka_boots
     await producer.start()
     try:
         async with app.router.lifespan_context(app):
-            for wamid, (rec, *_rest) in cases.items():
+            for rec, *_rest in cases.values():
                 await producer.send_and_wait(MESSAGES_IN.name, orjson.dumps(rec), key=NUMBER.encode())
             # Meta re-sends the English message: it must route once.
             dup = cases[f"wamid.{run}.en"][0]
             await producer.send_and_wait(MESSAGES_IN.name, orjson.dumps(dup), key=NUMBER.encode())
             topics = [MESSAGES_ROUTED.name, MESSAGES_OUT.name, AGENT_QUEUE.name, ACCOUNT_EVENTS.name]
-            found = await _collect(kafka_bootstrap, topics, set(cases), timeout=60)
+            found = await _collect(kafka_bootstrap, topics, set(cases), wait_s=60)
             await asyncio.sleep(0.5)
             # A second redelivery after the first was routed is skipped by the durable dedupe.
             await producer.send_and_wait(MESSAGES_IN.name, orjson.dumps(dup), key=NUMBER.encode())
             await asyncio.sleep(3)
-            found_after = await _collect(kafka_bootstrap, [MESSAGES_ROUTED.name], {f"wamid.{run}.en"}, timeout=8)
+            found_after = await _collect(kafka_bootstrap, [MESSAGES_ROUTED.name], {f"wamid.{run}.en"},
+                                         wait_s=8)
     finally:
         await producer.stop()
         if endpoint.server:
@@ -176,7 +171,8 @@ async def test_six_languages_are_routed_to_the_expected_destinations(kafka_boots
 
     replies = {o["reply_to_wamid"]: o for o in found[MESSAGES_OUT.name]}
     assert replies[f"wamid.{run}.bn"]["content"]["body"].startswith("দুঃখিত")
-    assert replies[f"wamid.{run}.en"]["origin"] == "router" and replies[f"wamid.{run}.en"]["priority"] == "reply"
+    en_reply = replies[f"wamid.{run}.en"]
+    assert en_reply["origin"] == "router" and en_reply["priority"] == "reply"
     assert f"wamid.{run}.tr" in replies  # the opt-out confirmation, in Turkish
     assert "tanıtım" in replies[f"wamid.{run}.tr"]["content"]["body"]
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import ValidationError
-
 from parley_common.contracts import Referral
 from parley_common.topics import AGENT_QUEUE
 from parley_router.domain.config import TenantRouting
 from parley_router.domain.defaults import RouterDefaults
 from parley_router.domain.routing import Understanding, decide, outbound_message_id
+from pydantic import ValidationError
 
 from .conftest import inbound
 
 DEMO = TenantRouting.from_tenant_settings({"demo": True, "router": {"auto_reply": True}})
 
 
-def u(intent: str, confidence: float = 0.95, language: str | None = "en", signal: str = "classifier") -> Understanding:
+def u(intent: str, confidence: float = 0.95, language: str | None = "en",
+      signal: str = "classifier") -> Understanding:
     return Understanding(intent, confidence, language, signal)
 
 
@@ -34,8 +34,8 @@ def test_opt_out_publishes_consent_stop_and_the_confirmation_in_the_customers_la
 
 
 def test_quick_reply_opt_out_is_marked_as_such(defaults: RouterDefaults) -> None:
-    d = decide(inbound("Stop promotions", type="button"), u("opt_out", 1.0, "en", "quick_reply"), TenantRouting(),
-               defaults, tenant_id="t")
+    d = decide(inbound("Stop promotions", type="button"), u("opt_out", 1.0, "en", "quick_reply"),
+               TenantRouting(), defaults, tenant_id="t")
     assert d.consent is not None and d.consent.source == "quick_reply"
 
 
@@ -130,7 +130,8 @@ def test_template_auto_reply_uses_the_detected_language(defaults: RouterDefaults
 def test_a_redelivered_inbound_yields_identical_records(defaults: RouterDefaults) -> None:
     a = decide(inbound("STOP"), u("opt_out", 1.0, "en", "keyword"), DEMO, defaults, tenant_id="t")
     b = decide(inbound("STOP"), u("opt_out", 1.0, "en", "keyword"), DEMO, defaults, tenant_id="t")
-    assert a.outbound[0].message_id == b.outbound[0].message_id == outbound_message_id("wamid.T1", "consent:opt_out")
+    expected = outbound_message_id("wamid.T1", "consent:opt_out")
+    assert a.outbound[0].message_id == b.outbound[0].message_id == expected
     assert a.consent is not None and b.consent is not None and a.consent.event_id == b.consent.event_id
     assert a.routed.event_id == "wamid.T1"
 
@@ -151,13 +152,15 @@ def test_an_unsure_classifier_opt_in_does_not_resume_marketing(defaults: RouterD
 
 
 def test_a_confident_classifier_opt_out_stops_marketing(defaults: RouterDefaults) -> None:
-    d = decide(inbound("please never send me promos again"), u("opt_out", 0.93), DEMO, defaults, tenant_id="t")
+    d = decide(inbound("please never send me promos again"), u("opt_out", 0.93), DEMO, defaults,
+               tenant_id="t")
     assert d.consent is not None and d.consent.action == "stop"
 
 
 def test_rules_without_an_intent_condition_apply_to_uncertain_messages(defaults: RouterDefaults) -> None:
     cfg = TenantRouting.model_validate({"rules": [
         {"name": "bn-team", "when": {"language": ["bn"]}, "then": {"agent_queue": "bangla-desk"}},
-        {"name": "bn-refund", "when": {"intent": ["refund"], "language": ["bn"]}, "then": {"agent_queue": "x"}}]})
+        {"name": "bn-refund", "when": {"intent": ["refund"], "language": ["bn"]},
+         "then": {"agent_queue": "x"}}]})
     d = decide(inbound("কিছু একটা"), u("refund", 0.1, "bn"), cfg, defaults, tenant_id="t")
     assert d.routed.rule == "bn-team" and d.agent_task is not None and d.agent_task.skill == "bangla-desk"

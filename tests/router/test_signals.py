@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from parley_common.contracts import Referral
 from parley_router.domain.config import TenantRouting
 from parley_router.domain.defaults import RouterDefaults

@@ -84,7 +84,8 @@ class IntentClassifier:
         # The vectorizers are applied directly: FeatureUnion.transform goes through joblib, whose
         # fixed cost dominates when a single message is classified.
         prepared = _prepare(texts)
-        x = sparse.hstack([vec.transform(prepared) for _, vec in self.features.transformer_list], format="csr")
+        x = sparse.hstack([vec.transform(prepared) for _, vec in self.features.transformer_list],
+                          format="csr")
         return self.model.predict_proba(x)  # type: ignore[no-any-return]
 
     def predict(self, texts: Sequence[str], *, oos_threshold: float | None = None) -> list[Prediction]:
