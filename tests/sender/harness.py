@@ -19,23 +19,29 @@ import orjson
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_simulator.app import create_app as create_simulator
-from parley_simulator.config import SimulatorConfig
-
+from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_sender.app import create_app
 from parley_sender.settings import SenderSettings
+from parley_simulator.config import SimulatorConfig
 
 TOKEN = "sim-token-sender-tests"
 APP_ID = "app-sender"
 WABA = "waba-s1"
 TEMPLATES: list[dict[str, Any]] = [
-    {"name": "order_update", "language": "en_US", "category": "UTILITY",
-     "components": [{"type": "BODY", "text": "Hi {{1}}, order {{2}} ships today."}]},
-    {"name": "promo", "language": "en_US", "category": "MARKETING",
-     "components": [{"type": "BODY", "text": "Sale for {{1}}!"}]},
+    {
+        "name": "order_update",
+        "language": "en_US",
+        "category": "UTILITY",
+        "components": [{"type": "BODY", "text": "Hi {{1}}, order {{2}} ships today."}],
+    },
+    {
+        "name": "promo",
+        "language": "en_US",
+        "category": "MARKETING",
+        "components": [{"type": "BODY", "text": "Sale for {{1}}!"}],
+    },
 ]
 
 
@@ -47,8 +53,9 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def serve_http(app: FastAPI, port: int) -> AsyncIterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
-                                           access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False)
+    )
     task = asyncio.create_task(server.serve())
     for _ in range(200):
         if server.started:
@@ -61,37 +68,74 @@ async def serve_http(app: FastAPI, port: int) -> AsyncIterator[None]:
         await task
 
 
-def simulator_config(numbers: dict[str, int]) -> SimulatorConfig:
-    return SimulatorConfig.model_validate({
-        "apps": [{"app_id": APP_ID, "app_secret": "s3cret"}],
-        "wabas": [{"id": WABA, "app_id": APP_ID, "token": TOKEN,
-                   "templates": TEMPLATES}],
-        "phone_numbers": [{"id": pn, "display_phone_number": f"1555{pn}", "waba_id": WABA, "throughput": mps}
-                          for pn, mps in numbers.items()],
-        "behaviour": {"sent_delay_ms": 5, "delivered_delay_ms": 10, "read_delay_ms": 20},
-    })
+def simulator_config(numbers: dict[str, int], waba: str = WABA) -> SimulatorConfig:
+    return SimulatorConfig.model_validate(
+        {
+            "apps": [{"app_id": APP_ID, "app_secret": "s3cret"}],
+            "wabas": [{"id": waba, "app_id": APP_ID, "token": TOKEN, "templates": TEMPLATES}],
+            "phone_numbers": [
+                {"id": pn, "display_phone_number": f"1555{pn}", "waba_id": waba, "throughput": mps}
+                for pn, mps in numbers.items()
+            ],
+            "behaviour": {"sent_delay_ms": 5, "delivered_delay_ms": 10, "read_delay_ms": 20},
+        }
+    )
 
 
-async def seed_tenants(database_url: str, numbers: dict[str, int], *, tenant: str = "acme",
-                       other_tenant: str = "other", messaging_limit: int | None = None) -> dict[str, str]:
+async def seed_tenants(
+    database_url: str,
+    numbers: dict[str, int],
+    *,
+    tenant: str = "acme",
+    other_tenant: str = "other",
+    messaging_limit: int | None = None,
+    waba: str = WABA,
+) -> dict[str, str]:
     os.environ["PARLEY_TEST_SIM_TOKEN"] = TOKEN
     conn = await asyncpg.connect(database_url)
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     try:
         await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        reg = RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:PARLEY_TEST_SIM_TOKEN"],
-                      "access_token_ref": "env:PARLEY_TEST_SIM_TOKEN"}],
-            "tenants": [
-                {"tenant_id": tenant, "name": "Acme", "app_id": APP_ID, "business_country": "GB",
-                 "time_zone": "Europe/London", "messaging_limit": messaging_limit, "wabas": [WABA],
-                 "phone_numbers": [{"phone_number_id": pn, "display_phone_number": f"1555{pn}", "waba_id": WABA,
-                                    "throughput_mps": mps} for pn, mps in numbers.items()]},
-                {"tenant_id": other_tenant, "name": "Other", "app_id": APP_ID, "business_country": "GB",
-                 "time_zone": "Europe/London", "wabas": [f"{WABA}-other"]},
-            ],
-        })
+        reg = RegistryFile.model_validate(
+            {
+                "apps": [
+                    {
+                        "app_id": APP_ID,
+                        "app_secret_refs": ["env:PARLEY_TEST_SIM_TOKEN"],
+                        "access_token_ref": "env:PARLEY_TEST_SIM_TOKEN",
+                    }
+                ],
+                "tenants": [
+                    {
+                        "tenant_id": tenant,
+                        "name": "Acme",
+                        "app_id": APP_ID,
+                        "business_country": "GB",
+                        "time_zone": "Europe/London",
+                        "messaging_limit": messaging_limit,
+                        "wabas": [waba],
+                        "phone_numbers": [
+                            {
+                                "phone_number_id": pn,
+                                "display_phone_number": f"1555{pn}",
+                                "waba_id": waba,
+                                "throughput_mps": mps,
+                            }
+                            for pn, mps in numbers.items()
+                        ],
+                    },
+                    {
+                        "tenant_id": other_tenant,
+                        "name": "Other",
+                        "app_id": APP_ID,
+                        "business_country": "GB",
+                        "time_zone": "Europe/London",
+                        "wabas": [f"{waba}-other"],
+                    },
+                ],
+            }
+        )
         await import_registry(conn, reg)
         _, key = await add_api_key(conn, tenant)
         _, other_key = await add_api_key(conn, other_tenant)
@@ -101,8 +145,13 @@ async def seed_tenants(database_url: str, numbers: dict[str, int], *, tenant: st
 
 
 def sender_settings(kafka: str, database_url: str, sim_url: str, **kw: Any) -> SenderSettings:
-    return SenderSettings(kafka_bootstrap=kafka, database_url=database_url, graph_api_base=sim_url,
-                          batch_timeout_ms=20, retry_initial_s=0.2, retry_max_s=1.0, log_level="WARNING", **kw)
+    options: dict[str, Any] = {
+        "batch_timeout_ms": 20,
+        "retry_initial_s": 0.2,
+        "retry_max_s": 1.0,
+        "log_level": "WARNING",
+    } | kw
+    return SenderSettings(kafka_bootstrap=kafka, database_url=database_url, graph_api_base=sim_url, **options)
 
 
 @dataclass
@@ -153,11 +202,17 @@ class Producer:
         await self._p.send_and_wait(topic, raw, key=key.encode())
 
 
-async def collect(bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool],
-                  timeout_s: float = 30.0) -> list[dict[str, Any]]:
+async def collect(
+    bootstrap: str, topic: str, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 30.0
+) -> list[dict[str, Any]]:
     """Read ``topic`` from the beginning until ``done(records)`` holds or the timeout passes."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
@@ -171,13 +226,30 @@ async def collect(bootstrap: str, topic: str, done: Callable[[list[dict[str, Any
         await consumer.stop()
 
 
-def outbound(message_id: str, pn: str, to: str, *, kind: str = "template", name: str = "order_update",
-             params: tuple[str, ...] = ("Ann", "A-1"), **kw: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"event_id": message_id, "message_id": message_id, "phone_number_id": pn,
-                            "occurred_at": datetime.now(UTC).isoformat(), "to": to, "type": kind}
+def outbound(
+    message_id: str,
+    pn: str,
+    to: str,
+    *,
+    kind: str = "template",
+    name: str = "order_update",
+    params: tuple[str, ...] = ("Ann", "A-1"),
+    **kw: Any,
+) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_id": message_id,
+        "message_id": message_id,
+        "phone_number_id": pn,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "to": to,
+        "type": kind,
+    }
     if kind == "template":
-        base["template"] = {"name": name, "language": "en_US", "components": [
-            {"type": "body", "parameters": [{"type": "text", "text": p} for p in params]}]}
+        base["template"] = {
+            "name": name,
+            "language": "en_US",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": p} for p in params]}],
+        }
     else:
         base["content"] = {"body": "hello"}
     return base | kw
@@ -197,7 +269,6 @@ async def sync_catalogue(database_url: str, sim_url: str, tenant: str) -> dict[s
     """What ``parley-sender templates sync --tenant T`` does, against the simulator."""
     from parley_common.db import create_pool
     from parley_common.tenancy.directory import TenantDirectory
-
     from parley_sender.catalogue import sync_templates
     from parley_sender.cloudapi import CloudApiClient
     from parley_sender.store import MIGRATIONS, SenderStore

@@ -2,7 +2,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from parley_common.contracts import OutboundMessage
-
 from parley_sender.domain.consent import ConsentState
 from parley_sender.domain.governor import MessagingLimit
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide
@@ -16,26 +15,47 @@ US = "16505551234"
 
 
 def _tpl(name: str, category: str) -> Template:
-    return Template(name=name, language="en", category=category, status="APPROVED",
-                    components=({"type": "BODY", "text": "Hello {{1}}"},))
+    return Template(
+        name=name,
+        language="en",
+        category=category,
+        status="APPROVED",
+        components=({"type": "BODY", "text": "Hello {{1}}"},),
+    )
 
 
-CATALOGUE = TemplateCatalogue.of([_tpl("promo", "MARKETING"), _tpl("shipping", "UTILITY"),
-                                  _tpl("login", "AUTHENTICATION")])
+CATALOGUE = TemplateCatalogue.of(
+    [_tpl("promo", "MARKETING"), _tpl("shipping", "UTILITY"), _tpl("login", "AUTHENTICATION")]
+)
 PARAMS = [{"type": "body", "parameters": [{"type": "text", "text": "Ann"}]}]
 OPEN = ConversationWindows().observe_inbound(NOW - 2 * H, from_referral=False)
 CLOSED = ConversationWindows().observe_inbound(NOW - 30 * H, from_referral=False)
 
 
 def _text(**kw: Any) -> OutboundMessage:
-    return OutboundMessage(event_id="m1", message_id="m1", phone_number_id="pn1", occurred_at=NOW,
-                           to=kw.pop("to", UK), type="text", content={"body": "hi"}, **kw)
+    return OutboundMessage(
+        event_id="m1",
+        message_id="m1",
+        phone_number_id="pn1",
+        occurred_at=NOW,
+        to=kw.pop("to", UK),
+        type="text",
+        content={"body": "hi"},
+        **kw,
+    )
 
 
 def _template(name: str, to: str = UK, **kw: Any) -> OutboundMessage:
-    return OutboundMessage(event_id="m2", message_id="m2", phone_number_id="pn1", occurred_at=NOW, to=to,
-                           type="template", template={"name": name, "language": "en", "components": PARAMS},
-                           **kw)
+    return OutboundMessage(
+        event_id="m2",
+        message_id="m2",
+        phone_number_id="pn1",
+        occurred_at=NOW,
+        to=to,
+        type="template",
+        template={"name": name, "language": "en", "components": PARAMS},
+        **kw,
+    )
 
 
 def _ctx(windows: ConversationWindows = OPEN, **kw: Any) -> SendContext:
@@ -46,8 +66,14 @@ def test_free_form_inside_window_is_sent_as_service() -> None:
     plan = decide(_text(reply_to_wamid="wamid.in"), _ctx())
     assert isinstance(plan, SendPlan)
     assert (plan.category, plan.free_window, plan.is_template) == ("service", "customer_service", False)
-    assert plan.body == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": UK,
-                         "type": "text", "text": {"body": "hi"}, "context": {"message_id": "wamid.in"}}
+    assert plan.body == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": UK,
+        "type": "text",
+        "text": {"body": "hi"},
+        "context": {"message_id": "wamid.in"},
+    }
 
 
 def test_free_form_reply_outside_window_is_refused_with_131047_reason() -> None:
@@ -124,10 +150,23 @@ def test_messaging_limit_refuses_new_customers_outside_a_window_only() -> None:
 
 
 def test_invalid_free_form_content_is_refused() -> None:
-    msg = OutboundMessage(event_id="m", message_id="m", phone_number_id="pn1", occurred_at=NOW, to=UK,
-                          type="text", content={"body": "x" * 4097})
+    msg = OutboundMessage(
+        event_id="m",
+        message_id="m",
+        phone_number_id="pn1",
+        occurred_at=NOW,
+        to=UK,
+        type="text",
+        content={"body": "x" * 4097},
+    )
     assert isinstance(decide(msg, _ctx()), Refusal)
-    no_recipient = OutboundMessage(event_id="m", message_id="m", phone_number_id="pn1", occurred_at=NOW,
-                                   type="text", content={"body": "x"})
+    no_recipient = OutboundMessage(
+        event_id="m",
+        message_id="m",
+        phone_number_id="pn1",
+        occurred_at=NOW,
+        type="text",
+        content={"body": "x"},
+    )
     out = decide(no_recipient, _ctx())
     assert isinstance(out, Refusal) and out.reason == "no_recipient"

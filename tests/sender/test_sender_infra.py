@@ -11,8 +11,8 @@ import asyncpg
 import httpx
 import pytest
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, MESSAGES_OUT, SENDS, STATUSES
-
 from parley_sender.cli import read_dead_letters
+from parley_simulator.app import create_app as create_simulator
 
 from .harness import (
     Producer,
@@ -28,7 +28,6 @@ from .harness import (
     simulator_config,
     start_sender,
 )
-from parley_simulator.app import create_app as create_simulator
 
 pytestmark = pytest.mark.infra
 PN = "9001"
@@ -36,7 +35,9 @@ CUSTOMER = "442071234501"
 
 
 class Env:
-    def __init__(self, kafka: str, db: str, sim_url: str, keys: dict[str, str], sender: RunningSender) -> None:
+    def __init__(
+        self, kafka: str, db: str, sim_url: str, keys: dict[str, str], sender: RunningSender
+    ) -> None:
         self.kafka, self.db, self.sim_url, self.keys, self.sender = kafka, db, sim_url, keys, sender
 
     def api(self) -> httpx.AsyncClient:
@@ -107,13 +108,26 @@ async def test_free_form_window_rules_against_real_streams(env: Env) -> None:
             await sim.post("/_sim/windows", json={"phone_number_id": PN, "customer": c})
     async with Producer(env.kafka) as p:
         await p.send(MESSAGES_OUT.name, outbound(closed, PN, "442071234599", kind="text"), PN)
-        await p.send(MESSAGES_IN.name, {"event_id": "wamid.in-b", "wamid": "wamid.in-b", "phone_number_id": PN,
-                                         "occurred_at": now, "customer_wa_id": customer_b, "type": "text"}, PN)
+        await p.send(
+            MESSAGES_IN.name,
+            {
+                "event_id": "wamid.in-b",
+                "wamid": "wamid.in-b",
+                "phone_number_id": PN,
+                "occurred_at": now,
+                "customer_wa_id": customer_b,
+                "type": "text",
+            },
+            PN,
+        )
         await asyncio.sleep(1.5)  # the window tracker consumes the inbound message
         await p.send(MESSAGES_OUT.name, outbound(tracked, PN, customer_b, kind="text"), PN)
         # A reply to an inbound message the tracker has never seen is not refused.
-        await p.send(MESSAGES_OUT.name, outbound(unseen, PN, customer_c, kind="text",
-                                                 reply_to_wamid="wamid.never-seen"), PN)
+        await p.send(
+            MESSAGES_OUT.name,
+            outbound(unseen, PN, customer_c, kind="text", reply_to_wamid="wamid.never-seen"),
+            PN,
+        )
     results = await env.results({closed, tracked, unseen})
     assert results[closed]["outcome"] == "refused"
     assert results[closed]["error_code"] == 131047
@@ -129,8 +143,14 @@ async def test_statuses_only_move_forward_and_early_status_is_kept(env: Env) -> 
     now = datetime.now(UTC).isoformat()
 
     def status(s: str) -> dict[str, Any]:
-        return {"event_id": f"{wamid}:{s}", "wamid": wamid, "status": s, "phone_number_id": PN,
-                "occurred_at": now, "recipient_id": CUSTOMER}
+        return {
+            "event_id": f"{wamid}:{s}",
+            "wamid": wamid,
+            "status": s,
+            "phone_number_id": PN,
+            "occurred_at": now,
+            "recipient_id": CUSTOMER,
+        }
 
     async with Producer(env.kafka) as p:
         for s in ("read", "delivered", "sent"):
@@ -138,7 +158,9 @@ async def test_statuses_only_move_forward_and_early_status_is_kept(env: Env) -> 
     await asyncio.sleep(2.0)
     conn = await asyncpg.connect(env.db)
     try:
-        row = await conn.fetchrow("SELECT status, sent_at, delivered_at FROM sender.deliveries WHERE wamid=$1", wamid)
+        row = await conn.fetchrow(
+            "SELECT status, sent_at, delivered_at FROM sender.deliveries WHERE wamid=$1", wamid
+        )
     finally:
         await conn.close()
     assert row is not None and row["status"] == "read"
@@ -150,26 +172,52 @@ async def test_131050_status_suppresses_marketing_but_not_utility(env: Env) -> N
     now = datetime.now(UTC).isoformat()
     promo, utility = new_id(), new_id()
     async with Producer(env.kafka) as p:
-        await p.send(STATUSES.name, {"event_id": "wamid.x:failed", "wamid": "wamid.x-" + promo, "status": "failed",
-                                     "phone_number_id": PN, "occurred_at": now, "recipient_id": customer,
-                                     "errors": [{"code": 131050, "title": "stopped"}]}, PN)
+        await p.send(
+            STATUSES.name,
+            {
+                "event_id": "wamid.x:failed",
+                "wamid": "wamid.x-" + promo,
+                "status": "failed",
+                "phone_number_id": PN,
+                "occurred_at": now,
+                "recipient_id": customer,
+                "errors": [{"code": 131050, "title": "stopped"}],
+            },
+            PN,
+        )
         await asyncio.sleep(2.0)
-        await p.send(MESSAGES_OUT.name, outbound(promo, PN, customer, name="promo", params=("Ann",),
-                                                 priority="marketing"), PN)
+        await p.send(
+            MESSAGES_OUT.name,
+            outbound(promo, PN, customer, name="promo", params=("Ann",), priority="marketing"),
+            PN,
+        )
         await p.send(MESSAGES_OUT.name, outbound(utility, PN, customer), PN)
     results = await env.results({promo, utility})
-    assert results[promo]["outcome"] == "refused" and results[promo]["reason"].startswith("marketing_opted_out")
+    assert results[promo]["outcome"] == "refused" and results[promo]["reason"].startswith(
+        "marketing_opted_out"
+    )
     assert results[utility]["outcome"] == "accepted"
 
 
 async def test_paused_template_webhook_refuses_sends(env: Env) -> None:
     mid = new_id()
     async with Producer(env.kafka) as p:
-        await p.send(ACCOUNT_EVENTS.name, {
-            "event_id": new_id("acct"), "phone_number_id": "waba-s1", "waba_id": "waba-s1",
-            "occurred_at": datetime.now(UTC).isoformat(), "kind": "message_template_status_update",
-            "value": {"event": "PAUSED", "message_template_name": "promo", "message_template_language": "en_US"}},
-            "waba-s1")
+        await p.send(
+            ACCOUNT_EVENTS.name,
+            {
+                "event_id": new_id("acct"),
+                "phone_number_id": "waba-s1",
+                "waba_id": "waba-s1",
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "kind": "message_template_status_update",
+                "value": {
+                    "event": "PAUSED",
+                    "message_template_name": "promo",
+                    "message_template_language": "en_US",
+                },
+            },
+            "waba-s1",
+        )
         await asyncio.sleep(2.0)
         await p.send(MESSAGES_OUT.name, outbound(mid, PN, "442071234506", name="promo", params=("Z",)), PN)
     result = (await env.results({mid}))[mid]
@@ -201,22 +249,45 @@ async def test_server_errors_are_retried_through_the_retry_topic(env: Env) -> No
 
 async def test_template_preview_and_catalogue_are_per_tenant(env: Env) -> None:
     async with env.api() as api:
-        r = await api.post("/v1/templates/preview", headers=env.auth(), json={
-            "name": "order_update", "language": "en_US",
-            "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ann"},
-                                                           {"type": "text", "text": "A-9"}]}]})
+        r = await api.post(
+            "/v1/templates/preview",
+            headers=env.auth(),
+            json={
+                "name": "order_update",
+                "language": "en_US",
+                "components": [
+                    {
+                        "type": "body",
+                        "parameters": [{"type": "text", "text": "Ann"}, {"type": "text", "text": "A-9"}],
+                    }
+                ],
+            },
+        )
         assert r.status_code == 200 and r.json()["text"] == "Hi Ann, order A-9 ships today."
-        bad = await api.post("/v1/templates/preview", headers=env.auth(), json={
-            "name": "order_update", "language": "en_US", "components": []})
+        bad = await api.post(
+            "/v1/templates/preview",
+            headers=env.auth(),
+            json={"name": "order_update", "language": "en_US", "components": []},
+        )
         assert bad.status_code == 422 and bad.json()["detail"]["error_code"] == 132000
-        other = await api.post("/v1/templates/preview", headers=env.auth("other"), json={
-            "name": "order_update", "language": "en_US", "components": []})
+        other = await api.post(
+            "/v1/templates/preview",
+            headers=env.auth("other"),
+            json={"name": "order_update", "language": "en_US", "components": []},
+        )
         assert other.status_code == 404
         listed = await api.get("/v1/templates", headers=env.auth())
         assert {t["name"] for t in listed.json()["data"]} >= {"order_update", "promo"}
         assert (await api.get("/v1/templates", headers=env.auth("other"))).json()["data"] == []
-        created = await api.post("/v1/templates", headers=env.auth(), json={
-            "name": "new_one", "language": "en_US", "category": "UTILITY",
-            "components": [{"type": "BODY", "text": "Hello {{1}}", "example": {"body_text": [["Ann"]]}}]})
+        created = await api.post(
+            "/v1/templates",
+            headers=env.auth(),
+            json={
+                "name": "new_one",
+                "language": "en_US",
+                "category": "UTILITY",
+                "components": [{"type": "BODY", "text": "Hello {{1}}", "example": {"body_text": [["Ann"]]}}],
+            },
+        )
         assert created.status_code == 201, created.text
         assert created.json()["status"] in ("PENDING", "APPROVED")

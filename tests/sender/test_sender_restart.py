@@ -29,13 +29,14 @@ N = 600
 
 
 async def test_killed_mid_stream_then_restarted_sends_every_request_exactly_once(
-        kafka_bootstrap: str, database_url: str) -> None:
-    await seed_tenants(database_url, NUMBERS, tenant="restart", other_tenant="restart-other")
+    kafka_bootstrap: str, database_url: str
+) -> None:
+    await seed_tenants(database_url, NUMBERS, tenant="restart", other_tenant="restart-other", waba="waba-r")
     port = free_port()
     sim_url = f"http://127.0.0.1:{port}"
     run = new_id("kill")
     ids = [f"{run}-{i}" for i in range(N)]
-    async with serve_http(create_simulator(simulator_config(NUMBERS)), port):
+    async with serve_http(create_simulator(simulator_config(NUMBERS, waba="waba-r")), port):
         assert (await sync_catalogue(database_url, sim_url, "restart"))["synced"] == 2
         async with Producer(kafka_bootstrap) as p:
             for i, mid in enumerate(ids):
@@ -56,8 +57,12 @@ async def test_killed_mid_stream_then_restarted_sends_every_request_exactly_once
             second = await start_sender(settings)
             try:
                 wanted = set(ids)
-                results = await collect(kafka_bootstrap, SENDS.name,
-                                        lambda rs: wanted <= {r["message_id"] for r in rs}, timeout_s=60)
+                results = await collect(
+                    kafka_bootstrap,
+                    SENDS.name,
+                    lambda rs: wanted <= {r["message_id"] for r in rs},
+                    timeout_s=60,
+                )
             finally:
                 await second.shutdown()
             counts = {}

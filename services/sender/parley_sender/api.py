@@ -35,10 +35,13 @@ def router(sender: Sender) -> APIRouter:
 
     def tenant(authorization: Annotated[str | None, Header()] = None) -> Tenant:
         scheme, _, key = (authorization or "").partition(" ")
-        found = sender.directory().tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key else None
+        found = (
+            sender.directory().tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key else None
+        )
         if found is None:
-            raise HTTPException(401, "a valid tenant API key is required",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "a valid tenant API key is required", headers={"WWW-Authenticate": "Bearer"}
+            )
         return found
 
     Auth = Annotated[Tenant, Depends(tenant)]
@@ -50,14 +53,26 @@ def router(sender: Sender) -> APIRouter:
             raise HTTPException(404, "no such message")
         delivery = row.get("delivery_status")
         return {
-            "message_id": row["message_id"], "state": delivery if row["state"] == "accepted" and delivery
-            else row["state"], "send_state": row["state"], "delivery_status": delivery,
-            "wamid": row["wamid"], "attempt": row["attempt"], "phone_number_id": row["phone_number_id"],
-            "is_template": row["is_template"], "template_name": row["template_name"],
-            "category": row["category"], "free_window": row["free_window"], "reason": row["reason"],
-            "error_code": row["error_code"], "delivery_errors": row.get("delivery_errors") or [],
-            "sent_at": row.get("sent_at"), "delivered_at": row.get("delivered_at"), "read_at": row.get("read_at"),
-            "failed_at": row.get("failed_at"), "created_at": row["created_at"], "updated_at": row["updated_at"],
+            "message_id": row["message_id"],
+            "state": delivery if row["state"] == "accepted" and delivery else row["state"],
+            "send_state": row["state"],
+            "delivery_status": delivery,
+            "wamid": row["wamid"],
+            "attempt": row["attempt"],
+            "phone_number_id": row["phone_number_id"],
+            "is_template": row["is_template"],
+            "template_name": row["template_name"],
+            "category": row["category"],
+            "free_window": row["free_window"],
+            "reason": row["reason"],
+            "error_code": row["error_code"],
+            "delivery_errors": row.get("delivery_errors") or [],
+            "sent_at": row.get("sent_at"),
+            "delivered_at": row.get("delivered_at"),
+            "read_at": row.get("read_at"),
+            "failed_at": row.get("failed_at"),
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
         }
 
     @r.get("/templates", summary="The tenant's template catalogue")
@@ -72,12 +87,19 @@ def router(sender: Sender) -> APIRouter:
             raise HTTPException(404, "no such WABA")
         spec = body.model_dump(exclude_none=True, exclude={"waba_id"})
         try:
-            created = await create_template(sender.store, sender.client, sender.directory(), t.tenant_id, waba, spec)
+            created = await create_template(
+                sender.store, sender.client, sender.directory(), t.tenant_id, waba, spec
+            )
         except GraphApiError as exc:
             raise HTTPException(502 if exc.status >= 500 else 422, str(exc)) from exc
         sender.invalidate_catalogue(t.tenant_id)
-        return {"id": created.template_id, "name": created.name, "language": created.language,
-                "status": created.status, "category": created.category}
+        return {
+            "id": created.template_id,
+            "name": created.name,
+            "language": created.language,
+            "status": created.status,
+            "category": created.category,
+        }
 
     @r.post("/templates/sync", summary="Refresh the catalogue from the Graph API")
     async def post_sync(t: Auth) -> dict[str, int]:
@@ -92,13 +114,28 @@ def router(sender: Sender) -> APIRouter:
     async def preview(body: TemplatePreview, t: Auth) -> dict[str, Any]:
         catalogue = await sender.catalogue(t.tenant_id)
         try:
-            template, rendered = validate_send(catalogue, body.name, body.language, body.components,
-                                               sender.settings.template_language_fallbacks)
+            template, rendered = validate_send(
+                catalogue,
+                body.name,
+                body.language,
+                body.components,
+                sender.settings.template_language_fallbacks,
+            )
         except TemplateProblem as problem:
-            raise HTTPException(404 if problem.reason == "template_missing" else 422, {"reason": problem.reason, "detail": problem.detail,
-                                      "error_code": problem.code}) from problem
-        return {"name": template.name, "language": template.language, "category": template.category,
-                "header": rendered.header, "header_media": rendered.header_media, "body": rendered.body,
-                "footer": rendered.footer, "buttons": list(rendered.buttons), "text": rendered.text}
+            raise HTTPException(
+                404 if problem.reason == "template_missing" else 422,
+                {"reason": problem.reason, "detail": problem.detail, "error_code": problem.code},
+            ) from problem
+        return {
+            "name": template.name,
+            "language": template.language,
+            "category": template.category,
+            "header": rendered.header,
+            "header_media": rendered.header_media,
+            "body": rendered.body,
+            "footer": rendered.footer,
+            "buttons": list(rendered.buttons),
+            "text": rendered.text,
+        }
 
     return r

@@ -14,15 +14,29 @@ from parley_sender.settings import SenderSettings
 from parley_sender.store import MIGRATIONS, SenderStore
 
 
-def create_app(settings: SenderSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+def create_app(
+    settings: SenderSettings | None = None, *, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
     settings = settings or SenderSettings()
-    rt = build_runtime("sender", settings, migrations=[("sender", MIGRATIONS)], tracer_provider=tracer_provider)
-    client = CloudApiClient(base_override=settings.graph_api_base, version_override=settings.graph_api_version,
-                            timeout_s=settings.http_timeout_s, connect_timeout_s=settings.http_connect_timeout_s,
-                            max_connections=settings.http_max_connections)
-    sender = Sender(settings=settings, broker=rt.broker, store=None,  # type: ignore[arg-type]
-                    client=client, tenants=lambda: rt.tenants, redactor=rt.redactor,
-                    metrics=Metrics.create(rt.registry))
+    rt = build_runtime(
+        "sender", settings, migrations=[("sender", MIGRATIONS)], tracer_provider=tracer_provider
+    )
+    client = CloudApiClient(
+        base_override=settings.graph_api_base,
+        version_override=settings.graph_api_version,
+        timeout_s=settings.http_timeout_s,
+        connect_timeout_s=settings.http_connect_timeout_s,
+        max_connections=settings.http_max_connections,
+    )
+    sender = Sender(
+        settings=settings,
+        broker=rt.broker,
+        store=None,  # type: ignore[arg-type]
+        client=client,
+        tenants=lambda: rt.tenants,
+        redactor=rt.redactor,
+        metrics=Metrics.create(rt.registry),
+    )
     register(sender)
 
     async def open_store() -> None:

@@ -1,9 +1,9 @@
 """``parley-sender``: run the service, sync templates, list and replay dead letters.
 
-    parley-sender run
-    parley-sender templates sync [--tenant T]
-    parley-sender deadletters list [--limit N]
-    parley-sender deadletters replay (--id ID | --all)
+parley-sender run
+parley-sender templates sync [--tenant T]
+parley-sender deadletters list [--limit N]
+parley-sender deadletters replay (--id ID | --all)
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def run() -> None:
 async def _sync(tenant: str | None) -> dict[str, dict[str, int]]:
     s = SenderSettings()
     pool = await create_pool(s.database_url)
-    client = CloudApiClient(base_override=s.graph_api_base, version_override=s.graph_api_version,
-                            timeout_s=s.http_timeout_s)
+    client = CloudApiClient(
+        base_override=s.graph_api_base, version_override=s.graph_api_version, timeout_s=s.http_timeout_s
+    )
     try:
         async with pool.acquire() as conn:
             await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
@@ -73,10 +74,17 @@ def templates_sync(tenant: str | None = typer.Option(None, "--tenant", help="onl
         typer.echo(f"{tid}: {counts['synced']} template(s) synced, {counts['removed']} removed")
 
 
-async def read_dead_letters(bootstrap: str, *, service: str = SERVICE, timeout_s: float = 5.0) -> list[DeadLetter]:
+async def read_dead_letters(
+    bootstrap: str, *, service: str = SERVICE, timeout_s: float = 5.0
+) -> list[DeadLetter]:
     """Every dead letter of ``service`` currently on the topic (reads from the beginning, no group)."""
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        DEAD_LETTERS.name,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     out: list[DeadLetter] = []
     try:
@@ -125,8 +133,11 @@ async def replay(bootstrap: str, letters: list[DeadLetter]) -> int:
     try:
         topic_map = {MESSAGES_OUT_RETRY.name: MESSAGES_OUT.name}
         for letter in letters:
-            await producer.send_and_wait(topic_map.get(letter.source_topic, letter.source_topic),
-                                         replay_value(letter), key=letter.key.encode() if letter.key else None)
+            await producer.send_and_wait(
+                topic_map.get(letter.source_topic, letter.source_topic),
+                replay_value(letter),
+                key=letter.key.encode() if letter.key else None,
+            )
         return len(letters)
     finally:
         await producer.stop()
@@ -137,15 +148,27 @@ def deadletters_list(limit: int = typer.Option(100, "--limit")) -> None:
     """The sender's dead letters, one JSON object a line (id, topic, reason; never the payload)."""
     letters = asyncio.run(read_dead_letters(SenderSettings().kafka_bootstrap))
     for letter in letters[-limit:]:
-        typer.echo(json.dumps({"id": letter.event_id, "source_topic": letter.source_topic, "key": letter.key,
-                               "error_type": letter.error_type, "reason": letter.reason[:200],
-                               "attempts": letter.attempts, "failed_at": letter.failed_at.isoformat()}))
+        typer.echo(
+            json.dumps(
+                {
+                    "id": letter.event_id,
+                    "source_topic": letter.source_topic,
+                    "key": letter.key,
+                    "error_type": letter.error_type,
+                    "reason": letter.reason[:200],
+                    "attempts": letter.attempts,
+                    "failed_at": letter.failed_at.isoformat(),
+                }
+            )
+        )
     typer.echo(f"{len(letters)} dead letter(s)", err=True)
 
 
 @deadletters.command("replay")
-def deadletters_replay(id_: str | None = typer.Option(None, "--id", help="the dead letter's id"),
-                       all_: bool = typer.Option(False, "--all", help="replay every dead letter")) -> None:
+def deadletters_replay(
+    id_: str | None = typer.Option(None, "--id", help="the dead letter's id"),
+    all_: bool = typer.Option(False, "--all", help="replay every dead letter"),
+) -> None:
     """Republish dead letters onto their source topic."""
     if bool(id_) == all_:
         typer.echo("error: give exactly one of --id ID or --all", err=True)

@@ -43,9 +43,16 @@ class GraphApiError(RuntimeError):
 
 
 class CloudApiClient:
-    def __init__(self, *, base_override: str | None = None, version_override: str | None = None,
-                 timeout_s: float = 10.0, connect_timeout_s: float = 3.0, max_connections: int = 256,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        base_override: str | None = None,
+        version_override: str | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 3.0,
+        max_connections: int = 256,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         self._base_override = base_override.rstrip("/") if base_override else None
         self._version_override = version_override
         self.client = client or httpx.AsyncClient(
@@ -68,10 +75,15 @@ class CloudApiClient:
             headers["Authorization"] = f"Bearer {app.access_token}"
         return headers
 
-    async def send_message(self, app: MetaApp | None, phone_number_id: str, body: Mapping[str, Any]) -> SendResponse:
+    async def send_message(
+        self, app: MetaApp | None, phone_number_id: str, body: Mapping[str, Any]
+    ) -> SendResponse:
         try:
-            resp = await self.client.post(self._url(app, f"{phone_number_id}/messages"),
-                                          content=orjson.dumps(body), headers=self._headers(app))
+            resp = await self.client.post(
+                self._url(app, f"{phone_number_id}/messages"),
+                content=orjson.dumps(body),
+                headers=self._headers(app),
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing was sent: safe to retry.
             return SendResponse(error_message=type(exc).__name__)
@@ -84,28 +96,51 @@ class CloudApiClient:
             data = {}
         if resp.status_code == 200 and isinstance(data, dict) and data.get("messages"):
             first = data["messages"][0]
-            return SendResponse(wamid=first.get("id"), message_status=first.get("message_status", "accepted"),
-                                http_status=200)
+            return SendResponse(
+                wamid=first.get("id"), message_status=first.get("message_status", "accepted"), http_status=200
+            )
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
-            details = error.get("error_data", {}).get("details") if isinstance(error.get("error_data"), dict) \
+            details = (
+                error.get("error_data", {}).get("details")
+                if isinstance(error.get("error_data"), dict)
                 else None
+            )
             code = error.get("code")
-            return SendResponse(http_status=resp.status_code, error_code=int(code) if code is not None else None,
-                                error_message=str(error.get("message", ""))[:500], error_details=details,
-                                fbtrace_id=error.get("fbtrace_id"))
+            return SendResponse(
+                http_status=resp.status_code,
+                error_code=int(code) if code is not None else None,
+                error_message=str(error.get("message", ""))[:500],
+                error_details=details,
+                fbtrace_id=error.get("fbtrace_id"),
+            )
         return SendResponse(http_status=resp.status_code, error_message=f"HTTP {resp.status_code}")
 
-    async def _graph(self, method: str, app: MetaApp | None, path: str, *, url: str | None = None,
-                     params: Mapping[str, Any] | None = None, body: Any = None) -> dict[str, Any]:
+    async def _graph(
+        self,
+        method: str,
+        app: MetaApp | None,
+        path: str,
+        *,
+        url: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> dict[str, Any]:
         """A management call, retried on transport errors and 5xx with tenacity."""
-        async for attempt in AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
-                                           retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
-                                           reraise=True):
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(4),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
+            retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
+            reraise=True,
+        ):
             with attempt:
                 resp = await self.client.request(
-                    method, url or self._url(app, path), params=params, headers=self._headers(app),
-                    content=orjson.dumps(body) if body is not None else None)
+                    method,
+                    url or self._url(app, path),
+                    params=params,
+                    headers=self._headers(app),
+                    content=orjson.dumps(body) if body is not None else None,
+                )
                 if resp.status_code >= 500 or resp.status_code == 429:
                     raise _Retryable(f"HTTP {resp.status_code}")
                 data = orjson.loads(resp.content) if resp.content else {}
@@ -115,7 +150,9 @@ class CloudApiClient:
                 return data if isinstance(data, dict) else {"data": data}
         raise AssertionError("unreachable")
 
-    async def list_templates(self, app: MetaApp | None, waba_id: str, *, page_size: int = 100) -> list[dict[str, Any]]:
+    async def list_templates(
+        self, app: MetaApp | None, waba_id: str, *, page_size: int = 100
+    ) -> list[dict[str, Any]]:
         """Every template of a WABA, following Meta's cursor paging."""
         out: list[dict[str, Any]] = []
         params: dict[str, Any] | None = {"limit": page_size}
@@ -133,7 +170,9 @@ class CloudApiClient:
                 url, params = str(paging["next"]), None
         return out
 
-    async def create_template(self, app: MetaApp | None, waba_id: str, template: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_template(
+        self, app: MetaApp | None, waba_id: str, template: Mapping[str, Any]
+    ) -> dict[str, Any]:
         return await self._graph("POST", app, f"{waba_id}/message_templates", body=dict(template))
 
 

@@ -72,10 +72,18 @@ class Metrics:
     def create(cls, registry: CollectorRegistry) -> Metrics:
         return cls(
             Counter("parley_sender_sends_total", "Send outcomes", ["outcome", "reason"], registry=registry),
-            Counter("parley_sender_throttled_total", "Throttling answers from the Cloud API", ["code"],
-                    registry=registry),
-            Histogram("parley_sender_cloudapi_seconds", "Cloud API send latency", registry=registry,
-                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)),
+            Counter(
+                "parley_sender_throttled_total",
+                "Throttling answers from the Cloud API",
+                ["code"],
+                registry=registry,
+            ),
+            Histogram(
+                "parley_sender_cloudapi_seconds",
+                "Cloud API send latency",
+                registry=registry,
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            ),
         )
 
 
@@ -83,16 +91,28 @@ def retry_delay(attempt: int, minimum: float, initial: float, maximum: float) ->
     """Exponential backoff with jitter (tenacity's), never below what Meta's error asks for."""
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(1, attempt)
-    return max(minimum, float(wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)(state)))
+    return max(
+        minimum, float(wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)(state))
+    )
 
 
 def result_of(row: MessageRow) -> SendResult:
     outcome = "failed" if row.state == "dead" else row.state
     return SendResult(
-        event_id=f"{row.message_id}:{outcome}", tenant_id=row.tenant_id, phone_number_id=row.phone_number_id,
-        occurred_at=now_utc(), message_id=row.message_id, outcome=outcome, wamid=row.wamid,
-        recipient=row.recipient, is_template=row.is_template, template_name=row.template_name,
-        category=row.category, free_window=row.free_window, reason=row.reason, error_code=row.error_code,
+        event_id=f"{row.message_id}:{outcome}",
+        tenant_id=row.tenant_id,
+        phone_number_id=row.phone_number_id,
+        occurred_at=now_utc(),
+        message_id=row.message_id,
+        outcome=outcome,
+        wamid=row.wamid,
+        recipient=row.recipient,
+        is_template=row.is_template,
+        template_name=row.template_name,
+        category=row.category,
+        free_window=row.free_window,
+        reason=row.reason,
+        error_code=row.error_code,
         attempt=row.attempt,
     )
 
@@ -145,7 +165,9 @@ class Sender:
         lim = self.limits.get(tenant.tenant_id)
         if lim is None:
             reached = await self.store.reached(tenant.tenant_id, now_utc() - timedelta(hours=24))
-            lim = self.limits[tenant.tenant_id] = MessagingLimit(limit=tenant.messaging_limit, reached=reached)
+            lim = self.limits[tenant.tenant_id] = MessagingLimit(
+                limit=tenant.messaging_limit, reached=reached
+            )
         lim.limit = tenant.messaging_limit
         return lim
 
@@ -215,8 +237,10 @@ class Sender:
         if wamid:
             return Outcome(replace(row, state="accepted", wamid=wamid, reason=None))
         log.warning("send outcome unknown after a restart; held in doubt", extra={"message_id": m.message_id})
-        return Outcome(replace(row, state="in_doubt", reason="in_doubt: the process stopped during the call"),
-                       publish_result=False)
+        return Outcome(
+            replace(row, state="in_doubt", reason="in_doubt: the process stopped during the call"),
+            publish_result=False,
+        )
 
     async def _send_all(self, todo: list[OutboundMessage]) -> list[Outcome]:
         if not todo:
@@ -246,11 +270,15 @@ class Sender:
         for m in todo:
             tenant = tenants[m.message_id]
             if tenant is None:
-                outcomes.append(self._refused(m, None, Refusal("unknown_phone_number",
-                                                               "no tenant owns this phone_number_id")))
+                outcomes.append(
+                    self._refused(
+                        m, None, Refusal("unknown_phone_number", "no tenant owns this phone_number_id")
+                    )
+                )
                 continue
             ctx = SendContext(
-                now=now, windows=windows.get((m.phone_number_id, m.recipient), ConversationWindows()),
+                now=now,
+                windows=windows.get((m.phone_number_id, m.recipient), ConversationWindows()),
                 unseen_reply_reference=bool(m.reply_to_wamid and m.reply_to_wamid not in known),
                 catalogue=catalogues[tenant.tenant_id],
                 consent=consent.get((tenant.tenant_id, m.recipient), ConsentState()),
@@ -260,8 +288,9 @@ class Sender:
             try:
                 decision = decide(m, ctx)
             except Exception as exc:  # a bug or a malformed record: dead-letter it, keep the partition moving
-                outcomes.append(self._failed(m, tenant.tenant_id, None, f"invalid request: {exc}"[:500], None,
-                                             dead=True))
+                outcomes.append(
+                    self._failed(m, tenant.tenant_id, None, f"invalid request: {exc}"[:500], None, dead=True)
+                )
                 continue
             if isinstance(decision, Refusal):
                 outcomes.append(self._refused(m, tenant.tenant_id, decision))
@@ -276,7 +305,8 @@ class Sender:
         for item in sorted(plans, key=lambda p: priority_rank(p[0].priority)):
             chains[(item[0].phone_number_id, item[0].recipient)].append(item)
         sem: dict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(self.settings.max_in_flight_per_number))
+            lambda: asyncio.Semaphore(self.settings.max_in_flight_per_number)
+        )
 
         async def run_chain(items: list[tuple[OutboundMessage, SendPlan, Tenant]]) -> list[Outcome]:
             out = []
@@ -289,35 +319,71 @@ class Sender:
             outcomes.extend(result)
         return outcomes
 
-    def _row(self, m: OutboundMessage, plan: SendPlan | None, tenant_id: str | None, state: str,
-             **kw: Any) -> MessageRow:
+    def _row(
+        self, m: OutboundMessage, plan: SendPlan | None, tenant_id: str | None, state: str, **kw: Any
+    ) -> MessageRow:
         return MessageRow(
-            message_id=m.message_id, tenant_id=tenant_id, phone_number_id=m.phone_number_id,
-            recipient=m.recipient, state=state, attempt=m.attempt,
+            message_id=m.message_id,
+            tenant_id=tenant_id,
+            phone_number_id=m.phone_number_id,
+            recipient=m.recipient,
+            state=state,
+            attempt=m.attempt,
             callback_data=m.biz_opaque_callback_data or m.message_id,
             is_template=plan.is_template if plan else m.type == "template",
             template_name=plan.template_name if plan else (m.template.name if m.template else None),
-            category=plan.category if plan else None, free_window=plan.free_window if plan else None,
-            request=m.model_dump(mode="json"), **kw)
+            category=plan.category if plan else None,
+            free_window=plan.free_window if plan else None,
+            request=m.model_dump(mode="json"),
+            **kw,
+        )
 
     def _refused(self, m: OutboundMessage, tenant_id: str | None, refusal: Refusal) -> Outcome:
         self.metrics.sends.labels("refused", refusal.reason).inc()
-        return Outcome(self._row(m, None, tenant_id, "refused", reason=f"{refusal.reason}: {refusal.detail}",
-                                 error_code=refusal.error_code))
+        return Outcome(
+            self._row(
+                m,
+                None,
+                tenant_id,
+                "refused",
+                reason=f"{refusal.reason}: {refusal.detail}",
+                error_code=refusal.error_code,
+            )
+        )
 
-    def _failed(self, m: OutboundMessage, tenant_id: str | None, plan: SendPlan | None, reason: str,
-                code: int | None, *, dead: bool = False) -> Outcome:
+    def _failed(
+        self,
+        m: OutboundMessage,
+        tenant_id: str | None,
+        plan: SendPlan | None,
+        reason: str,
+        code: int | None,
+        *,
+        dead: bool = False,
+    ) -> Outcome:
         self.metrics.sends.labels("failed", str(code or "none")).inc()
         row = self._row(m, plan, tenant_id, "dead" if dead else "failed", reason=reason, error_code=code)
         return Outcome(row, dead_letter_reason=reason if dead else None)
 
-    def _retry(self, m: OutboundMessage, plan: SendPlan | None, tenant_id: str, reason: str, code: int | None,
-               min_delay: float, *, counts_as_attempt: bool = True) -> Outcome:
+    def _retry(
+        self,
+        m: OutboundMessage,
+        plan: SendPlan | None,
+        tenant_id: str,
+        reason: str,
+        code: int | None,
+        min_delay: float,
+        *,
+        counts_as_attempt: bool = True,
+    ) -> Outcome:
         attempt = m.attempt + 1 if counts_as_attempt else m.attempt
         if attempt >= self.settings.max_attempts:
             return self._failed(m, tenant_id, plan, f"attempts exhausted: {reason}", code, dead=True)
-        delay = retry_delay(attempt, min_delay, self.settings.retry_initial_s, self.settings.retry_max_s) \
-            if counts_as_attempt else min_delay
+        delay = (
+            retry_delay(attempt, min_delay, self.settings.retry_initial_s, self.settings.retry_max_s)
+            if counts_as_attempt
+            else min_delay
+        )
         nxt = m.model_copy(update={"attempt": attempt, "not_before": now_utc() + timedelta(seconds=delay)})
         self.metrics.sends.labels("retrying", str(code or "none")).inc()
         row = self._row(nxt, plan, tenant_id, "retrying", reason=reason, error_code=code)
@@ -331,7 +397,9 @@ class Sender:
             if wait == 0.0:
                 break
             if wait > self.settings.max_inline_wait_s:
-                return self._retry(m, plan, tenant.tenant_id, "pair_rate", None, wait, counts_as_attempt=False)
+                return self._retry(
+                    m, plan, tenant.tenant_id, "pair_rate", None, wait, counts_as_attempt=False
+                )
             await asyncio.sleep(wait)
         await self.pacer(number).acquire(priority_rank(m.priority))
         body = dict(plan.body)
@@ -347,13 +415,23 @@ class Sender:
         if resp.accepted:
             self.pairs[m.phone_number_id].on_success(m.recipient)
             self.metrics.sends.labels("accepted", plan.category).inc()
-            row = self._row(m, plan, tid, "accepted", wamid=resp.wamid,
-                            reason=None if resp.message_status in (None, "accepted") else resp.message_status)
-            return Outcome(row, reached=plan.business_initiated, fep_started=plan.free_window == "free_entry_point")
+            row = self._row(
+                m,
+                plan,
+                tid,
+                "accepted",
+                wamid=resp.wamid,
+                reason=None if resp.message_status in (None, "accepted") else resp.message_status,
+            )
+            return Outcome(
+                row, reached=plan.business_initiated, fep_started=plan.free_window == "free_entry_point"
+            )
         if resp.in_doubt:
             self.metrics.sends.labels("in_doubt", resp.error_message or "").inc()
-            return Outcome(self._row(m, plan, tid, "in_doubt", reason=f"in_doubt: {resp.error_message}"),
-                           publish_result=False)
+            return Outcome(
+                self._row(m, plan, tid, "in_doubt", reason=f"in_doubt: {resp.error_message}"),
+                publish_result=False,
+            )
         rule = action_for(resp.error_code, resp.http_status)
         code = resp.error_code
         reason = f"{rule.meaning} ({resp.error_details or resp.error_message or ''})"[:500]
@@ -370,9 +448,20 @@ class Sender:
             return self._retry(m, plan, tid, reason, code, rule.delay_s)
         if rule.action == Action.RETRY:
             return self._retry(m, plan, tid, reason, code, rule.delay_s)
-        if rule.action == Action.SWITCH_TO_TEMPLATE and m.fallback_template is not None and m.type != "template":
-            nxt = m.model_copy(update={"type": "template", "template": m.fallback_template,
-                                       "fallback_template": None, "attempt": m.attempt + 1, "not_before": None})
+        if (
+            rule.action == Action.SWITCH_TO_TEMPLATE
+            and m.fallback_template is not None
+            and m.type != "template"
+        ):
+            nxt = m.model_copy(
+                update={
+                    "type": "template",
+                    "template": m.fallback_template,
+                    "fallback_template": None,
+                    "attempt": m.attempt + 1,
+                    "not_before": None,
+                }
+            )
             row = self._row(nxt, plan, tid, "retrying", reason=reason, error_code=code)
             return Outcome(row, publish_result=False, retry=nxt)
         failed = self._failed(m, tid, plan, reason, code)
@@ -385,56 +474,101 @@ class Sender:
             return
         await self.store.record_outcomes([o.row for o in outcomes])
         now = now_utc()
-        reached = [(o.row.tenant_id, o.row.recipient, now) for o in outcomes
-                   if o.reached and o.row.tenant_id and o.row.recipient]
+        reached = [
+            (o.row.tenant_id, o.row.recipient, now)
+            for o in outcomes
+            if o.reached and o.row.tenant_id and o.row.recipient
+        ]
         for tid, customer, at in reached:
             lim = self.limits.get(tid)
             if lim is not None:
                 lim.record(customer, at.timestamp())
         await self.store.record_reached(reached)  # type: ignore[arg-type]
         await self.store.start_free_entry_points(
-            [(o.row.phone_number_id, o.row.recipient, now) for o in outcomes if o.fep_started and o.row.recipient])
+            [
+                (o.row.phone_number_id, o.row.recipient, now)
+                for o in outcomes
+                if o.fep_started and o.row.recipient
+            ]
+        )
         for o in outcomes:
             self._remember(o.row)
         jobs = []
         for o in outcomes:
             key = o.row.phone_number_id.encode()
             if o.publish_result:
-                jobs.append(self.broker.publish(result_of(o.row).model_dump(mode="json"), SENDS.name, key=key))
+                jobs.append(
+                    self.broker.publish(result_of(o.row).model_dump(mode="json"), SENDS.name, key=key)
+                )
             if o.retry is not None:
                 jobs.append(self._publish_retry(o.retry))
             if o.dead_letter_reason is not None:
                 jobs.append(self._dead_letter_request(o.row, o.dead_letter_reason))
             if o.consent_stop and o.row.tenant_id and o.row.recipient:
-                jobs.append(self._stop_marketing(o.row.tenant_id, o.row.phone_number_id, o.row.recipient,
-                                                 "error_131050", o.row.message_id))
+                jobs.append(
+                    self._stop_marketing(
+                        o.row.tenant_id,
+                        o.row.phone_number_id,
+                        o.row.recipient,
+                        "error_131050",
+                        o.row.message_id,
+                    )
+                )
         await asyncio.gather(*jobs)
 
     async def _publish_retry(self, m: OutboundMessage) -> None:
-        await self.broker.publish(m.model_dump(mode="json"), MESSAGES_OUT_RETRY.name,
-                                  key=m.phone_number_id.encode())
+        await self.broker.publish(
+            m.model_dump(mode="json"), MESSAGES_OUT_RETRY.name, key=m.phone_number_id.encode()
+        )
 
-    async def _stop_marketing(self, tenant_id: str, phone_number_id: str, customer: str, source: str,
-                              source_event: str) -> None:
+    async def _stop_marketing(
+        self, tenant_id: str, phone_number_id: str, customer: str, source: str, source_event: str
+    ) -> None:
         at = now_utc()
         await self.store.apply_consent(tenant_id, customer, "stop", at, source)
         change = ConsentChange(
-            event_id=body_hash(tenant_id, customer, "stop", source_event), tenant_id=tenant_id,
-            phone_number_id=phone_number_id, occurred_at=at, customer_id=customer, action="stop", source=source)
-        await self.broker.publish(change.model_dump(mode="json"), ACCOUNT_EVENTS.name, key=phone_number_id.encode())
+            event_id=body_hash(tenant_id, customer, "stop", source_event),
+            tenant_id=tenant_id,
+            phone_number_id=phone_number_id,
+            occurred_at=at,
+            customer_id=customer,
+            action="stop",
+            source=source,
+        )
+        await self.broker.publish(
+            change.model_dump(mode="json"), ACCOUNT_EVENTS.name, key=phone_number_id.encode()
+        )
 
     async def _dead_letter_request(self, row: MessageRow, reason: str) -> None:
         value = orjson.dumps(row.request or {})
-        letter = dead_letter_record(service=SERVICE, topic=MESSAGES_OUT.name, value=value,
-                                    key=row.phone_number_id.encode(), exc=RuntimeError(reason),
-                                    attempts=row.attempt + 1, event_id=f"{SERVICE}:{row.message_id}")
+        letter = dead_letter_record(
+            service=SERVICE,
+            topic=MESSAGES_OUT.name,
+            value=value,
+            key=row.phone_number_id.encode(),
+            exc=RuntimeError(reason),
+            attempts=row.attempt + 1,
+            event_id=f"{SERVICE}:{row.message_id}",
+        )
         await publish_dead_letter(self.broker, letter)
 
     async def _dead_letter_record(self, rec: ConsumerRecord[Any, Any], exc: Exception) -> None:
         if is_transient(exc):
             raise exc
-        log.warning("dead-lettering an undecodable send request",
-                    extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset})
-        await publish_dead_letter(self.broker, dead_letter_record(
-            service=SERVICE, topic=rec.topic, value=rec.value or b"", key=rec.key, exc=exc, attempts=1,
-            partition=rec.partition, offset=rec.offset))
+        log.warning(
+            "dead-lettering an undecodable send request",
+            extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
+        )
+        await publish_dead_letter(
+            self.broker,
+            dead_letter_record(
+                service=SERVICE,
+                topic=rec.topic,
+                value=rec.value or b"",
+                key=rec.key,
+                exc=exc,
+                attempts=1,
+                partition=rec.partition,
+                offset=rec.offset,
+            ),
+        )

@@ -15,19 +15,24 @@ and never blocks its partition.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
-
 from aiokafka import ConsumerRecord
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.contracts import AccountEvent, ConsentChange, InboundMessage, MessageStatus, from_unix
 from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
-from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS, STATUSES
+from parley_common.topics import (
+    ACCOUNT_EVENTS,
+    MESSAGES_IN,
+    MESSAGES_OUT,
+    MESSAGES_OUT_RETRY,
+    SENDS,
+    STATUSES,
+)
 from pydantic import BaseModel
 
 from parley_sender.delivery import SERVICE, Sender, result_of
@@ -54,8 +59,9 @@ def _account_event(raw: bytes) -> AccountEvent | ConsentChange:
     return AccountEvent.model_validate(data)
 
 
-async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]],
-                  parse: Callable[[bytes], M]) -> list[M]:
+async def _decode(
+    sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], parse: Callable[[bytes], M]
+) -> list[M]:
     out: list[M] = []
     for rec in records:
         try:
@@ -63,17 +69,31 @@ async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]],
         except Exception as exc:
             if is_transient(exc):
                 raise
-            await publish_dead_letter(sender.broker, dead_letter_record(
-                service=SERVICE, topic=rec.topic, value=rec.value or b"", key=rec.key, exc=exc, attempts=1,
-                partition=rec.partition, offset=rec.offset))
+            await publish_dead_letter(
+                sender.broker,
+                dead_letter_record(
+                    service=SERVICE,
+                    topic=rec.topic,
+                    value=rec.value or b"",
+                    key=rec.key,
+                    exc=exc,
+                    attempts=1,
+                    partition=rec.partition,
+                    offset=rec.offset,
+                ),
+            )
     return out
 
 
 def register(sender: Sender) -> None:
     broker = sender.broker
     s = sender.settings
-    batch = {"batch": True, "max_records": s.batch_max_records, "batch_timeout_ms": s.batch_timeout_ms,
-             **CONSUMER_DEFAULTS}
+    batch = {
+        "batch": True,
+        "max_records": s.batch_max_records,
+        "batch_timeout_ms": s.batch_timeout_ms,
+        **CONSUMER_DEFAULTS,
+    }
 
     @broker.subscriber(MESSAGES_OUT.name, group_id="parley-sender", **batch)
     async def on_send_requests(msg: KafkaMessage) -> None:
@@ -111,8 +131,9 @@ async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> No
             latest_wamid[key] = m.wamid
         current[key] = after
     await sender.store.save_windows([(p, c, current[(p, c)], latest_wamid.get((p, c))) for p, c in keys])
-    await sender.store.record_inbound_refs([(m.wamid, m.phone_number_id, m.customer_id, m.occurred_at)
-                                            for m in inbound])
+    await sender.store.record_inbound_refs(
+        [(m.wamid, m.phone_number_id, m.customer_id, m.occurred_at) for m in inbound]
+    )
 
 
 async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> None:
@@ -122,29 +143,38 @@ async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> N
     directory = sender.directory()
     for st in statuses:
         if st.biz_opaque_callback_data and st.status in ("sent", "delivered", "read", "failed"):
-            resolved = await sender.store.resolve_in_doubt(st.phone_number_id, st.biz_opaque_callback_data, st.wamid)
+            resolved = await sender.store.resolve_in_doubt(
+                st.phone_number_id, st.biz_opaque_callback_data, st.wamid
+            )
             if resolved is not None:
-                await sender.broker.publish(result_of(resolved).model_dump(mode="json"), SENDS.name,
-                                            key=st.phone_number_id.encode())
+                await sender.broker.publish(
+                    result_of(resolved).model_dump(mode="json"), SENDS.name, key=st.phone_number_id.encode()
+                )
         if st.status == "failed" and any(e.code == 131050 for e in st.errors):
-            tenant = directory.tenants.get(st.tenant_id or "") or directory.tenant_for_number(st.phone_number_id)
+            tenant = directory.tenants.get(st.tenant_id or "") or directory.tenant_for_number(
+                st.phone_number_id
+            )
             customer = st.recipient_id or st.recipient_user_id
             if tenant is not None and customer:
-                await sender._stop_marketing(tenant.tenant_id, st.phone_number_id, customer, "error_131050",
-                                             st.event_id)
+                await sender._stop_marketing(
+                    tenant.tenant_id, st.phone_number_id, customer, "error_131050", st.event_id
+                )
 
 
-TEMPLATE_KINDS = frozenset({"message_template_status_update", "message_template_quality_update",
-                            "template_category_update"})
+TEMPLATE_KINDS = frozenset(
+    {"message_template_status_update", "message_template_quality_update", "template_category_update"}
+)
 
 
 async def track_account_events(sender: Sender, events: Sequence[AccountEvent | ConsentChange]) -> None:
     directory = sender.directory()
     touched: set[str] = set()
     for ev in events:
-        tenant = (directory.tenants.get(ev.tenant_id or "")
-                  or directory.tenant_for_waba(getattr(ev, "waba_id", None))
-                  or directory.tenant_for_number(ev.phone_number_id))
+        tenant = (
+            directory.tenants.get(ev.tenant_id or "")
+            or directory.tenant_for_waba(getattr(ev, "waba_id", None))
+            or directory.tenant_for_number(ev.phone_number_id)
+        )
         if tenant is None:
             continue
         tid = tenant.tenant_id
@@ -160,11 +190,17 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
             if changes:
                 tid_str = str(v["message_template_id"]) if v.get("message_template_id") is not None else None
                 n = await sender.store.update_template(
-                    tid, template_id=tid_str, name=v.get("message_template_name"),
-                    language=v.get("message_template_language"), **changes)
+                    tid,
+                    template_id=tid_str,
+                    name=v.get("message_template_name"),
+                    language=v.get("message_template_language"),
+                    **changes,
+                )
                 if n == 0:
-                    log.info("template event for a template not in the catalogue; run templates sync",
-                             extra={"tenant_id": tid, "kind": ev.kind})
+                    log.info(
+                        "template event for a template not in the catalogue; run templates sync",
+                        extra={"tenant_id": tid, "kind": ev.kind},
+                    )
                 touched.add(tid)
         elif isinstance(ev, ConsentChange):
             if ev.category == "marketing":

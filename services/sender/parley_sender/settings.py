@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
-
 from parley_common.settings import CommonSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class SenderSettings(CommonSettings):

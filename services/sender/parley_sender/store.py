@@ -40,13 +40,29 @@ class MessageRow:
     request: dict[str, Any] | None = None
 
     def values(self) -> tuple[Any, ...]:
-        return (self.message_id, self.tenant_id, self.phone_number_id, self.recipient, self.state, self.attempt,
-                self.wamid, self.callback_data, self.is_template, self.template_name, self.category,
-                self.free_window, self.reason, self.error_code, self.request)
+        return (
+            self.message_id,
+            self.tenant_id,
+            self.phone_number_id,
+            self.recipient,
+            self.state,
+            self.attempt,
+            self.wamid,
+            self.callback_data,
+            self.is_template,
+            self.template_name,
+            self.category,
+            self.free_window,
+            self.reason,
+            self.error_code,
+            self.request,
+        )
 
 
-_COLUMNS = ("message_id, tenant_id, phone_number_id, recipient, state, attempt, wamid, callback_data, "
-            "is_template, template_name, category, free_window, reason, error_code, request")
+_COLUMNS = (
+    "message_id, tenant_id, phone_number_id, recipient, state, attempt, wamid, callback_data, "
+    "is_template, template_name, category, free_window, reason, error_code, request"
+)
 
 
 def _row(r: asyncpg.Record) -> MessageRow:
@@ -59,8 +75,9 @@ class SenderStore:
 
     # --- messages --------------------------------------------------------------------------
     async def messages(self, ids: Sequence[str]) -> dict[str, MessageRow]:
-        rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM sender.messages WHERE message_id = ANY($1)",
-                                     list(ids))
+        rows = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM sender.messages WHERE message_id = ANY($1)", list(ids)
+        )
         return {r["message_id"]: _row(r) for r in rows}
 
     async def record_intents(self, rows: Sequence[MessageRow]) -> None:
@@ -74,7 +91,8 @@ class SenderStore:
                   template_name = EXCLUDED.template_name, category = EXCLUDED.category,
                   free_window = EXCLUDED.free_window, request = EXCLUDED.request, updated_at = now()
                 WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
-            [r.values() for r in rows])
+            [r.values() for r in rows],
+        )
 
     async def record_outcomes(self, rows: Sequence[MessageRow]) -> None:
         if not rows:
@@ -89,27 +107,39 @@ class SenderStore:
                   callback_data = COALESCE(EXCLUDED.callback_data, sender.messages.callback_data),
                   request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
                 WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
-            [r.values() for r in rows])
+            [r.values() for r in rows],
+        )
 
     async def message_for_tenant(self, tenant_id: str, message_id: str) -> dict[str, Any] | None:
         r = await self.pool.fetchrow(
             """SELECT m.*, d.status AS delivery_status, d.sent_at, d.delivered_at, d.read_at, d.failed_at,
                       d.errors AS delivery_errors
                FROM sender.messages m LEFT JOIN sender.deliveries d ON d.wamid = m.wamid
-               WHERE m.message_id = $1 AND m.tenant_id = $2""", message_id, tenant_id)
+               WHERE m.message_id = $1 AND m.tenant_id = $2""",
+            message_id,
+            tenant_id,
+        )
         return dict(r) if r else None
 
-    async def resolve_in_doubt(self, phone_number_id: str, callback_data: str, wamid: str) -> MessageRow | None:
+    async def resolve_in_doubt(
+        self, phone_number_id: str, callback_data: str, wamid: str
+    ) -> MessageRow | None:
         r = await self.pool.fetchrow(
             f"""UPDATE sender.messages SET state = 'accepted', wamid = $3, reason = NULL, updated_at = now()
                 WHERE phone_number_id = $1 AND callback_data = $2 AND state = 'in_doubt'
-                RETURNING {_COLUMNS}""", phone_number_id, callback_data, wamid)
+                RETURNING {_COLUMNS}""",
+            phone_number_id,
+            callback_data,
+            wamid,
+        )
         return _row(r) if r else None
 
     async def delivered_wamid_for(self, phone_number_id: str, callback_data: str) -> str | None:
         return await self.pool.fetchval(
             "SELECT wamid FROM sender.deliveries WHERE phone_number_id = $1 AND callback_data = $2 LIMIT 1",
-            phone_number_id, callback_data)
+            phone_number_id,
+            callback_data,
+        )
 
     # --- statuses --------------------------------------------------------------------------
     async def record_statuses(self, statuses: Iterable[MessageStatus]) -> None:
@@ -119,10 +149,20 @@ class SenderStore:
             if rank is None:
                 continue  # a status Meta added later: kept on the topic, not a state here
             at = s.occurred_at
-            rows.append((s.wamid, s.phone_number_id, s.status, rank, s.biz_opaque_callback_data,
-                         at if s.status == "sent" else None, at if s.status == "delivered" else None,
-                         at if s.status in ("read", "played") else None, at if s.status == "failed" else None,
-                         [e.model_dump(exclude_none=True) for e in s.errors]))
+            rows.append(
+                (
+                    s.wamid,
+                    s.phone_number_id,
+                    s.status,
+                    rank,
+                    s.biz_opaque_callback_data,
+                    at if s.status == "sent" else None,
+                    at if s.status == "delivered" else None,
+                    at if s.status in ("read", "played") else None,
+                    at if s.status == "failed" else None,
+                    [e.model_dump(exclude_none=True) for e in s.errors],
+                )
+            )
         if not rows:
             return
         await self.pool.executemany(
@@ -140,7 +180,9 @@ class SenderStore:
                  read_at = COALESCE(d.read_at, EXCLUDED.read_at),
                  failed_at = COALESCE(d.failed_at, EXCLUDED.failed_at),
                  errors = CASE WHEN EXCLUDED.errors = '[]'::jsonb THEN d.errors ELSE EXCLUDED.errors END,
-                 updated_at = now()""", rows)
+                 updated_at = now()""",
+            rows,
+        )
 
     # --- windows ---------------------------------------------------------------------------
     async def windows(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ConversationWindows]:
@@ -150,10 +192,16 @@ class SenderStore:
         rows = await self.pool.fetch(
             """SELECT w.* FROM sender.windows w
                JOIN unnest($1::text[], $2::text[]) AS k(p, c) ON w.phone_number_id = k.p AND w.customer_id = k.c""",
-            [k[0] for k in keys], [k[1] for k in keys])
-        return {(r["phone_number_id"], r["customer_id"]): ConversationWindows(
-            CustomerServiceWindow(r["last_inbound_at"]),
-            FreeEntryPointWindow(r["referral_at"], r["fep_started_at"])) for r in rows}
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        return {
+            (r["phone_number_id"], r["customer_id"]): ConversationWindows(
+                CustomerServiceWindow(r["last_inbound_at"]),
+                FreeEntryPointWindow(r["referral_at"], r["fep_started_at"]),
+            )
+            for r in rows
+        }
 
     async def save_windows(self, items: Sequence[tuple[str, str, ConversationWindows, str | None]]) -> None:
         await self.pool.executemany(
@@ -167,7 +215,11 @@ class SenderStore:
                                         AND EXCLUDED.referral_at IS DISTINCT FROM w.referral_at
                                         AND EXCLUDED.referral_at >= w.fep_started_at + interval '72 hours'
                                    THEN NULL ELSE w.fep_started_at END""",
-            [(p, c, w.csw.last_inbound_at, wamid, w.fep.referral_at, w.fep.started_at) for p, c, w, wamid in items])
+            [
+                (p, c, w.csw.last_inbound_at, wamid, w.fep.referral_at, w.fep.started_at)
+                for p, c, w, wamid in items
+            ],
+        )
 
     async def start_free_entry_points(self, items: Sequence[tuple[str, str, datetime]]) -> None:
         """The business replied inside an offered FEP: its 72 hours start (first reply wins)."""
@@ -175,17 +227,22 @@ class SenderStore:
             await self.pool.executemany(
                 """UPDATE sender.windows SET fep_started_at = $3
                    WHERE phone_number_id = $1 AND customer_id = $2 AND fep_started_at IS NULL
-                     AND referral_at IS NOT NULL AND referral_at > $3 - interval '24 hours'""", items)
+                     AND referral_at IS NOT NULL AND referral_at > $3 - interval '24 hours'""",
+                items,
+            )
 
     async def record_inbound_refs(self, refs: Sequence[tuple[str, str, str, datetime]]) -> None:
         if refs:
             await self.pool.executemany(
-                "INSERT INTO sender.inbound_refs VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING", refs)
+                "INSERT INTO sender.inbound_refs VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING", refs
+            )
 
     async def known_inbound(self, wamids: Sequence[str]) -> set[str]:
         if not wamids:
             return set()
-        rows = await self.pool.fetch("SELECT wamid FROM sender.inbound_refs WHERE wamid = ANY($1)", list(wamids))
+        rows = await self.pool.fetch(
+            "SELECT wamid FROM sender.inbound_refs WHERE wamid = ANY($1)", list(wamids)
+        )
         return {r["wamid"] for r in rows}
 
     # --- templates -------------------------------------------------------------------------
@@ -195,7 +252,8 @@ class SenderStore:
 
     async def templates(self, tenant_id: str) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT * FROM sender.templates WHERE tenant_id = $1 ORDER BY name, language", tenant_id)
+            "SELECT * FROM sender.templates WHERE tenant_id = $1 ORDER BY name, language", tenant_id
+        )
         return [dict(r) for r in rows]
 
     async def upsert_templates(self, tenant_id: str, templates: Sequence[Template]) -> None:
@@ -207,24 +265,56 @@ class SenderStore:
                  quality = COALESCE(EXCLUDED.quality, sender.templates.quality),
                  parameter_format = EXCLUDED.parameter_format, components = EXCLUDED.components,
                  updated_at = now()""",
-            [(tenant_id, t.name, t.language, t.waba_id, t.template_id, t.category, t.status, t.quality,
-              t.parameter_format, list(t.components)) for t in templates])
+            [
+                (
+                    tenant_id,
+                    t.name,
+                    t.language,
+                    t.waba_id,
+                    t.template_id,
+                    t.category,
+                    t.status,
+                    t.quality,
+                    t.parameter_format,
+                    list(t.components),
+                )
+                for t in templates
+            ],
+        )
 
-    async def remove_templates_not_in(self, tenant_id: str, waba_id: str, keep: Sequence[tuple[str, str]]) -> int:
+    async def remove_templates_not_in(
+        self, tenant_id: str, waba_id: str, keep: Sequence[tuple[str, str]]
+    ) -> int:
         result = await self.pool.execute(
             """DELETE FROM sender.templates WHERE tenant_id = $1 AND waba_id = $2
                AND (name, language) NOT IN (SELECT * FROM unnest($3::text[], $4::text[]))""",
-            tenant_id, waba_id, [k[0] for k in keep], [k[1] for k in keep])
+            tenant_id,
+            waba_id,
+            [k[0] for k in keep],
+            [k[1] for k in keep],
+        )
         return int(result.split()[-1])
 
-    async def update_template(self, tenant_id: str, *, template_id: str | None, name: str | None,
-                              language: str | None, **changes: str) -> int:
+    async def update_template(
+        self,
+        tenant_id: str,
+        *,
+        template_id: str | None,
+        name: str | None,
+        language: str | None,
+        **changes: str,
+    ) -> int:
         sets = ", ".join(f"{col} = ${i + 5}" for i, col in enumerate(changes))
         result = await self.pool.execute(
             f"""UPDATE sender.templates SET {sets}, updated_at = now() WHERE tenant_id = $1 AND
                 (($2::text IS NOT NULL AND template_id = $2) OR
                  (name = $3 AND ($4::text IS NULL OR language = $4)))""",
-            tenant_id, template_id, name, language, *changes.values())
+            tenant_id,
+            template_id,
+            name,
+            language,
+            *changes.values(),
+        )
         return int(result.split()[-1])
 
     # --- consent and the messaging limit ---------------------------------------------------
@@ -232,30 +322,55 @@ class SenderStore:
         if not customers:
             return {}
         rows = await self.pool.fetch(
-            "SELECT * FROM sender.consent WHERE tenant_id = $1 AND customer_id = ANY($2)", tenant_id, list(customers))
-        return {r["customer_id"]: ConsentState(r["marketing_stopped"], r["changed_at"], r["source"]) for r in rows}
+            "SELECT * FROM sender.consent WHERE tenant_id = $1 AND customer_id = ANY($2)",
+            tenant_id,
+            list(customers),
+        )
+        return {
+            r["customer_id"]: ConsentState(r["marketing_stopped"], r["changed_at"], r["source"]) for r in rows
+        }
 
-    async def apply_consent(self, tenant_id: str, customer_id: str, action: str, at: datetime, source: str) -> None:
+    async def apply_consent(
+        self, tenant_id: str, customer_id: str, action: str, at: datetime, source: str
+    ) -> None:
         await self.pool.execute(
             """INSERT INTO sender.consent AS c VALUES ($1,$2,$3,$4,$5)
                ON CONFLICT (tenant_id, customer_id) DO UPDATE SET marketing_stopped = EXCLUDED.marketing_stopped,
                  changed_at = EXCLUDED.changed_at, source = EXCLUDED.source
-               WHERE c.changed_at <= EXCLUDED.changed_at""", tenant_id, customer_id, action == "stop", at, source)
+               WHERE c.changed_at <= EXCLUDED.changed_at""",
+            tenant_id,
+            customer_id,
+            action == "stop",
+            at,
+            source,
+        )
 
     async def reached(self, tenant_id: str, since: datetime) -> dict[str, float]:
         rows = await self.pool.fetch(
             "SELECT customer_id, reached_at FROM sender.reached WHERE tenant_id = $1 AND reached_at > $2",
-            tenant_id, since)
+            tenant_id,
+            since,
+        )
         return {r["customer_id"]: r["reached_at"].timestamp() for r in rows}
 
     async def record_reached(self, items: Sequence[tuple[str, str, datetime]]) -> None:
         if items:
             await self.pool.executemany(
                 """INSERT INTO sender.reached VALUES ($1,$2,$3) ON CONFLICT (tenant_id, customer_id)
-                   DO UPDATE SET reached_at = GREATEST(sender.reached.reached_at, EXCLUDED.reached_at)""", items)
+                   DO UPDATE SET reached_at = GREATEST(sender.reached.reached_at, EXCLUDED.reached_at)""",
+                items,
+            )
 
 
 def _template(r: asyncpg.Record) -> Template:
-    return Template(name=r["name"], language=r["language"], category=r["category"], status=r["status"],
-                    components=tuple(r["components"] or ()), parameter_format=r["parameter_format"],
-                    quality=r["quality"], template_id=r["template_id"], waba_id=r["waba_id"])
+    return Template(
+        name=r["name"],
+        language=r["language"],
+        category=r["category"],
+        status=r["status"],
+        components=tuple(r["components"] or ()),
+        parameter_format=r["parameter_format"],
+        quality=r["quality"],
+        template_id=r["template_id"],
+        waba_id=r["waba_id"],
+    )

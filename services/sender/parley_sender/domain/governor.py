@@ -128,7 +128,7 @@ class PairRateLimit:
 
     burst: int = 45
     interval_s: float = 6.0
-    max_backoff_s: float = 4.0 ** 5
+    max_backoff_s: float = 4.0**5
     _pairs: dict[str, _PairState] = field(default_factory=dict)
 
     def wait(self, customer: str, now: float) -> float:
@@ -163,15 +163,18 @@ class PairRateLimit:
         """Meta answered 131056: block the pair for 4^x seconds; returns the block."""
         st = self._pairs.setdefault(customer, _PairState())
         st.strikes += 1
-        backoff = min(self.max_backoff_s, 4.0 ** st.strikes)
+        backoff = min(self.max_backoff_s, 4.0**st.strikes)
         st.blocked_until = now + backoff
         st.repaid_at = max(st.repaid_at, st.blocked_until)
         return backoff
 
     def forget_idle(self, now: float) -> None:
         """Drop customers with nothing owed (bounded memory)."""
-        idle = [c for c, st in self._pairs.items()
-                if st.repaid_at <= now and st.blocked_until <= now and st.strikes == 0]
+        idle = [
+            c
+            for c, st in self._pairs.items()
+            if st.repaid_at <= now and st.blocked_until <= now and st.strikes == 0
+        ]
         for c in idle:
             del self._pairs[c]
 

@@ -20,10 +20,20 @@ from parley_sender.domain.windows import CUSTOMER_SERVICE, FREE_ENTRY_POINT, Con
 SERVICE = "service"
 TEXT_MAX = 4096
 MAX_REPLY_BUTTONS = 3
-FREE_FORM_TYPES = frozenset({
-    "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",
-    "reaction",
-})
+FREE_FORM_TYPES = frozenset(
+    {
+        "text",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "reaction",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -83,14 +93,18 @@ def decide(msg: OutboundMessage, ctx: SendContext) -> SendPlan | Refusal:
         if csw_open:
             return SendPlan(
                 body=_base_body(msg, recipient) | {msg.type: dict(msg.content)},
-                is_template=False, category=SERVICE,
+                is_template=False,
+                category=SERVICE,
                 free_window=FREE_ENTRY_POINT if fep_open else CUSTOMER_SERVICE,
                 window_from_reply_reference=from_reference,
             )
         if msg.fallback_template is None:
-            return Refusal("outside_customer_service_window",
-                           "free-form messages need a customer message in the last 24 hours; "
-                           "send a template or name a fallback_template", 131047)
+            return Refusal(
+                "outside_customer_service_window",
+                "free-form messages need a customer message in the last 24 hours; "
+                "send a template or name a fallback_template",
+                131047,
+            )
         plan = _template_plan(msg, msg.fallback_template, ctx, recipient, csw_open=False, fep_open=fep_open)
         if isinstance(plan, SendPlan):
             return SendPlan(**{**plan.__dict__, "used_fallback_template": True})
@@ -98,8 +112,9 @@ def decide(msg: OutboundMessage, ctx: SendContext) -> SendPlan | Refusal:
 
     if msg.template is None:
         return Refusal("template_missing", "type is template but no template is named", 100)
-    return _template_plan(msg, msg.template, ctx, recipient, csw_open=csw_open, fep_open=fep_open,
-                          from_reference=from_reference)
+    return _template_plan(
+        msg, msg.template, ctx, recipient, csw_open=csw_open, fep_open=fep_open, from_reference=from_reference
+    )
 
 
 def _free_form_problem(msg: OutboundMessage) -> Refusal | None:
@@ -119,19 +134,32 @@ def _free_form_problem(msg: OutboundMessage) -> Refusal | None:
 
 
 def _base_body(msg: OutboundMessage, recipient: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": recipient,
-                            "type": msg.type}
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": recipient,
+        "type": msg.type,
+    }
     if msg.reply_to_wamid:
         body["context"] = {"message_id": msg.reply_to_wamid}
     return body
 
 
-def _template_plan(msg: OutboundMessage, ref: TemplateRef, ctx: SendContext, recipient: str, *,
-                   csw_open: bool, fep_open: bool, from_reference: bool = False) -> SendPlan | Refusal:
+def _template_plan(
+    msg: OutboundMessage,
+    ref: TemplateRef,
+    ctx: SendContext,
+    recipient: str,
+    *,
+    csw_open: bool,
+    fep_open: bool,
+    from_reference: bool = False,
+) -> SendPlan | Refusal:
     components = [c.model_dump(exclude_none=True) for c in ref.components]
     try:
-        template, rendered = validate_send(ctx.catalogue, ref.name, ref.language, components,
-                                           ctx.language_fallbacks)
+        template, rendered = validate_send(
+            ctx.catalogue, ref.name, ref.language, components, ctx.language_fallbacks
+        )
     except TemplateProblem as problem:
         return Refusal(problem.reason, problem.detail, problem.code)
     category = template.pricing_category
@@ -144,14 +172,23 @@ def _template_plan(msg: OutboundMessage, ref: TemplateRef, ctx: SendContext, rec
     business_initiated = not csw_open
     limit = ctx.messaging_limit
     if business_initiated and limit is not None and not limit.allows(customer, ctx.now.timestamp()):
-        return Refusal("messaging_limit_reached",
-                       f"the portfolio reached {limit.limit} unique customers outside a window in 24 hours")
+        return Refusal(
+            "messaging_limit_reached",
+            f"the portfolio reached {limit.limit} unique customers outside a window in 24 hours",
+        )
     template_obj: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
     if components:
         template_obj["components"] = components
     body = {**_base_body(msg, recipient), "type": "template", "template": template_obj}
     free_window = FREE_ENTRY_POINT if fep_open else (CUSTOMER_SERVICE if csw_open else None)
-    return SendPlan(body=body, is_template=True, category=category, free_window=free_window,
-                    template_name=template.name, template_language=template.language,
-                    business_initiated=business_initiated, window_from_reply_reference=from_reference,
-                    preview=rendered.text)
+    return SendPlan(
+        body=body,
+        is_template=True,
+        category=category,
+        free_window=free_window,
+        template_name=template.name,
+        template_language=template.language,
+        business_initiated=business_initiated,
+        window_from_reply_reference=from_reference,
+        preview=rendered.text,
+    )

@@ -106,15 +106,17 @@ class TemplateCatalogue:
     def put(self, template: Template) -> None:
         self.templates[(template.name, template.language)] = template
 
-    def find(self, name: str, language: str,
-             fallbacks: Mapping[str, Sequence[str]] | None = None) -> Template:
+    def find(
+        self, name: str, language: str, fallbacks: Mapping[str, Sequence[str]] | None = None
+    ) -> Template:
         """The template to send, with language fallback; raises TemplateProblem (132001) if absent."""
         for lang in language_candidates(language, fallbacks or {}):
             found = self.templates.get((name, lang))
             if found is not None:
                 return found
-        raise TemplateProblem("template_missing",
-                              f"template {name!r} does not exist in {language!r} or its fallbacks", 132001)
+        raise TemplateProblem(
+            "template_missing", f"template {name!r} does not exist in {language!r} or its fallbacks", 132001
+        )
 
 
 def check_sendable(template: Template) -> None:
@@ -125,8 +127,9 @@ def check_sendable(template: Template) -> None:
         raise TemplateProblem("template_paused", f"template {template.name!r} is PAUSED", 132015)
     if status == "DISABLED":
         raise TemplateProblem("template_disabled", f"template {template.name!r} is DISABLED", 132016)
-    raise TemplateProblem("template_not_approved", f"template {template.name!r} is {status}, not APPROVED",
-                          132001)
+    raise TemplateProblem(
+        "template_not_approved", f"template {template.name!r} is {status}, not APPROVED", 132001
+    )
 
 
 def _component_params(components: Sequence[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
@@ -137,8 +140,9 @@ def _component_params(components: Sequence[Mapping[str, Any]], kind: str) -> lis
     return params
 
 
-def _bind_text(template: Template, where: str, text: str | None,
-               params: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+def _bind_text(
+    template: Template, where: str, text: str | None, params: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
     """Match parameters to the variables of ``text``; returns variable -> value."""
     names = _variables(text)
     if template.parameter_format == "NAMED":
@@ -146,21 +150,26 @@ def _bind_text(template: Template, where: str, text: str | None,
         for p in params:
             pname = p.get("parameter_name")
             if not pname:
-                raise TemplateProblem("parameter_format", f"{where}: named template needs parameter_name", 132012)
+                raise TemplateProblem(
+                    "parameter_format", f"{where}: named template needs parameter_name", 132012
+                )
             given[str(pname)] = _param_text(p, where)
         expected = set(names)
         if set(given) != expected:
             missing, extra = sorted(expected - set(given)), sorted(set(given) - expected)
-            raise TemplateProblem("parameter_mismatch",
-                                  f"{where}: missing {missing}, unexpected {extra}", 132000)
+            raise TemplateProblem(
+                "parameter_mismatch", f"{where}: missing {missing}, unexpected {extra}", 132000
+            )
         return given
     if any(p.get("parameter_name") for p in params):
-        raise TemplateProblem("parameter_format", f"{where}: positional template takes no parameter_name",
-                              132012)
+        raise TemplateProblem(
+            "parameter_format", f"{where}: positional template takes no parameter_name", 132012
+        )
     distinct = sorted(set(names), key=lambda n: int(n) if n.isdigit() else 0)
     if len(params) != len(distinct):
-        raise TemplateProblem("parameter_mismatch",
-                              f"{where}: expected {len(distinct)} parameters, got {len(params)}", 132000)
+        raise TemplateProblem(
+            "parameter_mismatch", f"{where}: expected {len(distinct)} parameters, got {len(params)}", 132000
+        )
     return {str(i + 1): _param_text(p, where) for i, p in enumerate(params)}
 
 
@@ -215,8 +224,9 @@ class TemplateRenderer:
         values = _bind_text(template, "body", body_text, body_params)
         for p in body_params:
             if _BAD_BODY_PARAM.search(_param_text(p, "body")):
-                raise TemplateProblem("parameter_format",
-                                      "body: a parameter has a new line, a tab or over 4 spaces", 132012)
+                raise TemplateProblem(
+                    "parameter_format", "body: a parameter has a new line, a tab or over 4 spaces", 132012
+                )
         body = _render(body_text, values)
         if len(body) > BODY_MAX:
             raise TemplateProblem("too_long", f"body: {len(body)} characters, limit {BODY_MAX}", 132005)
@@ -225,8 +235,9 @@ class TemplateRenderer:
         buttons = self._buttons(template, components)
         return RenderedTemplate(header, body, footer, tuple(buttons), media)
 
-    def _header(self, template: Template, components: Sequence[Mapping[str, Any]]
-                ) -> tuple[str | None, str | None]:
+    def _header(
+        self, template: Template, components: Sequence[Mapping[str, Any]]
+    ) -> tuple[str | None, str | None]:
         comp = template.component("HEADER")
         params = _component_params(components, "header")
         if comp is None:
@@ -239,8 +250,9 @@ class TemplateRenderer:
             values = _bind_text(template, "header", text, params)
             rendered = _render(text, values)
             if len(rendered) > HEADER_TEXT_MAX:
-                raise TemplateProblem("too_long", f"header: {len(rendered)} characters, limit {HEADER_TEXT_MAX}",
-                                      132005)
+                raise TemplateProblem(
+                    "too_long", f"header: {len(rendered)} characters, limit {HEADER_TEXT_MAX}", 132005
+                )
             return rendered, None
         if fmt in MEDIA_FORMATS or fmt == "LOCATION":
             kind = fmt.lower()
@@ -248,9 +260,11 @@ class TemplateRenderer:
                 raise TemplateProblem("header_media", f"header: needs one {kind} parameter", 132000)
             obj = params[0].get(kind)
             if not isinstance(obj, Mapping) or not (
-                    obj.get("link") or obj.get("id") or (kind == "location" and "latitude" in obj)):
-                raise TemplateProblem("header_media", f"header: the {kind} parameter needs a link or an id",
-                                      132012)
+                obj.get("link") or obj.get("id") or (kind == "location" and "latitude" in obj)
+            ):
+                raise TemplateProblem(
+                    "header_media", f"header: the {kind} parameter needs a link or an id", 132012
+                )
             return None, fmt
         raise TemplateProblem("unknown_component", f"header format {fmt!r}", 132000)
 
@@ -265,7 +279,9 @@ class TemplateRenderer:
             except (TypeError, ValueError):
                 index = -1
             if not 0 <= index < len(defined):
-                raise TemplateProblem("button_mismatch", f"button index {c.get('index')!r} does not exist", 132000)
+                raise TemplateProblem(
+                    "button_mismatch", f"button index {c.get('index')!r} does not exist", 132000
+                )
             if index in given:
                 raise TemplateProblem("button_mismatch", f"button {index} given twice", 132000)
             given[index] = c
@@ -278,8 +294,9 @@ class TemplateRenderer:
             params = list(comp.get("parameters") or []) if comp else []
             if btype == "URL" and _variables(str(b.get("url", ""))):
                 if comp is None or sub_type != "url" or len(params) != 1:
-                    raise TemplateProblem("button_mismatch", f"button {i}: URL button needs one url parameter",
-                                          132000)
+                    raise TemplateProblem(
+                        "button_mismatch", f"button {i}: URL button needs one url parameter", 132000
+                    )
                 url = str(b.get("url", ""))
                 suffix = quote(_param_text(params[0], f"button {i}"), safe="/?=&%")
                 rendered_url = VARIABLE.sub(lambda _m, s=suffix: s, url)
@@ -288,12 +305,14 @@ class TemplateRenderer:
                 labels.append(f"{label} → {rendered_url}")
             elif btype == "COPY_CODE" or (btype == "OTP" and comp is not None and sub_type == "url"):
                 if comp is None or len(params) != 1:
-                    raise TemplateProblem("button_mismatch", f"button {i}: {btype.lower()} needs one parameter",
-                                          132000)
+                    raise TemplateProblem(
+                        "button_mismatch", f"button {i}: {btype.lower()} needs one parameter", 132000
+                    )
                 code = _param_text(params[0], f"button {i}")
                 if btype == "COPY_CODE" and len(code) > COPY_CODE_MAX:
-                    raise TemplateProblem("too_long", f"button {i}: copy code over {COPY_CODE_MAX} characters",
-                                          132005)
+                    raise TemplateProblem(
+                        "too_long", f"button {i}: copy code over {COPY_CODE_MAX} characters", 132005
+                    )
                 labels.append(f"{label}: {code}" if label else code)
             else:
                 if comp is not None and btype == "QUICK_REPLY" and sub_type not in (None, "quick_reply"):
@@ -304,9 +323,13 @@ class TemplateRenderer:
         return labels
 
 
-def validate_send(catalogue: TemplateCatalogue, name: str, language: str,
-                  components: Sequence[Mapping[str, Any]],
-                  fallbacks: Mapping[str, Sequence[str]] | None = None) -> tuple[Template, RenderedTemplate]:
+def validate_send(
+    catalogue: TemplateCatalogue,
+    name: str,
+    language: str,
+    components: Sequence[Mapping[str, Any]],
+    fallbacks: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[Template, RenderedTemplate]:
     """Everything checked before a template send; raises TemplateProblem with the reason."""
     template = catalogue.find(name, language, fallbacks)
     check_sendable(template)

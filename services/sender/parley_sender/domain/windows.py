@@ -33,8 +33,11 @@ class CustomerServiceWindow:
         return self
 
     def is_open(self, at: datetime) -> bool:
-        return self.last_inbound_at is not None and self.last_inbound_at <= at + _CLOCK_SKEW \
+        return (
+            self.last_inbound_at is not None
+            and self.last_inbound_at <= at + _CLOCK_SKEW
             and at < self.last_inbound_at + CSW_LENGTH
+        )
 
     def closes_at(self) -> datetime | None:
         return self.last_inbound_at + CSW_LENGTH if self.last_inbound_at else None
@@ -64,8 +67,11 @@ class FreeEntryPointWindow:
         """Would a message sent at ``at`` be inside a free entry point window?"""
         if self.started_at is not None:
             return self.started_at <= at < self.started_at + FEP_LENGTH
-        return self.referral_at is not None and self.referral_at <= at + _CLOCK_SKEW \
+        return (
+            self.referral_at is not None
+            and self.referral_at <= at + _CLOCK_SKEW
             and at < self.referral_at + FEP_REPLY_DEADLINE
+        )
 
     def on_send(self, at: datetime) -> FreeEntryPointWindow:
         """The business replied at ``at``: the first reply in time starts the 72 hours."""
