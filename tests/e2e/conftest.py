@@ -1,0 +1,164 @@
+"""The whole pipeline in one event loop: the Cloud API simulator and the four services, each a real
+HTTP server on a loopback port, on the session's real Kafka topics and PostgreSQL database.
+
+All services share one TracerProvider with an in-memory exporter, so a test can follow one
+customer message through every hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+REPO = Path(__file__).resolve().parents[2]
+APP_ID = "e2e-app"
+SECRET = "e2e-app-secret-not-a-real-one"
+TOKEN = "e2e-access-token"
+WABAS = ("299000000000001", "299000000000002")
+PN1, PN2 = "199000000000001", "199000000000002"
+NUMBERS = {PN1: ("15550001001", WABAS[0]), PN2: ("15550001002", WABAS[1])}
+TEMPLATES = [
+    {"name": "order_update", "language": "en", "category": "UTILITY", "status": "APPROVED",
+     "components": [{"type": "BODY", "text": "Hi {{1}}, your order {{2}} ships today.",
+                     "example": {"body_text": [["Ana", "A1"]]}}]},
+    {"name": "weekend_offer", "language": "en", "category": "MARKETING", "status": "APPROVED",
+     "components": [{"type": "BODY", "text": "{{1}}, 20% off this weekend.",
+                     "example": {"body_text": [["Ana"]]}}]},
+]
+
+
+class Served:
+    """An ASGI app on a free loopback port, served by uvicorn inside the test's event loop."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+        for _ in range(1200):
+            if self.server.started:
+                return
+            if self.task.done():
+                self.task.result()  # raises the start-up error
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.05)
+        raise TimeoutError("server did not start within 60 s")
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, 30)
+        self.sock.close()
+
+
+@dataclass
+class Pipeline:
+    exporter: InMemorySpanExporter
+    sim: Any  # parley_simulator CloudApiSimulator
+    ingest: Served
+    sender: Served
+    billing: Served
+    api_key: str
+    database_url: str
+    kafka_bootstrap: str
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.ingest.url}/webhooks/meta/{APP_ID}"
+
+
+@pytest.fixture(scope="module")
+async def pipeline(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Pipeline]:
+    from parley_billing.app import create_app as billing_app
+    from parley_common.db import connect, migrate
+    from parley_common.runtime import TENANCY_MIGRATIONS
+    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+    from parley_ingest.app import create_app as ingest_app
+    from parley_router.app import create_app as router_app
+    from parley_sender.app import create_app as sender_app
+    from parley_sender.settings import SenderSettings
+    from parley_simulator import create_app as simulator_app
+    from parley_simulator.config import SimulatorConfig
+    from parley_simulator.simulator import CloudApiSimulator
+
+    os.environ.update({"E2E_APP_SECRET": SECRET, "E2E_TOKEN": TOKEN, "E2E_VERIFY": "e2e-verify"})
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+
+    ingest = Served(None)  # port reserved first: the simulator posts webhooks to it
+    config = SimulatorConfig.model_validate({
+        "apps": [{"app_id": APP_ID, "app_secret": SECRET}],
+        "wabas": [{"id": w, "app_id": APP_ID, "token": TOKEN, "templates": TEMPLATES} for w in WABAS],
+        "phone_numbers": [{"id": n, "display_phone_number": d, "waba_id": w} for n, (d, w) in NUMBERS.items()],
+        "webhook_url": f"{ingest.url}/webhooks/meta/{{app_id}}",
+        "behaviour": {"delivered_ratio": 1.0, "read_ratio": 0.5, "skip_delivered_ratio": 0.3,
+                      "failure_131049_rate": 0.0, "unknown_recipient_pattern": None,
+                      "sent_delay_ms": 10, "delivered_delay_ms": 50, "read_delay_ms": 100},
+    })
+    sim_core = CloudApiSimulator(config)
+    simulator = Served(simulator_app(config, simulator=sim_core))
+    await simulator.start()
+
+    conn = await connect(database_url)
+    try:
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        await import_registry(conn, RegistryFile.model_validate({
+            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:E2E_APP_SECRET"], "access_token_ref": "env:E2E_TOKEN",
+                      "verify_token_ref": "env:E2E_VERIFY", "graph_api_base": simulator.url}],
+            "tenants": [{"tenant_id": "e2e-shop", "name": "E2E Shop", "app_id": APP_ID, "business_country": "US",
+                         "time_zone": "America/New_York", "messaging_limit": None, "wabas": list(WABAS),
+                         "phone_numbers": [{"phone_number_id": n, "display_phone_number": d, "waba_id": w}
+                                           for n, (d, w) in NUMBERS.items()],
+                         "settings": {"demo": True, "router": {"auto_reply": True}}}],
+        }))
+        _, api_key = await add_api_key(conn, "e2e-shop", "e2e")
+    finally:
+        await conn.close()
+
+    ingest.server.config.app = ingest_app(tracer_provider=tp)
+    ingest.server.config.loaded = False
+    router = Served(router_app(tracer_provider=tp))
+    sender = Served(sender_app(SenderSettings(), tracer_provider=tp))
+    billing = Served(billing_app(tracer_provider=tp))
+    started: list[Served] = [simulator]
+    try:
+        for served in (ingest, router, sender, billing):
+            await served.start()
+            started.append(served)
+        cli = Path(sys.executable).parent
+        subprocess.run([str(cli / "parley-billing"), "ratecard", "import",
+                        str(REPO / "services/billing/parley_billing/data/example_rate_card.csv")],
+                       check=True, env=os.environ.copy(), capture_output=True)
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(f"{sender.url}/v1/templates/sync", headers={"Authorization": f"Bearer {api_key}"})
+            assert r.status_code == 200, r.text
+        yield Pipeline(exporter, sim_core, ingest, sender, billing, api_key, database_url, kafka_bootstrap)
+    finally:
+        for served in reversed(started):
+            await served.stop()
