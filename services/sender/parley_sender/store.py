@@ -227,7 +227,7 @@ class SenderStore:
             await self.pool.executemany(
                 """UPDATE sender.windows SET fep_started_at = $3
                    WHERE phone_number_id = $1 AND customer_id = $2 AND fep_started_at IS NULL
-                     AND referral_at IS NOT NULL AND referral_at > $3 - interval '24 hours'""",
+                     AND referral_at IS NOT NULL AND referral_at > $3::timestamptz - interval '24 hours'""",
                 items,
             )
 
