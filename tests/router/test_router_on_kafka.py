@@ -18,7 +18,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, import_registry
-from parley_common.topics import ACCOUNT_EVENTS, AGENT_QUEUE, MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED
+from parley_common.topics import (
+    ACCOUNT_EVENTS,
+    AGENT_QUEUE,
+    DEAD_LETTERS,
+    MESSAGES_IN,
+    MESSAGES_OUT,
+    MESSAGES_ROUTED,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -70,10 +77,14 @@ async def _collect(bootstrap: str, topics: list[str], wanted: set[str],
             for tp, recs in (await consumer.getmany(timeout_ms=500)).items():
                 for r in recs:
                     value = orjson.loads(r.value)
+                    if tp.topic == DEAD_LETTERS.name:  # kept whole; the test picks its own
+                        original = orjson.loads(value["payload"])
+                        found[tp.topic].append({**value, "wamid": original.get("wamid")})
+                        continue
                     marker = value.get("wamid") or value.get("reply_to_wamid") or value.get("customer_id")
                     if marker in wanted or marker == CUSTOMER:
                         found[tp.topic].append({**value, "_key": r.key, "_headers": dict(r.headers)})
-            if settle_until is None and wanted <= {v["wamid"] for v in found[topics[0]]}:
+            if settle_until is None and wanted <= {v.get("wamid") for v in found[topics[0]]}:
                 settle_until = loop.time() + 2.0
     finally:
         await consumer.stop()
@@ -113,7 +124,7 @@ async def test_six_languages_are_routed_to_the_expected_destinations(kafka_boots
     from parley_router.settings import RouterSettings
 
     run = uuid.uuid4().hex[:8]
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], str | None, str, str]] = {
         f"wamid.{run}.en": (inbound(f"wamid.{run}.en", "hi, can I book two tickets for friday?"),
                             "buy_ticket", "auto_reply", "en"),
         f"wamid.{run}.es": (inbound(f"wamid.{run}.es", "quiero hablar con una persona"),
@@ -139,10 +150,14 @@ async def test_six_languages_are_routed_to_the_expected_destinations(kafka_boots
         async with app.router.lifespan_context(app):
             for rec, *_rest in cases.values():
                 await producer.send_and_wait(MESSAGES_IN.name, orjson.dumps(rec), key=NUMBER.encode())
+            # A record that is not an InboundMessage goes to the dead letters, alone.
+            await producer.send_and_wait(MESSAGES_IN.name, orjson.dumps({"wamid": f"wamid.{run}.bad"}),
+                                         key=NUMBER.encode())
             # Meta re-sends the English message: it must route once.
             dup = cases[f"wamid.{run}.en"][0]
             await producer.send_and_wait(MESSAGES_IN.name, orjson.dumps(dup), key=NUMBER.encode())
-            topics = [MESSAGES_ROUTED.name, MESSAGES_OUT.name, AGENT_QUEUE.name, ACCOUNT_EVENTS.name]
+            topics = [MESSAGES_ROUTED.name, MESSAGES_OUT.name, AGENT_QUEUE.name, ACCOUNT_EVENTS.name,
+                      DEAD_LETTERS.name]
             found = await _collect(kafka_bootstrap, topics, set(cases), wait_s=60)
             await asyncio.sleep(0.5)
             # A second redelivery after the first was routed is skipped by the durable dedupe.
@@ -183,6 +198,9 @@ async def test_six_languages_are_routed_to_the_expected_destinations(kafka_boots
     tasks = {t["wamid"]: t for t in found[AGENT_QUEUE.name]}
     assert tasks[f"wamid.{run}.ar"]["skill"] == "support" and tasks[f"wamid.{run}.ar"]["language"] == "ar"
     assert tasks[f"wamid.{run}.es"]["_headers"]["x-parley-language"] == b"es"
+
+    [letter] = [d for d in found[DEAD_LETTERS.name] if d["wamid"] == f"wamid.{run}.bad"]
+    assert letter["service"] == "router" and letter["error_type"] == "ValidationError"
 
     [(headers, body)] = endpoint.requests
     expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()

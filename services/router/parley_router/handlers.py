@@ -157,8 +157,10 @@ class RouterService:
         if not fresh:
             return []
         t0 = asyncio.get_running_loop().time()
-        decisions = self.router.route([(m, self.context_for(m)) for m in fresh])
-        self.metrics.classify_seconds.observe((asyncio.get_running_loop().time() - t0) / len(fresh))
+        decisions = await self._route(fresh)
+        self.metrics.classify_seconds.observe((asyncio.get_running_loop().time() - t0) / max(len(fresh), 1))
+        if not decisions:
+            return []
         await self.publish(decisions)
         calls = [self._call_endpoint(d) for d in decisions if d.webhook is not None]
         if calls:
@@ -167,6 +169,20 @@ class RouterService:
             await self.store.mark_routed(decisions)
         for d in decisions:
             self.metrics.routed.labels(d.routed.intent, d.routed.destination.kind, d.routed.signal).inc()
+        return decisions
+
+    async def _route(self, messages: list[InboundMessage]) -> list[RoutingDecision]:
+        """Route the batch; if that fails, route one by one and dead-letter the messages that fail."""
+        try:
+            return self.router.route([(m, self.context_for(m)) for m in messages])
+        except Exception:
+            log.exception("routing a batch failed; routing its messages one by one")
+        decisions: list[RoutingDecision] = []
+        for m in messages:
+            try:
+                decisions.extend(self.router.route([(m, self.context_for(m))]))
+            except Exception as exc:
+                await self._dead_letter(m.model_dump_json().encode(), m.phone_number_id.encode(), exc)
         return decisions
 
     async def publish(self, decisions: Sequence[RoutingDecision]) -> None:
