@@ -90,3 +90,25 @@ def test_oos_threshold_tuning_separates_confident_from_unsure() -> None:
     p_oos = np.array([0.2, 0.3, 0.4])
     t = tune_oos_threshold(p_in, correct, p_oos)
     assert 0.3 < t <= 0.7
+
+
+async def test_tenant_intents_retrain_and_reload_without_a_restart(model: IntentClassifier) -> None:
+    from parley_common.tenancy.models import Tenant
+    from parley_router.domain.config import TenantRouting
+    from parley_router.model_registry import ModelRegistry
+
+    registry = ModelRegistry(model, load_examples(), store=None)
+    baggage = ["how many bags can i bring", "baggage allowance?", "can i take a second suitcase",
+               "extra luggage fee", "is hand luggage free", "how heavy can my bag be",
+               "bagaj hakkı ne kadar", "berapa kg bagasi", "কত কেজি লাগেজ নেওয়া যাবে"]
+    tenant = Tenant("acme", "Acme", "app", "TR", "Europe/Istanbul", None,
+                    {"router": {"intents": {"baggage": baggage}}})
+    assert registry.for_tenant("acme") is model
+    tasks = await registry.sync([tenant], lambda t: TenantRouting.from_tenant_settings(t.settings))
+    assert len(tasks) == 1
+    await tasks[0]
+    tenant_model = registry.for_tenant("acme")
+    assert "baggage" in tenant_model.intents and "baggage" not in registry.for_tenant("other").intents
+    assert tenant_model.predict(["how many suitcases can I take"])[0].intent == "baggage"
+    # Same intents again: nothing to retrain.
+    assert await registry.sync([tenant], lambda t: TenantRouting.from_tenant_settings(t.settings)) == []

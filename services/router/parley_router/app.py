@@ -80,4 +80,4 @@ def create_app(settings: RouterSettings | None = None, *,
     app = make_app(rt, title="Parley router")
     app.state.router_service = service
     app.state.model_registry = registry
-    return app  # type: ignore[no-any-return]
+    return app
