@@ -55,18 +55,29 @@ class RecordProducer:
     """A long-lived aiokafka producer for the hot path (batched sends, futures gathered)."""
 
     def __init__(self, bootstrap: str, client_id: str = "parley-router") -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, client_id=client_id, acks="all", enable_idempotence=True,
-            compression_type="lz4", linger_ms=5, max_batch_size=256 * 1024,
-            max_request_size=MAX_REQUEST_BYTES)
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._producer_or_none: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         self._partition_cache: dict[str, list[int]] = {}
 
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._producer_or_none is None:
+            raise RuntimeError("the producer is not started")
+        return self._producer_or_none
+
     async def start(self) -> None:
-        await self._producer.start()
+        # Created here, inside the running event loop (aiokafka binds to it).
+        self._producer_or_none = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all",
+            enable_idempotence=True, compression_type="lz4", linger_ms=5, max_batch_size=256 * 1024,
+            max_request_size=MAX_REQUEST_BYTES)
+        await self._producer_or_none.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer_or_none is not None:
+            await self._producer_or_none.stop()
 
     async def send_all(self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]) -> None:
         """Send in order, as one record batch per topic partition (far cheaper than send() per record).
