@@ -151,6 +151,11 @@ def test_an_unsure_classifier_opt_in_does_not_resume_marketing(defaults: RouterD
     assert d.consent is None and d.outbound == [] and d.agent_task is not None
 
 
+def test_even_a_confident_classifier_opt_in_needs_an_explicit_signal(defaults: RouterDefaults) -> None:
+    d = decide(inbound("sáquenme de su lista"), u("opt_in", 0.95, "es"), DEMO, defaults, tenant_id="t")
+    assert d.consent is None and d.agent_task is not None
+
+
 def test_a_confident_classifier_opt_out_stops_marketing(defaults: RouterDefaults) -> None:
     d = decide(inbound("please never send me promos again"), u("opt_out", 0.93), DEMO, defaults,
                tenant_id="t")

@@ -29,7 +29,7 @@ from parley_router.domain.defaults import RouterDefaults
 
 OUT_OF_SCOPE = "out_of_scope"
 ALWAYS_HUMAN = frozenset({"complaint", "human_agent", OUT_OF_SCOPE})
-CONSENT_MIN_CONFIDENCE = 0.7  # a classifier's opt-out/opt-in needs more than the usual threshold
+CONSENT_MIN_CONFIDENCE = 0.7  # a classifier's opt-out needs more than the usual threshold
 CONSENT_INTENTS: dict[str, Literal["stop", "resume"]] = {"opt_out": "stop", "opt_in": "resume"}
 
 
@@ -159,11 +159,12 @@ def decide(
     b = DecisionBuilder(msg, u, tenant_id)
     threshold = cfg.confidence_threshold if cfg.confidence_threshold is not None else confidence_threshold
 
-    # A statistical guess below the threshold never gets an automatic answer (nor a consent
-    # change: resuming marketing on a guess would be worse than asking a person).
+    # A statistical guess below the threshold never gets an automatic answer. Consent is
+    # asymmetric: a confident guessed opt-out stops marketing (the safe direction), but marketing
+    # resumes only on an explicit signal (START, a quick reply), never on a guess.
     guessed = u.signal == "classifier"
-    uncertain = guessed and (u.confidence < threshold or u.intent == OUT_OF_SCOPE
-                             or (u.intent in CONSENT_INTENTS and u.confidence < CONSENT_MIN_CONFIDENCE))
+    uncertain = guessed and (u.confidence < threshold or u.intent == OUT_OF_SCOPE or u.intent == "opt_in"
+                             or (u.intent == "opt_out" and u.confidence < CONSENT_MIN_CONFIDENCE))
 
     # Consent next: a customer's STOP is honoured whatever the tenant's rules say.
     if u.intent in CONSENT_INTENTS and not uncertain:
