@@ -61,9 +61,9 @@ async def _lag(bootstrap: str) -> int:
     await admin.start()
     await consumer.start()
     try:
-        await consumer.topics()  # metadata
-        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        assert {tp.topic for tp in parts} == set(topics), "no metadata for some topic"
+        described = await admin.describe_topics(topics)
+        parts = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+        assert {tp.topic for tp in parts} == set(topics), described
         ends = await consumer.end_offsets(parts)
         committed = await admin.list_consumer_group_offsets(GROUP, partitions=parts)
         return sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)

@@ -14,7 +14,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_CLASS = 0x5042  # "PB": Parley billing
 LOCK_BUCKETS = 1 << 12
 NEG_INF = datetime.min.replace(tzinfo=UTC)
-# Re-pricing after a fact at time f: messages from f - MARGIN on are re-priced, reading facts from
-# f - MARGIN - PMP_LOOKBACK on (a PMP price looks back at most PMP_LOOKBACK).
-MARGIN = timedelta(days=1)
+# Re-pricing after a fact at time f: messages delivered from f on are re-priced (no PMP price
+# depends on a later fact than its own delivery: windows open at an inbound message or at a
+# delivery, and cover what comes after), reading facts from f - PMP_LOOKBACK on (a PMP price looks
+# back at most PMP_LOOKBACK). Under CBP conversations chain, so the whole timeline is re-priced.
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,15 @@ def _bucket(phone_number_id: str) -> int:
 
 
 async def _lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None:
+    """Advisory locks on the numbers' buckets, and the batch temp tables, in one round trip."""
     buckets = sorted({_bucket(n) for n in numbers})  # one order everywhere: no deadlocks
     if buckets:
-        await conn.execute("SELECT pg_advisory_xact_lock($1::int, b) FROM unnest($2::int[]) AS b",
-                           LOCK_CLASS, buckets)
+        # Only integers are formatted into the statement (a multi-statement string cannot take parameters).
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS _deliveries_in ({DELIVERIES_IN}) ON COMMIT DELETE ROWS;"
+            f"CREATE TEMP TABLE IF NOT EXISTS _ledger_in ({LEDGER_IN}) ON COMMIT DELETE ROWS;"
+            f"SELECT pg_advisory_xact_lock({int(LOCK_CLASS)}, b)"
+            f" FROM unnest('{{{','.join(str(int(b)) for b in buckets)}}}'::int[]) AS b")
 
 
 Key = tuple[str, str]  # (phone_number_id, customer)
@@ -125,10 +131,7 @@ class Metering:
             return 0
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_numbers(conn, (f.phone_number_id for f in facts))
-            await _copy_in(conn, "_deliveries_in", DELIVERIES_IN, [
-                (f.wamid, f.tenant_id, f.phone_number_id, f.waba_id, f.customer, f.delivered_at, f.meta_rank,
-                 f.meta.billable if f.meta else None, f.meta.pricing_model if f.meta else None,
-                 f.meta.type if f.meta else None, f.meta.category if f.meta else None) for f in facts])
+            await _copy_in(conn, "_deliveries_in", facts)  # facts are rows in column order
             changed = await conn.fetch(
                 """INSERT INTO billing.deliveries AS d SELECT * FROM _deliveries_in
                    ON CONFLICT (wamid) DO UPDATE SET
@@ -219,52 +222,60 @@ class Metering:
             return 0
         await self.rates.refresh(conn)
         keys = list(affected)
-        write_from = [affected[k] - MARGIN for k in keys]
+        write_from = [affected[k] for k in keys]
         # CBP conversations chain from the start of a timeline: read it all when CBP is involved.
         read_from = [NEG_INF if t < PMP_START + PMP_LOOKBACK else t - PMP_LOOKBACK for t in write_from]
         write_from = [NEG_INF if r == NEG_INF else w for r, w in zip(read_from, write_from, strict=True)]
-        args = ([k[0] for k in keys], [k[1] for k in keys], read_from)
-        outbound = await conn.fetch(
-            """SELECT d.phone_number_id, d.customer, d.wamid, d.delivered_at, d.tenant_id, d.waba_id,
-                      d.meta_billable, d.meta_pricing_model, d.meta_type, d.meta_category,
-                      s.is_template, s.category, s.tenant_id AS send_tenant
-               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
-               JOIN billing.deliveries d ON d.phone_number_id = k.pnid AND d.customer = k.customer
-                                        AND d.delivered_at >= k.since
-               LEFT JOIN billing.sends s ON s.wamid = d.wamid""", *args)
-        inbound = await conn.fetch(
-            """SELECT i.phone_number_id, i.customer, i.received_at, i.referral, i.tenant_id
-               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
-               JOIN billing.inbound i ON i.phone_number_id = k.pnid AND i.customer = k.customer
-                                     AND i.received_at >= k.since""", *args)
-        by_key_out: dict[Key, list[asyncpg.Record]] = defaultdict(list)
-        for r in outbound:
-            by_key_out[(r["phone_number_id"], r["customer"])].append(r)
+        # One round trip for both kinds of facts: outbound rows (kind true) and inbound rows (false).
+        facts = await conn.fetch(TIMELINE_FACTS, [k[0] for k in keys], [k[1] for k in keys], read_from)
+        by_key_out: dict[Key, list[OutboundFact]] = defaultdict(list)
         by_key_in: dict[Key, list[InboundFact]] = defaultdict(list)
         tenant_of: dict[Key, str | None] = {}
-        for r in inbound:
-            key = (r["phone_number_id"], r["customer"])
-            by_key_in[key].append(InboundFact(r["received_at"], r["referral"]))
-            tenant_of.setdefault(key, r["tenant_id"])
+        account_of: dict[Key, str] = {}
+        for (outbound, pnid, customer, wamid, at, tenant_id, waba_id, billable, model, type_, category,
+             is_template, send_category, send_tenant) in facts:
+            key = (pnid, customer)
+            if outbound:
+                meta = MetaPricing(billable, model, type_, category) \
+                    if model or category or type_ or billable is not None else None
+                by_key_out[key].append(OutboundFact(wamid, at, is_template, send_category, meta))
+                if key not in tenant_of or tenant_of[key] is None:
+                    tenant_of[key] = tenant_id or send_tenant
+                if waba_id and key not in account_of:
+                    account_of[key] = waba_id
+            else:
+                by_key_in[key].append(InboundFact(at, billable))  # billable carries the referral flag
+                tenant_of.setdefault(key, tenant_id)
         rows: list[tuple[Any, ...]] = []
+        book = self.rates.rates
         for key, since in zip(keys, write_from, strict=True):
-            recs = by_key_out.get(key)
-            if not recs:
+            outbound_facts = by_key_out.get(key)
+            if not outbound_facts:
                 continue
-            tenant_id = next((r["tenant_id"] or r["send_tenant"] for r in recs
-                              if r["tenant_id"] or r["send_tenant"]), None) or tenant_of.get(key)
-            tenant = self.tenants(tenant_id, key[0])
-            account = next((r["waba_id"] for r in recs if r["waba_id"]), None) or key[0]
-            timeline = Timeline(key[1], by_key_in.get(key, ()), [_outbound(r) for r in recs], account)
-            for p in price_timeline(timeline, Business(tenant.country, self.rates.rates)):
-                if p.delivered_at >= since:
-                    rows.append(_ledger_row(p, key[0], tenant))
+            pnid = key[0]
+            tenant = self.tenants(tenant_of.get(key), pnid)
+            timeline = Timeline(key[1], by_key_in.get(key, ()), outbound_facts, account_of.get(key) or pnid)
+            for p in price_timeline(timeline, Business(tenant.country, book), since=since):
+                rows.append(_ledger_row(p, pnid, tenant))
         if not rows:
             return 0
-        await _copy_in(conn, "_ledger_in", LEDGER_IN, rows)
+        await _copy_in(conn, "_ledger_in", rows)
         result = await conn.fetch(LEDGER_UPSERT)
         return len(result)
 
+
+TIMELINE_FACTS = """
+SELECT true, d.phone_number_id, d.customer, d.wamid, d.delivered_at, d.tenant_id, d.waba_id, d.meta_billable,
+       d.meta_pricing_model, d.meta_type, d.meta_category, s.is_template, s.category, s.tenant_id
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
+JOIN billing.deliveries d ON d.phone_number_id = k.pnid AND d.customer = k.customer AND d.delivered_at >= k.since
+LEFT JOIN billing.sends s ON s.wamid = d.wamid
+UNION ALL
+SELECT false, i.phone_number_id, i.customer, NULL, i.received_at, i.tenant_id, NULL, i.referral,
+       NULL, NULL, NULL, NULL, NULL, NULL
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
+JOIN billing.inbound i ON i.phone_number_id = k.pnid AND i.customer = k.customer AND i.received_at >= k.since
+"""
 
 # Batches reach PostgreSQL by binary COPY into per-connection temp tables (much cheaper than
 # array parameters), then one INSERT … SELECT … ON CONFLICT.
@@ -277,8 +288,8 @@ LEDGER_IN = ("wamid text, tenant_id text, phone_number_id text, account text, de
              "meta_billable bool, meta_pricing_model text, meta_type text, meta_category text")
 
 
-async def _copy_in(conn: asyncpg.Connection, table: str, columns: str, records: list[tuple[Any, ...]]) -> None:
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
+async def _copy_in(conn: asyncpg.Connection, table: str, records: Sequence[tuple[Any, ...]]) -> None:
+    """Binary COPY into a temp table that :func:`_lock_numbers` created in this transaction's session."""
     await conn.copy_records_to_table(table, records=records)
 
 
@@ -286,13 +297,6 @@ def _touch(affected: dict[Key, datetime], key: Key, t: datetime) -> None:
     prev = affected.get(key)
     if prev is None or t < prev:
         affected[key] = t
-
-
-def _outbound(r: asyncpg.Record) -> OutboundFact:
-    meta = None
-    if r["meta_pricing_model"] or r["meta_category"] or r["meta_type"] or r["meta_billable"] is not None:
-        meta = MetaPricing(r["meta_billable"], r["meta_pricing_model"], r["meta_type"], r["meta_category"])
-    return OutboundFact(r["wamid"], r["delivered_at"], r["is_template"], r["category"], meta)
 
 
 def _ledger_row(p: PricedMessage, phone_number_id: str, tenant: TenantInfo) -> tuple[Any, ...]:

@@ -161,8 +161,10 @@ def _rate(business: Business, market_name: str, fallback: str | None, category: 
     return rate.market, rate.currency, rate.amount
 
 
-def price_timeline(timeline: Timeline, business: Business) -> list[PricedMessage]:
-    """Price every delivered outbound message of one business number × customer timeline."""
+def price_timeline(timeline: Timeline, business: Business, *, since: datetime | None = None
+                   ) -> list[PricedMessage]:
+    """Price every delivered outbound message of one business number × customer timeline; with
+    ``since``, only those delivered at or after it (the others are context: windows, CBP state)."""
     market = market_for_number(timeline.customer)
     outbound = sorted(timeline.outbound, key=lambda m: (m.delivered_at, m.wamid))
     csw = _Windows((f.at, f.at + CUSTOMER_SERVICE_WINDOW) for f in timeline.inbound)
@@ -176,6 +178,8 @@ def price_timeline(timeline: Timeline, business: Business) -> list[PricedMessage
     cbp = _CbpConversations(timeline.account)
     for m in outbound:
         t = m.delivered_at
+        if since is not None and t < since and t >= PMP_START:
+            continue  # a PMP price depends on windows only, not on the messages before it
         is_template, category = resolve_category(m)
         day = t.astimezone(UTC).date()
         if category == "authentication" and international and \
@@ -188,6 +192,8 @@ def price_timeline(timeline: Timeline, business: Business) -> list[PricedMessage
         else:
             priced.append(cbp.price(m, business, market.name, market.fallback, market.country,
                                     is_template, category, opens_fep=t in fep_openers))
+    if since is not None:
+        return [p for p in priced if p.delivered_at >= since]
     return priced
 
 
@@ -269,7 +275,8 @@ class _CbpConversations:
 # --- month-level rules -----------------------------------------------------------------------
 
 def month_of(t: datetime, tz: ZoneInfo) -> str:
-    return t.astimezone(tz).strftime("%Y-%m")
+    local = t.astimezone(tz)
+    return f"{local.year:04d}-{local.month:02d}"
 
 
 def _free_tier_eligible(p: PricedMessage) -> bool:

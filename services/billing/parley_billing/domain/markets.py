@@ -27,6 +27,14 @@ def market_table() -> dict[str, tuple[str, str | None]]:
     return {r["country"]: (r["market"], r["fallback_market"] or None) for r in rows}
 
 
+@lru_cache(maxsize=1)
+def _single_region_codes() -> dict[str, str]:
+    """Calling code → region, for the codes that belong to one region only (most of them)."""
+    from phonenumbers.data import _COUNTRY_CODE_TO_REGION_CODE
+
+    return {str(code): regions[0] for code, regions in _COUNTRY_CODE_TO_REGION_CODE.items() if len(regions) == 1}
+
+
 @lru_cache(maxsize=65536)
 def country_of(number: str | None) -> str | None:
     """ISO country of an E.164 number given with or without ``+`` (None for BSUIDs or junk)."""
@@ -35,6 +43,14 @@ def country_of(number: str | None) -> str | None:
     digits = number.lstrip("+")
     if not digits.isdigit():
         return None
+    if 8 <= len(digits) <= 15:
+        # Fast path, same answer as the full parse below: a calling code of a single region names
+        # that region whether or not the number is valid there (calling codes are prefix-free).
+        single = _single_region_codes()
+        for n in (1, 2, 3):
+            region = single.get(digits[:n])
+            if region is not None:
+                return region if region != "ZZ" else None
     try:
         parsed = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:
@@ -53,5 +69,6 @@ def market_of_country(country: str | None) -> Market:
     return Market(country, name, fallback)
 
 
+@lru_cache(maxsize=65536)
 def market_for_number(number: str | None) -> Market:
     return market_of_country(country_of(number))

@@ -163,6 +163,9 @@ class RateBook:
 
     rows: list[RateRow] = field(default_factory=list)
     _by_market: dict[str, tuple[list[date], list[RateRow]]] = field(default_factory=dict, init=False)
+    # (market, fallback, date) → resolved; the book never changes after it is built.
+    _resolved: dict[tuple[str, str | None, date], tuple[str, RateRow | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         grouped: dict[str, list[RateRow]] = {}
@@ -179,10 +182,16 @@ class RateBook:
         return rows[i - 1] if i else None
 
     def resolve_market(self, market: str, fallback: str | None, on: date) -> tuple[str, RateRow | None]:
-        for name in (market, fallback, "Other"):
-            if name and (row := self.row(name, on)) is not None:
-                return name, row
-        return market, None
+        key = (market, fallback, on)
+        found = self._resolved.get(key)
+        if found is None:
+            found = (market, None)
+            for name in (market, fallback, "Other"):
+                if name and (row := self.row(name, on)) is not None:
+                    found = (name, row)
+                    break
+            self._resolved[key] = found
+        return found
 
     def has_international_rate(self, market: str, fallback: str | None, on: date) -> bool:
         _, row = self.resolve_market(market, fallback, on)
