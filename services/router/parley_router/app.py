@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.runtime import build_runtime, make_app
@@ -47,8 +48,8 @@ def create_app(settings: RouterSettings | None = None, *,
         batch_timeout_ms=settings.batch_timeout_ms, **CONSUMER_DEFAULTS)
 
     @subscriber  # type: ignore[untyped-decorator]
-    async def on_inbound(records: list[dict[str, Any]]) -> None:
-        await service.handle_batch(records)
+    async def on_inbound(records: list[dict[str, Any]], msg: KafkaMessage) -> None:
+        await service.handle_batch(records, msg.batch_headers)
 
     async def sync_models_forever() -> None:
         while True:

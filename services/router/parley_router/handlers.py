@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 from parley_common.broker import MAX_REQUEST_BYTES
 from parley_common.contracts import InboundMessage
 from parley_common.deadletter import dead_letter_record, publish_dead_letter
@@ -125,6 +126,8 @@ class RouterService:
         self.endpoints = endpoints
         self.metrics = RouterMetrics(rt.registry)
         self._routing_cache: dict[str, tuple[int, TenantRouting]] = {}
+        self._tracer = rt.tracer_provider.get_tracer("parley.router")
+        self._carriers: dict[str, dict[str, Any]] = {}
 
     def routing_of(self, tenant: Tenant) -> TenantRouting:
         cached = self._routing_cache.get(tenant.tenant_id)
@@ -149,7 +152,14 @@ class RouterService:
         await publish_dead_letter(self.rt.broker, dead_letter_record(
             service=SERVICE, topic=MESSAGES_IN.name, value=raw, key=key, exc=exc, attempts=1))
 
-    async def handle_batch(self, records: Sequence[dict[str, Any]]) -> list[RoutingDecision]:
+    async def handle_batch(self, records: Sequence[dict[str, Any]],
+                           batch_headers: Sequence[dict[str, Any]] | None = None) -> list[RoutingDecision]:
+        # Each record's own trace context (W3C traceparent from ingest), so that one customer
+        # message stays one trace even though the router consumes in batches.
+        self._carriers = {
+            str(rec.get("wamid")): {k: v for k, v in (h or {}).items() if k in ("traceparent", "tracestate")}
+            for rec, h in zip(records, batch_headers or [], strict=False) if isinstance(rec, dict)
+        }
         messages: list[InboundMessage] = []
         for rec in records:
             try:
@@ -196,13 +206,19 @@ class RouterService:
                 await self._dead_letter(m.model_dump_json().encode(), m.phone_number_id.encode(), exc)
         return decisions
 
+    def _trace_headers(self, wamid: str) -> list[tuple[str, bytes]]:
+        """A ``route`` span, child of the inbound message's own trace, injected into the outputs."""
+        parent = propagate.extract(self._carriers.get(wamid, {}))
+        with self._tracer.start_as_current_span("route", context=parent, kind=SpanKind.INTERNAL):
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+        return [(k, v.encode()) for k, v in carrier.items()]
+
     async def publish(self, decisions: Sequence[RoutingDecision]) -> None:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        trace_headers = [(k, v.encode()) for k, v in carrier.items()]
         records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
         for d in decisions:
             key = d.routed.phone_number_id.encode()
+            trace_headers = self._trace_headers(d.routed.wamid)
             # Side effects first, the decision record last: a consumer of wa.messages.routed
             # may rely on the reply / task already being on its topic.
             for out in d.outbound:
