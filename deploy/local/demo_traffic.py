@@ -11,22 +11,37 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import httpx
+import phonenumbers
 
 NUMBERS = {  # tenant -> (phone_number_ids, template languages)
     "dhaka-tickets": (["100000000000001"], ["en", "bn"]),
     "istanbul-events": (["100000000000002", "100000000000003"], ["en", "tr", "ar"]),
     "jakarta-shop": (["100000000000004"], ["en", "id"]),
 }
-# Customers in several of Meta's pricing markets (valid numbering plans, fictional subscribers).
-MARKET_PREFIXES = ["91981", "62812", "90532", "96650", "44791", "5511", "88017", "34612", "1415"]
+# Customers in several of Meta's pricing markets: valid mobile numbering plans, fictional subscribers.
+MARKETS = ["IN", "ID", "TR", "SA", "GB", "BR", "BD", "ES", "US", "NG"]
+
+
+def valid(digits: str) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse("+" + digits))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def fictional_number(rng: random.Random) -> str:
-    prefix = rng.choice(MARKET_PREFIXES)
-    return prefix + "".join(str(rng.randrange(10)) for _ in range(12 - len(prefix))) + str(rng.randrange(1, 10))
+    region = rng.choice(MARKETS)
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    while True:
+        national = str(example.national_number)
+        candidate = national[:-4] + f"{rng.randrange(10**4):04d}"
+        number = phonenumbers.parse(f"+{example.country_code}{candidate}")
+        if phonenumbers.is_valid_number(number):
+            return f"{example.country_code}{candidate}"
 
 
 def template_message(number_id: str, to: str, language: str, kind: str, rng: random.Random) -> dict[str, Any]:
@@ -46,7 +61,10 @@ def template_message(number_id: str, to: str, language: str, kind: str, rng: ran
 
 async def drive(*, env: dict[str, str], keys: dict[str, str], ingest_url: str, sim_url: str, inbound: int,
                 templates: int, rate: float, stop: asyncio.Event) -> dict[str, Any]:
-    rng = random.Random(20261122)
+    # A fresh seed per run: the same seed would regenerate the same wamids and idempotency keys,
+    # which Parley rightly treats as duplicates of the previous run.
+    run_seed = int(time.time())
+    rng = random.Random(run_seed)
     customers: dict[str, list[str]] = {n: [] for ids, _ in NUMBERS.values() for n in ids}
     sent_inbound = webhooks = 0
     async with httpx.AsyncClient(timeout=30) as client:
@@ -54,7 +72,7 @@ async def drive(*, env: dict[str, str], keys: dict[str, str], ingest_url: str, s
         all_numbers = [n for ids, _ in NUMBERS.values() for n in ids]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        seed = 1
+        seed = run_seed * 1000
         while sent_inbound < inbound and not stop.is_set():
             r = await client.post(f"{sim_url}/_sim/inbound",
                                   json={"count": 10, "seed": seed, "phone_number_ids": all_numbers})
@@ -64,7 +82,7 @@ async def drive(*, env: dict[str, str], keys: dict[str, str], ingest_url: str, s
             webhooks += body["webhooks"]
             for m in body["messages"]:
                 sent_inbound += 1
-                if m["customer_id"] and m["customer_id"].isdigit():
+                if m["customer_id"] and m["customer_id"].isdigit() and valid(m["customer_id"]):
                     customers[m["phone_number_id"]].append(m["customer_id"])
             ahead = sent_inbound / rate - (loop.time() - started)
             if ahead > 0:

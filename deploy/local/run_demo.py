@@ -21,7 +21,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -156,22 +156,35 @@ async def read_range(bootstrap: str, topic: str, start: dict[int, int], end: dic
         for tp in tps:
             consumer.seek(tp, start.get(tp.partition, 0))
         remaining = {tp: end[tp.partition] for tp in tps}
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+        deadline = time.monotonic() + 120
+        while remaining and time.monotonic() < deadline:
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
             for tp, records in batch.items():
-                for r in records:
-                    if r.offset < remaining.get(tp, -1):
-                        out.append(json.loads(r.value))
-                if tp in remaining and consumer.last_stable_offset(tp) is not None and \
-                        await consumer.position(tp) >= remaining[tp]:
+                out.extend(json.loads(r.value) for r in records if r.offset < remaining.get(tp, 0))
+            for tp in list(remaining):
+                if await consumer.position(tp) >= remaining[tp]:
                     remaining.pop(tp)
-            if not batch:
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= remaining[tp]:
-                        remaining.pop(tp)
+                    consumer.pause(tp)
         return out
     finally:
-        await consumer.stop()
+        try:
+            await consumer.stop()
+        except asyncio.CancelledError:  # aiokafka cancels its own committed-offsets task on stop
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+
+
+async def ledger_rows(wamids: set[str]) -> list[Any]:
+    import asyncpg
+
+    conn = await asyncpg.connect(os.environ.get("PARLEY_DATABASE_URL") or infra_env()["PARLEY_DATABASE_URL"])
+    try:
+        return list(await conn.fetch(
+            "SELECT wamid, tenant_id, category, type, billable, amount, currency FROM billing.ledger "
+            "WHERE wamid = ANY($1::text[])", list(wamids)))
+    finally:
+        await conn.close()
 
 
 def delta(before: dict[int, int], after: dict[int, int]) -> int:
@@ -300,24 +313,36 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
     delivered_templates = {s["wamid"] for s in statuses if s["status"] in ("delivered", "read")} & {
         s["wamid"] for s in sends if s.get("is_template") and s.get("wamid")}
     print(f"Delivered template messages: {len(delivered_templates)}")
-    print("\nBilled (billing service, per tenant):")
-    total_rows = 0
+    template_wamids = {s["wamid"] for s in sends if s.get("is_template") and s.get("wamid")}
+    print("\nBilled this run (billing's ledger, for this run's template messages):")
+    rows = await ledger_rows(template_wamids)
+    per_tenant: dict[str, list[Any]] = {}
+    for r in rows:
+        per_tenant.setdefault(r["tenant_id"] or "?", []).append(r)
+    for tenant, items in sorted(per_tenant.items()):
+        billable = [r for r in items if r["billable"]]
+        amount = sum((r["amount"] or Decimal(0) for r in billable), Decimal(0))
+        by_cat = Counter(f"{r['category']}/{r['type']}" for r in items)
+        print(f"  {tenant:<18} ledger rows={len(items):<5} billable={len(billable):<5} amount={amount:.4f} "
+              f"{items[0]['currency']}  ({', '.join(f'{k}={v}' for k, v in sorted(by_cat.items()))})")
+    unpriced = sum(1 for r in rows if r["billable"] and r["amount"] is None)
+    print(f"  ledger rows for this run's templates: {len(rows)} = delivered templates seen on Kafka: "
+          f"{len(delivered_templates)}" + ("" if len(rows) == len(delivered_templates) else "  (MISMATCH)")
+          + (f"; {unpriced} billable but without a rate in the card" if unpriced else ""))
+    print("\nUsage API today (GET /v1/usage, includes earlier runs of the day):")
+    today = datetime.now(UTC).date()
     async with httpx.AsyncClient(timeout=10) as client:
         for tenant, key in keys.items():
             r = await client.get(f"http://127.0.0.1:{PORTS['billing']}/v1/usage",
-                                 params={"from": since.isoformat()}, headers={"Authorization": f"Bearer {key}"})
+                                 params={"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat()},
+                                 headers={"Authorization": f"Bearer {key}"})
             if r.status_code != 200:
                 print(f"  {tenant:<18} usage unavailable ({r.status_code}: {r.text[:120]})")
                 continue
-            usage = r.json()
-            lines = usage.get("lines", [])
-            billable = sum(int(x.get("messages", 0)) for x in lines)
-            total_rows += billable
-            amount = sum((Decimal(str(x.get("amount", "0"))) for x in lines), Decimal(0))
-            detail = "; ".join(f"{x.get('market')}/{x.get('category')}/{x.get('free_type') or 'regular'}="
-                               f"{x.get('messages')}" for x in lines)
-            print(f"  {tenant:<18} messages={billable:<6} amount={amount} {usage.get('currency', '')}  {detail}")
-    print(f"  ledger messages in total: {total_rows} (delivered templates seen on Kafka: {len(delivered_templates)})")
+            groups = r.json()["groups"]
+            total = sum((Decimal(g["list_amount"]) for g in groups), Decimal(0))
+            print(f"  {tenant:<18} messages={sum(g['messages'] for g in groups):<6} "
+                  f"billable={sum(g['billable'] for g in groups):<6} list amount={total:.4f}")
     print("=" * 72)
 
 
