@@ -288,14 +288,17 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
     counts = {t: delta(before.get(t, {}), after[t]) for t in after}
     routed = await read_range(bootstrap, MESSAGES_ROUTED.name, before.get(MESSAGES_ROUTED.name, {}),
                               after[MESSAGES_ROUTED.name])
-    sends = await read_range(bootstrap, SENDS.name, before.get(SENDS.name, {}), after[SENDS.name])
-    statuses = await read_range(bootstrap, STATUSES.name, before.get(STATUSES.name, {}), after[STATUSES.name])
+    # At-least-once on the wire: a record may be on a topic twice; count each event id once.
+    sends = list({r["event_id"]: r for r in await read_range(
+        bootstrap, SENDS.name, before.get(SENDS.name, {}), after[SENDS.name])}.values())
+    statuses = list({r["event_id"]: r for r in await read_range(
+        bootstrap, STATUSES.name, before.get(STATUSES.name, {}), after[STATUSES.name])}.values())
     print()
     print("=" * 72)
     print("Parley demo summary")
     print("=" * 72)
     print("Driven:", ", ".join(f"{k}={v}" for k, v in driven.items()))
-    print("\nRecords per stage (this run):")
+    print("\nRecords per stage (this run; Kafka records, duplicates included):")
     for topic, n in counts.items():
         print(f"  {topic:<26} {n:>8}")
     intents = Counter(r["intent"] for r in routed)
@@ -305,7 +308,8 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
     print("Destinations: " + ", ".join(f"{k}={v}" for k, v in Counter(
         r["destination"]["kind"] for r in routed).most_common()))
     outcome = Counter((s["outcome"], "template" if s.get("is_template") else "free-form") for s in sends)
-    print("\nSends:     " + ", ".join(f"{o}/{k}={v}" for (o, k), v in sorted(outcome.items())))
+    print(f"\nSend results (unique): {len(sends)}")
+    print("Sends:     " + ", ".join(f"{o}/{k}={v}" for (o, k), v in sorted(outcome.items())))
     reasons = Counter(s.get("reason") or str(s.get("error_code")) for s in sends if s["outcome"] != "accepted")
     if reasons:
         print("Not sent:  " + ", ".join(f"{k}={v}" for k, v in reasons.most_common(6)))
