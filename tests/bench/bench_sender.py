@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,64 +84,96 @@ async def governor_accuracy(limit: int, seconds: float) -> tuple[int, float]:
     return max_in_any_second(grants), len(grants) / (limit * seconds)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_request(i: int, pn: str, now: str) -> dict[str, object]:
+    mid = f"b{i}"
+    return {
+        "event_id": mid,
+        "message_id": mid,
+        "phone_number_id": pn,
+        "occurred_at": now,
+        "to": f"44207{i:07d}",
+        "type": "template",
+        "priority": "utility",
+        "template": {
+            "name": "order_update",
+            "language": "en_US",
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [{"type": "text", "text": "Ann"}, {"type": "text", "text": f"A-{i}"}],
+                }
+            ],
+        },
+    }
+
+
+async def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 60) -> None:
+    async with httpx.AsyncClient() as c:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode}")
+            try:
+                if (await c.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 async def throughput(kafka: str, server_db: str) -> dict[str, float]:
+    """The simulator (``parley-simulator run``) and the sender (``parley-sender run``) each in their
+    own process; CPU seconds of each are read from /proc over the measured interval."""
     ns = "bench" + uuid.uuid4().hex[:8]
     os.environ["PARLEY_TOPIC_NAMESPACE"] = f"{ns}."
     from parley_common.topics import MESSAGES_OUT
     from parley_common.topics_cli import ensure_topics
 
-    from tests.sender.harness import (
-        TEMPLATES,
-        free_port,
-        seed_tenants,
-        sender_settings,
-        start_sender,
-        sync_catalogue,
-    )
+    from tests.sender.harness import TEMPLATES, TOKEN, free_port, seed_tenants, sync_catalogue
 
     await ensure_topics(kafka, partitions=12)
     admin = await asyncpg.connect(server_db)
     await admin.execute(f'CREATE DATABASE "{ns}"')
     await admin.close()
     db = server_db.rsplit("/", 1)[0] + "/" + ns
-    port = free_port()
+    port, sender_port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{port}"
     config = {
         "apps": [{"app_id": "app-sender", "app_secret": "s3cret"}],
-        "wabas": [
-            {
-                "id": "waba-s1",
-                "app_id": "app-sender",
-                "token": "sim-token-sender-tests",
-                "templates": TEMPLATES,
-            }
-        ],
+        "wabas": [{"id": "waba-s1", "app_id": "app-sender", "token": TOKEN, "templates": TEMPLATES}],
         "phone_numbers": [
             {"id": pn, "display_phone_number": f"1555{pn}", "waba_id": "waba-s1", "throughput": mps}
             for pn, mps in NUMBERS.items()
         ],
     }
-    cfg = Path(tempfile.mkdtemp()) / "sim.yaml"
+    tmp = Path(tempfile.mkdtemp())
+    cfg = tmp / "sim.yaml"
     cfg.write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
     sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, uvicorn; from parley_simulator.app import create_app;"
-            "from parley_simulator.config import SimulatorConfig;"
-            f"uvicorn.run(create_app(SimulatorConfig.from_yaml({str(cfg)!r})), host='127.0.0.1',"
-            f" port={port}, log_level='warning', loop='uvloop', http='httptools')",
-        ]
+        [str(bin_dir / "parley-simulator"), "run", "--config", str(cfg), "--port", str(port)]
     )
-    sender = None
+    sender: subprocess.Popen[bytes] | None = None
     try:
-        async with httpx.AsyncClient(base_url=sim_url) as c:
-            for _ in range(100):
-                try:
-                    if (await c.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+        await wait_http(f"{sim_url}/healthz", sim, "simulator")
         await seed_tenants(db, NUMBERS, tenant="bench", other_tenant="bench-other", messaging_limit=None)
         await sync_catalogue(db, sim_url, "bench")
         producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=10)
@@ -150,68 +183,63 @@ async def throughput(kafka: str, server_db: str) -> dict[str, float]:
         futures = []
         for i in range(N_SENDS):
             pn = pns[i % len(pns)]
-            mid = f"b{i}"
-            rec = {
-                "event_id": mid,
-                "message_id": mid,
-                "phone_number_id": pn,
-                "occurred_at": now,
-                "to": f"44207{i:07d}",
-                "type": "template",
-                "priority": "utility",
-                "template": {
-                    "name": "order_update",
-                    "language": "en_US",
-                    "components": [
-                        {
-                            "type": "body",
-                            "parameters": [
-                                {"type": "text", "text": "Ann"},
-                                {"type": "text", "text": f"A-{i}"},
-                            ],
-                        }
-                    ],
-                },
-            }
-            futures.append(await producer.send(MESSAGES_OUT.name, orjson.dumps(rec), key=pn.encode()))
+            rec = orjson.dumps(bench_request(i, pn, now))
+            futures.append(await producer.send(MESSAGES_OUT.name, rec, key=pn.encode()))
         await asyncio.gather(*futures)
         await producer.stop()
-        settings = sender_settings(
-            kafka,
-            db,
-            sim_url,
-            log_level="ERROR",
-            max_in_flight_per_number=int(os.environ.get("BENCH_SENDER_IN_FLIGHT", "4")),
-        )
-        sender = await start_sender(settings)
+        env = os.environ | {
+            "PARLEY_KAFKA_BOOTSTRAP": kafka,
+            "PARLEY_DATABASE_URL": db,
+            "PARLEY_TOPIC_NAMESPACE": f"{ns}.",
+            "PARLEY_LOG_LEVEL": "ERROR",
+            "PARLEY_TEST_SIM_TOKEN": TOKEN,
+            "PARLEY_SENDER_GRAPH_API_BASE": sim_url,
+            "PARLEY_SENDER_HTTP_PORT": str(sender_port),
+        }
+        if os.environ.get("BENCH_SENDER_SRC"):  # another checkout's parley_sender (before/after runs)
+            env["PYTHONPATH"] = os.environ["BENCH_SENDER_SRC"]
+        cmd = [sys.executable, "-m", "parley_sender.cli", "run"]
+        profile = os.environ.get("BENCH_SENDER_PROFILE")  # write a cProfile of the sender here
+        if profile:
+            cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "parley_sender.cli", "run"]
+        sender = subprocess.Popen(cmd, env=env)
         first = last = None
         async with httpx.AsyncClient(base_url=sim_url) as c:
             deadline = time.monotonic() + 180
             accepted = 0
             while time.monotonic() < deadline:
+                if sender.poll() is not None:
+                    raise RuntimeError(f"sender exited with {sender.returncode}")
                 stats = (await c.get("/_sim/stats")).json()
                 accepted = stats["requests"]["accepted"]
                 if accepted and first is None:
-                    first = (time.monotonic(), accepted)
+                    first = (time.monotonic(), accepted, cpu_seconds(sender.pid), cpu_seconds(sim.pid))
                 if accepted >= N_SENDS:
-                    last = (time.monotonic(), accepted)
+                    last = (time.monotonic(), accepted, cpu_seconds(sender.pid), cpu_seconds(sim.pid))
                     break
                 await asyncio.sleep(0.05)
             errors = stats["errors_by_code"]
         if first is None or last is None:
             raise RuntimeError(f"only {accepted} of {N_SENDS} accepted")
-        rate = (last[1] - first[1]) / (last[0] - first[0])
+        sends = last[1] - first[1]
+        elapsed = last[0] - first[0]
+        sender_cpu, sim_cpu = last[2] - first[2], last[3] - first[3]
         return {
-            "sends_per_s": round(rate, 1),
+            "sends_per_s": round(sends / elapsed, 1),
             "sends_total": N_SENDS,
+            "measured_s": round(elapsed, 2),
+            "sender_cpu_ms_per_send": round(1000 * sender_cpu / sends, 3),
+            "simulator_cpu_ms_per_send": round(1000 * sim_cpu / sends, 3),
+            "sender_cpu_share": round(sender_cpu / elapsed, 3),
+            "simulator_cpu_share": round(sim_cpu / elapsed, 3),
+            "sends_per_sender_cpu_s": round(sends / sender_cpu, 1) if sender_cpu else 0.0,
             "throttled_130429": int(errors.get("130429", 0)),
             "duplicates": stats.get("duplicate_biz_opaque_callback_data", 0),
+            "load_average_1m": os.getloadavg()[0],
         }
     finally:
-        if sender is not None:
-            await sender.shutdown()
-        sim.terminate()
-        sim.wait(10)
+        stop(sender)
+        stop(sim)
         admin = await asyncpg.connect(server_db)
         await admin.execute(f'DROP DATABASE IF EXISTS "{ns}" WITH (FORCE)')
         await admin.close()
@@ -226,7 +254,11 @@ async def main() -> None:
         results[f"utilisation_limit_{limit}"] = round(util, 4)
         print(f"governor limit {limit}/s: max in any 1 s window {peak}, utilisation {util:.1%}")
     results.update(await throughput(env["PARLEY_KAFKA_BOOTSTRAP"], env["PARLEY_DATABASE_URL"]))
-    print(f"accepted sends per second (one sender process): {results['sends_per_s']}")
+    print(
+        f"accepted sends per second (one sender process): {results['sends_per_s']}; CPU ms per send:"
+        f" sender {results['sender_cpu_ms_per_send']}, simulator {results['simulator_cpu_ms_per_send']}"
+        f" (load average {results['load_average_1m']:.2f})"
+    )
     out = REPO / "bench-results" / "sender.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

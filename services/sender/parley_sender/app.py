@@ -10,6 +10,7 @@ from parley_sender.api import router as api_router
 from parley_sender.cloudapi import CloudApiClient
 from parley_sender.delivery import Metrics, Sender
 from parley_sender.handlers import register
+from parley_sender.producing import RecordProducer
 from parley_sender.settings import SenderSettings
 from parley_sender.store import MIGRATIONS, SenderStore
 
@@ -36,16 +37,21 @@ def create_app(
         tenants=lambda: rt.tenants,
         redactor=rt.redactor,
         metrics=Metrics.create(rt.registry),
+        producer=RecordProducer(settings.kafka_bootstrap),
     )
     register(sender)
 
     async def open_store() -> None:
         sender.store = SenderStore(rt.require_pool())
+        assert sender.producer is not None
+        await sender.producer.start()
 
     async def close() -> None:
         for pacer in sender.pacers.values():
             await pacer.close()
         await client.aclose()
+        if sender.producer is not None:
+            await sender.producer.stop()
 
     rt.on_start.append(open_store)
     rt.on_stop.append(close)

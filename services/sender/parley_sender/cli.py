@@ -193,3 +193,7 @@ def deadletters_replay(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

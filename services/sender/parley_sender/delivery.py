@@ -39,6 +39,7 @@ from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
 from parley_sender.pacing import NumberPacer
+from parley_sender.producing import RecordProducer
 from parley_sender.settings import SenderSettings
 from parley_sender.store import FINAL_STATES, MessageRow, SenderStore
 
@@ -132,6 +133,7 @@ class Sender:
     catalogues: dict[str, tuple[float, TemplateCatalogue]] = field(default_factory=dict)
     recent: OrderedDict[str, MessageRow] = field(default_factory=OrderedDict)
     recent_max: int = 200_000
+    producer: RecordProducer | None = None  # the hot-path producer; broker.publish without it
 
     # --- state kept with the process ------------------------------------------------------
     def directory(self) -> TenantDirectory:
@@ -320,8 +322,16 @@ class Sender:
         return outcomes
 
     def _row(
-        self, m: OutboundMessage, plan: SendPlan | None, tenant_id: str | None, state: str, **kw: Any
+        self,
+        m: OutboundMessage,
+        plan: SendPlan | None,
+        tenant_id: str | None,
+        state: str,
+        *,
+        keep_request: bool = True,
+        **kw: Any,
     ) -> MessageRow:
+        """``keep_request=False`` when the intent already stored this request (the upsert keeps it)."""
         return MessageRow(
             message_id=m.message_id,
             tenant_id=tenant_id,
@@ -334,7 +344,7 @@ class Sender:
             template_name=plan.template_name if plan else (m.template.name if m.template else None),
             category=plan.category if plan else None,
             free_window=plan.free_window if plan else None,
-            request=m.model_dump(mode="json"),
+            request=m.model_dump(mode="json") if keep_request else None,
             **kw,
         )
 
@@ -420,6 +430,7 @@ class Sender:
                 plan,
                 tid,
                 "accepted",
+                keep_request=False,
                 wamid=resp.wamid,
                 reason=None if resp.message_status in (None, "accepted") else resp.message_status,
             )
@@ -493,15 +504,14 @@ class Sender:
         )
         for o in outcomes:
             self._remember(o.row)
+        records: list[tuple[str, bytes, bytes]] = []
         jobs = []
         for o in outcomes:
             key = o.row.phone_number_id.encode()
             if o.publish_result:
-                jobs.append(
-                    self.broker.publish(result_of(o.row).model_dump(mode="json"), SENDS.name, key=key)
-                )
+                records.append((SENDS.name, key, result_of(o.row).model_dump_json().encode()))
             if o.retry is not None:
-                jobs.append(self._publish_retry(o.retry))
+                records.append((MESSAGES_OUT_RETRY.name, key, o.retry.model_dump_json().encode()))
             if o.dead_letter_reason is not None:
                 jobs.append(self._dead_letter_request(o.row, o.dead_letter_reason))
             if o.consent_stop and o.row.tenant_id and o.row.recipient:
@@ -514,11 +524,23 @@ class Sender:
                         o.row.message_id,
                     )
                 )
+        jobs.append(self._produce(records))
         await asyncio.gather(*jobs)
 
+    async def _produce(self, records: list[tuple[str, bytes, bytes]]) -> None:
+        """Every record handed over at once, acknowledgements gathered (order kept per key)."""
+        if not records:
+            return
+        if self.producer is not None and self.producer.started:
+            await self.producer.send_all(records)
+            return
+        await asyncio.gather(
+            *(self.broker.publish(orjson.loads(value), topic, key=key) for topic, key, value in records)
+        )
+
     async def _publish_retry(self, m: OutboundMessage) -> None:
-        await self.broker.publish(
-            m.model_dump(mode="json"), MESSAGES_OUT_RETRY.name, key=m.phone_number_id.encode()
+        await self._produce(
+            [(MESSAGES_OUT_RETRY.name, m.phone_number_id.encode(), m.model_dump_json().encode())]
         )
 
     async def _stop_marketing(

@@ -95,11 +95,13 @@ def register(sender: Sender) -> None:
         **CONSUMER_DEFAULTS,
     }
 
-    @broker.subscriber(MESSAGES_OUT.name, group_id="parley-sender", **batch)
+    sends = batch | {"max_partition_fetch_bytes": s.send_fetch_partition_bytes}
+
+    @broker.subscriber(MESSAGES_OUT.name, group_id="parley-sender", **sends)
     async def on_send_requests(msg: KafkaMessage) -> None:
         await sender.handle_records(_records(msg), from_retry=False)
 
-    @broker.subscriber(MESSAGES_OUT_RETRY.name, group_id="parley-sender", **batch)
+    @broker.subscriber(MESSAGES_OUT_RETRY.name, group_id="parley-sender", **sends)
     async def on_send_retries(msg: KafkaMessage) -> None:
         await sender.handle_records(_records(msg), from_retry=True)
 

@@ -21,7 +21,11 @@ class SenderSettings(CommonSettings):
     http_max_connections: int = 256
 
     # Consumption: records per batch and how many requests may be in flight per business number.
-    batch_max_records: int = 500
+    batch_max_records: int = 2000
+    # Bytes fetched per partition at a time: small, so that one batch spans several partitions
+    # (numbers) instead of draining one partition, whose number's rate limit would then pace the
+    # whole batch while the other numbers wait.
+    send_fetch_partition_bytes: int = 64 * 1024
     batch_timeout_ms: int = 20
     max_in_flight_per_number: int = 64
 

@@ -1,0 +1,59 @@
+"""The sender's hot-path producer: one long-lived aiokafka producer, records handed over without
+waiting and their acknowledgements gathered once per batch.
+
+FastStream's ``broker.publish`` awaits each record and runs the telemetry middlewares per record
+(~0.2 ms of CPU each, measured); a batch of results goes out here in one gather instead. Same
+producer settings as :func:`parley_common.broker.make_broker`: ``acks=all``, idempotent, lz4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from parley_common.broker import MAX_REQUEST_BYTES
+
+JSON_HEADERS = [("content-type", b"application/json")]
+
+
+class RecordProducer:
+    def __init__(self, bootstrap: str, client_id: str = "parley-sender") -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        # Created here, inside the running event loop (aiokafka binds to it).
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            compression_type="lz4",
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            max_request_size=MAX_REQUEST_BYTES,
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def send_all(self, records: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """(topic, key, JSON value) records; returns once the broker acknowledged every one."""
+        if self._producer is None:
+            raise RuntimeError("the producer is not started")
+        futures = [
+            await self._producer.send(topic, value, key=key, headers=JSON_HEADERS)
+            for topic, key, value in records
+        ]
+        if futures:
+            await asyncio.gather(*futures)
