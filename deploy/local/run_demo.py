@@ -133,7 +133,7 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[int, 
         for topic in topics:
             parts = consumer.partitions_for_topic(topic) or set()
             if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001 — first look at a topic
+                await consumer._client.force_metadata_update()
                 parts = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             offs = await consumer.end_offsets(tps) if tps else {}
@@ -236,8 +236,15 @@ async def main() -> int:
     run(["parley-topics", "create"], env)
     keys = api_keys(env)
 
-    from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED, SENDS, STATUSES, \
-        WEBHOOKS_RAW
+    from parley_common.topics import (
+        ACCOUNT_EVENTS,
+        MESSAGES_IN,
+        MESSAGES_OUT,
+        MESSAGES_ROUTED,
+        SENDS,
+        STATUSES,
+        WEBHOOKS_RAW,
+    )
     topics = [t.name for t in (WEBHOOKS_RAW, MESSAGES_IN, MESSAGES_ROUTED, MESSAGES_OUT, SENDS, STATUSES,
                                 ACCOUNT_EVENTS)]
     before = await end_offsets(bootstrap, topics)

@@ -11,7 +11,6 @@ from faststream.kafka import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from parley_common.broker import CONSUMER_DEFAULTS, make_broker
 from parley_common.contracts import DeadLetter, InboundMessage
 from parley_common.db import connect, migrate
@@ -86,7 +85,8 @@ async def test_tenant_registry_import_keys_and_isolation(database_url, monkeypat
         "apps": [{"app_id": "app1", "app_secret_refs": ["env:T_SECRET"], "access_token_ref": "env:T_SECRET"}],
         "tenants": [
             {"tenant_id": "ta", "name": "A", "app_id": "app1", "business_country": "BD", "time_zone": "Asia/Dhaka",
-             "wabas": ["wa1"], "phone_numbers": [{"phone_number_id": "pa", "display_phone_number": "1", "waba_id": "wa1"}]},
+             "wabas": ["wa1"],
+             "phone_numbers": [{"phone_number_id": "pa", "display_phone_number": "1", "waba_id": "wa1"}]},
             {"tenant_id": "tb", "name": "B", "app_id": "app1", "business_country": "TR",
              "time_zone": "Europe/Istanbul", "wabas": ["wb1"],
              "phone_numbers": [{"phone_number_id": "pb", "display_phone_number": "2", "waba_id": "wb1"}]},

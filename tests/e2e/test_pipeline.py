@@ -12,7 +12,6 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
-
 from parley_common.topics import MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED, SENDS, STATUSES
 from parley_simulator import sign
 
@@ -152,7 +151,7 @@ async def test_signed_batch_flows_through_all_four_services_exactly_once(pipelin
             return None
         return {o["message_id"] for o in out}, [sends[o["message_id"]] for o in out]
 
-    reply_ids, reply_results = await eventually(replies_sent, what="auto-replies sent")
+    _, reply_results = await eventually(replies_sent, what="auto-replies sent")
     assert all(s["outcome"] == "accepted" and s["wamid"] for s in reply_results), reply_results
     sim_wamids = {m.wamid for m in pipeline.sim.messages.values()} if isinstance(pipeline.sim.messages, dict) \
         else {m.wamid for m in pipeline.sim.messages}
@@ -240,7 +239,12 @@ async def test_one_inbound_message_is_one_trace_across_ingest_router_and_sender(
                 return same
         return None
 
-    same = await eventually(traced, timeout_s=60, what="one trace across ingest, router and sender")
+    try:
+        same = await eventually(traced, timeout_s=40, what="one trace across ingest, router and sender")
+    except AssertionError:
+        for s in pipeline.exporter.get_finished_spans():
+            print("SPAN", s.name, format(s.context.trace_id, "x")[:8], s.parent and format(s.parent.span_id, "x"), format(s.context.span_id, "x"), len(s.links))
+        raise
     names = {s.name for s in same}
     assert "webhook receive" in names  # ingest answered Meta
     assert f"{MESSAGES_IN.name} process" in names  # router consumed the message

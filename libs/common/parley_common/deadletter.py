@@ -12,7 +12,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -53,6 +53,7 @@ def dead_letter_record(
     headers: dict[str, str] | None = None,
     event_id: str | None = None,
 ) -> DeadLetter:
+    encoding: Literal["utf-8", "base64"]
     try:
         payload, encoding = value.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -68,7 +69,7 @@ def dead_letter_record(
         error_type=type(exc).__name__,
         attempts=attempts,
         payload=payload,
-        payload_encoding=encoding,  # type: ignore[arg-type]
+        payload_encoding=encoding,
         headers=headers or {},
     )
 

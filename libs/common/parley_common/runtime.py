@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvicorn
@@ -67,7 +68,7 @@ def build_runtime(
     migrations: Sequence[tuple[str, Path]] = (),
     tracer_provider: TracerProvider | None = None,
     configure_logs: bool = True,
-    **broker_overrides: object,
+    **broker_overrides: Any,
 ) -> Runtime:
     redactor = Redactor(settings.redaction_key)
     if configure_logs:
@@ -83,9 +84,9 @@ async def start_runtime(rt: Runtime, *, start_broker: bool = True) -> None:
     rt.pool = await create_pool(rt.settings.database_url, min_size=rt.settings.db_pool_min,
                                 max_size=rt.settings.db_pool_max)
     async with rt.pool.acquire() as conn:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)  # type: ignore[arg-type]  # pool proxy
         for schema, directory in rt.migrations:
-            await migrate(conn, schema, directory)
+            await migrate(conn, schema, directory)  # type: ignore[arg-type]
     rt.live_tenants = LiveTenantDirectory(rt.pool)
     await rt.live_tenants.start()
     for hook in rt.on_start:
