@@ -94,12 +94,12 @@ class Stack:
         self.procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
-    async def wait_ready(self, timeout: float = 120) -> None:
+    async def wait_ready(self, stop: asyncio.Event, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2) as client:
             for name, port in PORTS.items():
                 path = "/readyz" if name != "simulator" else "/_sim/stats"
-                while True:
+                while not stop.is_set():
                     proc = self.procs[name]
                     if proc.poll() is not None:
                         tail = (LOGS / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -191,12 +191,13 @@ def delta(before: dict[int, int], after: dict[int, int]) -> int:
     return sum(after.get(p, 0) - before.get(p, 0) for p in after)
 
 
-async def wait_quiet(bootstrap: str, topics: list[str], quiet_s: float, timeout_s: float) -> dict[str, dict[int, int]]:
-    """Wait until no topic grew for ``quiet_s`` seconds (the pipeline has drained)."""
+async def wait_quiet(bootstrap: str, topics: list[str], quiet_s: float, timeout_s: float,
+                     stop: asyncio.Event) -> dict[str, dict[int, int]]:
+    """Wait until no topic grew for ``quiet_s`` seconds (the pipeline has drained), or Ctrl-C."""
     last = await end_offsets(bootstrap, topics)
     stable_since = time.monotonic()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         await asyncio.sleep(1.0)
         now = await end_offsets(bootstrap, topics)
         if now != last:
@@ -267,7 +268,9 @@ async def main() -> int:
                 "PARLEY_SENDER_GRAPH_API_BASE": f"http://127.0.0.1:{PORTS['simulator']}",
                 "OTEL_SERVICE_NAME": f"parley-{svc}",
             })
-        await stack.wait_ready()
+        await stack.wait_ready(stop)
+        if stop.is_set():
+            return 130
         run(["parley-billing", "ratecard", "import", str(BILLING_DATA / "example_rate_card.csv")], env)
         run(["parley-sender", "templates", "sync"], {**env, "PARLEY_SENDER_GRAPH_API_BASE":
                                                      f"http://127.0.0.1:{PORTS['simulator']}"})
@@ -277,7 +280,10 @@ async def main() -> int:
         driven = await drive(env=env, keys=keys, ingest_url=ingest_url, sim_url=f"http://127.0.0.1:{PORTS['simulator']}",
                              inbound=args.inbound, templates=args.templates, rate=args.rate, stop=stop)
         say("waiting for the pipeline to drain")
-        after = await wait_quiet(bootstrap, topics, quiet_s=8, timeout_s=240)
+        after = await wait_quiet(bootstrap, topics, quiet_s=8, timeout_s=240, stop=stop)
+        if stop.is_set():
+            say("interrupted: no summary")
+            return 130
         await print_summary(bootstrap, before, after, keys, started_at, driven)
         if args.keep_running and not stop.is_set():
             say("everything keeps running; Ctrl-C stops it")

@@ -254,3 +254,46 @@ async def test_one_inbound_message_is_one_trace_across_ingest_router_and_sender(
     for span in same:
         for value in (span.attributes or {}).values():
             assert CUSTOMERS[2] not in str(value) and "concert" not in str(value)
+
+
+async def test_customer_opt_out_in_spanish_stops_marketing_but_not_utility(pipeline: Pipeline) -> None:
+    from parley_common.topics import ACCOUNT_EVENTS
+
+    customer = "447911123457"
+    w = f"wamid.E2ESTOP{RUN}"
+    doc = {"object": "whatsapp_business_account", "entry": [{"id": WABAS[0], "changes": [change(PN1, [{
+        "from": customer, "id": w, "timestamp": str(int(time.time())), "type": "text",
+        "text": {"body": "BAJA"}}], [])]}]}
+    async with httpx.AsyncClient(timeout=30) as client:
+        assert (await post_signed(client, pipeline.webhook_url, doc)).status_code == 200
+
+        async def consent_published() -> bool:
+            events = await read_topic(pipeline.kafka_bootstrap, ACCOUNT_EVENTS.name)
+            return any(e.get("kind") == "consent" and e.get("customer_id") == customer and e.get("action") == "stop"
+                       for e in events)
+
+        await eventually(consent_published, what="the router's consent event")
+        await asyncio.sleep(2)  # the sender consumes account events in its own group
+
+        def template(name: str, params: list[str]) -> dict[str, Any]:
+            return {"from": PN1, "to": customer, "type": "template", "template": {
+                "name": name, "language": {"code": "en"},
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": p} for p in params]}]}}
+
+        r = await client.post(f"{pipeline.ingest.url}/v1/messages/batch", headers={
+            "Authorization": f"Bearer {pipeline.api_key}"}, json={"messages": [
+                template("weekend_offer", ["Ana"]), template("order_update", ["Ana", "B7"])]})
+        assert r.status_code == 202, r.text
+        marketing_id, utility_id = r.json()["ids"]
+
+    async def results() -> dict[str, dict[str, Any]] | None:
+        sends = {s["message_id"]: s for s in await read_topic(pipeline.kafka_bootstrap, SENDS.name)
+                 if s["message_id"] in (marketing_id, utility_id)}
+        return sends if len(sends) == 2 else None
+
+    sends = await eventually(results, what="send results for both templates")
+    assert sends[marketing_id]["outcome"] == "refused"
+    assert "opted_out" in (sends[marketing_id]["reason"] or "")
+    assert sends[utility_id]["outcome"] == "accepted"
+    sent_to_customer = pipeline.sim.find_messages(to=customer)
+    assert [m.template_name for m in sent_to_customer if m.type == "template"] == ["order_update"]
