@@ -9,7 +9,6 @@ re-tries ``import sniffio`` on every lock operation) against ~0.08 ms for aiohtt
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +137,7 @@ class CloudApiClient:
                 status = resp.status
         except NOT_SENT as exc:
             return SendResponse(error_message=type(exc).__name__)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             # Read timeouts, dropped connections: the request may have been processed.
             return SendResponse(error_message=type(exc).__name__, in_doubt=True)
         return parse_send_answer(status, content)
@@ -157,7 +156,7 @@ class CloudApiClient:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(4),
             wait=wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.2),
-            retry=retry_if_exception_type((aiohttp.ClientConnectionError, asyncio.TimeoutError, _Retryable)),
+            retry=retry_if_exception_type((aiohttp.ClientConnectionError, TimeoutError, _Retryable)),
             reraise=True,
         ):
             with attempt:

@@ -494,7 +494,7 @@ class Sender:
             lim = self.limits.get(tid)
             if lim is not None:
                 lim.record(customer, at.timestamp())
-        await self.store.record_reached(reached)  # type: ignore[arg-type]
+        await self.store.record_reached(reached)
         await self.store.start_free_entry_points(
             [
                 (o.row.phone_number_id, o.row.recipient, now)

@@ -88,8 +88,7 @@ async def _decode(
 def register(sender: Sender) -> None:
     broker = sender.broker
     s = sender.settings
-    batch = {
-        "batch": True,
+    batch: dict[str, Any] = {
         "max_records": s.batch_max_records,
         "batch_timeout_ms": s.batch_timeout_ms,
         **CONSUMER_DEFAULTS,
@@ -97,23 +96,23 @@ def register(sender: Sender) -> None:
 
     sends = batch | {"max_partition_fetch_bytes": s.send_fetch_partition_bytes}
 
-    @broker.subscriber(MESSAGES_OUT.name, group_id="parley-sender", **sends)
+    @broker.subscriber(MESSAGES_OUT.name, group_id="parley-sender", batch=True, **sends)
     async def on_send_requests(msg: KafkaMessage) -> None:
         await sender.handle_records(_records(msg), from_retry=False)
 
-    @broker.subscriber(MESSAGES_OUT_RETRY.name, group_id="parley-sender", **sends)
+    @broker.subscriber(MESSAGES_OUT_RETRY.name, group_id="parley-sender", batch=True, **sends)
     async def on_send_retries(msg: KafkaMessage) -> None:
         await sender.handle_records(_records(msg), from_retry=True)
 
-    @broker.subscriber(MESSAGES_IN.name, group_id="parley-sender-windows", **batch)
+    @broker.subscriber(MESSAGES_IN.name, group_id="parley-sender-windows", batch=True, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
         await track_windows(sender, await _decode(sender, _records(msg), InboundMessage.model_validate_json))
 
-    @broker.subscriber(STATUSES.name, group_id="parley-sender-statuses", **batch)
+    @broker.subscriber(STATUSES.name, group_id="parley-sender-statuses", batch=True, **batch)
     async def on_statuses(msg: KafkaMessage) -> None:
         await track_statuses(sender, await _decode(sender, _records(msg), MessageStatus.model_validate_json))
 
-    @broker.subscriber(ACCOUNT_EVENTS.name, group_id="parley-sender-accounts", **batch)
+    @broker.subscriber(ACCOUNT_EVENTS.name, group_id="parley-sender-accounts", batch=True, **batch)
     async def on_account_events(msg: KafkaMessage) -> None:
         await track_account_events(sender, await _decode(sender, _records(msg), _account_event))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from parley_common.settings import CommonSettings
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 
@@ -43,5 +44,5 @@ class SenderSettings(CommonSettings):
 
     # Templates: language fallbacks tried in order when the requested language is missing,
     # e.g. {"en_GB": ["en", "en_US"]}; the base language ("pt" of "pt_BR") is always tried last.
-    template_language_fallbacks: dict[str, list[str]] = {}
+    template_language_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     template_cache_ttl_s: float = 30.0

@@ -135,11 +135,12 @@ class SenderStore:
         return _row(r) if r else None
 
     async def delivered_wamid_for(self, phone_number_id: str, callback_data: str) -> str | None:
-        return await self.pool.fetchval(
+        wamid: str | None = await self.pool.fetchval(
             "SELECT wamid FROM sender.deliveries WHERE phone_number_id = $1 AND callback_data = $2 LIMIT 1",
             phone_number_id,
             callback_data,
         )
+        return wamid
 
     # --- statuses --------------------------------------------------------------------------
     async def record_statuses(self, statuses: Iterable[MessageStatus]) -> None:

@@ -299,7 +299,7 @@ class TemplateRenderer:
                     )
                 url = str(b.get("url", ""))
                 suffix = quote(_param_text(params[0], f"button {i}"), safe="/?=&%")
-                rendered_url = VARIABLE.sub(lambda _m, s=suffix: s, url)
+                rendered_url = VARIABLE.sub(suffix.replace("\\", r"\\"), url)  # a literal replacement
                 if len(rendered_url) > URL_MAX:
                     raise TemplateProblem("too_long", f"button {i}: URL over {URL_MAX} characters", 132005)
                 labels.append(f"{label} → {rendered_url}")
