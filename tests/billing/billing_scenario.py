@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 from parley_common.contracts import InboundMessage, MessageStatus, Pricing, SendResult
 from parley_common.db import migrate
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.tenancy.cli import MIGRATIONS as TENANCY_MIGRATIONS
+from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 
 TENANT_IN, TENANT_BR = "bill-in", "bill-br"
 PN_IN, PN_BR = "bill-pn-in", "bill-pn-br"

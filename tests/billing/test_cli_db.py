@@ -28,7 +28,7 @@ CARD = Path(__file__).parents[2] / "services/billing/parley_billing/data/example
 TABLES = ("ledger", "deliveries", "sends", "inbound", "invoice_lines", "invoices", "rate_cards", "tiers")
 
 
-def _run(coro):  # noqa: ANN001, ANN202 - a tiny helper for the sync tests below
+def _run(coro):
     return asyncio.run(coro)
 
 

@@ -168,6 +168,6 @@ def test_a_bad_rate_card_row_names_its_line_and_reason(row: str, reason: str) ->
 
 
 def test_overlapping_tiers_are_rejected() -> None:
-    with pytest.raises(RateFileError, match="line 3: volume range 50..*overlaps"):
+    with pytest.raises(RateFileError, match=r"line 3: volume range 50\.\..*overlaps"):
         parse_tiers("effective_from,market,category,from_volume,to_volume,rate\n"
                     "2026-01-01,India,utility,1,100,0.0014\n2026-01-01,India,utility,50,,0.0010\n")

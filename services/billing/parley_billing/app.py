@@ -32,7 +32,7 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
     settings = settings or BillingSettings()
     rt = build_runtime("billing", settings, migrations=[("billing", MIGRATIONS)], tracer_provider=tracer_provider)
     lookup = tenant_lookup(rt)
-    metering = Metering(None, lookup)  # the pool is attached when the app starts
+    metering = Metering(None, lookup, parallel=settings.parallel_transactions)  # pool attached at start
 
     async def attach_pool() -> None:
         metering.pool = rt.require_pool()

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
@@ -61,12 +61,12 @@ def run() -> None:
 
 @app.command()
 def rate(
-    rate_card: Path = typer.Option(..., "--rate-card", help="rate card CSV"),
-    webhooks: Path = typer.Option(..., "--webhooks", help="JSON Lines of raw Meta webhook payloads"),
-    business_country: str = typer.Option(..., "--business-country", help="ISO 3166-1 alpha-2"),
-    tiers: Path | None = typer.Option(None, "--tiers", help="volume tier CSV"),
-    sends: Path | None = typer.Option(None, "--sends", help="JSON Lines of SendResult records"),
-    time_zone: str = typer.Option("UTC", "--time-zone", help="the business's time zone (monthly tiers)"),
+    rate_card: Annotated[Path, typer.Option("--rate-card", help="rate card CSV")],
+    webhooks: Annotated[Path, typer.Option("--webhooks", help="JSON Lines of raw Meta webhook payloads")],
+    business_country: Annotated[str, typer.Option("--business-country", help="ISO 3166-1 alpha-2")],
+    tiers: Annotated[Path | None, typer.Option("--tiers", help="volume tier CSV")] = None,
+    sends: Annotated[Path | None, typer.Option("--sends", help="JSON Lines of SendResult records")] = None,
+    time_zone: Annotated[str, typer.Option("--time-zone", help="the business's time zone (monthly tiers)")] = "UTC",
 ) -> None:
     """Price delivered outbound messages offline: one JSON line each, then a summary line."""
     from parley_billing.rater import RaterInputError, message_line, read_inputs, summary

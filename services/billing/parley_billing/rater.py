@@ -93,8 +93,11 @@ def read_inputs(webhook_lines: Iterable[bytes], send_lines: Iterable[bytes] | No
     return RaterInput(statuses, sends, dict(inbound))
 
 
+UTC_ZONE = ZoneInfo("UTC")
+
+
 def rate(inputs: RaterInput, *, rates: RateBook, tiers: TierBook | None, business_country: str,
-         tz: ZoneInfo = ZoneInfo("UTC")) -> list[PricedMessage]:
+         tz: ZoneInfo = UTC_ZONE) -> list[PricedMessage]:
     """Price every delivered outbound message of the input, month-level rules included."""
     outbound: dict[tuple[str, str], list[OutboundFact]] = defaultdict(list)
     accounts: dict[tuple[str, str], str] = {}

@@ -13,5 +13,8 @@ class BillingSettings(CommonSettings):
     # Kafka batch consumption: records per poll and how long to wait to fill a batch.
     batch_max_records: int = 5000
     batch_timeout_ms: int = 200
+    # A status batch is metered in this many concurrent transactions (disjoint business numbers),
+    # so PostgreSQL works on one part while this process prices another.
+    parallel_transactions: int = 2
     # A month is finalised this long after it ended in the tenant's time zone (late statuses).
     finalise_grace_hours: float = 48.0

@@ -10,6 +10,7 @@ timeline from a stale view. See docs/adr/0050-billing-metering-and-pricing.md.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -70,6 +71,8 @@ async def _lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> Non
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS _deliveries_in ({DELIVERIES_IN}) ON COMMIT DELETE ROWS;"
             f"CREATE TEMP TABLE IF NOT EXISTS _ledger_in ({LEDGER_IN}) ON COMMIT DELETE ROWS;"
+            # Short statements on indexes: parallel workers only cost here (and take the other cores).
+            "SET LOCAL max_parallel_workers_per_gather = 0;"
             f"SELECT pg_advisory_xact_lock({int(LOCK_CLASS)}, b)"
             f" FROM unnest('{{{','.join(str(int(b)) for b in buckets)}}}'::int[]) AS b")
 
@@ -108,10 +111,14 @@ class RateCache:
 class Metering:
     """Records facts and keeps the ledger priced; one instance per process."""
 
-    def __init__(self, pool: asyncpg.Pool | None, tenants: TenantLookup) -> None:
+    def __init__(self, pool: asyncpg.Pool | None, tenants: TenantLookup, *, parallel: int = 2) -> None:
         self._pool = pool
         self.tenants = tenants
         self.rates = RateCache()
+        # A status batch is split by business-number lock bucket into this many transactions on as
+        # many connections, run concurrently: while PostgreSQL works on one part, this process
+        # prices another. The parts lock disjoint buckets, so they never wait on each other.
+        self.parallel = max(1, parallel)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -125,10 +132,23 @@ class Metering:
 
     # --- facts in ------------------------------------------------------------------------------
     async def record_statuses(self, facts: Sequence[StatusFact]) -> int:
-        """Returns how many ledger rows were written or changed."""
+        """Returns how many ledger rows were written or changed. Every part is committed when this
+        returns; if one fails, the exception propagates and the batch comes again (idempotent)."""
         facts = collapse_statuses(facts)
         if not facts:
             return 0
+        if self.parallel == 1 or len(facts) < 500:
+            return await self._record_statuses(facts)
+        parts: list[list[StatusFact]] = [[] for _ in range(self.parallel)]
+        for f in facts:
+            parts[_bucket(f.phone_number_id) % self.parallel].append(f)
+        done = await asyncio.gather(*(self._record_statuses(p) for p in parts if p), return_exceptions=True)
+        for r in done:
+            if isinstance(r, BaseException):
+                raise r
+        return sum(r for r in done if isinstance(r, int))
+
+    async def _record_statuses(self, facts: list[StatusFact]) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_numbers(conn, (f.phone_number_id for f in facts))
             await _copy_in(conn, "_deliveries_in", facts)  # facts are rows in column order
@@ -226,19 +246,21 @@ class Metering:
         # CBP conversations chain from the start of a timeline: read it all when CBP is involved.
         read_from = [NEG_INF if t < PMP_START + PMP_LOOKBACK else t - PMP_LOOKBACK for t in write_from]
         write_from = [NEG_INF if r == NEG_INF else w for r, w in zip(read_from, write_from, strict=True)]
-        # One round trip for both kinds of facts: outbound rows (kind true) and inbound rows (false).
-        facts = await conn.fetch(TIMELINE_FACTS, [k[0] for k in keys], [k[1] for k in keys], read_from)
+        facts = await conn.fetch(TIMELINE_FACTS, [k[0] for k in keys], [k[1] for k in keys], read_from, write_from)
         by_key_out: dict[Key, list[OutboundFact]] = defaultdict(list)
         by_key_in: dict[Key, list[InboundFact]] = defaultdict(list)
         tenant_of: dict[Key, str | None] = {}
         account_of: dict[Key, str] = {}
-        for (outbound, pnid, customer, wamid, at, tenant_id, waba_id, billable, model, type_, category,
+        for (kind, pnid, customer, wamid, at, tenant_id, waba_id, billable, model, type_, category,
              is_template, send_category, send_tenant) in facts:
             key = (pnid, customer)
-            if outbound:
-                meta = MetaPricing(billable, model, type_, category) \
-                    if model or category or type_ or billable is not None else None
-                by_key_out[key].append(OutboundFact(wamid, at, is_template, send_category, meta))
+            if kind:
+                if kind == 1:
+                    meta = MetaPricing(billable, model, type_, category) \
+                        if model or category or type_ or billable is not None else None
+                    by_key_out[key].append(OutboundFact(wamid, at, is_template, send_category, meta))
+                else:  # context: only its delivery time is used
+                    by_key_out[key].append(OutboundFact(wamid, at))
                 if key not in tenant_of or tenant_of[key] is None:
                     tenant_of[key] = tenant_id or send_tenant
                 if waba_id and key not in account_of:
@@ -264,17 +286,38 @@ class Metering:
         return len(result)
 
 
+# The facts of the timelines to re-price, in one round trip:
+#  1: outbound messages to write (delivered from write_from on), with their send record;
+#  2: context outbound messages (read_from ≤ delivered < write_from), only when a referral in that
+#     span could have opened a free entry point window still open at write_from (their time
+#     is all a later PMP price needs);
+#  0: inbound messages from read_from on (windows, referrals).
+# LATERAL … OFFSET 0 keeps each part an index lookup per timeline (the planner has no statistics
+# for the key arrays and would otherwise sort or hash whole tables).
 TIMELINE_FACTS = """
-SELECT true, d.phone_number_id, d.customer, d.wamid, d.delivered_at, d.tenant_id, d.waba_id, d.meta_billable,
+SELECT 1, k.pnid, k.customer, d.wamid, d.delivered_at, d.tenant_id, d.waba_id, d.meta_billable,
        d.meta_pricing_model, d.meta_type, d.meta_category, s.is_template, s.category, s.tenant_id
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
-JOIN billing.deliveries d ON d.phone_number_id = k.pnid AND d.customer = k.customer AND d.delivered_at >= k.since
-LEFT JOIN billing.sends s ON s.wamid = d.wamid
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS k(pnid, customer, read_from, write_from)
+CROSS JOIN LATERAL (SELECT * FROM billing.deliveries d WHERE d.phone_number_id = k.pnid
+                    AND d.customer = k.customer AND d.delivered_at >= k.write_from OFFSET 0) d
+LEFT JOIN LATERAL (SELECT s.is_template, s.category, s.tenant_id FROM billing.sends s WHERE s.wamid = d.wamid) s
+       ON true
 UNION ALL
-SELECT false, i.phone_number_id, i.customer, NULL, i.received_at, i.tenant_id, NULL, i.referral,
+SELECT 2, k.pnid, k.customer, d.wamid, d.delivered_at, d.tenant_id, d.waba_id, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(pnid, customer, since)
-JOIN billing.inbound i ON i.phone_number_id = k.pnid AND i.customer = k.customer AND i.received_at >= k.since
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS k(pnid, customer, read_from, write_from)
+CROSS JOIN LATERAL (SELECT d.wamid, d.delivered_at, d.tenant_id, d.waba_id FROM billing.deliveries d
+                    WHERE d.phone_number_id = k.pnid AND d.customer = k.customer
+                      AND d.delivered_at >= k.read_from AND d.delivered_at < k.write_from OFFSET 0) d
+WHERE k.read_from < k.write_from AND EXISTS (
+    SELECT FROM billing.inbound r WHERE r.phone_number_id = k.pnid AND r.customer = k.customer
+       AND r.received_at >= k.read_from AND r.received_at < k.write_from AND r.referral)
+UNION ALL
+SELECT 0, k.pnid, k.customer, NULL, i.received_at, i.tenant_id, NULL, i.referral,
+       NULL, NULL, NULL, NULL, NULL, NULL
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS k(pnid, customer, read_from, write_from)
+CROSS JOIN LATERAL (SELECT * FROM billing.inbound i WHERE i.phone_number_id = k.pnid
+                    AND i.customer = k.customer AND i.received_at >= k.read_from OFFSET 0) i
 """
 
 # Batches reach PostgreSQL by binary COPY into per-connection temp tables (much cheaper than
