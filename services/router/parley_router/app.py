@@ -1,9 +1,10 @@
-"""Composition root of the router: broker, subscriber, models, store, ops HTTP."""
+"""Composition root of the router: broker, subscriber, models, store, tenant and ops HTTP."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_IN
 
+from parley_router.api import build_router
 from parley_router.corpora import load_examples
 from parley_router.domain.defaults import load_defaults
 from parley_router.domain.language import LanguageIdentifier
@@ -26,6 +28,7 @@ from parley_router.store import RouterStore
 from parley_router.webhooks import TenantEndpointClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("parley.router")
 
 
 def create_app(settings: RouterSettings | None = None, *,
@@ -53,19 +56,37 @@ def create_app(settings: RouterSettings | None = None, *,
 
     async def sync_models_forever() -> None:
         while True:
-            await registry.sync(rt.tenants.tenants.values(), service.routing_of)
             await asyncio.sleep(settings.model_poll_interval_s)
+            try:
+                await registry.refresh_api_intents()
+                await registry.sync(rt.tenants.tenants.values(), service.routing_of)
+            except Exception:
+                log.exception("tenant model sync failed; retrying on the next poll")
+
+    async def prune_forever(store: RouterStore) -> None:
+        # The dedupe table only needs to outlive redeliveries (Meta retries, topic retention).
+        while True:
+            try:
+                status = await store.prune_routed(settings.routed_retention_days)
+                log.info("pruned routed wamids", extra={"status": status,
+                                                       "retention_days": settings.routed_retention_days})
+            except Exception:
+                log.exception("pruning router.routed failed; retrying later")
+            await asyncio.sleep(settings.prune_interval_s)
 
     async def start() -> None:
         store = RouterStore(rt.require_pool())
         service.store = store
-        registry._store = store
+        registry.attach_store(store)
         # Load lingua's language models and touch the classifier before the first batch arrives.
         await asyncio.to_thread(router.understand, [])
         await asyncio.to_thread(router.languages.detect_many, ["hello there", "x" * 80])
         await producer.start()
+        await registry.refresh_api_intents()
         await registry.sync(rt.tenants.tenants.values(), service.routing_of)
         tasks.append(asyncio.create_task(sync_models_forever()))
+        if settings.prune_interval_s > 0:
+            tasks.append(asyncio.create_task(prune_forever(store)))
 
     async def stop() -> None:
         for t in tasks:
@@ -78,7 +99,7 @@ def create_app(settings: RouterSettings | None = None, *,
 
     rt.on_start.append(start)
     rt.on_stop.append(stop)
-    app = make_app(rt, title="Parley router")
+    app = make_app(rt, title="Parley router", routers=[build_router(rt, registry, service.routing_of)])
     app.state.router_service = service
     app.state.model_registry = registry
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from parley_common.settings import CommonSettings
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -27,8 +28,12 @@ class RouterSettings(CommonSettings):
     webhook_attempts: int = 4
     webhook_timeout_s: float = 5.0
     webhook_backoff_s: float = 0.2
-    # How often other replicas look for retrained tenant models.
+    # How often each replica re-reads tenant intents (settings and HTTP) and reloads changed models.
     model_poll_interval_s: float = 5.0
+    # Durable dedupe (router.routed): wamids older than this are pruned, every prune_interval_s
+    # (0 disables the pruning task). Keep it above the inbound topic's retention and Meta's retries.
+    routed_retention_days: int = Field(default=15, ge=1)
+    prune_interval_s: float = Field(default=3600.0, ge=0)
     # Topic prefix of agent queues: "<prefix>.<tenant>.<skill>" when per-tenant topics are wanted;
     # empty means the shared AGENT_QUEUE topic with tenant, skill and language in the record.
     agent_topic_prefix: str = ""

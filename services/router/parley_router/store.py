@@ -1,4 +1,4 @@
-"""The router's own tables (schema ``router``): routed wamids and trained tenant models."""
+"""The router's own tables (schema ``router``): routed wamids, tenant intents, trained tenant models."""
 
 from __future__ import annotations
 
@@ -46,3 +46,24 @@ class RouterStore:
         await self._pool.execute(
             """INSERT INTO router.tenant_models (tenant_id, fingerprint, intents, model) VALUES ($1,$2,$3,$4)
                ON CONFLICT (tenant_id, fingerprint) DO NOTHING""", tenant_id, fingerprint, intents, model)
+
+    async def tenant_intents(self, tenant_id: str | None = None) -> dict[str, dict[str, list[str]]]:
+        """Intents added over HTTP: tenant -> intent name -> examples (one tenant, or all)."""
+        rows = await self._pool.fetch(
+            "SELECT tenant_id, name, examples FROM router.tenant_intents"
+            " WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY tenant_id, name", tenant_id)
+        out: dict[str, dict[str, list[str]]] = {}
+        for r in rows:
+            out.setdefault(r["tenant_id"], {})[r["name"]] = [str(x) for x in r["examples"]]
+        return out
+
+    async def put_tenant_intent(self, tenant_id: str, name: str, examples: list[str]) -> None:
+        await self._pool.execute(
+            """INSERT INTO router.tenant_intents (tenant_id, name, examples) VALUES ($1, $2, $3)
+               ON CONFLICT (tenant_id, name) DO UPDATE SET examples = EXCLUDED.examples, updated_at = now()""",
+            tenant_id, name, examples)
+
+    async def delete_tenant_intent(self, tenant_id: str, name: str) -> bool:
+        status = await self._pool.execute(
+            "DELETE FROM router.tenant_intents WHERE tenant_id = $1 AND name = $2", tenant_id, name)
+        return str(status).endswith(" 1")

@@ -1,0 +1,128 @@
+"""The router's tenant HTTP API: a tenant's own intents (Bearer tenant API key).
+
+    GET    /v1/intents                 built-in intents, the tenant's own, and its model's state
+    GET    /v1/intents/{name}          one of the tenant's own intents with its examples
+    PUT    /v1/intents/{name}          {"examples": [...]}: store, retrain and reload (no restart)
+    DELETE /v1/intents/{name}          remove an intent added over HTTP, retrain
+
+PUT stores the intent in ``router.tenant_intents`` and starts retraining the tenant's model at
+once; with ``?wait=true`` it answers after the new model is in use (200), otherwise at once
+(202, state ``training``). Other replicas pick the intent up on their next model poll and load the
+stored model. Example texts are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from parley_common.runtime import Runtime
+from parley_common.tenancy.models import Tenant
+from pydantic import BaseModel, Field, field_validator
+
+from parley_router.model_registry import ModelRegistry, ModelStatus, RoutingOf
+from parley_router.store import RouterStore
+
+INTENT_NAME = r"^[a-z][a-z0-9_]{0,62}$"
+IntentName = Annotated[str, Path(pattern=INTENT_NAME, description="lower-case letters, digits, _")]
+MAX_EXAMPLE_CHARS = 500
+WAIT_LIMIT_S = 120.0
+
+
+class IntentExamples(BaseModel):
+    examples: list[str] = Field(min_length=1, max_length=2000,
+                                description="utterances in any supported language; blanks and repeats dropped")
+
+    @field_validator("examples")
+    @classmethod
+    def _clean(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for text in v:
+            t = text.strip()
+            if len(t) > MAX_EXAMPLE_CHARS:
+                raise ValueError(f"an example is longer than {MAX_EXAMPLE_CHARS} characters")
+            if t and t not in out:
+                out.append(t)
+        if not out:
+            raise ValueError("at least one non-blank example is required")
+        return out
+
+
+def current_tenant(request: Request) -> Tenant:
+    """The tenant whose API key is the request's Bearer token, else 401."""
+    rt: Runtime = request.app.state.runtime
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    tenant = rt.tenants.tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    if tenant is None:
+        raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer …)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+
+def _model(status: ModelStatus) -> dict[str, Any]:
+    return {"state": status.state, "fingerprint": status.fingerprint, "wanted": status.wanted,
+            "intents": status.intents}
+
+
+def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["intents"])
+
+    def store() -> RouterStore:
+        return RouterStore(rt.require_pool())
+
+    @router.get("/intents", summary="Built-in intents, the tenant's own intents and its model's state")
+    async def list_intents(tenant: TenantDep) -> dict[str, Any]:
+        await registry.refresh_api_intents(tenant.tenant_id)
+        cfg = routing_of(tenant)
+        from_settings = dict(cfg.intents) if cfg else {}
+        from_api = registry.api_intents(tenant.tenant_id)
+        own = {name: {"examples": len(ex), "source": "api" if name in from_api else "settings"}
+               for name, ex in sorted({**from_settings, **from_api}.items())}
+        return {"builtin": registry.default.intents, "tenant": own,
+                "model": _model(registry.status(tenant, routing_of))}
+
+    @router.get("/intents/{name}", summary="One of the tenant's own intents with its examples")
+    async def get_intent(tenant: TenantDep, name: IntentName) -> dict[str, Any]:
+        await registry.refresh_api_intents(tenant.tenant_id)
+        from_api = registry.api_intents(tenant.tenant_id)
+        cfg = routing_of(tenant)
+        if name in from_api:
+            return {"name": name, "source": "api", "examples": from_api[name]}
+        if cfg and name in cfg.intents:
+            return {"name": name, "source": "settings", "examples": cfg.intents[name]}
+        raise HTTPException(404, f"the tenant has no own intent {name!r}")
+
+    async def _retrain(tenant: Tenant, wait: bool, response: Response) -> dict[str, Any]:
+        task = await registry.sync_tenant(tenant, routing_of)
+        if wait and task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), WAIT_LIMIT_S)
+        status = registry.status(tenant, routing_of)
+        response.status_code = 202 if status.state == "training" else 200
+        if status.state == "failed":
+            response.status_code = 500
+        return _model(status)
+
+    @router.put("/intents/{name}", summary="Add or replace a tenant intent; the router retrains and reloads",
+                responses={202: {"description": "stored; the model is retraining"}})
+    async def put_intent(tenant: TenantDep, name: IntentName, body: IntentExamples, response: Response,
+                         wait: Annotated[bool, Query(description="answer when the new model is in use")] = False,
+                         ) -> dict[str, Any]:
+        await store().put_tenant_intent(tenant.tenant_id, name, body.examples)
+        model = await _retrain(tenant, wait, response)
+        return {"name": name, "examples": len(body.examples), "model": model}
+
+    @router.delete("/intents/{name}", summary="Remove a tenant intent added over HTTP; the router retrains")
+    async def delete_intent(tenant: TenantDep, name: IntentName, response: Response,
+                            wait: Annotated[bool, Query()] = False) -> dict[str, Any]:
+        if not await store().delete_tenant_intent(tenant.tenant_id, name):
+            raise HTTPException(404, f"no intent {name!r} was added over HTTP for this tenant")
+        model = await _retrain(tenant, wait, response)
+        return {"name": name, "deleted": True, "model": model}
+
+    return router

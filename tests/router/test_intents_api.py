@@ -1,0 +1,133 @@
+"""Tenant intents over HTTP on the real database and broker: stored, retrained, reloaded live;
+and the scheduled pruning of the dedupe table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import pytest
+from parley_common.contracts import InboundMessage
+from parley_common.db import migrate
+from parley_common.runtime import TENANCY_MIGRATIONS
+from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+
+pytestmark = pytest.mark.infra
+
+NUMBER = "109000000000077"
+BAGGAGE = ["how many bags can i bring", "baggage allowance?", "can i take a second suitcase",
+           "extra luggage fee", "is hand luggage free", "how heavy can my bag be",
+           "bagaj hakkı ne kadar", "berapa kg bagasi", "কত কেজি লাগেজ নেওয়া যাবে", "cuántas maletas puedo llevar"]
+
+
+async def _setup(database_url: str) -> tuple[str, str]:
+    os.environ.setdefault("ROUTER_API_TEST_SECRET", "s")
+    conn = await asyncpg.connect(database_url)
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        await import_registry(conn, RegistryFile.model_validate({
+            "apps": [{"app_id": "app-router-api", "app_secret_refs": ["env:ROUTER_API_TEST_SECRET"]}],
+            "tenants": [
+                {"tenant_id": "router-api", "name": "Router API", "app_id": "app-router-api",
+                 "business_country": "TR", "time_zone": "Europe/Istanbul", "wabas": ["waba-router-api"],
+                 "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "905000000077",
+                                    "waba_id": "waba-router-api"}],
+                 "settings": {"router": {"auto_reply": True}}},
+                {"tenant_id": "router-api-other", "name": "Other", "app_id": "app-router-api",
+                 "business_country": "TR", "time_zone": "Europe/Istanbul", "wabas": ["waba-router-api-2"],
+                 "phone_numbers": []},
+            ]}))
+        _, key = await add_api_key(conn, "router-api", "test")
+        _, other_key = await add_api_key(conn, "router-api-other", "test")
+    finally:
+        await conn.close()
+    return key, other_key
+
+
+async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kafka_bootstrap: str,
+                                                                            database_url: str) -> None:
+    key, other_key = await _setup(database_url)
+    from parley_router.app import create_app
+    from parley_router.settings import RouterSettings
+
+    app = create_app(RouterSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url,
+                                    prune_interval_s=0.2, routed_retention_days=15))
+    auth = {"Authorization": f"Bearer {key}"}
+    async with app.router.lifespan_context(app):
+        service, registry = app.state.router_service, app.state.model_registry
+        pool = app.state.runtime.require_pool()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as http:
+            assert (await http.get("/v1/intents")).status_code == 401
+            assert (await http.get("/v1/intents", headers={"Authorization": "Bearer nope"})).status_code == 401
+
+            listed = (await http.get("/v1/intents", headers=auth)).json()
+            assert "refund" in listed["builtin"] and listed["tenant"] == {}
+            assert listed["model"]["state"] == "default"
+
+            bad = await http.put("/v1/intents/Bad-Name", headers=auth, json={"examples": ["x"]})
+            assert bad.status_code == 422
+            empty = await http.put("/v1/intents/baggage", headers=auth, json={"examples": ["  "]})
+            assert empty.status_code == 422
+
+            msg = InboundMessage.model_validate({
+                "event_id": "wamid.api1", "wamid": "wamid.api1", "phone_number_id": NUMBER,
+                "occurred_at": datetime.now(UTC), "customer_wa_id": "905551112233", "type": "text",
+                "text": "how many suitcases can I take"})
+            before = service.router.understand([(msg, service.context_for(msg))])[0]
+            assert before.intent != "baggage"
+
+            put = await http.put("/v1/intents/baggage?wait=true", headers=auth, json={"examples": BAGGAGE})
+            assert put.status_code == 200, put.text
+            assert put.json()["model"]["state"] == "ready" and "baggage" in put.json()["model"]["intents"]
+
+            # The live router classifies the tenant's messages with the new model, no restart.
+            after = service.router.understand([(msg, service.context_for(msg))])[0]
+            assert after.intent == "baggage"
+            assert "baggage" not in registry.for_tenant("router-api-other").intents
+
+            got = (await http.get("/v1/intents/baggage", headers=auth)).json()
+            assert got == {"name": "baggage", "source": "api", "examples": BAGGAGE}
+            listed = (await http.get("/v1/intents", headers=auth)).json()
+            assert listed["tenant"] == {"baggage": {"examples": len(BAGGAGE), "source": "api"}}
+            # Another tenant neither sees nor can delete it.
+            other = {"Authorization": f"Bearer {other_key}"}
+            assert (await http.get("/v1/intents/baggage", headers=other)).status_code == 404
+            assert (await http.delete("/v1/intents/baggage", headers=other)).status_code == 404
+
+            # The model is stored for other replicas, under the fingerprint of the intents.
+            fp = put.json()["model"]["fingerprint"]
+            stored = await pool.fetchval(
+                "SELECT count(*) FROM router.tenant_models WHERE tenant_id='router-api' AND fingerprint=$1", fp)
+            assert stored == 1
+
+            # Without wait: 202 while training, then the poll-free sync finishes it.
+            more = await http.put("/v1/intents/baggage", headers=auth, json={"examples": [*BAGGAGE, "bag fee"]})
+            assert more.status_code == 202 and more.json()["model"]["state"] == "training"
+            task = registry.training_task("router-api")
+            assert task is not None
+            await asyncio.wait_for(task, 120)
+            assert (await http.get("/v1/intents", headers=auth)).json()["model"]["state"] == "ready"
+
+            gone = await http.delete("/v1/intents/baggage?wait=true", headers=auth)
+            assert gone.status_code == 200 and gone.json()["model"]["state"] == "default"
+            assert "baggage" not in registry.for_tenant("router-api").intents
+            assert (await http.delete("/v1/intents/baggage", headers=auth)).status_code == 404
+
+        # The dedupe table is pruned on a schedule: old wamids go, recent ones stay.
+        await pool.execute(
+            "INSERT INTO router.routed (wamid, tenant_id, intent, rule, routed_at) VALUES"
+            " ('wamid.old', 'router-api', 'greeting', 'r', now() - interval '30 days'),"
+            " ('wamid.new', 'router-api', 'greeting', 'r', now())")
+        for _ in range(50):
+            if not await pool.fetchval("SELECT count(*) FROM router.routed WHERE wamid='wamid.old'"):
+                break
+            await asyncio.sleep(0.1)
+        rows = {r["wamid"] for r in await pool.fetch(
+            "SELECT wamid FROM router.routed WHERE wamid IN ('wamid.old', 'wamid.new')")}
+        assert rows == {"wamid.new"}
