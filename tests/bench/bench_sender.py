@@ -1,8 +1,11 @@
 """Benchmark of the sender (``make bench-sender``).
 
-1. Accepted sends per second of ONE sender process against the Cloud API simulator (run in its
-   own process), over real Kafka and PostgreSQL: a backlog of template requests to distinct
-   customers on four numbers of 1,000 msg/s each.
+1. Accepted sends per second of ONE sender process (``python -m parley_sender.cli run``) against
+   the Cloud API simulator (``parley-simulator run``), each in its own process, over real Kafka
+   and PostgreSQL: a backlog of template requests to distinct customers on four numbers of
+   1,000 msg/s each. CPU seconds per accepted send of each process come from /proc/<pid>/stat.
+   BENCH_SENDER_N (requests), BENCH_SENDER_NUMBERS (numbers), BENCH_SENDER_PROFILE=path (cProfile
+   the sender), BENCH_SENDER_SRC=dir (another checkout's parley_sender, for before/after runs).
 2. The governor's accuracy with a backlog on one number limited to 80/s and one to 1,000/s: the
    highest count of grants in any sliding 1-second window (must not exceed the limit) and the
    utilisation (grants / (limit x seconds)).
@@ -34,7 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 N_SENDS = int(os.environ.get("BENCH_SENDER_N", "12000"))
-NUMBERS = {f"88{i:02d}": 1000 for i in range(4)}
+# Business numbers of 1,000 msg/s each: the governor caps the process at 1,000/s per number.
+NUMBERS = {f"88{i:02d}": 1000 for i in range(int(os.environ.get("BENCH_SENDER_NUMBERS", "4")))}
 GOVERNOR_SECONDS = float(os.environ.get("BENCH_SENDER_GOVERNOR_S", "6"))
 
 
