@@ -234,22 +234,21 @@ async def test_one_inbound_message_is_one_trace_across_ingest_router_and_sender(
         spans = pipeline.exporter.get_finished_spans()
         for root in (s for s in spans if s.name == "webhook receive"):
             same = [s for s in spans if s.context.trace_id == root.context.trace_id]
-            names = {s.name for s in same}
-            if {f"{MESSAGES_IN.name} process", f"{MESSAGES_OUT.name} process"} <= names:
+            if {"route", "cloudapi send"} <= {s.name for s in same}:
                 return same
         return None
 
-    try:
-        same = await eventually(traced, timeout_s=40, what="one trace across ingest, router and sender")
-    except AssertionError:
-        for s in pipeline.exporter.get_finished_spans():
-            print("SPAN", s.name, format(s.context.trace_id, "x")[:8], s.parent and format(s.parent.span_id, "x"), format(s.context.span_id, "x"), len(s.links))
-        raise
-    names = {s.name for s in same}
-    assert "webhook receive" in names  # ingest answered Meta
-    assert f"{MESSAGES_IN.name} process" in names  # router consumed the message
-    assert f"{MESSAGES_OUT.name} process" in names  # sender consumed the router's reply
-    assert any(s.name == f"{SENDS.name} publish" or s.name.startswith(SENDS.name) for s in same)  # send result
+    same = await eventually(traced, timeout_s=60, what="one trace across ingest, router and sender")
+    by_id = {s.context.span_id: s for s in same}
+    send = next(s for s in same if s.name == "cloudapi send")
+    chain = []
+    span: Any = send
+    while span is not None:  # walk up from the Cloud API call to the webhook POST
+        chain.append(span.name)
+        span = by_id.get(span.parent.span_id) if span.parent else None
+    assert chain[0] == "cloudapi send" and chain[-1] == "webhook receive"  # sender ... ingest
+    assert "route" in chain  # the router's decision sits between them
+    assert send.attributes["parley.outcome"] == "accepted"
     # no phone number or message text in any span attribute
     for span in same:
         for value in (span.attributes or {}).values():

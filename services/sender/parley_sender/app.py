@@ -38,6 +38,7 @@ def create_app(
         redactor=rt.redactor,
         metrics=Metrics.create(rt.registry),
         producer=RecordProducer(settings.kafka_bootstrap),
+        tracer=rt.tracer_provider.get_tracer("parley.sender"),
     )
     register(sender)
 

@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Tracer
 from parley_common.contracts import ConsentChange, OutboundMessage, SendResult, body_hash
 from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
 from parley_common.redaction import Redactor
@@ -134,6 +136,10 @@ class Sender:
     recent: OrderedDict[str, MessageRow] = field(default_factory=OrderedDict)
     recent_max: int = 200_000
     producer: RecordProducer | None = None  # the hot-path producer; broker.publish without it
+    tracer: Tracer = field(default_factory=lambda: trace.get_tracer("parley.sender"))
+    # Trace context of each request in the current batch (from its Kafka headers), so that the
+    # Cloud API call joins the trace of the customer message or API request that caused it.
+    carriers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # --- state kept with the process ------------------------------------------------------
     def directory(self) -> TenantDirectory:
@@ -182,12 +188,15 @@ class Sender:
     # --- the batch --------------------------------------------------------------------------
     async def handle_records(self, records: Sequence[ConsumerRecord[Any, Any]], *, from_retry: bool) -> None:
         msgs: dict[str, OutboundMessage] = {}
+        self.carriers = {}
         for rec in records:
             try:
                 msg = OutboundMessage.model_validate_json(rec.value or b"")
             except Exception as exc:
                 await self._dead_letter_record(rec, exc)
                 continue
+            self.carriers[msg.message_id] = {
+                k: v.decode() for k, v in (rec.headers or ()) if k in ("traceparent", "tracestate")}
             prev = msgs.get(msg.message_id)
             if prev is None or msg.attempt >= prev.attempt:
                 msgs[msg.message_id] = msg
@@ -416,7 +425,12 @@ class Sender:
         body["biz_opaque_callback_data"] = m.biz_opaque_callback_data or m.message_id
         app = self.directory().app_for_tenant(tenant.tenant_id)
         started = time.perf_counter()
-        resp = await self.client.send_message(app, number, body)
+        parent = propagate.extract(self.carriers.get(m.message_id, {}))
+        with self.tracer.start_as_current_span("cloudapi send", context=parent, kind=SpanKind.CLIENT) as span:
+            span.set_attributes({"parley.message_id": m.message_id, "parley.phone_number_id": number,
+                                 "parley.category": plan.category, "parley.attempt": m.attempt})
+            resp = await self.client.send_message(app, number, body)
+            span.set_attribute("parley.outcome", "accepted" if resp.accepted else "not_accepted")
         self.metrics.latency.observe(time.perf_counter() - started)
         return self._classify(m, plan, tenant, resp)
 
