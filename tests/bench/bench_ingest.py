@@ -44,7 +44,7 @@ BENCH_DB = "parley_bench_ingest"
 # --- server process ------------------------------------------------------------------------
 
 
-def serve(port: int, mode: str) -> None:
+def serve(port: int, mode: str, stack: str = "bare", gc_tuning: bool = False) -> None:
     os.environ["PARLEY_TOPIC_NAMESPACE"] = NAMESPACE
     os.environ["BENCH_APP_SECRET"] = SECRET
     import uvicorn
@@ -53,6 +53,11 @@ def serve(port: int, mode: str) -> None:
 
     settings = IngestSettings(http_port=port, database_url=_db_url(), log_level="WARNING")
     app = create_app(settings)
+    if stack == "fastapi":  # the same app with the webhook POST served by its FastAPI route
+        app.webhook_route = None
+    if gc_tuning:
+        import gc
+        gc.set_threshold(50_000, 20, 100)
     if mode == "nokafka":
         writer = app.state.ingest.writer
 
@@ -366,9 +371,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", choices=["kafka", "nokafka"], default="kafka")
+    parser.add_argument("--stack", choices=["bare", "fastapi"], default="bare")
+    parser.add_argument("--gc", action="store_true")
     args = parser.parse_args()
     if args.command == "serve":
-        serve(args.port, args.mode)
+        serve(args.port, args.mode, args.stack, args.gc)
         return
     figures = asyncio.run(bench(args.seconds, args.connections))
     out = REPO / "bench-results" / "ingest.json"

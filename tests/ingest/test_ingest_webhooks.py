@@ -287,3 +287,53 @@ async def test_handshake_echoes_challenge_for_known_token_only(ingest: IngestEnv
         params={"hub.mode": "subscribe", "hub.verify_token": "verify-me-please", "hub.challenge": "1"},
     )
     assert no_token_app.status_code == 403
+
+
+async def test_bare_webhook_route_answers_exactly_as_the_fastapi_route(ingest: IngestEnv) -> None:
+    """The webhook POST is served by the bare ASGI route in front of FastAPI (ADR 0010); the
+    FastAPI routes behind it (documented in OpenAPI) must answer every case the same way."""
+    from parley_ingest.app import IngestApp
+
+    app = ingest.app
+    assert isinstance(app, IngestApp) and app.webhook_route is not None
+    marker = uuid.uuid4().hex[:8]
+    good = _unique(dict(corpus_cases())["message_text"]["webhook"], marker)
+    unknown_shape = orjson.dumps({"object": "page", "marker": marker})
+    big = b"{" + b" " * (3 * 1024 * 1024) + b"}"
+    cases = [
+        (f"/webhooks/meta/{APP_1}", good, sign(good, APP1_SECRET)),
+        ("/webhooks/meta", good, sign(good, APP1_SECRET_NEW)),
+        (f"/webhooks/meta/{APP_1}", good, None),
+        (f"/webhooks/meta/{APP_1}", good, sign(good, APP2_SECRET)),
+        ("/webhooks/meta/no-such-app", good, sign(good, APP1_SECRET)),
+        (f"/webhooks/meta/{APP_1}", b"{not json", sign(b"{not json", APP1_SECRET)),
+        (f"/webhooks/meta/{APP_1}", unknown_shape, sign(unknown_shape, APP1_SECRET)),
+        (f"/webhooks/meta/{APP_1}", big, sign(big, APP1_SECRET)),
+    ]
+    answers: dict[str, list[tuple[int, bytes, str | None, str | None]]] = {}
+    route = app.webhook_route
+    try:
+        for stack in ("bare", "fastapi"):
+            app.webhook_route = route if stack == "bare" else None
+            answers[stack] = []
+            for path, body, signature in cases:
+                headers = {"X-Hub-Signature-256": signature} if signature else {}
+                r = await ingest.client.post(path, content=body, headers=headers)
+                answers[stack].append(
+                    (r.status_code, r.content, r.headers.get("content-type"), r.headers.get("retry-after"))
+                )
+    finally:
+        app.webhook_route = route
+    assert [a[0] for a in answers["bare"]] == [200, 200, 401, 401, 401, 400, 200, 413]
+    assert answers["bare"] == answers["fastapi"]
+    assert answers["bare"][0][1] == b'{"events":1,"problems":0}'
+
+
+async def test_incoming_trace_context_continues_into_the_kafka_records(ingest: IngestEnv) -> None:
+    marker = uuid.uuid4().hex[:8]
+    body = _unique(dict(corpus_cases())["message_text"]["webhook"], marker)
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    assert await _post(ingest, body, headers={"traceparent": traceparent}) == 200
+    ((record, _),) = (await _events(ingest, marker))[MESSAGES_IN.base]
+    assert dict(record.headers)["traceparent"].decode().split("-")[1] == trace_id

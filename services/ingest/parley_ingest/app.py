@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import cast
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +20,7 @@ from parley_ingest.publishing import RecordWriter
 from parley_ingest.services import IngestServices
 from parley_ingest.settings import IngestSettings
 from parley_ingest.store import IdempotencyStore
-from parley_ingest.webhooks import webhook_router
+from parley_ingest.webhooks import WebhookIntake, WebhookRoute, webhook_router
 
 log = logging.getLogger("parley.ingest")
 
@@ -68,6 +69,28 @@ class ApiBodyLimit:
         except _BodyTooLarge:
             if not started:
                 await _send_413(send)
+
+
+class IngestApp(FastAPI):
+    """Ingest's FastAPI app, with Meta's webhook POSTs answered before FastAPI's own stack.
+
+    ``POST /webhooks/meta[/{app_id}]`` goes straight to the bare ASGI ``WebhookRoute``: no
+    routing table, dependency solving, middleware chain or FastAPI request span (the route
+    opens its own server span). Everything else, lifespan included, is FastAPI as usual.
+    Measured in ADR 0010: with FastAPI's route a single-message webhook cost the server
+    ~440 us of CPU, as a middleware ~260 us, in front of FastAPI ~150 us.
+    """
+
+    webhook_route: WebhookRoute | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.webhook_route
+        if route is not None:
+            serves, app_id = route.match(scope)
+            if serves:
+                await route(scope, receive, send, app_id)
+                return
+        await super().__call__(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -121,11 +144,17 @@ def create_app(
 
     rt.on_start.append(start_store)
     rt.on_stop.append(stop_store)
-    app = make_app(rt, title="Parley ingest", routers=[webhook_router(svc), api_router(svc)])
+    intake = WebhookIntake(svc)
+    app = make_app(rt, title="Parley ingest", routers=[webhook_router(svc, intake), api_router(svc)])
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes)
-    app.state.ingest = svc
-    return app
+    # make_app builds a plain FastAPI; IngestApp only adds the webhook fast path in __call__
+    # (no state of its own), so the built app takes that class as it is.
+    app.__class__ = IngestApp
+    ingest_app = cast(IngestApp, app)
+    ingest_app.webhook_route = WebhookRoute(intake)
+    ingest_app.state.ingest = svc
+    return ingest_app
 
 
 async def _purge_forever(store: IdempotencyStore) -> None:
