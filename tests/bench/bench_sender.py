@@ -94,6 +94,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the process's threads were runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat,
+    second field): how much of a core the shared machine withheld from it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def bench_request(i: int, pn: str, now: str) -> dict[str, object]:
     mid = f"b{i}"
     return {
@@ -217,9 +229,11 @@ async def throughput(kafka: str, server_db: str) -> dict[str, float]:
                 stats = (await c.get("/_sim/stats")).json()
                 accepted = stats["requests"]["accepted"]
                 if accepted and first is None:
-                    first = (time.monotonic(), accepted, cpu_seconds(sender.pid), cpu_seconds(sim.pid))
+                    first = (time.monotonic(), accepted, cpu_seconds(sender.pid), cpu_seconds(sim.pid),
+                             runqueue_wait_seconds(sender.pid))
                 if accepted >= N_SENDS:
-                    last = (time.monotonic(), accepted, cpu_seconds(sender.pid), cpu_seconds(sim.pid))
+                    last = (time.monotonic(), accepted, cpu_seconds(sender.pid), cpu_seconds(sim.pid),
+                            runqueue_wait_seconds(sender.pid))
                     break
                 await asyncio.sleep(0.05)
             errors = stats["errors_by_code"]
@@ -235,11 +249,13 @@ async def throughput(kafka: str, server_db: str) -> dict[str, float]:
             "sender_cpu_ms_per_send": round(1000 * sender_cpu / sends, 3),
             "simulator_cpu_ms_per_send": round(1000 * sim_cpu / sends, 3),
             "sender_cpu_share": round(sender_cpu / elapsed, 3),
+            # Share of the interval the sender was runnable but not running (CPU taken by others).
+            "sender_runqueue_wait_share": round((last[4] - first[4]) / elapsed, 3),
             "simulator_cpu_share": round(sim_cpu / elapsed, 3),
             "sends_per_sender_cpu_s": round(sends / sender_cpu, 1) if sender_cpu else 0.0,
             "throttled_130429": int(errors.get("130429", 0)),
             "duplicates": stats.get("duplicate_biz_opaque_callback_data", 0),
-            "load_average_1m": os.getloadavg()[0],
+            "load_average_1m": round(os.getloadavg()[0], 2),
         }
     finally:
         stop(sender)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.runtime import build_runtime, make_app
 
 from parley_sender.api import router as api_router
 from parley_sender.cloudapi import CloudApiClient
+from parley_sender.consuming import SendConsumer
 from parley_sender.delivery import Metrics, Sender
 from parley_sender.handlers import register
 from parley_sender.producing import RecordProducer
@@ -58,4 +62,22 @@ def create_app(
     rt.on_stop.append(close)
     app = make_app(rt, title="Parley sender", routers=[api_router(sender)])
     app.state.sender = sender
+
+    # The send requests' consumer starts once everything else runs (the store, the producer and the
+    # broker it dead-letters through) and stops first: its in-flight calls are recorded and their
+    # offsets committed while all of that is still up.
+    consumer = SendConsumer(sender)
+    app.state.send_consumer = consumer
+    runtime_lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[None]:
+        async with runtime_lifespan(a):
+            await consumer.start()
+            try:
+                yield
+            finally:
+                await consumer.stop()
+
+    app.router.lifespan_context = lifespan
     return app

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,7 @@ import orjson
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
 from parley_common.contracts import ConsentChange, OutboundMessage, SendResult, body_hash
 from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
@@ -40,7 +41,7 @@ from parley_sender.domain.governor import MessagingLimit, PairRateLimit, Through
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
-from parley_sender.pacing import NumberPacer
+from parley_sender.pacing import Gate, NumberPacer
 from parley_sender.producing import RecordProducer
 from parley_sender.settings import SenderSettings
 from parley_sender.store import FINAL_STATES, MessageRow, SenderStore
@@ -48,6 +49,7 @@ from parley_sender.store import FINAL_STATES, MessageRow, SenderStore
 log = logging.getLogger("parley.sender")
 SERVICE = "sender"
 RESULT_STATES = frozenset({"accepted", "refused", "failed", "dead"})
+ROOT = Context()  # a request without trace headers starts its own trace
 
 
 def now_utc() -> datetime:
@@ -63,6 +65,17 @@ class Outcome:
     consent_stop: bool = False
     reached: bool = False
     fep_started: bool = False
+    released: bool = False  # not sent: its partition was revoked (or the process stopped) first
+
+
+@dataclass
+class Batch:
+    """One partition's records after the Cloud API calls, before their effects are recorded."""
+
+    outcomes: list[Outcome]
+    message_ids: list[str]  # registered in ``Sender.inflight`` until :meth:`Sender.finish`
+    # Offset of the first record whose request was released unsent: the commit must stop there.
+    release_offset: int | None = None
 
 
 @dataclass
@@ -70,6 +83,14 @@ class Metrics:
     sends: Counter
     throttled: Counter
     latency: Histogram
+    _accepted: dict[str, Any] = field(default_factory=dict)
+
+    def accepted(self, category: str) -> Any:
+        """The accepted-sends counter of a category (children cached: one per send otherwise)."""
+        child = self._accepted.get(category)
+        if child is None:
+            child = self._accepted[category] = self.sends.labels("accepted", category)
+        return child
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -137,9 +158,13 @@ class Sender:
     recent_max: int = 200_000
     producer: RecordProducer | None = None  # the hot-path producer; broker.publish without it
     tracer: Tracer = field(default_factory=lambda: trace.get_tracer("parley.sender"))
-    # Trace context of each request in the current batch (from its Kafka headers), so that the
-    # Cloud API call joins the trace of the customer message or API request that caused it.
+    # Trace context of each request being sent (from its Kafka headers), so that the Cloud API
+    # call joins the trace of the customer message or API request that caused it.
     carriers: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Requests between "picked up" and "outcome recorded" in this process (partitions run
+    # concurrently and pipelined): a second copy waits for the first instead of reading a
+    # half-done row ("sending") and taking it for a crash.
+    inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     # --- state kept with the process ------------------------------------------------------
     def directory(self) -> TenantDirectory:
@@ -187,23 +212,74 @@ class Sender:
 
     # --- the batch --------------------------------------------------------------------------
     async def handle_records(self, records: Sequence[ConsumerRecord[Any, Any]], *, from_retry: bool) -> None:
+        """One batch start to end: the calls, then their effects (see :meth:`send_batch`)."""
+        await self.finish(await self.send_batch(records, from_retry=from_retry))
+
+    async def send_batch(
+        self, records: Sequence[ConsumerRecord[Any, Any]], *, from_retry: bool, gate: Gate | None = None
+    ) -> Batch:
+        """Decode, deduplicate, decide, record the intents and call the Cloud API.
+
+        The outcomes are returned, not yet recorded: :meth:`finish` records them and publishes the
+        results; the caller commits the offsets only after that (``release_offset`` bounds the
+        commit when ``gate`` closed before some calls started).
+        """
         msgs: dict[str, OutboundMessage] = {}
-        self.carriers = {}
+        raw: dict[str, bytes] = {}
+        first_offset: dict[str, int] = {}
         for rec in records:
             try:
                 msg = OutboundMessage.model_validate_json(rec.value or b"")
             except Exception as exc:
                 await self._dead_letter_record(rec, exc)
                 continue
-            self.carriers[msg.message_id] = {
-                k: v.decode() for k, v in (rec.headers or ()) if k in ("traceparent", "tracestate")}
-            prev = msgs.get(msg.message_id)
+            mid = msg.message_id
+            if rec.headers:
+                carrier = {k: v.decode() for k, v in rec.headers if k in ("traceparent", "tracestate")}
+                if carrier:
+                    self.carriers[mid] = carrier
+            first_offset.setdefault(mid, rec.offset)
+            prev = msgs.get(mid)
             if prev is None or msg.attempt >= prev.attempt:
-                msgs[msg.message_id] = msg
+                msgs[mid] = msg
+                raw[mid] = rec.value or b""
         if not msgs:
-            return
+            return Batch([], [])
         if from_retry:
             msgs = await self._hold_until_due(msgs)
+        busy = [self.inflight[mid] for mid in msgs if mid in self.inflight]
+        if busy:  # the same request is being handled by another batch (a redelivery): let it finish
+            await asyncio.wait(busy)
+        loop = asyncio.get_running_loop()
+        for mid in msgs:
+            self.inflight[mid] = loop.create_future()
+        batch = Batch([], list(msgs))
+        try:
+            batch.outcomes = await self._decide_and_send(msgs, gate, raw)
+        except BaseException:
+            self._settle(batch)
+            raise
+        released = [first_offset[o.row.message_id] for o in batch.outcomes if o.released]
+        batch.release_offset = min(released, default=None)
+        return batch
+
+    async def finish(self, batch: Batch) -> None:
+        """Record the outcomes and publish the results (durable when this returns)."""
+        try:
+            await self._apply(batch.outcomes)
+        finally:
+            self._settle(batch)
+
+    def _settle(self, batch: Batch) -> None:
+        for mid in batch.message_ids:
+            self.carriers.pop(mid, None)
+            fut = self.inflight.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    async def _decide_and_send(
+        self, msgs: dict[str, OutboundMessage], gate: Gate | None = None, raw: dict[str, bytes] | None = None
+    ) -> list[Outcome]:
         existing = await self.store.messages(list(msgs))
         outcomes: list[Outcome] = []
         todo: list[OutboundMessage] = []
@@ -220,8 +296,8 @@ class Sender:
                 outcomes.append(await self._cut_off_mid_send(m, row))
             else:
                 todo.append(m)
-        outcomes.extend(await self._send_all(todo))
-        await self._apply(outcomes)
+        outcomes.extend(await self._send_all(todo, gate, raw or {}))
+        return outcomes
 
     async def _hold_until_due(self, msgs: dict[str, OutboundMessage]) -> dict[str, OutboundMessage]:
         """Retry records wait for their not_before; far-off ones go back on the retry topic."""
@@ -253,7 +329,9 @@ class Sender:
             publish_result=False,
         )
 
-    async def _send_all(self, todo: list[OutboundMessage]) -> list[Outcome]:
+    async def _send_all(
+        self, todo: list[OutboundMessage], gate: Gate | None = None, raw: dict[str, bytes] | None = None
+    ) -> list[Outcome]:
         if not todo:
             return []
         d = self.directory()
@@ -308,25 +386,33 @@ class Sender:
             else:
                 plans.append((m, decision, tenant))
 
-        intents = [self._row(m, plan, tenant.tenant_id, "sending") for m, plan, tenant in plans]
+        raw = raw or {}
+        intents = [
+            self._row(m, plan, tenant.tenant_id, "sending", request_json=raw.get(m.message_id))
+            for m, plan, tenant in plans
+        ]
         await self.store.record_intents(intents)
 
-        # Per number, per customer: one chain each (order kept per customer), chains in parallel.
+        # Per number, per customer: one chain each (order kept per customer). Each number's chains
+        # are drained by up to max_in_flight_per_number workers (not one task per chain: a task and
+        # a semaphore round per request cost more CPU than the request's own bookkeeping).
         chains: dict[tuple[str, str], list[tuple[OutboundMessage, SendPlan, Tenant]]] = defaultdict(list)
         for item in sorted(plans, key=lambda p: priority_rank(p[0].priority)):
             chains[(item[0].phone_number_id, item[0].recipient)].append(item)
-        sem: dict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(self.settings.max_in_flight_per_number)
-        )
+        by_number: dict[str, deque[list[tuple[OutboundMessage, SendPlan, Tenant]]]] = defaultdict(deque)
+        for (number, _), chain in chains.items():
+            by_number[number].append(chain)
 
-        async def run_chain(items: list[tuple[OutboundMessage, SendPlan, Tenant]]) -> list[Outcome]:
+        async def drain(queue: deque[list[tuple[OutboundMessage, SendPlan, Tenant]]]) -> list[Outcome]:
             out = []
-            for m, plan, tenant in items:
-                async with sem[m.phone_number_id]:
-                    out.append(await self._send_one(m, plan, tenant))
+            while queue:
+                for m, plan, tenant in queue.popleft():
+                    out.append(await self._send_one(m, plan, tenant, gate))
             return out
 
-        for result in await asyncio.gather(*(run_chain(c) for c in chains.values())):
+        width = self.settings.max_in_flight_per_number
+        jobs = [drain(q) for q in by_number.values() for _ in range(min(width, len(q)))]
+        for result in await asyncio.gather(*jobs):
             outcomes.extend(result)
         return outcomes
 
@@ -338,9 +424,11 @@ class Sender:
         state: str,
         *,
         keep_request: bool = True,
+        request_json: bytes | None = None,
         **kw: Any,
     ) -> MessageRow:
-        """``keep_request=False`` when the intent already stored this request (the upsert keeps it)."""
+        """``keep_request=False`` when the intent already stored this request (the upsert keeps it);
+        ``request_json``: the request as received (its record's value), stored without re-encoding."""
         return MessageRow(
             message_id=m.message_id,
             tenant_id=tenant_id,
@@ -353,7 +441,8 @@ class Sender:
             template_name=plan.template_name if plan else (m.template.name if m.template else None),
             category=plan.category if plan else None,
             free_window=plan.free_window if plan else None,
-            request=m.model_dump(mode="json") if keep_request else None,
+            request=m.model_dump(mode="json") if keep_request and request_json is None else None,
+            request_json=request_json.decode() if request_json is not None else None,
             **kw,
         )
 
@@ -408,10 +497,23 @@ class Sender:
         row = self._row(nxt, plan, tenant_id, "retrying", reason=reason, error_code=code)
         return Outcome(row, publish_result=False, retry=nxt)
 
-    async def _send_one(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant) -> Outcome:
+    def _released(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant) -> Outcome:
+        """Not sent: the partition went to another consumer (or the process is stopping) first.
+
+        Recorded as ``retrying`` at the same attempt (not ``sending``, which would read as a crash
+        mid-call), so the next owner, re-reading from the committed offset, sends it normally.
+        """
+        row = self._row(m, plan, tenant.tenant_id, "retrying", reason="released: partition handed over")
+        return Outcome(row, publish_result=False, released=True)
+
+    async def _send_one(
+        self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, gate: Gate | None = None
+    ) -> Outcome:
         number = m.phone_number_id
         pairs = self.pairs[number]
         while True:
+            if gate is not None and gate.closed:
+                return self._released(m, plan, tenant)
             wait = pairs.reserve(m.recipient, time.monotonic())
             if wait == 0.0:
                 break
@@ -420,17 +522,33 @@ class Sender:
                     m, plan, tenant.tenant_id, "pair_rate", None, wait, counts_as_attempt=False
                 )
             await asyncio.sleep(wait)
-        await self.pacer(number).acquire(priority_rank(m.priority))
+        granted = await self.pacer(number).acquire(priority_rank(m.priority), gate)
+        if not granted or (gate is not None and gate.closed):
+            return self._released(m, plan, tenant)
         body = dict(plan.body)
         body["biz_opaque_callback_data"] = m.biz_opaque_callback_data or m.message_id
         app = self.directory().app_for_tenant(tenant.tenant_id)
         started = time.perf_counter()
-        parent = propagate.extract(self.carriers.get(m.message_id, {}))
-        with self.tracer.start_as_current_span("cloudapi send", context=parent, kind=SpanKind.CLIENT) as span:
-            span.set_attributes({"parley.message_id": m.message_id, "parley.phone_number_id": number,
-                                 "parley.category": plan.category, "parley.attempt": m.attempt})
+        carrier = self.carriers.get(m.message_id)
+        parent = propagate.extract(carrier) if carrier else ROOT
+        # Started and ended explicitly (no context attach/detach per request: nothing below the
+        # call is traced), attributes given at creation (one validation pass).
+        span = self.tracer.start_span(
+            "cloudapi send",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "parley.message_id": m.message_id,
+                "parley.phone_number_id": number,
+                "parley.category": plan.category,
+                "parley.attempt": m.attempt,
+            },
+        )
+        try:
             resp = await self.client.send_message(app, number, body)
             span.set_attribute("parley.outcome", "accepted" if resp.accepted else "not_accepted")
+        finally:
+            span.end()
         self.metrics.latency.observe(time.perf_counter() - started)
         return self._classify(m, plan, tenant, resp)
 
@@ -438,7 +556,7 @@ class Sender:
         tid = tenant.tenant_id
         if resp.accepted:
             self.pairs[m.phone_number_id].on_success(m.recipient)
-            self.metrics.sends.labels("accepted", plan.category).inc()
+            self.metrics.accepted(plan.category).inc()
             row = self._row(
                 m,
                 plan,

@@ -1,6 +1,7 @@
 """Kafka subscribers of the sender: decode, call the core, perform effects.
 
-- ``wa.messages.out`` and ``wa.messages.out.retry`` (group ``parley-sender``): send requests.
+- ``wa.messages.out`` and ``wa.messages.out.retry`` (group ``parley-sender``): send requests, by
+  the sender's own per-partition consumer (:mod:`parley_sender.consuming`), not by FastStream.
 - ``wa.messages.in`` (group ``parley-sender-windows``): the windows, in event time.
 - ``wa.statuses`` (group ``parley-sender-statuses``): message states forward; 131050 opt-outs;
   in-doubt sends resolved by their callback data.
@@ -25,14 +26,7 @@ from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.contracts import AccountEvent, ConsentChange, InboundMessage, MessageStatus, from_unix
 from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
-from parley_common.topics import (
-    ACCOUNT_EVENTS,
-    MESSAGES_IN,
-    MESSAGES_OUT,
-    MESSAGES_OUT_RETRY,
-    SENDS,
-    STATUSES,
-)
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES
 from pydantic import BaseModel
 
 from parley_sender.delivery import SERVICE, Sender, result_of
@@ -93,16 +87,6 @@ def register(sender: Sender) -> None:
         "batch_timeout_ms": s.batch_timeout_ms,
         **CONSUMER_DEFAULTS,
     }
-
-    sends = batch | {"max_partition_fetch_bytes": s.send_fetch_partition_bytes}
-
-    @broker.subscriber(MESSAGES_OUT.name, group_id="parley-sender", batch=True, **sends)
-    async def on_send_requests(msg: KafkaMessage) -> None:
-        await sender.handle_records(_records(msg), from_retry=False)
-
-    @broker.subscriber(MESSAGES_OUT_RETRY.name, group_id="parley-sender", batch=True, **sends)
-    async def on_send_retries(msg: KafkaMessage) -> None:
-        await sender.handle_records(_records(msg), from_retry=True)
 
     @broker.subscriber(MESSAGES_IN.name, group_id="parley-sender-windows", batch=True, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:

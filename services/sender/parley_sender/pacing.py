@@ -16,11 +16,31 @@ from collections.abc import Callable
 from parley_sender.domain.governor import ThroughputLimit
 
 
+class Gate:
+    """Whether the records of one partition may still start their Cloud API call.
+
+    Closed when the partition is revoked or the process stops: requests still waiting for a grant
+    give up (they were not sent; the next owner of the partition sends them) instead of holding
+    the rebalance until their turn comes.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._waiters: set[asyncio.Future[bool]] = set()
+
+    def close(self) -> None:
+        self.closed = True
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(False)
+        self._waiters.clear()
+
+
 class NumberPacer:
     def __init__(self, limit: ThroughputLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._clock = clock
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
         self._seq = itertools.count()
         self._pump: asyncio.Task[None] | None = None
         self.paused_until = 0.0
@@ -31,15 +51,22 @@ class NumberPacer:
     def on_throttled(self) -> None:
         self.limit.on_throttled(self._clock())
 
-    async def acquire(self, rank: int = 0) -> None:
+    async def acquire(self, rank: int = 0, gate: Gate | None = None) -> bool:
+        """Wait for a grant; False when ``gate`` closed first (no grant was used)."""
         now = self._clock()
         if not self._waiters and self.paused_until <= now and self.limit.reserve(now) == 0.0:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (rank, next(self._seq), fut))
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run())
-        await fut
+        if gate is None:
+            return await fut
+        gate._waiters.add(fut)
+        try:
+            return await fut
+        finally:
+            gate._waiters.discard(fut)
 
     async def _run(self) -> None:
         while self._waiters:
@@ -57,7 +84,7 @@ class NumberPacer:
                 continue
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
 
     async def close(self) -> None:
         if self._pump is not None:

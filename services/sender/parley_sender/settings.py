@@ -21,14 +21,16 @@ class SenderSettings(CommonSettings):
     http_connect_timeout_s: float = 3.0
     http_max_connections: int = 256
 
-    # Consumption: records per batch and how many requests may be in flight per business number.
-    batch_max_records: int = 2000
-    # Bytes fetched per partition at a time: small, so that one batch spans several partitions
-    # (numbers) instead of draining one partition, whose number's rate limit would then pace the
-    # whole batch while the other numbers wait.
-    send_fetch_partition_bytes: int = 64 * 1024
+    # Consumption. Send requests: one worker per partition (parley_sender.consuming), at most
+    # batch_max_records per batch, a partition paused while partition_backlog_records are waiting.
+    batch_max_records: int = 1000
+    partition_backlog_records: int = 4000
+    send_fetch_partition_bytes: int = 256 * 1024
     batch_timeout_ms: int = 20
+    # Requests in flight per business number (the governor still paces them to the number's rate).
     max_in_flight_per_number: int = 64
+    # On revocation or stop: how long the calls already made may take to finish and be recorded.
+    stop_timeout_s: float = 10.0
 
     # Retries through wa.messages.out.retry, then the dead-letter topic.
     max_attempts: int = 6

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 from parley_common.contracts import STATUS_ORDER, MessageStatus
 
 from parley_sender.domain.consent import ConsentState
@@ -38,8 +39,14 @@ class MessageRow:
     reason: str | None = None
     error_code: int | None = None
     request: dict[str, Any] | None = None
+    # The request as JSON text, when the caller has it already (the Kafka record's value): written
+    # as is instead of re-serialising ``request``.
+    request_json: str | None = None
 
     def values(self) -> tuple[Any, ...]:
+        request = self.request_json
+        if request is None and self.request is not None:
+            request = orjson.dumps(self.request).decode()
         return (
             self.message_id,
             self.tenant_id,
@@ -55,7 +62,7 @@ class MessageRow:
             self.free_window,
             self.reason,
             self.error_code,
-            self.request,
+            request,
         )
 
 
@@ -63,6 +70,9 @@ _COLUMNS = (
     "message_id, tenant_id, phone_number_id, recipient, state, attempt, wamid, callback_data, "
     "is_template, template_name, category, free_window, reason, error_code, request"
 )
+
+# The request goes in as JSON text (``MessageRow.values``), not through the pool's jsonb codec.
+_VALUES = "$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::text::jsonb"
 
 
 def _row(r: asyncpg.Record) -> MessageRow:
@@ -85,7 +95,7 @@ class SenderStore:
         if not rows:
             return
         await self.pool.executemany(
-            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES})
                 ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
                   callback_data = EXCLUDED.callback_data, is_template = EXCLUDED.is_template,
                   template_name = EXCLUDED.template_name, category = EXCLUDED.category,
@@ -98,7 +108,7 @@ class SenderStore:
         if not rows:
             return
         await self.pool.executemany(
-            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)
+            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES})
                 ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
                   wamid = COALESCE(EXCLUDED.wamid, sender.messages.wamid),
                   is_template = EXCLUDED.is_template, template_name = EXCLUDED.template_name,
