@@ -112,3 +112,16 @@ async def test_tenant_intents_retrain_and_reload_without_a_restart(model: Intent
     assert tenant_model.predict(["how many suitcases can I take"])[0].intent == "baggage"
     # Same intents again: nothing to retrain.
     assert await registry.sync([tenant], lambda t: TenantRouting.from_tenant_settings(t.settings)) == []
+
+
+def test_stemmed_word_features_generalise_across_inflections() -> None:
+    from parley_router.domain.classifier import ClassifierConfig, stem_words
+
+    assert stem_words(["cards arriving charged"], "english") == ["card arriv charg"]
+    texts = ["my card was charged twice", "i was charged two times", "double charge on my card",
+             "when will my card arrive", "card has not arrived yet", "my new card arrival"]
+    labels = ["double_charge"] * 3 + ["card_arrival"] * 3
+    model = IntentClassifier.train(texts, labels, ClassifierConfig(stemmer="english"))
+    assert model.predict(["the cards are arriving when?"])[0].intent == "card_arrival"
+    again = IntentClassifier.loads(model.dumps())
+    assert again.predict(["charges doubled"]) == model.predict(["charges doubled"])

@@ -11,8 +11,14 @@ from typing import Any
 import numpy as np
 
 from parley_router.corpora import few_shot, load_banking77, load_clinc150, load_examples
-from parley_router.domain.classifier import IntentClassifier, tune_oos_threshold
-from parley_router.models import DEFAULT_CONFIG, train_from_examples
+from parley_router.domain.classifier import ClassifierConfig, IntentClassifier, tune_oos_threshold
+from parley_router.models import train_from_examples
+
+# The public benchmarks are English: word n-grams over Snowball stems measured better there
+# (BANKING77 91.88 -> 92.11 %), while the multilingual default model keeps surface words.
+ENGLISH_CONFIG = ClassifierConfig(stemmer="english")
+# CLINC150 target: out-of-scope recall with in-scope accuracy kept at this floor when reachable.
+IN_SCOPE_TARGET = 0.93
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ def eval_banking77(datasets_dir: Path, shots: int | None = None, seed: int = 0) 
     if shots:
         xtr, ytr = few_shot(xtr, ytr, shots, seed)
     t0 = time.perf_counter()
-    model = IntentClassifier.train(xtr, ytr, DEFAULT_CONFIG)
+    model = IntentClassifier.train(xtr, ytr, ENGLISH_CONFIG)
     train_s = time.perf_counter() - t0
     return Score(f"banking77_{shots}shot" if shots else "banking77_full",
                  {"accuracy": _accuracy(model, xte, yte), "train_examples": len(xtr), "train_s": train_s})
@@ -47,7 +53,7 @@ def eval_clinc150(datasets_dir: Path, max_in_scope_loss: float = 0.02) -> Score:
     """
     d = load_clinc150(datasets_dir)
     t0 = time.perf_counter()
-    model = IntentClassifier.train(*d["train"], DEFAULT_CONFIG)
+    model = IntentClassifier.train(*d["train"], ENGLISH_CONFIG)
     train_s = time.perf_counter() - t0
 
     def top(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,10 +63,12 @@ def eval_clinc150(datasets_dir: Path, max_in_scope_loss: float = 0.02) -> Score:
     p_val, y_val = top(d["val"][0])
     correct_val = y_val == np.array(d["val"][1])
     p_oos_val, _ = top(d["oos_val"][0])
-    # Operating point: the most out-of-scope recall that costs at most max_in_scope_loss of
-    # in-scope accuracy on validation data (a wrong automatic answer is worse than a human).
-    threshold = tune_oos_threshold(p_val, correct_val, p_oos_val,
-                                   min_in_scope_accuracy=float(np.mean(correct_val)) - max_in_scope_loss)
+    # Operating point, chosen on validation data only: the most out-of-scope recall that keeps
+    # in-scope accuracy at the 93 % target when the model reaches it on val (with half a point to
+    # spare); otherwise at most max_in_scope_loss below the model's own val accuracy.
+    val_accuracy = float(np.mean(correct_val))
+    floor = IN_SCOPE_TARGET if val_accuracy >= IN_SCOPE_TARGET + 0.005 else val_accuracy - max_in_scope_loss
+    threshold = tune_oos_threshold(p_val, correct_val, p_oos_val, min_in_scope_accuracy=floor)
     balanced = tune_oos_threshold(p_val, correct_val, p_oos_val)
     p_test, y_test = top(d["test"][0])
     correct_test = y_test == np.array(d["test"][1])
@@ -72,6 +80,7 @@ def eval_clinc150(datasets_dir: Path, max_in_scope_loss: float = 0.02) -> Score:
     in_scope, recall = at(threshold)
     b_in, b_recall = at(balanced)
     return Score("clinc150", {"in_scope_accuracy": in_scope, "oos_recall": recall, "threshold": threshold,
+                              "val_in_scope_accuracy": val_accuracy, "in_scope_floor_on_val": floor,
                               "in_scope_accuracy_without_threshold": float(np.mean(correct_test)),
                               "balanced": {"threshold": balanced, "in_scope_accuracy": b_in,
                                            "oos_recall": b_recall},

@@ -9,13 +9,17 @@ the training data has examples of it) and a confidence threshold tuned on valida
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
+import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import Stemmer
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -24,8 +28,19 @@ from sklearn.pipeline import FeatureUnion
 from parley_router.domain.text import normalise
 
 OUT_OF_SCOPE = "out_of_scope"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 WORD_TOKENS = r"(?u)\b\w+\b"  # one-letter words count (Turkish "o", Spanish "y")
+_WORD = re.compile(WORD_TOKENS)
+_stemmers = threading.local()  # PyStemmer objects are not thread-safe: one per thread
+
+
+def stem_words(texts: Sequence[str], language: str) -> list[str]:
+    """Each text's words replaced by their Snowball stems (``language``: e.g. "english")."""
+    cache: dict[str, Any] = _stemmers.__dict__.setdefault("by_language", {})
+    stemmer = cache.get(language)
+    if stemmer is None:
+        stemmer = cache[language] = Stemmer.Stemmer(language)
+    return [" ".join(stemmer.stemWords(_WORD.findall(t))) for t in texts]
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,9 @@ class ClassifierConfig:
     c: float = 20.0
     max_iter: int = 1000
     oos_threshold: float = 0.0  # below it the answer is out_of_scope (tune on validation data)
+    # Snowball stemmer for the word n-grams (None: surface words). Measured: helps English data
+    # (BANKING77), not the multilingual examples; see docs/adr/0020-router-intent-classifier.md.
+    stemmer: str | None = None
 
 
 def _features(cfg: ClassifierConfig) -> FeatureUnion:
@@ -55,6 +73,12 @@ def _features(cfg: ClassifierConfig) -> FeatureUnion:
 
 def _prepare(texts: Sequence[str]) -> list[str]:
     return [normalise(t) for t in texts]
+
+
+def _inputs(cfg: ClassifierConfig, prepared: list[str]) -> list[list[str]]:
+    """What each vectorizer of the union reads: (stemmed) words, characters."""
+    words = stem_words(prepared, cfg.stemmer) if cfg.stemmer else prepared
+    return [words, prepared]
 
 
 @dataclass
@@ -75,7 +99,9 @@ class IntentClassifier:
         if len(set(labels)) < 2:
             raise ValueError("training needs examples of at least two intents")
         features = _features(cfg)
-        x = features.fit_transform(_prepare(texts))
+        prepared = _prepare(texts)
+        x = sparse.hstack([vec.fit_transform(inp) for (_, vec), inp in
+                           zip(features.transformer_list, _inputs(cfg, prepared), strict=True)], format="csr")
         model = LogisticRegression(C=cfg.c, max_iter=cfg.max_iter)
         model.fit(x, list(labels))
         return cls(features, model, cfg, {"examples": len(texts), **meta})
@@ -83,9 +109,9 @@ class IntentClassifier:
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         # The vectorizers are applied directly: FeatureUnion.transform goes through joblib, whose
         # fixed cost dominates when a single message is classified.
-        prepared = _prepare(texts)
-        x = sparse.hstack([vec.transform(prepared) for _, vec in self.features.transformer_list],
-                          format="csr")
+        inputs = _inputs(self.config, _prepare(texts))
+        x = sparse.hstack([vec.transform(inp) for (_, vec), inp in
+                           zip(self.features.transformer_list, inputs, strict=True)], format="csr")
         return self.model.predict_proba(x)  # type: ignore[no-any-return]
 
     def predict(self, texts: Sequence[str], *, oos_threshold: float | None = None) -> list[Prediction]:
@@ -103,8 +129,7 @@ class IntentClassifier:
         return out
 
     def with_threshold(self, oos_threshold: float) -> IntentClassifier:
-        cfg = ClassifierConfig(self.config.word_ngrams, self.config.char_ngrams, self.config.c,
-                               self.config.max_iter, oos_threshold)
+        cfg = dataclasses.replace(self.config, oos_threshold=oos_threshold)
         return IntentClassifier(self.features, self.model, cfg, dict(self.meta))
 
     # Models are pickled scikit-learn objects: load only files this router wrote (its cache or
