@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,6 +60,7 @@ UNKNOWN_TENANT = TenantInfo(None, None, ZoneInfo("UTC"))
 TenantLookup = Callable[[str | None, str], TenantInfo]
 
 
+@lru_cache(maxsize=4096)
 def _bucket(phone_number_id: str) -> int:
     return zlib.crc32(phone_number_id.encode()) % LOCK_BUCKETS
 
@@ -270,14 +272,22 @@ class Metering:
                 tenant_of.setdefault(key, tenant_id)
         rows: list[tuple[Any, ...]] = []
         book = self.rates.rates
+        tenants: dict[tuple[str | None, str], TenantInfo] = {}  # per batch: few tenants, many timelines
+        businesses: dict[str | None, Business] = {}
         for key, since in zip(keys, write_from, strict=True):
             outbound_facts = by_key_out.get(key)
             if not outbound_facts:
                 continue
             pnid = key[0]
-            tenant = self.tenants(tenant_of.get(key), pnid)
+            tenant_key = (tenant_of.get(key), pnid)
+            tenant = tenants.get(tenant_key)
+            if tenant is None:
+                tenant = tenants[tenant_key] = self.tenants(*tenant_key)
+            business = businesses.get(tenant.country)
+            if business is None:
+                business = businesses[tenant.country] = Business(tenant.country, book)
             timeline = Timeline(key[1], by_key_in.get(key, ()), outbound_facts, account_of.get(key) or pnid)
-            for p in price_timeline(timeline, Business(tenant.country, book), since=since):
+            for p in price_timeline(timeline, business, since=since):
                 rows.append(_ledger_row(p, pnid, tenant))
         if not rows:
             return 0

@@ -53,7 +53,7 @@ REGULAR, FREE_CSW, FREE_FEP, FREE_TIER = "regular", "free_customer_service", "fr
 ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message on the hot path; never mutated
 class MetaPricing:
     """Meta's ``pricing`` object as reported on a status (kept for reconciliation)."""
 
@@ -63,13 +63,13 @@ class MetaPricing:
     category: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message on the hot path; never mutated
 class InboundFact:
     at: datetime
     referral: bool = False  # came from a click-to-WhatsApp ad or a Page button
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message on the hot path; never mutated
 class OutboundFact:
     wamid: str
     delivered_at: datetime  # the earliest delivered/read/played time
@@ -92,7 +92,7 @@ class Business:
     rates: RateBook
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message on the hot path; never mutated
 class PricedMessage:
     wamid: str
     delivered_at: datetime
@@ -141,16 +141,19 @@ def free_entry_point_windows(inbound: Sequence[InboundFact], deliveries: Sequenc
 
 
 class _Windows:
+    __slots__ = ("max_end", "starts")
+
     def __init__(self, spans: Iterable[tuple[datetime, datetime]]) -> None:
-        spans = sorted(spans)
-        self.starts = [s for s, _ in spans]
-        self.ends = [e for _, e in spans]
+        ordered = sorted(spans)
+        self.starts = [s for s, _ in ordered]
         # running max of ends, so "is t covered" is one bisect
         self.max_end: list[datetime] = []
-        for e in self.ends:
+        for _, e in ordered:
             self.max_end.append(max(e, self.max_end[-1]) if self.max_end else e)
 
     def covers(self, t: datetime) -> bool:
+        if not self.starts:
+            return False
         i = bisect.bisect_right(self.starts, t)
         return i > 0 and self.max_end[i - 1] > t
 

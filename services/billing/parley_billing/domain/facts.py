@@ -93,6 +93,9 @@ class InboundRecord:
     referral: bool
 
 
+_new = tuple.__new__
+
+
 def status_fact(d: Mapping[str, Any]) -> StatusFact | None:
     """A ``MessageStatus`` record as a fact; None when it has no billing effect (failed, unknown)."""
     status = d.get("status")
@@ -106,13 +109,15 @@ def status_fact(d: Mapping[str, Any]) -> StatusFact | None:
     customer = d.get("recipient_id") or d.get("recipient_user_id")
     delivered_at = _time(d.get("occurred_at")) if rank < 4 else None  # delivered, read, played
     pricing = d.get("pricing")
+    # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call per status.
     if pricing is not None and (type(pricing) is dict or isinstance(pricing, Mapping)):
-        return StatusFact(str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
-                          str(customer).lstrip("+") if customer else "", delivered_at, rank,
-                          pricing.get("billable"), pricing.get("pricing_model"), pricing.get("type"),
-                          pricing.get("category"))
-    return StatusFact(str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
-                      str(customer).lstrip("+") if customer else "", delivered_at, None)
+        return _new(StatusFact, (str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
+                                 str(customer).lstrip("+") if customer else "", delivered_at, rank,
+                                 pricing.get("billable"), pricing.get("pricing_model"), pricing.get("type"),
+                                 pricing.get("category")))
+    return _new(StatusFact, (str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
+                             str(customer).lstrip("+") if customer else "", delivered_at, None, None, None,
+                             None, None))
 
 
 def send_fact(d: Mapping[str, Any]) -> SendFact | None:
@@ -142,12 +147,14 @@ def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:
         if prev is None:
             best[f.wamid] = f
             continue
-        if prev.delivered_at is None or (f.delivered_at is not None and f.delivered_at < prev.delivered_at):
+        delivered = prev.delivered_at
+        if delivered is None or (f.delivered_at is not None and f.delivered_at < delivered):
             delivered = f.delivered_at
-        else:
-            delivered = prev.delivered_at
         meta = f if f.meta_rank is not None and (prev.meta_rank is None or f.meta_rank < prev.meta_rank) \
             else prev
+        if delivered is prev.delivered_at and meta is prev and (prev.tenant_id or not f.tenant_id) \
+                and (prev.waba_id or not f.waba_id) and (prev.customer or not f.customer):
+            continue  # nothing new (the common case: a duplicate, or "read" after "delivered")
         best[f.wamid] = StatusFact(prev.wamid, prev.tenant_id or f.tenant_id, prev.phone_number_id,
                                    prev.waba_id or f.waba_id, prev.customer or f.customer, delivered,
                                    *meta[6:])

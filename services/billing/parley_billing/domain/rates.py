@@ -166,6 +166,8 @@ class RateBook:
     # (market, fallback, date) → resolved; the book never changes after it is built.
     _resolved: dict[tuple[str, str | None, date], tuple[str, RateRow | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    _rates: dict[tuple[str, str | None, str, date], Rate] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         grouped: dict[str, list[RateRow]] = {}
@@ -198,10 +200,13 @@ class RateBook:
         return row is not None and row.rate("authentication_international") is not None
 
     def rate(self, market: str, fallback: str | None, category: str, on: date) -> Rate:
-        name, row = self.resolve_market(market, fallback, on)
-        if row is None:
-            return Rate(name, "USD", None)
-        return Rate(name, row.currency, row.rate(category))
+        key = (market, fallback, category, on)
+        found = self._rates.get(key)
+        if found is None:
+            name, row = self.resolve_market(market, fallback, on)
+            found = Rate(name, "USD", None) if row is None else Rate(name, row.currency, row.rate(category))
+            self._rates[key] = found
+        return found
 
 
 @dataclass
