@@ -1,20 +1,28 @@
 """Benchmark of ingest's webhook intake against the real local Kafka (make bench-ingest).
 
-    uv run python tests/bench/bench_ingest.py [--seconds 8] [--connections 32]
+    uv run python tests/bench/bench_ingest.py [--seconds 5] [--connections 32] [--pin]
 
-The ingest server runs as its own process (uvicorn, one worker, uvloop + httptools as in
-production); this process is the load generator (a small keep-alive HTTP/1.1 client on asyncio).
-For two shapes, signed single-message webhooks and 50-message batches, it measures:
+The ingest server runs as its own process (uvicorn, one worker, uvloop + httptools, exactly as
+``parley-ingest run``); this process is the load generator (a small keep-alive HTTP/1.1 client
+on asyncio). ``--pin`` puts the server (all its threads) on CPU 0 and the generator on CPU 1
+(writes bench-results/ingest-pinned.json instead). In one run, side by side, for signed
+single-message webhooks and 50-message batches:
 
 1. the maximum rate (closed loop), every request answered 200 only after Kafka (acks=all,
    idempotent producer) acknowledged all its records: events/s per ingest process;
-2. latency p50/p99 at half that rate (open loop, fixed schedule: queueing counts);
-3. the same server with the Kafka write replaced by an immediate answer (same HTTP stack,
-   same verification and normalisation), in the same run: the ratio of 1 to this.
+2. latency p50/p99 at half that rate (open loop, fixed schedule: queueing counts), with the
+   server's own evidence for the tail: time inside the server, event-loop lag, GC pauses, and
+   how long the server's threads waited for a CPU (run queue, /proc/<pid>/schedstat); and the
+   generator's own lateness in starting requests;
+3. the same server with the Kafka write replaced by an immediate answer (same HTTP stack, same
+   verification and normalisation): the ratio of 1 to this;
+4. for single messages also the previous stack (the FastAPI route instead of the bare ASGI
+   route), with and without Kafka.
 
-Writes bench-results/ingest.json (events_per_s, p50_ms_half_load, p99_ms_half_load,
-ratio_vs_no_kafka for the 50-message batches, and the same per shape). The machine's cores are
-shared by server, load generator and broker; the figures say so.
+Every phase also reports the server's CPU time per webhook, which depends far less than the
+rates on what else runs on the shared cores. Writes bench-results/ingest.json (events_per_s,
+p50_ms_half_load, p99_ms_half_load, ratio_vs_no_kafka for the 50-message batches, and every
+figure per shape and phase).
 """
 
 from __future__ import annotations
@@ -44,29 +52,11 @@ BENCH_DB = "parley_bench_ingest"
 # --- server process ------------------------------------------------------------------------
 
 
-def serve(port: int, mode: str, stack: str = "bare", gc_tuning: bool = False) -> None:
-    os.environ["PARLEY_TOPIC_NAMESPACE"] = NAMESPACE
-    os.environ["BENCH_APP_SECRET"] = SECRET
+def serve(port: int, mode: str, stack: str) -> None:
     import uvicorn
-    from parley_ingest.app import create_app
-    from parley_ingest.settings import IngestSettings
 
-    settings = IngestSettings(http_port=port, database_url=_db_url(), log_level="WARNING")
-    app = create_app(settings)
-    if stack == "fastapi":  # the same app with the webhook POST served by its FastAPI route
-        app.webhook_route = None
-    if gc_tuning:
-        import gc
-        gc.set_threshold(50_000, 20, 100)
-    if mode == "nokafka":
-        writer = app.state.ingest.writer
-
-        async def answer_without_kafka(records: Any) -> None:
-            return None
-
-        writer.write_all = answer_without_kafka
     uvicorn.run(
-        app,
+        build_app(port, mode, stack),
         host="127.0.0.1",
         port=port,
         log_config=None,
@@ -76,6 +66,110 @@ def serve(port: int, mode: str, stack: str = "bare", gc_tuning: bool = False) ->
         lifespan="on",
         workers=None,
     )
+
+
+def build_app(port: int, mode: str, stack: str) -> Any:
+    os.environ["PARLEY_TOPIC_NAMESPACE"] = NAMESPACE
+    os.environ["BENCH_APP_SECRET"] = SECRET
+    from parley_ingest.app import create_app
+    from parley_ingest.settings import IngestSettings
+
+    settings = IngestSettings(http_port=port, database_url=_db_url(), log_level="WARNING")
+    app = create_app(settings)
+    if stack == "fastapi":  # the same app with the webhook POST served by its FastAPI route
+        app.webhook_route = None
+    if mode == "nokafka":
+        writer = app.state.ingest.writer
+
+        async def answer_without_kafka(records: Any) -> None:
+            return None
+
+        writer.write_all = answer_without_kafka
+    _add_probes(app)
+    return app
+
+
+class _Probes:
+    """Server-side evidence for the latency tail: request time inside the server, event-loop
+    lag (how late a 5 ms timer fires) and garbage-collector pauses, since the last reset."""
+
+    def __init__(self) -> None:
+        self.request_s: list[float] = []
+        self.loop_lag_s: list[float] = []
+        self.gc_pauses: list[tuple[int, float]] = []
+        self._gc_started = 0.0
+
+    def reset(self) -> None:
+        self.request_s.clear()
+        self.loop_lag_s.clear()
+        self.gc_pauses.clear()
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_started))
+
+    async def watch_loop(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.loop_lag_s.append(time.perf_counter() - before - 0.005)
+
+    def summary(self) -> dict[str, Any]:
+        def ms(values: list[float], p: float) -> float:
+            return round(percentile(values, p) * 1000, 2) if values else 0.0
+
+        per_gen = {g: [d for gg, d in self.gc_pauses if gg == g] for g in (0, 1, 2)}
+        return {
+            "server_request_ms": {"p50": ms(self.request_s, 50), "p99": ms(self.request_s, 99),
+                                  "max": ms(self.request_s, 100)},
+            "loop_lag_ms": {"p50": ms(self.loop_lag_s, 50), "p99": ms(self.loop_lag_s, 99),
+                            "max": ms(self.loop_lag_s, 100)},
+            "gc": {f"gen{g}": {"count": len(v), "max_ms": ms(v, 100), "total_ms": round(sum(v) * 1000, 1)}
+                   for g, v in per_gen.items()},
+        }
+
+
+def _add_probes(app: Any) -> None:
+    import gc
+
+    probes = _Probes()
+    gc.callbacks.append(probes.on_gc)
+    route = app.webhook_route
+    if route is not None:
+        inner = route.__call__
+
+        async def timed(scope: Any, receive: Any, send: Any, app_id: str | None) -> None:
+            started = time.perf_counter()
+            await inner(scope, receive, send, app_id)
+            probes.request_s.append(time.perf_counter() - started)
+
+        app.webhook_route = _CallableRoute(route, timed)
+    watcher: list[asyncio.Task[None]] = []
+
+    async def start_watch() -> None:
+        watcher.append(asyncio.create_task(probes.watch_loop()))
+
+    app.state.runtime.on_start.append(start_watch)
+
+    @app.post("/bench/probes", include_in_schema=False)
+    async def read_probes(reset: bool = False) -> dict[str, Any]:
+        summary = probes.summary()
+        if reset:
+            probes.reset()
+        return summary
+
+
+class _CallableRoute:
+    def __init__(self, route: Any, call: Any) -> None:
+        self._route, self._call = route, call
+
+    def match(self, scope: Any) -> Any:
+        return self._route.match(scope)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any, app_id: str | None) -> None:
+        await self._call(scope, receive, send, app_id)
 
 
 def _db_url() -> str:
@@ -239,12 +333,15 @@ async def max_rate(port: int, requests: list[bytes], seconds: float, connections
 
 async def fixed_rate(
     port: int, requests: list[bytes], rate: float, seconds: float, connections: int
-) -> tuple[list[float], int]:
-    """Open loop: requests start on a fixed schedule; latency runs from the scheduled time."""
+) -> tuple[list[float], list[float], int]:
+    """Open loop: requests start on a fixed schedule; latency runs from the scheduled time.
+
+    Also returns how late the generator itself started each request (its own loop's delay)."""
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
         idle.put_nowait(await Connection.open(port))
     latencies: list[float] = []
+    late: list[float] = []
     errors = 0
     total = int(rate * seconds)
     interval = 1.0 / rate
@@ -253,6 +350,7 @@ async def fixed_rate(
     async def one(i: int) -> None:
         nonlocal errors
         scheduled = start + i * interval
+        late.append(time.perf_counter() - scheduled)
         conn = await idle.get()
         try:
             status = await conn.send(requests[i % len(requests)])
@@ -270,7 +368,7 @@ async def fixed_rate(
     await asyncio.gather(*tasks)
     while not idle.empty():
         idle.get_nowait().writer.close()
-    return latencies, errors
+    return latencies, late, errors
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -278,72 +376,164 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def start_server(mode: str) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "serve", "--port", str(port), "--mode", mode],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"ingest server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-            )
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+class Server:
+    """One ingest server process; its CPU time and run-queue wait are read from /proc."""
+
+    def __init__(self, mode: str, stack: str, pin: bool) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        cmd = [sys.executable, __file__, "serve", "--port", str(self.port), "--mode", mode, "--stack", stack]
+        if pin:
+            cmd = ["taskset", "-a", "-c", "0", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode()[-2000:] if self.proc.stderr else ""
+                raise RuntimeError(f"ingest server exited: {err}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError("ingest server did not start")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process (all threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def run_queue_wait_s(self) -> float:
+        """Seconds the server's threads were runnable but waiting for a CPU."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError):
+                continue
+        return total / 1e9
+
+    async def probes(self, reset: bool) -> dict[str, Any]:
+        c = await Connection.open(self.port)
+        c.writer.write(
+            f"POST /bench/probes?reset={str(reset).lower()} HTTP/1.1\r\nHost: ingest\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        head = await c.reader.readuntil(b"\r\n\r\n")
+        length = next(int(h[15:]) for h in head.split(b"\r\n") if h[:15].lower() == b"content-length:")
+        body = await c.reader.readexactly(length)
+        c.writer.close()
+        return dict(orjson.loads(body))
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, port
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("ingest server did not start")
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+Variant = tuple[str, str]  # (mode: kafka | nokafka, stack: bare | fastapi)
+
+
+async def measure_side_by_side(
+    requests: list[bytes], messages: int, variants: list[Variant], *, half: Variant, args: argparse.Namespace
+) -> dict[Variant, dict[str, Any]]:
+    """All variants' servers run at once; their maximum rates are measured in alternating rounds
+    (so a change in what else runs on the machine hits all of them alike), then ``half`` at half
+    its own maximum rate."""
+    servers = {v: Server(*v, args.pin) for v in variants}
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-async def measure_shape(messages: int, seconds: float, connections: int) -> dict[str, Any]:
-    run = f"{int(time.time())}"
-    requests = [signed_request(webhook_body(run + str(messages), seq, messages)) for seq in range(2000)]
-    result: dict[str, Any] = {"messages_per_webhook": messages, "records_per_webhook": messages + 1}
-    proc, port = start_server("nokafka")
-    try:
-        await max_rate(port, requests, 1.5, connections)  # warm-up
-        rps, errors = await max_rate(port, requests, seconds, connections)
-        result["no_kafka_events_per_s"] = round(rps * messages, 1)
-        result["no_kafka_errors"] = errors
+        for server in servers.values():
+            await max_rate(server.port, requests, 1.5, args.connections)  # warm-up (producer, metadata)
+        done = dict.fromkeys(variants, 0.0)
+        errors = dict.fromkeys(variants, 0)
+        wall = dict.fromkeys(variants, 0.0)
+        cpu = dict.fromkeys(variants, 0.0)
+        for _ in range(args.rounds):
+            for v, server in servers.items():
+                cpu0, wall0 = server.cpu_s(), time.perf_counter()
+                rps, errs = await max_rate(server.port, requests, args.seconds / args.rounds, args.connections)
+                elapsed = time.perf_counter() - wall0
+                cpu[v] += server.cpu_s() - cpu0
+                wall[v] += elapsed
+                done[v] += rps * elapsed
+                errors[v] += errs
+        results: dict[Variant, dict[str, Any]] = {}
+        for v in variants:
+            rps = done[v] / wall[v]
+            results[v] = {
+                "webhooks_per_s": round(rps, 1),
+                "events_per_s": round(rps * messages, 1),
+                "errors_at_max": errors[v],
+                "server_cpu_share_of_a_core": round(cpu[v] / wall[v], 2),
+                "server_cpu_us_per_webhook": round(cpu[v] / done[v] * 1e6, 1),
+            }
+        server = servers[half]
+        rate = results[half]["webhooks_per_s"] / 2
+        await server.probes(reset=True)
+        wait0, wall0 = server.run_queue_wait_s(), time.perf_counter()
+        latencies, late, errs = await fixed_rate(server.port, requests, rate, args.seconds, args.connections * 4)
+        waited = server.run_queue_wait_s() - wait0
+        elapsed = time.perf_counter() - wall0
+        results[half].update(
+            half_load_webhooks_per_s=round(rate, 1),
+            p50_ms_half_load=ms(percentile(latencies, 50)),
+            p99_ms_half_load=ms(percentile(latencies, 99)),
+            max_ms_half_load=ms(max(latencies)),
+            errors_at_half_load=errs,
+            generator_late_ms={"p50": ms(percentile(late, 50)), "p99": ms(percentile(late, 99))},
+            server_run_queue_wait_ms_per_s=round(waited / elapsed * 1000, 1),
+            server=await server.probes(reset=False),
+        )
+        return results
     finally:
-        stop_server(proc)
-    proc, port = start_server("kafka")
-    try:
-        await max_rate(port, requests, 1.5, connections)  # warm-up (producer connections, metadata)
-        rps, errors = await max_rate(port, requests, seconds, connections)
-        result["events_per_s"] = round(rps * messages, 1)
-        result["webhooks_per_s"] = round(rps, 1)
-        result["errors_at_max"] = errors
-        latencies, errors = await fixed_rate(port, requests, rps / 2, seconds, connections * 4)
-        result["half_load_webhooks_per_s"] = round(rps / 2, 1)
-        result["p50_ms_half_load"] = round(percentile(latencies, 50) * 1000, 2)
-        result["p99_ms_half_load"] = round(percentile(latencies, 99) * 1000, 2)
-        result["errors_at_half_load"] = errors
-    finally:
-        stop_server(proc)
-    result["ratio_vs_no_kafka"] = round(result["events_per_s"] / result["no_kafka_events_per_s"], 3)
-    return result
+        for server in servers.values():
+            server.stop()
 
 
-async def bench(seconds: float, connections: int) -> dict[str, Any]:
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
     await prepare()
-    single = await measure_shape(1, seconds, connections)
-    batch = await measure_shape(50, seconds, connections)
+    run = f"{int(time.time())}"
+    single_requests = [signed_request(webhook_body(run + "s", seq, 1)) for seq in range(4000)]
+    batch_requests = [signed_request(webhook_body(run + "b", seq, 50)) for seq in range(1000)]
+    bare_kafka, bare_nokafka = ("kafka", "bare"), ("nokafka", "bare")
+    fastapi_kafka, fastapi_nokafka = ("kafka", "fastapi"), ("nokafka", "fastapi")
+    # single-message webhooks: the bare ASGI route (now) and the FastAPI route (before), side by side
+    single_runs = await measure_side_by_side(
+        single_requests, 1, [bare_kafka, bare_nokafka, fastapi_kafka, fastapi_nokafka], half=bare_kafka, args=args
+    )
+    batch_runs = await measure_side_by_side(
+        batch_requests, 50, [bare_kafka, bare_nokafka], half=bare_kafka, args=args
+    )
+
+    def shape(messages: int, kafka: dict[str, Any], nokafka: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messages_per_webhook": messages,
+            "records_per_webhook": messages + 1,
+            **kafka,
+            "no_kafka_events_per_s": nokafka["events_per_s"],
+            "no_kafka_server_cpu_us_per_webhook": nokafka["server_cpu_us_per_webhook"],
+            "ratio_vs_no_kafka": round(kafka["events_per_s"] / nokafka["events_per_s"], 3),
+            "cpu_ratio_vs_no_kafka": round(
+                nokafka["server_cpu_us_per_webhook"] / kafka["server_cpu_us_per_webhook"], 3
+            ),
+        }
+
+    single = shape(1, single_runs[bare_kafka], single_runs[bare_nokafka])
+    single["fastapi_route_before"] = {
+        "events_per_s": single_runs[fastapi_kafka]["events_per_s"],
+        "server_cpu_us_per_webhook": single_runs[fastapi_kafka]["server_cpu_us_per_webhook"],
+        "no_kafka_events_per_s": single_runs[fastapi_nokafka]["events_per_s"],
+        "no_kafka_server_cpu_us_per_webhook": single_runs[fastapi_nokafka]["server_cpu_us_per_webhook"],
+    }
+    batch = shape(50, batch_runs[bare_kafka], batch_runs[bare_nokafka])
     return {
         "events_per_s": batch["events_per_s"],
         "p50_ms_half_load": batch["p50_ms_half_load"],
@@ -355,11 +545,16 @@ async def bench(seconds: float, connections: int) -> dict[str, Any]:
         "setup": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "server": "uvicorn 1 worker, uvloop, httptools",
-            "note": "server, load generator and Kafka share the machine's cores",
-            "seconds_per_phase": seconds,
-            "connections": connections,
-            "producer": "acks=all, idempotent, lz4, linger_ms=5 (parley_common.broker)",
+            "server": "uvicorn 1 worker, uvloop, httptools; webhook POST on the bare ASGI route",
+            "pinned": "server on CPU 0, generator on CPU 1, Kafka unpinned" if args.pin else "no",
+            "load_average_at_end": round(os.getloadavg()[0], 2),
+            "note": "server, load generator and Kafka share the machine's 2 cores with other work; "
+            "maximum rates measured in alternating rounds per shape",
+            "seconds_per_phase": args.seconds,
+            "rounds": args.rounds,
+            "connections": args.connections,
+            "producer": "acks=all, idempotent, lz4, linger_ms=0 (ingest's setting)",
+            "gc": "frozen after start-up, gen0 threshold 10000 (ingest's settings)",
         },
     }
 
@@ -367,29 +562,44 @@ async def bench(seconds: float, connections: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", nargs="?", default="run", choices=["run", "serve"])
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per maximum-rate phase")
+    parser.add_argument("--pin", action="store_true", help="server on CPU 0, load generator on CPU 1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", choices=["kafka", "nokafka"], default="kafka")
     parser.add_argument("--stack", choices=["bare", "fastapi"], default="bare")
-    parser.add_argument("--gc", action="store_true")
     args = parser.parse_args()
     if args.command == "serve":
-        serve(args.port, args.mode, args.stack, args.gc)
+        serve(args.port, args.mode, args.stack)
         return
-    figures = asyncio.run(bench(args.seconds, args.connections))
-    out = REPO / "bench-results" / "ingest.json"
+    if args.pin:
+        os.sched_setaffinity(0, {1})
+    figures = asyncio.run(bench(args))
+    out = REPO / "bench-results" / ("ingest-pinned.json" if args.pin else "ingest.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
-    for shape in ("single_message", "batch_50"):
-        f = figures[shape]
+    single, batch = figures["single_message"], figures["batch_50"]
+    before = single["fastapi_route_before"]
+    for name, f in (("single message", single), ("50-msg batches", batch)):
+        srv = f["server"]
         print(
-            f"{shape:>15}: {f['events_per_s']:>9.0f} events/s ({f['webhooks_per_s']:.0f} webhooks/s), "
-            f"p50 {f['p50_ms_half_load']} ms / p99 {f['p99_ms_half_load']} ms at half load, "
-            f"no-Kafka {f['no_kafka_events_per_s']:.0f} events/s, ratio {f['ratio_vs_no_kafka']}, "
-            f"errors {f['errors_at_max']}+{f['errors_at_half_load']}"
+            f"{name:>15}: {f['events_per_s']:>8.0f} events/s ({f['webhooks_per_s']:.0f} webhooks/s, "
+            f"{f['server_cpu_us_per_webhook']:.0f} us server CPU each); no-Kafka {f['no_kafka_events_per_s']:.0f} "
+            f"events/s, ratio {f['ratio_vs_no_kafka']}; errors {f['errors_at_max']}+{f['errors_at_half_load']}\n"
+            f"{'':>17}half load {f['half_load_webhooks_per_s']:.0f} webhooks/s: p50 {f['p50_ms_half_load']} ms, "
+            f"p99 {f['p99_ms_half_load']} ms (in server p99 {srv['server_request_ms']['p99']} ms, loop lag p99 "
+            f"{srv['loop_lag_ms']['p99']} ms, GC max {max(g['max_ms'] for g in srv['gc'].values())} ms, "
+            f"server waited for a CPU {f['server_run_queue_wait_ms_per_s']} ms/s, generator late p99 "
+            f"{f['generator_late_ms']['p99']} ms)"
         )
-    print(f"wrote {out.relative_to(REPO)}")
+    print(
+        f"{'before (FastAPI)':>15}: single message {before['events_per_s']:.0f} events/s "
+        f"({before['server_cpu_us_per_webhook']:.0f} us server CPU each), "
+        f"no-Kafka {before['no_kafka_events_per_s']:.0f} "
+        f"({before['no_kafka_server_cpu_us_per_webhook']:.0f} us)"
+    )
+    print(f"load average {figures['setup']['load_average_at_end']:.1f}; wrote {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

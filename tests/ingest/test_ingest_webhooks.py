@@ -337,3 +337,17 @@ async def test_incoming_trace_context_continues_into_the_kafka_records(ingest: I
     assert await _post(ingest, body, headers={"traceparent": traceparent}) == 200
     ((record, _),) = (await _events(ingest, marker))[MESSAGES_IN.base]
     assert dict(record.headers)["traceparent"].decode().split("-")[1] == trace_id
+
+
+async def test_garbage_collector_is_tuned_once_the_broker_runs(ingest: IngestEnv) -> None:
+    """ADR 0010: start-up objects frozen out of full collections, gen0 collected less often."""
+    import asyncio
+    import gc
+
+    settings = ingest.app.state.ingest.settings
+    for _ in range(100):
+        if gc.get_freeze_count() and gc.get_threshold()[0] == settings.gc_gen0_threshold:
+            break
+        await asyncio.sleep(0.05)
+    assert settings.gc_freeze and gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] == settings.gc_gen0_threshold == 10_000

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from pathlib import Path
 from typing import cast
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from faststream.kafka import KafkaBroker
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.runtime import build_runtime, make_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -129,18 +131,18 @@ def create_app(
         ),
         tracer=rt.tracer_provider.get_tracer("parley.ingest"),
     )
-    purge_task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
 
     async def start_store() -> None:
-        nonlocal purge_task
         svc.store = IdempotencyStore(rt.require_pool(), ttl_hours=settings.idempotency_ttl_hours)
-        purge_task = asyncio.create_task(_purge_forever(svc.store))
+        tasks.append(asyncio.create_task(_purge_forever(svc.store)))
+        tasks.append(asyncio.create_task(_tune_gc_once_started(rt.broker, settings)))
 
     async def stop_store() -> None:
-        if purge_task is not None:
-            purge_task.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await purge_task
+                await task
 
     rt.on_start.append(start_store)
     rt.on_stop.append(stop_store)
@@ -155,6 +157,22 @@ def create_app(
     ingest_app.webhook_route = WebhookRoute(intake)
     ingest_app.state.ingest = svc
     return ingest_app
+
+
+async def _tune_gc_once_started(broker: KafkaBroker, settings: IngestSettings) -> None:
+    """After start-up (the broker's producer and metadata included), freeze what is alive into
+    the permanent generation so full collections skip it; optionally collect gen0 less often."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while not broker.running and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 (no start event)
+        await asyncio.sleep(0.05)
+    if settings.gc_gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    log.info("garbage collector tuned", extra={"frozen_objects": gc.get_freeze_count(),
+                                                "thresholds": gc.get_threshold()})
 
 
 async def _purge_forever(store: IdempotencyStore) -> None:

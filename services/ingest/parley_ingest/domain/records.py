@@ -52,9 +52,11 @@ def _event_record(topic: str, event: Event) -> OutRecord:
 
 def event_records(normalised: NormalisedWebhook) -> list[OutRecord]:
     """Every message, status and account event, each on its topic, keyed by phone_number_id."""
-    records = [_event_record(MESSAGES_IN.name, m) for m in normalised.messages]
-    records += [_event_record(STATUSES.name, s) for s in normalised.statuses]
-    records += [_event_record(ACCOUNT_EVENTS.name, a) for a in normalised.account_events]
+    # each topic name once per webhook (it reads the namespace from the environment)
+    messages_in, statuses, account_events = MESSAGES_IN.name, STATUSES.name, ACCOUNT_EVENTS.name
+    records = [_event_record(messages_in, m) for m in normalised.messages]
+    records += [_event_record(statuses, s) for s in normalised.statuses]
+    records += [_event_record(account_events, a) for a in normalised.account_events]
     return records
 
 
