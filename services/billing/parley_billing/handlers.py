@@ -28,13 +28,19 @@ log = logging.getLogger("parley.billing")
 GROUP = "parley-billing"
 
 
+async def _raw_batch(msg: Any) -> None:
+    """FastStream's batch decoder builds a message object and JSON-decodes every record; the
+    handlers read ``msg.raw_message`` themselves, so nothing is decoded here."""
+    return None
+
+
 def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings, registry: CollectorRegistry
              ) -> None:
     events = Counter("parley_billing_events", "Records metered, by topic", ["topic"], registry=registry)
     priced = Counter("parley_billing_ledger_writes", "Ledger rows written or re-priced", registry=registry)
     bad = Counter("parley_billing_bad_records", "Records dead-lettered, by topic", ["topic"], registry=registry)
     batch = {"batch": True, "max_records": settings.batch_max_records,
-             "batch_timeout_ms": settings.batch_timeout_ms, **CONSUMER_DEFAULTS}
+             "batch_timeout_ms": settings.batch_timeout_ms, "decoder": _raw_batch, **CONSUMER_DEFAULTS}
 
     async def decode(topic: str, msg: Any, make: Callable[[dict[str, Any]], Any]) -> list[Any]:
         """The batch's raw record values, parsed with orjson (FastStream's body decoding is skipped)."""
