@@ -28,7 +28,7 @@ from .harness import (
 pytestmark = pytest.mark.infra
 # Slow numbers, one on each of the test topics' three partitions, so that every member of the
 # group ends up owning a partition with a backlog.
-NUMBERS = {"7101": 30, "7103": 30, "7104": 30}
+NUMBERS = {"7101": 20, "7103": 20, "7104": 20}
 N = 900
 
 

@@ -90,10 +90,10 @@ class CloudApiClient:
     ) -> None:
         self._base_override = base_override.rstrip("/") if base_override else None
         self._version_override = version_override
-        # connect covers waiting for a pooled connection too; sock_read bounds the answer.
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout_s + connect_timeout_s, connect=connect_timeout_s, sock_read=timeout_s
-        )
+        # connect covers waiting for a pooled connection too (nothing sent: retried); total bounds
+        # the answer (a timeout after the request went out is in doubt). No sock_read timer: it is
+        # re-armed on every chunk received, measurable CPU per send for no stronger bound.
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s + connect_timeout_s, connect=connect_timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 

@@ -63,7 +63,11 @@ class Template:
         return self.category.lower()
 
     def component(self, kind: str) -> Mapping[str, Any] | None:
-        return next((c for c in self.components if str(c.get("type", "")).upper() == kind), None)
+        for c in self.components:  # a plain loop: looked up several times per send
+            t = c.get("type")
+            if t is not None and str(t).upper() == kind:
+                return c
+        return None
 
     def buttons(self) -> list[Mapping[str, Any]]:
         comp = self.component("BUTTONS")
