@@ -52,7 +52,7 @@ async def test_usage_is_grouped_per_tenant_in_its_time_zone(client: httpx.AsyncC
     assert set(groups) == {("India", "marketing", "regular"), ("India", "utility", "free_customer_service"),
                            ("India", "service", "free_customer_service"),
                            ("United Kingdom", "authentication", "regular"), ("Brazil", "marketing", "regular")}
-    assert groups[("India", "marketing", "regular")] | {} == {
+    assert groups[("India", "marketing", "regular")] == {
         "market": "India", "category": "marketing", "type": "regular", "pricing_model": "PMP", "currency": "USD",
         "messages": 1, "billable": 1, "unpriced": 0, "list_amount": "0.01180000"}
     assert groups[("India", "utility", "free_customer_service")]["billable"] == 0
