@@ -1,4 +1,7 @@
+import asyncio
+
 from parley_sender.domain.governor import MessagingLimit, PairRateLimit, ThroughputLimit, priority_rank
+from parley_sender.pacing import Gate, NumberPacer
 
 
 def _drive(limit: ThroughputLimit, seconds: float, start: float = 0.0) -> list[float]:
@@ -121,3 +124,15 @@ def test_unlimited_tier() -> None:
 def test_priority_replies_then_authentication_utility_marketing() -> None:
     order = sorted(["marketing", "utility", "reply", "authentication", "unknown"], key=priority_rank)
     assert order == ["reply", "authentication", "utility", "marketing", "unknown"]
+
+
+async def test_a_closed_gate_releases_waiters_without_a_grant() -> None:
+    pacer = NumberPacer(ThroughputLimit(limit=1))
+    gate = Gate()
+    assert await pacer.acquire(0, gate) is True  # the one grant of this second
+    waiting = asyncio.ensure_future(pacer.acquire(0, gate))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # paced: the next grant is ~1 s away
+    gate.close()
+    assert await asyncio.wait_for(waiting, 0.5) is False  # released at once, unsent
+    await pacer.close()

@@ -56,6 +56,16 @@ class PartitionWorker:
         self.committed: int | None = None
         self._finishing: asyncio.Task[None] | None = None
         self.task = asyncio.create_task(self._run(), name=f"sender-{tp.topic}-{tp.partition}")
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "sender worker stopped unexpectedly; restarting it from its last durable offset",
+                exc_info=task.exception(),
+                extra={"topic": self.tp.topic, "partition": self.tp.partition},
+            )
+            self.owner.restart(self)
 
     def feed(self, records: list[ConsumerRecord[Any, Any]]) -> None:
         if self.gate.closed:
@@ -185,6 +195,7 @@ class SendConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._seeks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         s = self.sender.settings
@@ -208,7 +219,7 @@ class SendConsumer:
         while not self._stopping:
             try:
                 fetched = await consumer.getmany(timeout_ms=200, max_records=self.batch_max * 4)
-            except KafkaError:
+            except Exception:  # KafkaError and anything unexpected: the loop must keep running
                 log.exception("sender fetch failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
@@ -232,6 +243,22 @@ class SendConsumer:
         for tp in assigned:
             if tp not in self.workers:
                 self.workers[tp] = PartitionWorker(self, tp)
+
+    def restart(self, worker: PartitionWorker) -> None:
+        """A worker that died: a fresh one re-reads the partition from what is durable."""
+        tp = worker.tp
+        if self._stopping or self._consumer is None or self.workers.get(tp) is not worker:
+            return
+        self.workers[tp] = PartitionWorker(self, tp)
+        if worker.done_offset is not None:
+            self._consumer.seek(tp, worker.done_offset)
+        else:
+            seek = asyncio.get_running_loop().create_task(self._consumer.seek_to_committed(tp))
+            self._seeks.add(seek)
+            seek.add_done_callback(self._seeks.discard)
+        if tp in self._paused:
+            self._paused.discard(tp)
+            self._consumer.resume(tp)
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Revocation: finish or abandon each partition's work, commit what is done, let it go."""
