@@ -36,6 +36,7 @@ import asyncpg
 import orjson
 from parley_billing.domain.facts import status_fact
 from parley_billing.ratecards import import_rate_card
+from parley_billing.settings import BillingSettings
 from parley_billing.store import MIGRATIONS, Metering, TenantInfo, ledger_fingerprint, ledger_totals
 from parley_billing.traffic import chaos, feed, generate
 from parley_common.db import create_pool, migrate
@@ -204,7 +205,7 @@ async def main(customers: int, batch: int, with_kafka: bool) -> dict[str, object
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=20000)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=BillingSettings.model_fields["batch_max_records"].default)
     parser.add_argument("--no-kafka", action="store_true", help="skip the run through Kafka")
     args = parser.parse_args()
     out = asyncio.run(main(args.customers, args.batch, not args.no_kafka))
