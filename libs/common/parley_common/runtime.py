@@ -139,7 +139,8 @@ def ops_router(rt: Runtime) -> APIRouter:
     return router
 
 
-def make_app(rt: Runtime, *, title: str, routers: Sequence[APIRouter] = (), version: str = "0.1.0") -> FastAPI:
+def make_app(rt: Runtime, *, title: str, routers: Sequence[APIRouter] = (), version: str = "0.1.0",
+             app_class: type[FastAPI] = FastAPI) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await start_runtime(rt)
@@ -148,7 +149,7 @@ def make_app(rt: Runtime, *, title: str, routers: Sequence[APIRouter] = (), vers
         finally:
             await stop_runtime(rt)
 
-    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app = app_class(title=title, version=version, lifespan=lifespan)
     app.include_router(ops_router(rt))
     for r in routers:
         app.include_router(r)

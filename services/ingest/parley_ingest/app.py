@@ -147,12 +147,10 @@ def create_app(
     rt.on_start.append(start_store)
     rt.on_stop.append(stop_store)
     intake = WebhookIntake(svc)
-    app = make_app(rt, title="Parley ingest", routers=[webhook_router(svc, intake), api_router(svc)])
+    app = make_app(rt, title="Parley ingest", routers=[webhook_router(svc, intake), api_router(svc)],
+                   app_class=IngestApp)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes)
-    # make_app builds a plain FastAPI; IngestApp only adds the webhook fast path in __call__
-    # (no state of its own), so the built app takes that class as it is.
-    app.__class__ = IngestApp
     ingest_app = cast(IngestApp, app)
     ingest_app.webhook_route = WebhookRoute(intake)
     ingest_app.state.ingest = svc
