@@ -163,7 +163,7 @@ class Served:
 
     async def __aenter__(self) -> Served:
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        while not self.server.started:
             await asyncio.sleep(0.005)
         return self
 

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection of its own or one borrowed from a pool: every helper here takes either.
+AnyConnection = asyncpg.Connection | PoolConnectionProxy
 
 log = logging.getLogger("parley.db")
 
@@ -43,7 +47,7 @@ def _lock_id(schema: str) -> int:
     return int.from_bytes(hashlib.sha256(f"parley-migrate:{schema}".encode()).digest()[:8], "big", signed=True)
 
 
-async def migrate(dsn_or_conn: str | asyncpg.Connection, schema: str, directory: Path) -> list[str]:
+async def migrate(dsn_or_conn: str | AnyConnection, schema: str, directory: Path) -> list[str]:
     """Apply every not yet applied ``*.sql`` file of ``directory`` in name order; returns the applied."""
     conn = await asyncpg.connect(dsn_or_conn) if isinstance(dsn_or_conn, str) else dsn_or_conn
     applied: list[str] = []

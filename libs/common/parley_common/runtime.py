@@ -84,9 +84,9 @@ async def start_runtime(rt: Runtime, *, start_broker: bool = True) -> None:
     rt.pool = await create_pool(rt.settings.database_url, min_size=rt.settings.db_pool_min,
                                 max_size=rt.settings.db_pool_max)
     async with rt.pool.acquire() as conn:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)  # type: ignore[arg-type]  # pool proxy
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
         for schema, directory in rt.migrations:
-            await migrate(conn, schema, directory)  # type: ignore[arg-type]
+            await migrate(conn, schema, directory)
     rt.live_tenants = LiveTenantDirectory(rt.pool)
     await rt.live_tenants.start()
     for hook in rt.on_start:

@@ -50,7 +50,7 @@ def create_app(settings: RouterSettings | None = None, *,
         MESSAGES_IN.name, group_id="parley-router", batch=True, max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms, **CONSUMER_DEFAULTS)
 
-    @subscriber  # type: ignore[untyped-decorator]
+    @subscriber
     async def on_inbound(records: list[dict[str, Any]], msg: KafkaMessage) -> None:
         await service.handle_batch(records, msg.batch_headers)
 
