@@ -51,8 +51,9 @@ def create_app(settings: RouterSettings | None = None, *,
         batch_timeout_ms=settings.batch_timeout_ms, **CONSUMER_DEFAULTS)
 
     @subscriber
-    async def on_inbound(records: list[dict[str, Any]], msg: KafkaMessage) -> None:
-        await service.handle_batch(records, msg.batch_headers)
+    async def on_inbound(msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        await service.handle_batch(raw if isinstance(raw, tuple) else (raw,))
 
     async def sync_models_forever() -> None:
         while True:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
@@ -152,21 +152,22 @@ class RouterService:
         await publish_dead_letter(self.rt.broker, dead_letter_record(
             service=SERVICE, topic=MESSAGES_IN.name, value=raw, key=key, exc=exc, attempts=1))
 
-    async def handle_batch(self, records: Sequence[dict[str, Any]],
-                           batch_headers: Sequence[dict[str, Any]] | None = None) -> list[RoutingDecision]:
+    async def handle_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[RoutingDecision]:
+        """Route one batch of raw records; a record that is not an inbound message is dead-lettered
+        (decoded here, not by the framework, so a poison record can never block the partition)."""
+        messages: list[InboundMessage] = []
         # Each record's own trace context (W3C traceparent from ingest), so that one customer
         # message stays one trace even though the router consumes in batches.
-        self._carriers = {
-            str(rec.get("wamid")): {k: v for k, v in (h or {}).items() if k in ("traceparent", "tracestate")}
-            for rec, h in zip(records, batch_headers or [], strict=False) if isinstance(rec, dict)
-        }
-        messages: list[InboundMessage] = []
+        self._carriers = {}
         for rec in records:
             try:
-                messages.append(InboundMessage.model_validate(rec))
+                m = InboundMessage.model_validate_json(rec.value or b"")
             except ValidationError as exc:
-                key = str(rec.get("phone_number_id", "")).encode() if isinstance(rec, dict) else None
-                await self._dead_letter(orjson.dumps(rec), key, exc)
+                await self._dead_letter(rec.value or b"", rec.key, exc)
+                continue
+            messages.append(m)
+            self._carriers[m.wamid] = {
+                k: v.decode() for k, v in (rec.headers or ()) if k in ("traceparent", "tracestate")}
         seen = await self.store.already_routed([m.wamid for m in messages]) if self.store else set()
         fresh: list[InboundMessage] = []
         for m in messages:
