@@ -111,7 +111,8 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
         on = body.send_on or datetime.now(UTC).date()
         at = datetime.combine(on, time(12), UTC)
         business = Business(tenant.business_country, metering.rates.rates)
-        lines, totals = [], {}
+        lines: list[dict[str, Any]] = []
+        totals: dict[Any, Any] = {}
         for item in body.items:
             market = market_of_country(item.country)
             number = _example_number(item.country)

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 import orjson
 import typer
+from parley_common.db import AnyConnection
 
 from parley_billing.domain.rates import RateBook, RateFileError, TierBook, parse_rate_card, parse_tiers
 from parley_billing.settings import BillingSettings
@@ -114,7 +115,7 @@ def rate(
     out.flush()
 
 
-async def _with_conn(fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+async def _with_conn(fn: Callable[[AnyConnection], Awaitable[T]]) -> T:
     from parley_common.db import migrate
 
     from parley_billing.store import MIGRATIONS
@@ -254,4 +255,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+from parley_common.db import AnyConnection
 
 from parley_billing.domain.engine import apply_monthly_effects
 from parley_billing.domain.invoice import (
@@ -28,7 +29,7 @@ LINE_COLUMNS = ("for_month", "pricing_model", "market", "category", "type", "cur
                 "unpriced", "amount")
 
 
-async def _current_lines(conn: asyncpg.Connection, tenant: TenantInfo, month: str, tiers: TierBook
+async def _current_lines(conn: AnyConnection, tenant: TenantInfo, month: str, tiers: TierBook
                          ) -> list[InvoiceLine]:
     assert tenant.tenant_id is not None
     priced = apply_monthly_effects(await month_ledger(conn, tenant.tenant_id, month), tz=tenant.tz, tiers=tiers)
@@ -39,7 +40,7 @@ def _line(r: asyncpg.Record) -> InvoiceLine:
     return InvoiceLine(*(r[c] for c in LINE_COLUMNS))
 
 
-async def _pending_adjustments(conn: asyncpg.Connection, tenant: TenantInfo, before_month: str, tiers: TierBook
+async def _pending_adjustments(conn: AnyConnection, tenant: TenantInfo, before_month: str, tiers: TierBook
                                ) -> list[InvoiceLine]:
     out: list[InvoiceLine] = []
     finalised = await conn.fetch("SELECT month FROM billing.invoices WHERE tenant_id = $1 AND month < $2"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import date
 
-import asyncpg
+from parley_common.db import AnyConnection
 
 from parley_billing.domain.rates import RATE_CARD_COLUMNS, parse_rate_card, parse_tiers
 
 
-async def import_rate_card(conn: asyncpg.Connection, text: str) -> tuple[int, date]:
+async def import_rate_card(conn: AnyConnection, text: str) -> tuple[int, date]:
     """Upsert every row (a corrected CSV replaces the same effective_from × market).
 
     Returns (rows, earliest effective date); raises RateFileError (nothing written) on a bad row.
@@ -28,7 +28,7 @@ async def import_rate_card(conn: asyncpg.Connection, text: str) -> tuple[int, da
     return len(rows), min(r.effective_from for r in rows)
 
 
-async def import_tiers(conn: asyncpg.Connection, text: str) -> tuple[int, date]:
+async def import_tiers(conn: AnyConnection, text: str) -> tuple[int, date]:
     """Replace the tier table of every (effective_from, market, category) the file names."""
     rows = parse_tiers(text)
     async with conn.transaction():

@@ -83,13 +83,13 @@ def read_inputs(webhook_lines: Iterable[bytes], send_lines: Iterable[bytes] | No
             record = orjson.loads(line)
             if not isinstance(record, dict):
                 raise FactError("a send record must be a JSON object")
-            fact = send_fact(record)
+            sfact = send_fact(record)
         except orjson.JSONDecodeError as exc:
             raise RaterInputError(f"{where}: not valid JSON: {exc}") from None
         except FactError as exc:
             raise RaterInputError(f"{where}: {exc}") from None
-        if fact is not None:
-            sends[fact.wamid] = fact
+        if sfact is not None:
+            sends[sfact.wamid] = sfact
     return RaterInput(statuses, sends, dict(inbound))
 
 

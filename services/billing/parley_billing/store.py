@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+from parley_common.db import AnyConnection
 
 from parley_billing.domain.engine import (
     PMP_LOOKBACK,
@@ -65,7 +66,7 @@ def _bucket(phone_number_id: str) -> int:
     return zlib.crc32(phone_number_id.encode()) % LOCK_BUCKETS
 
 
-async def _lock_numbers(conn: asyncpg.Connection, numbers: Iterable[str]) -> None:
+async def _lock_numbers(conn: AnyConnection, numbers: Iterable[str]) -> None:
     """Advisory locks on the numbers' buckets, and the batch temp tables, in one round trip."""
     buckets = sorted({_bucket(n) for n in numbers})  # one order everywhere: no deadlocks
     if buckets:
@@ -90,11 +91,11 @@ class RateCache:
         self.rates = RateBook([])
         self.tiers = TierBook([])
 
-    async def refresh(self, conn: asyncpg.Connection) -> None:
+    async def refresh(self, conn: AnyConnection) -> None:
         stamp = await conn.fetchrow(
             "SELECT (SELECT max(imported_at) FROM billing.rate_cards) r, (SELECT count(*) FROM billing.rate_cards) rn,"
             " (SELECT max(imported_at) FROM billing.tiers) t, (SELECT count(*) FROM billing.tiers) tn")
-        key = tuple(stamp)
+        key = tuple(stamp) if stamp is not None else ()
         if key == self.stamp:
             return
         rows = await conn.fetch("SELECT * FROM billing.rate_cards")
@@ -239,7 +240,7 @@ class Metering:
         return total
 
     # --- pricing -------------------------------------------------------------------------------
-    async def _reprice(self, conn: asyncpg.Connection, affected: dict[Key, datetime]) -> int:
+    async def _reprice(self, conn: AnyConnection, affected: dict[Key, datetime]) -> int:
         if not affected:
             return 0
         await self.rates.refresh(conn)
@@ -341,7 +342,7 @@ LEDGER_IN = ("wamid text, tenant_id text, phone_number_id text, account text, de
              "meta_billable bool, meta_pricing_model text, meta_type text, meta_category text")
 
 
-async def _copy_in(conn: asyncpg.Connection, table: str, records: Sequence[tuple[Any, ...]]) -> None:
+async def _copy_in(conn: AnyConnection, table: str, records: Sequence[tuple[Any, ...]]) -> None:
     """Binary COPY into a temp table that :func:`_lock_numbers` created in this transaction's session."""
     await conn.copy_records_to_table(table, records=records)
 
@@ -402,13 +403,13 @@ def priced_from_row(r: asyncpg.Record) -> PricedMessage:
                          r["conversation_id"], r["opens_conversation"], meta)
 
 
-async def month_ledger(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, month: str) -> list[PricedMessage]:
+async def month_ledger(conn: AnyConnection | asyncpg.Pool, tenant_id: str, month: str) -> list[PricedMessage]:
     rows = await conn.fetch(f"SELECT {LEDGER_COLUMNS} FROM billing.ledger WHERE tenant_id = $1 AND month = $2",
                             tenant_id, month)
     return [priced_from_row(r) for r in rows]
 
 
-async def usage(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, start: datetime, end: datetime
+async def usage(conn: AnyConnection | asyncpg.Pool, tenant_id: str, start: datetime, end: datetime
                 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT market, category, type, pricing_model, currency, count(*) AS messages,
@@ -420,14 +421,15 @@ async def usage(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, start: 
     return [dict(r) for r in rows]
 
 
-async def ledger_totals(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Decimal | int]:
+async def ledger_totals(conn: AnyConnection | asyncpg.Pool) -> dict[str, Decimal | int]:
     """Whole-ledger totals (for exactness checks)."""
     r = await conn.fetchrow(
         "SELECT count(*) n, count(*) FILTER (WHERE billable) b, coalesce(sum(amount), 0) a FROM billing.ledger")
+    assert r is not None  # an aggregate always returns a row
     return {"messages": r["n"], "billable": r["b"], "amount": r["a"]}
 
 
-async def ledger_fingerprint(conn: asyncpg.Connection | asyncpg.Pool) -> str:
+async def ledger_fingerprint(conn: AnyConnection | asyncpg.Pool) -> str:
     """md5 of every ledger row's priced content in wamid order (two runs priced alike ⇔ equal)."""
     return str(await conn.fetchval(
         """SELECT md5(coalesce(string_agg(concat_ws('|', wamid, tenant_id, month, pricing_model, category, type,

@@ -317,10 +317,10 @@ def apply_monthly_effects(priced: Iterable[PricedMessage], *, tz: ZoneInfo, tier
         elif tiers and p.pricing_model == "PMP" and p.billable and p.category in TIERED_CATEGORIES \
                 and p.amount is not None:
             month = month_of(p.delivered_at, tz)
-            key = (month, p.market, p.category)
-            ranks[key] += 1
+            tier_key = (month, p.market, p.category)
+            ranks[tier_key] += 1
             local = p.delivered_at.astimezone(tz)
-            tier_rate = tiers.rate_for_rank(p.market, p.category, date(local.year, local.month, 1), ranks[key])
+            tier_rate = tiers.rate_for_rank(p.market, p.category, date(local.year, local.month, 1), ranks[tier_key])
             if tier_rate is not None:
                 p = replace(p, amount=tier_rate)
         out.append(p)

@@ -57,8 +57,8 @@ def country_of(number: str | None) -> str | None:
         return None
     # A valid number names its region; otherwise Meta prices by the calling code, whose main
     # region is the best guess (e.g. +44 → GB for a number outside the allocated ranges).
-    region = phonenumbers.region_code_for_number(parsed) or phonenumbers.region_code_for_country_code(
-        parsed.country_code)
+    region = phonenumbers.region_code_for_number(parsed) or (
+        phonenumbers.region_code_for_country_code(parsed.country_code) if parsed.country_code else None)
     return region if region and region != "ZZ" else None
 
 
