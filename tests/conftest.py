@@ -6,7 +6,7 @@
    the OS packages), started if they are not running.
 
 Tests that need Kafka or PostgreSQL fail loudly when none of these works; they never skip and
-never fall back to an in-memory fake. Each session gets its own topic namespace and database.
+never fall back to an in-memory fake. Each session gets its own database, and each test module its own topic namespace.
 """
 
 from __future__ import annotations
@@ -105,12 +105,14 @@ async def database_url(infra: Infra, session_ns: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@pytest.fixture(scope="session")
-async def kafka_bootstrap(infra: Infra, session_ns: str) -> str:
-    """The broker, with every topic of the registry created under this session's namespace."""
+@pytest.fixture(scope="module")
+async def kafka_bootstrap(infra: Infra, session_ns: str, request: pytest.FixtureRequest) -> str:
+    """The broker, with every topic of the registry created under a namespace of this session and
+    this test module, so that one module's services never consume another module's records."""
     from parley_common.topics_cli import ensure_topics
 
-    os.environ["PARLEY_TOPIC_NAMESPACE"] = f"{session_ns}."
+    module = request.node.name.removesuffix(".py").replace("_", "-")[-40:]
+    os.environ["PARLEY_TOPIC_NAMESPACE"] = f"{session_ns}-{module}."
     os.environ["PARLEY_KAFKA_BOOTSTRAP"] = infra.kafka_bootstrap
     await asyncio.wait_for(ensure_topics(infra.kafka_bootstrap, partitions=3), 60)
     return infra.kafka_bootstrap

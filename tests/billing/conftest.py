@@ -40,7 +40,7 @@ async def metering(billing_pool: asyncpg.Pool) -> Metering:
 @pytest.fixture
 async def tenant_keys(billing_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The scenario's two tenants in the registry and an API key each; the example rate card loaded."""
-    from billing_scenario import import_example_rates, import_tenants
+    from .billing_scenario import import_example_rates, import_tenants
 
     monkeypatch.setenv("PARLEY_BILLING_TEST_SECRET", "billing-test-app-secret")
     async with billing_pool.acquire() as conn:

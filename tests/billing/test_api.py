@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from billing_scenario import (
+from .billing_scenario import (
     OCT_IN_LIST,
     SEPT_BR_TOTAL,
     SEPT_IN_TOTAL,

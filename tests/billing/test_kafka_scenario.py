@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from billing_scenario import (
+from .billing_scenario import (
     OCT_IN_LIST,
     SEPT_BR_TOTAL,
     SEPT_IN_TOTAL,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
-from ingest_support import REGISTRY, SECRETS
+from .ingest_support import REGISTRY, SECRETS
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
@@ -46,7 +46,7 @@ async def ingest_registry(database_url: str) -> dict[str, str]:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def ingest(
     kafka_bootstrap: str, database_url: str, ingest_registry: dict[str, str]
 ) -> AsyncIterator[IngestEnv]:

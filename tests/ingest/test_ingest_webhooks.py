@@ -8,8 +8,8 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import IngestEnv, read_topic
-from ingest_support import (
+from .conftest import IngestEnv, read_topic
+from .ingest_support import (
     APP1_SECRET,
     APP1_SECRET_NEW,
     APP2_SECRET,
