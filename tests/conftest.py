@@ -12,6 +12,7 @@ never fall back to an in-memory fake. Each session gets its own database, and ea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import subprocess
@@ -106,7 +107,7 @@ async def database_url(infra: Infra, session_ns: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def kafka_bootstrap(infra: Infra, session_ns: str, request: pytest.FixtureRequest) -> str:
+async def kafka_bootstrap(infra: Infra, session_ns: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """The broker, with every topic of the registry created under a namespace of this session and
     this test module, so that one module's services never consume another module's records."""
     from parley_common.topics_cli import ensure_topics
@@ -115,7 +116,19 @@ async def kafka_bootstrap(infra: Infra, session_ns: str, request: pytest.Fixture
     os.environ["PARLEY_TOPIC_NAMESPACE"] = f"{session_ns}-{module}."
     os.environ["PARLEY_KAFKA_BOOTSTRAP"] = infra.kafka_bootstrap
     await asyncio.wait_for(ensure_topics(infra.kafka_bootstrap, partitions=3), 60)
-    return infra.kafka_bootstrap
+    yield infra.kafka_bootstrap
+    # Leave the broker as lean as we found it: a developer's broker outlives many test runs.
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from parley_common.topics import ALL_TOPICS
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(Exception):
+            await admin.delete_topics([t.name for t in ALL_TOPICS])
+    finally:
+        await admin.close()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -9,7 +9,7 @@
 #   deploy/local/kafka.sh reset    stop and delete data + logs (keeps the downloaded jars)
 #
 # State lives in <repo>/.parley/kafka/{libs,data,logs,server.properties,kafka.pid}.
-# Tunables (env): PARLEY_KAFKA_HEAP_OPTS (default "-Xmx768m -Xms256m"), PARLEY_KAFKA_READY_TIMEOUT (90 s),
+# Tunables (env): PARLEY_KAFKA_HEAP_OPTS (default "-Xmx768m -Xms256m"), PARLEY_KAFKA_READY_TIMEOUT (240 s),
 # PARLEY_KAFKA_STOP_TIMEOUT (60 s), JAVA_HOME.
 set -euo pipefail
 
@@ -33,7 +33,7 @@ KAFKA_LOG4J="$PARLEY_LOCAL_DIR/kafka/log4j2.properties"
 KAFKA_LIBS_MARKER="$KAFKA_LIBS/.parley-libs-complete"
 DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
-READY_TIMEOUT="${PARLEY_KAFKA_READY_TIMEOUT:-90}"
+READY_TIMEOUT="${PARLEY_KAFKA_READY_TIMEOUT:-240}"
 STOP_TIMEOUT="${PARLEY_KAFKA_STOP_TIMEOUT:-60}"
 HEAP_OPTS="${PARLEY_KAFKA_HEAP_OPTS:--Xmx768m -Xms256m}"
 
