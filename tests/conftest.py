@@ -119,7 +119,6 @@ async def kafka_bootstrap(infra: Infra, session_ns: str, request: pytest.Fixture
     yield infra.kafka_bootstrap
     # Leave the broker as lean as we found it: a developer's broker outlives many test runs.
     from aiokafka.admin import AIOKafkaAdminClient
-
     from parley_common.topics import ALL_TOPICS
 
     admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
