@@ -3,7 +3,7 @@ multilingual examples, then throughput and latency on the real broker.
 
 Prints the figures and writes bench-results/router.json. Needs Kafka and PostgreSQL
 (`bash deploy/local/infra.sh up`; PARLEY_KAFKA_BOOTSTRAP / PARLEY_DATABASE_URL override).
-Options: --messages N (default 30000), --skip-accuracy, --skip-throughput.
+Options: --messages N (default 30000), --skip-accuracy, --skip-throughput, --profile PATH.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def latency(results: dict[str, object]) -> None:
     results["p50_ms"] = p50
 
 
-async def throughput(results: dict[str, object], n: int) -> None:
+async def throughput(results: dict[str, object], n: int, profile: str | None = None) -> None:
     import asyncpg
     import orjson
     from aiokafka import AIOKafkaProducer
@@ -153,6 +153,11 @@ async def throughput(results: dict[str, object], n: int) -> None:
         logging.getLogger("faststream").setLevel(logging.WARNING)
         logging.getLogger("faststream.access").setLevel(logging.WARNING)
         pool = await asyncpg.create_pool(db, min_size=1, max_size=1)
+        profiler = None
+        if profile:
+            import cProfile
+            profiler = cProfile.Profile()
+            profiler.enable()
         cpu0 = time.process_time()
         async with app.router.lifespan_context(app):
             first = None
@@ -168,6 +173,10 @@ async def throughput(results: dict[str, object], n: int) -> None:
             end = time.monotonic()
             cpu = time.process_time() - cpu0
             steady_cpu = time.process_time() - first_cpu if first is not None else 0.0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+            print(f"wrote a CPU profile of the routing part to {profile}", flush=True)
         await pool.close()
         if first is None or done < n:
             raise RuntimeError(f"only {done} of {n} messages routed in time")
@@ -193,13 +202,14 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--profile", metavar="PATH", help="write a cProfile of the routing part to PATH")
     args = ap.parse_args()
     results: dict[str, object] = {"measured_at": datetime.now(UTC).isoformat(), "cpu_count": os.cpu_count()}
     if not args.skip_accuracy:
         accuracy(results)
     latency(results)
     if not args.skip_throughput:
-        asyncio.run(throughput(results, args.messages))
+        asyncio.run(throughput(results, args.messages, args.profile))
     out = REPO / "bench-results" / "router.json"
     out.parent.mkdir(exist_ok=True)
     if out.exists() and (args.skip_accuracy or args.skip_throughput):

@@ -46,9 +46,14 @@ def create_app(settings: RouterSettings | None = None, *,
     service = RouterService(rt, router, None, producer, endpoints)
     tasks: list[asyncio.Task[Any]] = []
 
+    async def raw_records(msg: Any) -> None:
+        # The handler decodes the raw records itself (a poison record is dead-lettered alone):
+        # the framework's JSON decoding of every body would be thrown away.
+        return None
+
     subscriber = rt.broker.subscriber(
         MESSAGES_IN.name, group_id="parley-router", batch=True, max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms, **CONSUMER_DEFAULTS)
+        batch_timeout_ms=settings.batch_timeout_ms, decoder=raw_records, **CONSUMER_DEFAULTS)
 
     @subscriber
     async def on_inbound(msg: KafkaMessage) -> None:

@@ -19,7 +19,8 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import propagate
-from opentelemetry.trace import SpanKind
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, set_span_in_context
 from parley_common.broker import MAX_REQUEST_BYTES
 from parley_common.contracts import InboundMessage
 from parley_common.deadletter import dead_letter_record, publish_dead_letter
@@ -37,6 +38,7 @@ from parley_router.webhooks import TenantEndpointClient
 
 log = logging.getLogger("parley.router")
 SERVICE = "router"
+_NO_PARENT = Context()  # what extracting an empty carrier gives: a root span, not the batch's
 
 
 class RouterMetrics:
@@ -208,31 +210,40 @@ class RouterService:
         return decisions
 
     def _trace_headers(self, wamid: str) -> list[tuple[str, bytes]]:
-        """A ``route`` span, child of the inbound message's own trace, injected into the outputs."""
-        parent = propagate.extract(self._carriers.get(wamid, {}))
-        with self._tracer.start_as_current_span("route", context=parent, kind=SpanKind.INTERNAL):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
+        """A ``route`` span, child of the inbound message's own trace, injected into the outputs.
+
+        Started and ended directly (never made the current span: nothing runs inside it), and
+        its context injected explicitly: the same span and headers without attach/detach.
+        """
+        carrier_in = self._carriers.get(wamid)
+        parent = propagate.extract(carrier_in) if carrier_in else _NO_PARENT
+        span = self._tracer.start_span("route", context=parent, kind=SpanKind.INTERNAL)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=set_span_in_context(span))
+        span.end()
         return [(k, v.encode()) for k, v in carrier.items()]
 
     async def publish(self, decisions: Sequence[RoutingDecision]) -> None:
         records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
+        # Topic names read the namespace from the environment: once per batch, not per record.
+        out_topic, account_topic = MESSAGES_OUT.name, ACCOUNT_EVENTS.name
+        agent_topic, routed_topic = AGENT_QUEUE.name, MESSAGES_ROUTED.name
         for d in decisions:
             key = d.routed.phone_number_id.encode()
             trace_headers = self._trace_headers(d.routed.wamid)
             # Side effects first, the decision record last: a consumer of wa.messages.routed
             # may rely on the reply / task already being on its topic.
             for out in d.outbound:
-                records.append((MESSAGES_OUT.name, key, _dump(out), trace_headers))
+                records.append((out_topic, key, _dump(out), trace_headers))
             if d.consent is not None:
-                records.append((ACCOUNT_EVENTS.name, key, _dump(d.consent), trace_headers))
+                records.append((account_topic, key, _dump(d.consent), trace_headers))
             if d.agent_task is not None:
                 t = d.agent_task
                 headers = [*trace_headers, ("x-parley-tenant", (t.tenant_id or "").encode()),
                            ("x-parley-skill", t.skill.encode()),
                            ("x-parley-language", (t.language or "").encode())]
-                records.append((AGENT_QUEUE.name, key, _dump(t), headers))
-            records.append((MESSAGES_ROUTED.name, key, _dump(d.routed), trace_headers))
+                records.append((agent_topic, key, _dump(t), headers))
+            records.append((routed_topic, key, _dump(d.routed), trace_headers))
         await self.producer.send_all(records)
 
     async def _call_endpoint(self, d: RoutingDecision) -> None:

@@ -78,7 +78,11 @@ class LanguageIdentifier:
             if not text or not text.strip():
                 out[i] = self.default
                 continue
-            bn, ar, la = len(_BENGALI.findall(text)), len(_ARABIC.findall(text)), len(_LATIN.findall(text))
+            if text.isascii():  # the common case: no Bengali or Arabic script to count
+                bn = ar = 0
+                la = 1 if _LATIN.search(text) else 0
+            else:
+                bn, ar, la = len(_BENGALI.findall(text)), len(_ARABIC.findall(text)), len(_LATIN.findall(text))
             if bn == ar == la == 0:
                 out[i] = self.default  # emoji, digits only
             elif bn >= max(ar, la):

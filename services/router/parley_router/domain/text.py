@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 _ARABIC_DIACRITICS = re.compile("[\u064b-\u0652\u0670\u0640]")  # harakat, dagger alef, tatweel
 _ARABIC_FOLD = str.maketrans({"أ": "ا", "إ": "ا", "آ": "ا", "ى": "ي", "ة": "ه", "ؤ": "و", "ئ": "ي"})
@@ -27,6 +28,12 @@ def _strip_latin_accents(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(out))
 
 
+# One message's text is normalised by the signals, the language identifier and the classifier in
+# turn: a small cache serves the later calls (and messages that repeat, like "hi" or "STOP").
+_CACHED_TEXTS = 1024
+
+
+@lru_cache(maxsize=_CACHED_TEXTS)
 def normalise(text: str) -> str:
     """Case-folded, accent-free (Latin), Arabic-folded, de-stretched, single-spaced text."""
     t = unicodedata.normalize("NFKC", text).replace("ı", "i").casefold()
@@ -37,7 +44,20 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", t).strip()
 
 
+class _PunctuationToSpace(dict[int, str | int]):
+    """A str.translate table mapping punctuation and symbols (Unicode P*, S*) to a space,
+    filled lazily per code point."""
+
+    def __missing__(self, cp: int) -> str | int:
+        out: str | int = " " if unicodedata.category(chr(cp))[0] in "PS" else cp
+        self[cp] = out
+        return out
+
+
+_PUNCTUATION_TO_SPACE = _PunctuationToSpace()
+
+
+@lru_cache(maxsize=_CACHED_TEXTS)
 def keyword_form(text: str) -> str:
     """The normalised text without punctuation, for whole-message keyword matches."""
-    t = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in normalise(text))
-    return _SPACE.sub(" ", t).strip()
+    return _SPACE.sub(" ", normalise(text).translate(_PUNCTUATION_TO_SPACE)).strip()
