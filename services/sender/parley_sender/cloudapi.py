@@ -15,8 +15,10 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 from parley_common.tenancy.models import MetaApp
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from yarl import URL
 
 DEFAULT_BASE = "https://graph.facebook.com"
 
@@ -96,6 +98,9 @@ class CloudApiClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s + connect_timeout_s, connect=connect_timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        # (base, version, token, number) -> the send URL (parsed once) and its headers: built per
+        # request they cost a URL parse and a header multidict per send.
+        self._targets: dict[tuple[str | None, str | None, str | None, str], tuple[URL, CIMultiDictProxy[str]]] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -104,6 +109,7 @@ class CloudApiClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
                 timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # the Graph API sets no cookies we need
                 json_serialize=lambda o: orjson.dumps(o).decode(),
             )
         return self._session
@@ -124,15 +130,29 @@ class CloudApiClient:
             headers["Authorization"] = f"Bearer {app.access_token}"
         return headers
 
+    def _send_target(self, app: MetaApp | None, phone_number_id: str) -> tuple[URL, CIMultiDictProxy[str]]:
+        key = (
+            app.graph_api_base if app else None,
+            app.graph_api_version if app else None,
+            app.access_token if app else None,
+            phone_number_id,
+        )
+        target = self._targets.get(key)
+        if target is None:
+            if len(self._targets) > 10_000:
+                self._targets.clear()
+            target = self._targets[key] = (
+                URL(self._url(app, f"{phone_number_id}/messages")),
+                CIMultiDictProxy(CIMultiDict(self._headers(app))),
+            )
+        return target
+
     async def send_message(
         self, app: MetaApp | None, phone_number_id: str, body: Mapping[str, Any]
     ) -> SendResponse:
+        url, headers = self._send_target(app, phone_number_id)
         try:
-            async with self.session.post(
-                self._url(app, f"{phone_number_id}/messages"),
-                data=orjson.dumps(body),
-                headers=self._headers(app),
-            ) as resp:
+            async with self.session.post(url, data=orjson.dumps(body), headers=headers) as resp:
                 content = await resp.read()
                 status = resp.status
         except NOT_SENT as exc:
