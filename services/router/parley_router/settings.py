@@ -22,7 +22,7 @@ class RouterSettings(CommonSettings):
     # Below this confidence the classifier's answer is not trusted: the message goes to a human.
     confidence_threshold: float = 0.45
     # Batch consumption of wa.messages.in.
-    batch_max_records: int = 500
+    batch_max_records: int = 1000
     batch_timeout_ms: int = 20
     # Tenant HTTPS endpoints: bounded retries, then a dead letter.
     webhook_attempts: int = 4
