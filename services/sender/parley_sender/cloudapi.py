@@ -1,24 +1,25 @@
 """The Cloud API client: one pooled aiohttp session, the access token per tenant app, configurable
 base URL and version (Meta's Graph API or the simulator: configuration only).
 
-aiohttp, not httpx: measured against the simulator at 64 requests in flight, httpx 0.28 spent
-~2.6 ms of CPU per request (its connection pool scans every connection per request, and httpcore
-re-tries ``import sniffio`` on every lock operation) against ~0.08 ms for aiohttp
-(docs/adr/0030-sender-throughput.md).
+Sends (the hot path) go through pyreqwest (Rust reqwest/hyper, its own pooled connections);
+management calls (templates) through aiohttp. Measured at 64 requests in flight on loopback:
+httpx 0.28 ~2.6 ms of CPU per request (its pool scans every connection per request), aiohttp 3.14
+~0.095 ms, pyreqwest 0.15 ~0.05 ms including its runtime thread (docs/adr/0030-sender-throughput.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
 from parley_common.tenancy.models import MetaApp
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import DetailedPyreqwestError, PyreqwestError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
-from yarl import URL
 
 DEFAULT_BASE = "https://graph.facebook.com"
 
@@ -50,8 +51,20 @@ class GraphApiError(RuntimeError):
         self.code = code
 
 
-# Failures before the request could have left: nothing was sent, safe to retry.
-NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# The mark hyper puts in the cause chain of a failure to connect (nothing was sent).
+_CONNECT_CAUSE = "client error (Connect)"
+
+
+def nothing_sent(exc: BaseException) -> bool:
+    """Did the request certainly not leave? pyreqwest's classes are too coarse to tell: it raises
+    ConnectError for a connection dropped after the request went out and ConnectTimeoutError for
+    the total timeout too (tests/sender/test_cloudapi_client.py). Only a failure whose cause chain
+    says hyper could not connect counts as "not sent"; anything else is in doubt (never re-sent
+    blindly), so a wording change in a later pyreqwest errs on the safe side."""
+    if not isinstance(exc, DetailedPyreqwestError):
+        return False
+    causes = (exc.details or {}).get("causes") or []
+    return any(c.get("message") == _CONNECT_CAUSE for c in causes)
 
 
 def parse_send_answer(status: int, content: bytes) -> SendResponse:
@@ -97,10 +110,12 @@ class CloudApiClient:
         # re-armed on every chunk received, measurable CPU per send for no stronger bound.
         self._timeout = aiohttp.ClientTimeout(total=timeout_s + connect_timeout_s, connect=connect_timeout_s)
         self._max_connections = max_connections
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
-        # (base, version, token, number) -> the send URL (parsed once) and its headers: built per
-        # request they cost a URL parse and a header multidict per send.
-        self._targets: dict[tuple[str | None, str | None, str | None, str], tuple[URL, CIMultiDictProxy[str]]] = {}
+        self._sender: Client | None = None
+        # (base, version, token, number) -> the send URL and its headers, built once.
+        self._targets: dict[tuple[str | None, str | None, str | None, str], tuple[str, dict[str, str]]] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -114,9 +129,27 @@ class CloudApiClient:
             )
         return self._session
 
+    @property
+    def sender(self) -> Client:
+        """The hot-path client, created on first use inside the running event loop. ``timeout``
+        bounds connect + request + answer; connect alone is bounded by ``connect_timeout``."""
+        if self._sender is None:
+            connect = timedelta(seconds=self._connect_timeout_s)
+            self._sender = (
+                ClientBuilder()
+                .max_connections(self._max_connections)
+                .timeout(timedelta(seconds=self._timeout_s + self._connect_timeout_s))
+                .connect_timeout(connect)
+                .build()
+            )
+        return self._sender
+
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+        if self._sender is not None:
+            sender, self._sender = self._sender, None
+            await sender.close()
 
     def _url(self, app: MetaApp | None, path: str) -> str:
         base = self._base_override or (app.graph_api_base if app and app.graph_api_base else DEFAULT_BASE)
@@ -130,7 +163,7 @@ class CloudApiClient:
             headers["Authorization"] = f"Bearer {app.access_token}"
         return headers
 
-    def _send_target(self, app: MetaApp | None, phone_number_id: str) -> tuple[URL, CIMultiDictProxy[str]]:
+    def _send_target(self, app: MetaApp | None, phone_number_id: str) -> tuple[str, dict[str, str]]:
         key = (
             app.graph_api_base if app else None,
             app.graph_api_version if app else None,
@@ -142,8 +175,8 @@ class CloudApiClient:
             if len(self._targets) > 10_000:
                 self._targets.clear()
             target = self._targets[key] = (
-                URL(self._url(app, f"{phone_number_id}/messages")),
-                CIMultiDictProxy(CIMultiDict(self._headers(app))),
+                self._url(app, f"{phone_number_id}/messages"),
+                self._headers(app),
             )
         return target
 
@@ -152,13 +185,14 @@ class CloudApiClient:
     ) -> SendResponse:
         url, headers = self._send_target(app, phone_number_id)
         try:
-            async with self.session.post(url, data=orjson.dumps(body), headers=headers) as resp:
-                content = await resp.read()
-                status = resp.status
-        except NOT_SENT as exc:
-            return SendResponse(error_message=type(exc).__name__)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # Read timeouts, dropped connections: the request may have been processed.
+            request = self.sender.post(url).headers(headers).body_bytes(orjson.dumps(body)).build()
+            resp = await request.send()
+            content = bytes(await resp.bytes())
+            status = resp.status
+        except (TimeoutError, PyreqwestError) as exc:
+            if nothing_sent(exc):
+                return SendResponse(error_message=type(exc).__name__)
+            # Timeouts, dropped connections: the request may have been processed.
             return SendResponse(error_message=type(exc).__name__, in_doubt=True)
         return parse_send_answer(status, content)
 

@@ -75,42 +75,6 @@ _COLUMNS = (
 _VALUES = "$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::text::jsonb"
 
 
-# The batch as one statement: one array per column (unnest), instead of one Bind/Execute per row
-# (executemany): less CPU in the sender and in PostgreSQL per message.
-_UNNEST = (
-    "SELECT m, t, p, rc, s, a, w, cb, it, tn, c, fw, rs, ec, rq::jsonb FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], "
-    "$9::bool[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[], $15::text[]"
-    ") AS u(m, t, p, rc, s, a, w, cb, it, tn, c, fw, rs, ec, rq)"
-)
-
-
-async def _upsert(pool: asyncpg.Pool, rows: Sequence[MessageRow], conflict: str) -> None:
-    """Insert-or-update ``rows``: one unnest statement, or, when a message appears twice in the
-    batch (one statement cannot update a row twice), row by row in order as before."""
-    values = [r.values() for r in rows]
-    if len({v[0] for v in values}) == len(values):
-        await pool.execute(f"INSERT INTO sender.messages ({_COLUMNS}) {_UNNEST} {conflict}", *zip(*values, strict=True))
-    else:
-        await pool.executemany(f"INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES}) {conflict}", values)
-
-
-_INTENT_CONFLICT = """ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
-                  callback_data = EXCLUDED.callback_data, is_template = EXCLUDED.is_template,
-                  template_name = EXCLUDED.template_name, category = EXCLUDED.category,
-                  free_window = EXCLUDED.free_window, request = EXCLUDED.request, updated_at = now()
-                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')"""
-
-_OUTCOME_CONFLICT = """ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
-                  wamid = COALESCE(EXCLUDED.wamid, sender.messages.wamid),
-                  is_template = EXCLUDED.is_template, template_name = EXCLUDED.template_name,
-                  category = EXCLUDED.category, free_window = EXCLUDED.free_window,
-                  reason = EXCLUDED.reason, error_code = EXCLUDED.error_code,
-                  callback_data = COALESCE(EXCLUDED.callback_data, sender.messages.callback_data),
-                  request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
-                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')"""
-
-
 def _row(r: asyncpg.Record) -> MessageRow:
     return MessageRow(**{k: r[k] for k in _COLUMNS.split(", ")})
 
@@ -128,12 +92,33 @@ class SenderStore:
 
     async def record_intents(self, rows: Sequence[MessageRow]) -> None:
         """Before the Cloud API call: state 'sending' for this attempt (never over a final state)."""
-        if rows:
-            await _upsert(self.pool, rows, _INTENT_CONFLICT)
+        if not rows:
+            return
+        await self.pool.executemany(
+            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES})
+                ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
+                  callback_data = EXCLUDED.callback_data, is_template = EXCLUDED.is_template,
+                  template_name = EXCLUDED.template_name, category = EXCLUDED.category,
+                  free_window = EXCLUDED.free_window, request = EXCLUDED.request, updated_at = now()
+                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
+            [r.values() for r in rows],
+        )
 
     async def record_outcomes(self, rows: Sequence[MessageRow]) -> None:
-        if rows:
-            await _upsert(self.pool, rows, _OUTCOME_CONFLICT)
+        if not rows:
+            return
+        await self.pool.executemany(
+            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES})
+                ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
+                  wamid = COALESCE(EXCLUDED.wamid, sender.messages.wamid),
+                  is_template = EXCLUDED.is_template, template_name = EXCLUDED.template_name,
+                  category = EXCLUDED.category, free_window = EXCLUDED.free_window,
+                  reason = EXCLUDED.reason, error_code = EXCLUDED.error_code,
+                  callback_data = COALESCE(EXCLUDED.callback_data, sender.messages.callback_data),
+                  request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
+                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
+            [r.values() for r in rows],
+        )
 
     async def message_for_tenant(self, tenant_id: str, message_id: str) -> dict[str, Any] | None:
         r = await self.pool.fetchrow(
