@@ -67,7 +67,10 @@ def classify(
     languages = LanguageIdentifier()
     threshold = settings.confidence_threshold
 
+    failed = 0
+
     def flush(lines: list[str]) -> None:
+        nonlocal failed
         texts: list[str] = []
         errors: dict[int, str] = {}
         for i, line in enumerate(lines):
@@ -77,8 +80,9 @@ def classify(
                 if not isinstance(text, str):
                     raise ValueError('each line needs a string "text"')
             except ValueError as exc:
-                errors[i], text = str(exc), ""
+                errors[i], text = f"line {seen + i + 1}: {exc}", ""
             texts.append(text)
+        failed += len(errors)
         preds = model.predict(texts)
         langs = languages.detect_many(texts)
         for i, (p, lang) in enumerate(zip(preds, langs, strict=True)):
@@ -93,15 +97,21 @@ def classify(
         sys.stdout.flush()
 
     pending: list[str] = []
+    seen = 0  # input lines classified so far (for error messages)
     for line in sys.stdin:
         if not line.strip():
             continue
         pending.append(line)
         if len(pending) >= batch:
             flush(pending)
+            seen += len(pending)
             pending = []
     if pending:
         flush(pending)
+    if failed:
+        # One output line per input line keeps the output aligned; the exit code says it was not clean.
+        typer.echo(f"error: {failed} input line(s) could not be classified", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("eval")
