@@ -10,6 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from parley_billing.traffic import feed
+
 from .billing_scenario import (
     OCT_IN_LIST,
     SEPT_BR_TOTAL,
@@ -20,8 +23,6 @@ from .billing_scenario import (
     late_and_october,
     september,
 )
-from fastapi import FastAPI
-from parley_billing.traffic import feed
 
 pytestmark = pytest.mark.infra
 

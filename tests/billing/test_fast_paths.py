@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from parley_billing.domain.engine import PMP_START, Business, InboundFact, OutboundFact, Timeline, price_timeline
 from parley_billing.domain.markets import country_of
+
 from .test_pricing_rules import CARD
 
 

@@ -16,6 +16,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from fastapi import FastAPI
+from parley_billing.app import create_app
+from parley_billing.handlers import GROUP
+from parley_billing.settings import BillingSettings
+from parley_billing.store import ledger_fingerprint, ledger_totals
+from parley_billing.traffic import Event, feed, generate
+from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, SENDS, STATUSES
+
 from .billing_scenario import (
     OCT_IN_LIST,
     SEPT_BR_TOTAL,
@@ -26,13 +34,6 @@ from .billing_scenario import (
     late_and_october,
     september,
 )
-from fastapi import FastAPI
-from parley_billing.app import create_app
-from parley_billing.handlers import GROUP
-from parley_billing.settings import BillingSettings
-from parley_billing.store import ledger_fingerprint, ledger_totals
-from parley_billing.traffic import Event, feed, generate
-from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, SENDS, STATUSES
 
 pytestmark = pytest.mark.infra
 

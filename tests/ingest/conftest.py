@@ -14,10 +14,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
-from .ingest_support import REGISTRY, SECRETS
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+
+from .ingest_support import REGISTRY, SECRETS
 
 
 @dataclass

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from .ingest_support import CORPUS_TENANTS, assert_subset, corpus_cases
 from parley_common.meta import normalise_webhook
+
+from .ingest_support import CORPUS_TENANTS, assert_subset, corpus_cases
 
 RECEIVED = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 CASES = corpus_cases()

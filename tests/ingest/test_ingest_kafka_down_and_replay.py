@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from .conftest import IngestEnv, read_topic
-from .ingest_support import APP1_SECRET, APP_1, corpus_cases
 from parley_common.contracts import InboundMessage
 from parley_common.meta.signature import sign
 from parley_common.topics import MESSAGES_IN
+
+from .conftest import IngestEnv, read_topic
+from .ingest_support import APP1_SECRET, APP_1, corpus_cases
 
 pytestmark = pytest.mark.infra
 

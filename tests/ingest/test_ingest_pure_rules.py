@@ -53,3 +53,17 @@ def test_idempotent_message_ids_are_stable_per_tenant_key_and_position() -> None
         len({new_message_id("t1", "k", 0), new_message_id("t2", "k", 0), new_message_id("t1", "k", 1)}) == 3
     )
     assert new_message_id("t1", None, 0) != new_message_id("t1", None, 0)
+
+
+def test_send_request_with_values_json_cannot_carry_is_a_validation_error_not_a_crash():
+    """Found by the OpenAPI fuzz run: a 35-digit integer inside contacts crashed fingerprinting."""
+    import pytest
+    from parley_ingest.domain.send_requests import SendMessageRequest
+    from pydantic import ValidationError
+
+    base = {"from": "99", "type": "contacts", "to": "447911123456"}
+    for bad in ([{"n": -114221568902742553052117207089152}], [{"name": "\ud937x"}]):
+        with pytest.raises(ValidationError, match="JSON cannot carry"):
+            SendMessageRequest.model_validate({**base, "contacts": bad})
+    ok = SendMessageRequest.model_validate({**base, "contacts": [{"name": {"formatted_name": "Ana"}}]})
+    assert ok.fingerprint()

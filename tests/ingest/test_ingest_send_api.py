@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from .conftest import IngestEnv, read_topic
 from parley_common.contracts import OutboundMessage
 from parley_common.topics import MESSAGES_OUT
+
+from .conftest import IngestEnv, read_topic
 
 pytestmark = pytest.mark.infra
 

@@ -8,6 +8,10 @@ from collections import Counter
 
 import orjson
 import pytest
+from parley_common.contracts import AccountEvent, DeadLetter, InboundMessage, MessageStatus
+from parley_common.meta.signature import sign
+from parley_common.topics import ACCOUNT_EVENTS, DEAD_LETTERS, MESSAGES_IN, STATUSES, WEBHOOKS_RAW
+
 from .conftest import IngestEnv, read_topic
 from .ingest_support import (
     APP1_SECRET,
@@ -18,9 +22,6 @@ from .ingest_support import (
     CORPUS_TENANTS,
     corpus_cases,
 )
-from parley_common.contracts import AccountEvent, DeadLetter, InboundMessage, MessageStatus
-from parley_common.meta.signature import sign
-from parley_common.topics import ACCOUNT_EVENTS, DEAD_LETTERS, MESSAGES_IN, STATUSES, WEBHOOKS_RAW
 
 pytestmark = pytest.mark.infra
 

@@ -155,6 +155,17 @@ class SendMessageRequest(BaseModel):
             raise PydanticCustomError("phone_number", "not a valid phone number")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
 
+    @model_validator(mode="after")
+    def _encodable(self) -> SendMessageRequest:
+        """Free-form parts (contacts, components) must survive the trip to Kafka and Meta as JSON:
+        no integers beyond 64 bits, no lone UTF-16 surrogates."""
+        try:
+            orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+        except TypeError as exc:
+            raise PydanticCustomError("not_encodable", "contains a value JSON cannot carry: {reason}",
+                                      {"reason": str(exc)}) from exc
+        return self
+
     def problems(self) -> list[tuple[str, str]]:
         """Rules across fields, as (field, reason); empty when the request is sendable."""
         found: list[tuple[str, str]] = []
