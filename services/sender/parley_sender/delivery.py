@@ -368,9 +368,12 @@ class Sender:
         tenants: dict[str, Tenant | None] = {}
         for m in todo:
             tenants[m.message_id] = d.tenants.get(m.tenant_id or "") or d.tenant_for_number(m.phone_number_id)
-        windows = await self.store.windows((m.phone_number_id, m.recipient) for m in todo)
+        # Order matters: the window tracker saves a window before it records the inbound wamid, so
+        # reading the known wamids first and the windows second never sees a known reference
+        # without its window (the other order could refuse a fresh reply in between).
         refs = [m.reply_to_wamid for m in todo if m.reply_to_wamid]
         known = await self.store.known_inbound(refs) if refs else set()
+        windows = await self.store.windows((m.phone_number_id, m.recipient) for m in todo)
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for m in todo:
             t = tenants[m.message_id]

@@ -115,6 +115,7 @@ async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> No
         if after.csw.last_inbound_at != before.csw.last_inbound_at:
             latest_wamid[key] = m.wamid
         current[key] = after
+    # Windows first, then the wamids: the send path relies on this order (Sender._send_all).
     await sender.store.save_windows([(p, c, current[(p, c)], latest_wamid.get((p, c))) for p, c in keys])
     await sender.store.record_inbound_refs(
         [(m.wamid, m.phone_number_id, m.customer_id, m.occurred_at) for m in inbound]
