@@ -75,7 +75,7 @@ def _require_str(obj: dict[str, Any], key: str, name: str) -> str:
 
 
 def normalise_recipient(to: str) -> str:
-    """The wa_id Meta answers for an input: digits only (a BSUID ``CC.xxx`` is kept as is)."""
+    """The wa_id Meta answers for an input: digits only (a BSUID ``CC.<id>`` is kept as is)."""
     if to.isdigit():
         return to
     if _BSUID.fullmatch(to):
@@ -128,8 +128,7 @@ def parse_send(body: Any) -> SendRequest:
         _require_str(payload, "message_id", "reaction['message_id']")
         if "emoji" not in payload:
             raise _invalid("Param reaction['emoji'] is required")
-    elif msg_type == "contacts":
-        pass  # Meta's contact cards are open-ended; any object list is passed through.
+    # "contacts": Meta's contact cards are open-ended; any object list is passed through unchecked.
     elif msg_type == "template":
         name = _require_str(payload, "name", "template['name']")
         language = _require_dict(payload.get("language"), "template['language']")

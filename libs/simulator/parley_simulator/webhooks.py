@@ -1,7 +1,7 @@
 """Posting signed webhooks to the receiver, the way Meta does.
 
 - Every POST body is signed: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app secret, body)>``.
-  Bodies are serialised with non-ASCII characters escaped (``\\uXXXX``), as Meta sends them; the
+  Bodies are serialised with non-ASCII characters escaped as ``\\u`` plus four hex digits, as Meta sends them; the
   signature covers exactly the bytes sent.
 - Statuses become due at their own time and are gathered into batches: several ``statuses[]``
   per change, one change per phone number, one ``entry[]`` per WABA (and sometimes one entry per
