@@ -16,11 +16,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import uvicorn
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.kafka import KafkaBroker
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -31,6 +32,7 @@ from parley_common.redaction import Redactor
 from parley_common.settings import CommonSettings
 from parley_common.telemetry import configure_logging, make_registry, make_tracer_provider
 from parley_common.tenancy.directory import LiveTenantDirectory, TenantDirectory
+from parley_common.tenancy.models import Tenant
 
 log = logging.getLogger("parley.runtime")
 
@@ -107,6 +109,26 @@ async def stop_runtime(rt: Runtime) -> None:
         await rt.pool.close()
     with contextlib.suppress(Exception):
         rt.tracer_provider.force_flush(2000)
+
+
+_bearer = HTTPBearer(auto_error=False, description="A tenant API key (parley-tenants key add)")
+
+
+async def current_tenant(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Tenant:
+    """The tenant whose API key is the request's Bearer token (compared in constant time), else 401.
+    Every per-tenant route of every service depends on this, so one tenant's key never acts on
+    another tenant's data."""
+    rt: Runtime = request.app.state.runtime
+    tenant = rt.tenants.tenant_for_api_key(credentials.credentials) if credentials else None
+    if tenant is None:
+        raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 
 def ops_router(rt: Runtime) -> APIRouter:

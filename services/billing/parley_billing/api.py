@@ -9,8 +9,8 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import phonenumbers
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from parley_common.runtime import Runtime
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from parley_common.runtime import Runtime, TenantDep
 from parley_common.tenancy.models import Tenant
 from pydantic import BaseModel, Field, field_validator
 
@@ -45,20 +45,6 @@ class EstimateRequest(BaseModel):
     items: list[EstimateItem] = Field(min_length=1, max_length=1000)
 
 
-def current_tenant(request: Request) -> Tenant:
-    """The tenant whose API key is the request's Bearer token, else 401."""
-    rt: Runtime = request.app.state.runtime
-    auth = request.headers.get("authorization", "")
-    scheme, _, key = auth.partition(" ")
-    tenant = rt.tenants.tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
-    if tenant is None:
-        raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer …)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    return tenant
-
-
-# Module level: with postponed annotations FastAPI resolves these names in the module's globals.
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 
 def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,

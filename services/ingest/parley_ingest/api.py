@@ -16,10 +16,10 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
+from parley_common.runtime import TenantDep
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import MESSAGES_OUT
 
@@ -122,15 +122,9 @@ _COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def api_router(svc: IngestServices) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["send API"])
-    bearer = HTTPBearer(auto_error=False, description="A tenant API key (parley-tenants key add)")
     limits = TenantRateLimits(svc.settings.api_rate_limit)
 
-    async def authenticated_tenant(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> Tenant:
-        tenant = svc.tenants.tenant_for_api_key(credentials.credentials) if credentials else None
-        if tenant is None:
-            raise HTTPException(401, "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"})
+    async def authenticated_tenant(tenant: TenantDep) -> Tenant:
         wait = limits.retry_after(tenant)
         if wait is not None:
             raise HTTPException(429, "request rate limit exceeded", headers={"Retry-After": str(wait)})

@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from parley_common.runtime import Runtime
+from fastapi import APIRouter, HTTPException, Path, Query, Response
+from parley_common.runtime import Runtime, TenantDep
 from parley_common.tenancy.models import Tenant
 from pydantic import BaseModel, Field, field_validator
 
@@ -50,18 +50,6 @@ class IntentExamples(BaseModel):
         return out
 
 
-def current_tenant(request: Request) -> Tenant:
-    """The tenant whose API key is the request's Bearer token, else 401."""
-    rt: Runtime = request.app.state.runtime
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    tenant = rt.tenants.tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
-    if tenant is None:
-        raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer …)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    return tenant
-
-
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 
 def _model(status: ModelStatus) -> dict[str, Any]:

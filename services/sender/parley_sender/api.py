@@ -3,10 +3,10 @@
 Another tenant's message or template is answered 404, exactly as a missing one.
 """
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException
-from parley_common.tenancy.models import Tenant
+from fastapi import APIRouter, HTTPException
+from parley_common.runtime import TenantDep
 from pydantic import BaseModel, Field
 
 from parley_sender.catalogue import create_template, sync_templates
@@ -33,21 +33,9 @@ class TemplatePreview(BaseModel):
 def router(sender: Sender) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["sender"])
 
-    def tenant(authorization: Annotated[str | None, Header()] = None) -> Tenant:
-        scheme, _, key = (authorization or "").partition(" ")
-        found = (
-            sender.directory().tenant_for_api_key(key.strip()) if scheme.lower() == "bearer" and key else None
-        )
-        if found is None:
-            raise HTTPException(
-                401, "a valid tenant API key is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return found
-
-    Auth = Annotated[Tenant, Depends(tenant)]
 
     @r.get("/messages/{message_id}", summary="A message's state, delivery status and errors")
-    async def get_message(message_id: str, t: Auth) -> dict[str, Any]:
+    async def get_message(message_id: str, t: TenantDep) -> dict[str, Any]:
         row = await sender.store.message_for_tenant(t.tenant_id, message_id)
         if row is None:
             raise HTTPException(404, "no such message")
@@ -76,12 +64,12 @@ def router(sender: Sender) -> APIRouter:
         }
 
     @r.get("/templates", summary="The tenant's template catalogue")
-    async def list_templates(t: Auth) -> dict[str, Any]:
+    async def list_templates(t: TenantDep) -> dict[str, Any]:
         rows = await sender.store.templates(t.tenant_id)
         return {"data": [{k: v for k, v in row.items() if k != "tenant_id"} for row in rows]}
 
     @r.post("/templates", status_code=201, summary="Submit a template to Meta for review")
-    async def post_template(body: TemplateCreate, t: Auth) -> dict[str, Any]:
+    async def post_template(body: TemplateCreate, t: TenantDep) -> dict[str, Any]:
         waba = body.waba_id or (t.waba_ids[0] if t.waba_ids else None)
         if waba is None or waba not in t.waba_ids:
             raise HTTPException(404, "no such WABA")
@@ -102,7 +90,7 @@ def router(sender: Sender) -> APIRouter:
         }
 
     @r.post("/templates/sync", summary="Refresh the catalogue from the Graph API")
-    async def post_sync(t: Auth) -> dict[str, int]:
+    async def post_sync(t: TenantDep) -> dict[str, int]:
         try:
             counts = await sync_templates(sender.store, sender.client, sender.directory(), t.tenant_id)
         except GraphApiError as exc:
@@ -111,7 +99,7 @@ def router(sender: Sender) -> APIRouter:
         return counts
 
     @r.post("/templates/preview", summary="Validate parameters and render the final text")
-    async def preview(body: TemplatePreview, t: Auth) -> dict[str, Any]:
+    async def preview(body: TemplatePreview, t: TenantDep) -> dict[str, Any]:
         catalogue = await sender.catalogue(t.tenant_id)
         try:
             template, rendered = validate_send(
