@@ -171,15 +171,15 @@ running_pid() {
 
 server_log() { printf '%s\n' "$KAFKA_LOGS/server.log"; }
 
-log_size() { stat -c %s "$(server_log)" 2>/dev/null || echo 0; }
 
 # "Kafka Server started" written after byte offset $1 of server.log (or anywhere, if the log was rotated).
+# Did the broker log "Kafka Server started" at or after $1 ("YYYY-MM-DD HH:MM:SS", the log's own
+# timestamp format)? Reads the rotated files too: a broker with much state can log enough during
+# start-up to roll server.log before it is ready.
 started_since() {
-  local off="$1" f
-  f="$(server_log)"
-  [[ -f "$f" ]] || return 1
-  if (( $(log_size) < off )); then off=0; fi
-  tail -c +"$((off + 1))" -- "$f" | grep -q 'Kafka Server started'
+  local since="$1"
+  grep -h 'Kafka Server started' "$KAFKA_LOGS"/server.log* 2>/dev/null | cut -c2-20 \
+    | awk -v s="$since" '$0 >= s { found = 1 } END { exit !found }'
 }
 
 fail_start() {
@@ -261,7 +261,7 @@ If it is a broker you want to use instead, export PARLEY_KAFKA_BOOTSTRAP."
 
   local off t0
   t0="$(timer_start)"
-  off="$(log_size)"
+  off="$(date '+%Y-%m-%d %H:%M:%S')"
   log "starting Kafka $(kafka_version) (KRaft broker+controller, heap: $HEAP_OPTS) ..."
   # setsid: own session, so the caller's Ctrl-C / process-group kill does not take the broker down.
   # 9>&-: do not leak the lock fd into the long-lived broker.
