@@ -311,11 +311,11 @@ class Sender:
     ) -> list[Outcome]:
         existing = await self.store.messages(list(msgs))
         outcomes: list[Outcome] = []
-        todo: list[OutboundMessage] = []
+        to_send: list[OutboundMessage] = []
         for m in msgs.values():
             row = self.recent.get(m.message_id) or existing.get(m.message_id)
             if row is None:
-                todo.append(m)
+                to_send.append(m)
             elif row.state in FINAL_STATES and not (row.state == "dead" and m.origin == "replay"):
                 if row.state in RESULT_STATES:
                     outcomes.append(Outcome(row))  # re-publish: idempotent by event_id
@@ -324,8 +324,8 @@ class Sender:
             elif row.state == "sending" and m.attempt <= row.attempt:
                 outcomes.append(await self._cut_off_mid_send(m, row))
             else:
-                todo.append(m)
-        outcomes.extend(await self._send_all(todo, gate, raw or {}))
+                to_send.append(m)
+        outcomes.extend(await self._send_all(to_send, gate, raw or {}))
         return outcomes
 
     async def _hold_until_due(self, msgs: dict[str, OutboundMessage]) -> dict[str, OutboundMessage]:
@@ -359,23 +359,23 @@ class Sender:
         )
 
     async def _send_all(
-        self, todo: list[OutboundMessage], gate: Gate | None = None, raw: dict[str, bytes] | None = None
+        self, to_send: list[OutboundMessage], gate: Gate | None = None, raw: dict[str, bytes] | None = None
     ) -> list[Outcome]:
-        if not todo:
+        if not to_send:
             return []
         d = self.directory()
         now = now_utc()
         tenants: dict[str, Tenant | None] = {}
-        for m in todo:
+        for m in to_send:
             tenants[m.message_id] = d.tenants.get(m.tenant_id or "") or d.tenant_for_number(m.phone_number_id)
         # Order matters: the window tracker saves a window before it records the inbound wamid, so
         # reading the known wamids first and the windows second never sees a known reference
         # without its window (the other order could refuse a fresh reply in between).
-        refs = [m.reply_to_wamid for m in todo if m.reply_to_wamid]
+        refs = [m.reply_to_wamid for m in to_send if m.reply_to_wamid]
         known = await self.store.known_inbound(refs) if refs else set()
-        windows = await self.store.windows((m.phone_number_id, m.recipient) for m in todo)
+        windows = await self.store.windows((m.phone_number_id, m.recipient) for m in to_send)
         by_tenant: dict[str, list[str]] = defaultdict(list)
-        for m in todo:
+        for m in to_send:
             t = tenants[m.message_id]
             if t is not None:
                 by_tenant[t.tenant_id].append(m.recipient)
@@ -388,7 +388,7 @@ class Sender:
 
         outcomes: list[Outcome] = []
         plans: list[tuple[OutboundMessage, SendPlan, Tenant]] = []
-        for m in todo:
+        for m in to_send:
             tenant = tenants[m.message_id]
             if tenant is None:
                 outcomes.append(
