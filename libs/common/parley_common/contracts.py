@@ -176,6 +176,95 @@ class ConsentChange(Event):
     source: str  # router_keyword | quick_reply | user_preferences | error_131050
 
 
+# --- wa.commerce ---------------------------------------------------------------------------
+# Payment updates and inbound carts (docs/adr/0110-commerce-placement.md). Both keep what Meta
+# sent: the typed fields are read from it, the whole object travels beside them.
+
+class Amount(MetaShape):
+    """Meta's exact amount: ``value`` in units of 1/``offset`` (45000 with offset 100 is 450.00)."""
+
+    value: int
+    offset: int = 100
+
+    def exact(self) -> Decimal:
+        return Decimal(self.value) / Decimal(self.offset)
+
+
+class PaymentRefund(MetaShape):
+    id: str | None = None
+    status: str | None = None  # pending | success | failed | (new values kept)
+    amount: Amount | None = None
+    currency: str | None = None
+
+
+class PaymentTransaction(MetaShape):
+    id: str | None = None
+    type: str | None = None  # the gateway or method family (razorpay, payu, pix, ...)
+    status: str | None = None  # pending | success | failed | (new values kept)
+    amount: Amount | None = None
+    currency: str | None = None
+    method: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    refunds: list[PaymentRefund] = Field(default_factory=list)
+
+
+class PaymentUpdate(Event):
+    """A payment of an ``order_details`` request changed (``statuses[]`` with ``type: payment``).
+
+    Not a message status. ``event_id`` is ``payment:`` and a hash of the status object, so a
+    redelivery has the same id and every later update (a refund, a retry) a new one.
+    """
+
+    kind: Literal["payment"] = "payment"
+    waba_id: str | None = None
+    payment_id: str | None = None  # the status object's ``id``
+    reference_id: str
+    status: str  # captured | pending | failed | (new values kept)
+    recipient_id: str | None = None
+    recipient_user_id: str | None = None
+    amount: Amount | None = None
+    currency: str | None = None
+    transactions: list[PaymentTransaction] = Field(default_factory=list)
+    payment: dict[str, Any] = Field(default_factory=dict)  # ``payment`` as Meta sent it
+    status_object: dict[str, Any] = Field(default_factory=dict)  # the whole status as Meta sent it
+
+    @staticmethod
+    def make_event_id(status_object: dict[str, Any]) -> str:
+        return "payment:" + body_hash(status_object)
+
+
+class CartItem(MetaShape):
+    product_retailer_id: str
+    quantity: int
+    item_price: Decimal
+    currency: str
+
+
+class OrderCart(Event):
+    """A customer sent a cart from a catalog (an inbound ``order`` message; event_id ``cart:<wamid>``).
+
+    The same message also goes to wa.messages.in as an ``InboundMessage`` (it opens the window).
+    """
+
+    kind: Literal["cart"] = "cart"
+    waba_id: str | None = None
+    wamid: str
+    customer_wa_id: str | None = None
+    customer_user_id: str | None = None
+    catalog_id: str | None = None
+    text: str | None = None
+    product_items: list[CartItem] = Field(default_factory=list)
+    referral: Referral | None = None
+    order: dict[str, Any] = Field(default_factory=dict)  # ``order`` as Meta sent it
+
+    @staticmethod
+    def make_event_id(wamid: str) -> str:
+        return f"cart:{wamid}"
+
+    def total(self) -> Decimal:
+        return sum((i.item_price * i.quantity for i in self.product_items), Decimal(0))
+
+
 # --- wa.messages.out -----------------------------------------------------------------------
 
 SEND_PRIORITIES = ("reply", "authentication", "utility", "marketing")

@@ -49,12 +49,14 @@ SENDS = Topic("wa.sends", 12, "phone_number_id", 30 * DAY_MS,
               "send results: accepted, refused, failed")
 AGENT_QUEUE = Topic("wa.agents", 6, "phone_number_id", 7 * DAY_MS,
                     "messages for human agents (tenant, skill and language in the record)")
+COMMERCE = Topic("wa.commerce", 12, "phone_number_id", 30 * DAY_MS,
+                  "payment updates and inbound carts (PaymentUpdate, OrderCart)")
 DEAD_LETTERS = Topic("wa.deadletter", 3, "original key", 30 * DAY_MS,
                      "records a service could not handle after bounded retries")
 
 ALL_TOPICS: tuple[Topic, ...] = (
     WEBHOOKS_RAW, MESSAGES_IN, STATUSES, ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY,
-    MESSAGES_ROUTED, SENDS, AGENT_QUEUE, DEAD_LETTERS,
+    MESSAGES_ROUTED, SENDS, AGENT_QUEUE, DEAD_LETTERS, COMMERCE,
 )
 
 

@@ -348,7 +348,8 @@ def _count(svc: IngestServices, normalised: NormalisedWebhook, directory: Tenant
     """Events per kind; events whose number is not registered (or, for account events, whose
     number and WABA are not) are published anyway and counted as unknown."""
     m = svc.metrics
-    for kind, events in (("message", normalised.messages), ("status", normalised.statuses)):
+    for kind, events in (("message", normalised.messages), ("status", normalised.statuses),
+                         ("payment", normalised.payments), ("cart", normalised.carts)):
         if events:
             m.webhook_events.labels(kind).inc(len(events))
             unknown = sum(1 for e in events if e.phone_number_id not in directory.numbers)

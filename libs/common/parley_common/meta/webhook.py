@@ -32,10 +32,13 @@ from parley_common.contracts import (
     MessageContext,
     MessageStatus,
     MetaError,
+    OrderCart,
+    PaymentUpdate,
     Pricing,
     Referral,
     body_hash,
 )
+from parley_common.meta.commerce import is_payment_status, order_cart, payment_update
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 MESSAGES_FIELD = "messages"
@@ -108,10 +111,13 @@ class NormalisedWebhook:
     statuses: list[MessageStatus] = field(default_factory=list)
     account_events: list[AccountEvent] = field(default_factory=list)
     problems: list[ShapeProblem] = field(default_factory=list)
+    payments: list[PaymentUpdate] = field(default_factory=list)  # statuses[] of type payment
+    carts: list[OrderCart] = field(default_factory=list)  # inbound order messages, typed
 
     @property
     def event_count(self) -> int:
-        return len(self.messages) + len(self.statuses) + len(self.account_events)
+        return (len(self.messages) + len(self.statuses) + len(self.account_events) + len(self.payments)
+                + len(self.carts))
 
 
 def decode_webhook(raw: bytes) -> Any:
@@ -244,9 +250,17 @@ def _messages_change(ctx: _ChangeContext, out: NormalisedWebhook) -> None:
             out.messages.append(_inbound_message(ctx, msg, contacts, tenant_id, pnid))
         except (ValueError, TypeError, OverflowError, OSError, ValidationError) as exc:
             out.problems.append(ShapeProblem(where, _reason(exc), msg, key=pnid))
+            continue
+        if out.messages[-1].type == "order":
+            _order_cart(ctx, msg, out, tenant_id, pnid, where)
     for k, st in enumerate(statuses if isinstance(statuses, list) else []):
         where = f"{ctx.where}.value.statuses[{k}]"
         try:
+            if is_payment_status(st):
+                out.payments.append(payment_update(
+                    st, tenant_id=tenant_id, phone_number_id=pnid, waba_id=ctx.waba_id,
+                    occurred_at=ctx.occurred_at(st.get("timestamp")), received_at=ctx.received_at))
+                continue
             out.statuses.append(_message_status(ctx, st, tenant_id, pnid))
         except (ValueError, TypeError, OverflowError, OSError, ValidationError) as exc:
             out.problems.append(ShapeProblem(where, _reason(exc), st, key=pnid))
@@ -386,6 +400,21 @@ def _readable_parts(mtype: str, payload: dict[str, Any]) -> tuple[str | None, st
     if mtype in ("order", "system"):
         return _str_or_none(payload.get("text") or payload.get("body")), None, None
     return None, None, None
+
+
+def _order_cart(
+    ctx: _ChangeContext, msg: dict[str, Any], out: NormalisedWebhook, tenant_id: str | None, pnid: str,
+    where: str,
+) -> None:
+    """The typed cart of an inbound order message (the message itself is already kept)."""
+    message = out.messages[-1]
+    try:
+        out.carts.append(order_cart(
+            msg, tenant_id=tenant_id, phone_number_id=pnid, waba_id=ctx.waba_id,
+            customer_wa_id=message.customer_wa_id, customer_user_id=message.customer_user_id,
+            occurred_at=message.occurred_at, received_at=ctx.received_at))
+    except (ValueError, TypeError, ValidationError) as exc:
+        out.problems.append(ShapeProblem(f"{where}.order", _reason(exc), msg.get("order"), key=pnid))
 
 
 # --- statuses ------------------------------------------------------------------------------

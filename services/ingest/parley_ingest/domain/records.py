@@ -8,7 +8,14 @@ from datetime import datetime
 
 from parley_common.contracts import DeadLetter, Event, body_hash
 from parley_common.meta import NormalisedWebhook, ShapeProblem
-from parley_common.topics import ACCOUNT_EVENTS, DEAD_LETTERS, MESSAGES_IN, STATUSES, WEBHOOKS_RAW
+from parley_common.topics import (
+    ACCOUNT_EVENTS,
+    COMMERCE,
+    DEAD_LETTERS,
+    MESSAGES_IN,
+    STATUSES,
+    WEBHOOKS_RAW,
+)
 
 JSON = "application/json"
 H_APP_ID = "x-parley-app-id"
@@ -51,12 +58,16 @@ def _event_record(topic: str, event: Event) -> OutRecord:
 
 
 def event_records(normalised: NormalisedWebhook) -> list[OutRecord]:
-    """Every message, status and account event, each on its topic, keyed by phone_number_id."""
+    """Every message, status, account and commerce event, each on its topic, keyed by phone_number_id."""
     # each topic name once per webhook (it reads the namespace from the environment)
     messages_in, statuses, account_events = MESSAGES_IN.name, STATUSES.name, ACCOUNT_EVENTS.name
     records = [_event_record(messages_in, m) for m in normalised.messages]
     records += [_event_record(statuses, s) for s in normalised.statuses]
     records += [_event_record(account_events, a) for a in normalised.account_events]
+    if normalised.payments or normalised.carts:  # payment updates and carts (ADR 0110)
+        commerce = COMMERCE.name
+        records += [_event_record(commerce, p) for p in normalised.payments]
+        records += [_event_record(commerce, c) for c in normalised.carts]
     return records
 
 
