@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Parley local PostgreSQL: a throwaway cluster of Parley's own (not the system cluster) on 127.0.0.1:55432,
 # from the OS packages, data in <repo>/.parley/pg/data, unix socket in <repo>/.parley/pg/run.
+# As root, when the checkout lies where the `postgres` user cannot reach (a home directory of mode 700,
+# as root's is on a fresh cloud machine), the cluster lives in /var/lib/parley/<hash of the checkout>/pg
+# instead; every command below finds it there.
 #
 #   deploy/local/postgres.sh up       install (apt, if missing), initdb once, start, ensure role+db (idempotent)
 #   deploy/local/postgres.sh down     pg_ctl stop -m fast (idempotent)
@@ -24,12 +27,26 @@ PG_DB=parley
 PG_USER=parley
 PG_PASSWORD=parley
 
-PG_STATE="$PARLEY_STATE_DIR/pg"
+PG_OS_USER=postgres
+
+# Where the cluster lives: under the checkout, unless we are root and the postgres user cannot traverse
+# the checkout's path (initdb and postgres refuse to run as root, so the cluster must be theirs to reach).
+pg_state_dir() {
+  if [[ $EUID -eq 0 ]] && id -u "$PG_OS_USER" >/dev/null 2>&1 \
+      && ! runuser -u "$PG_OS_USER" -- test -x "$PARLEY_ROOT" 2>/dev/null; then
+    local h
+    h="$(printf '%s' "$PARLEY_ROOT" | sha256sum | cut -c1-12)"
+    printf '/var/lib/parley/%s/pg\n' "$h"
+  else
+    printf '%s/pg\n' "$PARLEY_STATE_DIR"
+  fi
+}
+
+PG_STATE="$(pg_state_dir)"
 PG_DATA="$PG_STATE/data"
 PG_RUN="$PG_STATE/run"
 PG_LOGDIR="$PG_STATE/log"
 PG_LOG="$PG_LOGDIR/postgres.log"
-PG_OS_USER=postgres
 READY_TIMEOUT="${PARLEY_PG_READY_TIMEOUT:-60}"
 
 PG_BIN=""
@@ -67,7 +84,8 @@ pg_major() { basename "$(dirname "$PG_BIN")"; }
 # otherwise as ourselves.
 as_owner() {
   if [[ $EUID -eq 0 ]]; then
-    runuser -u "$PG_OS_USER" -- "$@"
+    # From /, so that a checkout the postgres user cannot enter is not its working directory.
+    (cd / && runuser -u "$PG_OS_USER" -- "$@")
   else
     "$@"
   fi
@@ -76,7 +94,7 @@ as_owner() {
 owner_name() { if [[ $EUID -eq 0 ]]; then echo "$PG_OS_USER"; else id -un; fi; }
 
 prepare_dirs() {
-  mkstate "$PARLEY_STATE_DIR" "$PG_STATE"
+  mkstate "$PARLEY_STATE_DIR" "$(dirname -- "$PG_STATE")" "$PG_STATE"
   mkdir -p -- "$PG_RUN" "$PG_LOGDIR"
   if [[ $EUID -eq 0 ]]; then
     id -u "$PG_OS_USER" >/dev/null 2>&1 || die "OS user '$PG_OS_USER' does not exist (normally created by the postgresql package)"
