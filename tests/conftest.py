@@ -26,6 +26,8 @@ import asyncpg
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Services refuse to start without a redaction key (outside the demo); tests use a throwaway one.
+os.environ.setdefault("PARLEY_REDACTION_KEY", "tests-" + uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ DEMO = REPO / "deploy" / "demo"
 BILLING_DATA = REPO / "services/billing/parley_billing/data"
 PORTS = {"simulator": 8090, "ingest": 8081, "router": 8082, "sender": 8083, "billing": 8084}
 SECRET_NAMES = ("PARLEY_DEMO_APP_SECRET", "PARLEY_DEMO_ACCESS_TOKEN", "PARLEY_DEMO_VERIFY_TOKEN",
-                "PARLEY_DEMO_APP2_SECRET", "PARLEY_DEMO_APP2_OLD_SECRET", "PARLEY_DEMO_APP2_ACCESS_TOKEN")
+                "PARLEY_DEMO_APP2_SECRET", "PARLEY_DEMO_APP2_OLD_SECRET", "PARLEY_DEMO_APP2_ACCESS_TOKEN",
+                "PARLEY_REDACTION_KEY")
 
 
 def say(msg: str) -> None:

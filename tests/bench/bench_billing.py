@@ -41,6 +41,8 @@ from parley_billing.store import MIGRATIONS, Metering, TenantInfo, ledger_finger
 from parley_billing.traffic import chaos, feed, generate
 from parley_common.db import create_pool, migrate
 
+os.environ.setdefault("PARLEY_DEMO", "true")  # a local measurement: the demo redaction key will do
+
 REPO = Path(__file__).resolve().parents[2]
 SERVER_URL = os.environ.get("PARLEY_DATABASE_URL", "postgresql://parley:parley@127.0.0.1:55432/parley")
 KAFKA = os.environ.get("PARLEY_KAFKA_BOOTSTRAP", "127.0.0.1:19092")

@@ -41,6 +41,8 @@ from typing import Any
 
 import orjson
 
+os.environ.setdefault("PARLEY_DEMO", "true")  # a local measurement: the demo redaction key will do
+
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "bench."
 APP_ID = "bench-app"

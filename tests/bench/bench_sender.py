@@ -33,6 +33,8 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaProducer
 
+os.environ.setdefault("PARLEY_DEMO", "true")  # a local measurement: the demo redaction key will do
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 

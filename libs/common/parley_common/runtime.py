@@ -6,6 +6,10 @@ broker (its subscribers) and the database pool. Operations routes:
 - ``/healthz``: liveness; answers from the process alone, never depends on Kafka.
 - ``/readyz``: the broker and the database answer.
 - ``/metrics``: Prometheus.
+
+With ``ops_port`` set (``PARLEY_<SERVICE>_OPS_PORT``), ``/metrics``, ``/docs`` and
+``/openapi.json`` are served only on that port (with ``/healthz`` and ``/readyz``), so that a
+deployment keeps them off the public face; the public port keeps the probes and the service's API.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from parley_common.broker import make_broker
 from parley_common.db import create_pool, migrate
 from parley_common.redaction import Redactor
-from parley_common.settings import CommonSettings
-from parley_common.telemetry import configure_logging, make_registry, make_tracer_provider
+from parley_common.settings import CommonSettings, redaction_key_of
+from parley_common.telemetry import HttpMetrics, OpsMonitor, configure_logging, make_registry, make_tracer_provider
 from parley_common.tenancy.directory import LiveTenantDirectory, TenantDirectory
 from parley_common.tenancy.models import Tenant
 
@@ -50,6 +54,7 @@ class Runtime:
     migrations: Sequence[tuple[str, Path]] = ()
     pool: asyncpg.Pool | None = None
     live_tenants: LiveTenantDirectory | None = None
+    ops: OpsMonitor | None = None
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -72,14 +77,43 @@ def build_runtime(
     configure_logs: bool = True,
     **broker_overrides: Any,
 ) -> Runtime:
-    redactor = Redactor(settings.redaction_key)
+    redactor = Redactor(redaction_key_of(settings))  # no key outside the demo: refuse to start
     if configure_logs:
         configure_logging(service, settings.log_level, redactor)
     tp = tracer_provider or make_tracer_provider(service)
     registry = make_registry()
     broker = make_broker(settings.kafka_bootstrap, service=service, tracer_provider=tp, registry=registry,
                          **broker_overrides)
-    return Runtime(service, settings, broker, registry, tp, redactor, migrations)
+    rt = Runtime(service, settings, broker, registry, tp, redactor, migrations)
+    rt.ops = OpsMonitor(registry, settings.kafka_bootstrap, readiness=lambda: readiness(rt))
+    return rt
+
+
+def _watch_subscribers(rt: Runtime) -> None:
+    """Every FastStream subscriber's group and topics, for the consumer-lag gauge (consumers of a
+    service's own, like the sender's, are added with ``rt.ops.watch``)."""
+    if rt.ops is None:
+        return
+    for sub in getattr(rt.broker, "subscribers", ()):
+        group = getattr(sub, "group_id", None)
+        topics = getattr(sub, "topics", None) or ()
+        if group and topics:
+            rt.ops.watch(group, list(topics))
+
+
+async def readiness(rt: Runtime) -> dict[str, bool]:
+    """The checks of /readyz: the broker and the database answer."""
+    checks: dict[str, bool] = {}
+    try:
+        checks["kafka"] = bool(await asyncio.wait_for(rt.broker.ping(timeout=2.0), 3.0))
+    except Exception:
+        checks["kafka"] = False
+    try:
+        async with rt.require_pool().acquire(timeout=2.0) as conn:
+            checks["database"] = await conn.fetchval("SELECT 1", timeout=2.0) == 1
+    except Exception:
+        checks["database"] = False
+    return checks
 
 
 async def start_runtime(rt: Runtime, *, start_broker: bool = True) -> None:
@@ -95,9 +129,14 @@ async def start_runtime(rt: Runtime, *, start_broker: bool = True) -> None:
         await hook()
     if start_broker:
         await rt.broker.start()
+    if rt.ops is not None:
+        _watch_subscribers(rt)
+        await rt.ops.start()
 
 
 async def stop_runtime(rt: Runtime) -> None:
+    if rt.ops is not None:
+        await rt.ops.stop()
     with contextlib.suppress(Exception):
         await rt.broker.stop()
     for hook in rt.on_stop:
@@ -131,7 +170,7 @@ async def current_tenant(
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 
-def ops_router(rt: Runtime) -> APIRouter:
+def ops_router(rt: Runtime, *, with_metrics: bool = True) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz", summary="Liveness (never depends on Kafka or the database)")
@@ -140,25 +179,36 @@ def ops_router(rt: Runtime) -> APIRouter:
 
     @router.get("/readyz", summary="Readiness: the broker and the database answer")
     async def readyz(response: Response) -> dict[str, object]:
-        checks: dict[str, bool] = {}
-        try:
-            checks["kafka"] = bool(await asyncio.wait_for(rt.broker.ping(timeout=2.0), 3.0))
-        except Exception:
-            checks["kafka"] = False
-        try:
-            async with rt.require_pool().acquire(timeout=2.0) as conn:
-                checks["database"] = await conn.fetchval("SELECT 1", timeout=2.0) == 1
-        except Exception:
-            checks["database"] = False
+        checks = await readiness(rt)
         ok = all(checks.values())
         response.status_code = 200 if ok else 503
         return {"status": "ready" if ok else "not ready", "checks": checks}
 
-    @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(rt.registry), media_type=CONTENT_TYPE_LATEST)
+    if with_metrics:
+        @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(rt.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def ops_app(rt: Runtime, public: FastAPI) -> FastAPI:
+    """The operations face on its own port: probes, metrics, and the public app's API docs."""
+    app = FastAPI(title=f"{public.title} (operations)", version=public.version, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.include_router(ops_router(rt))
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        return public.openapi()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=public.title)
+
+    return app
 
 
 def make_app(rt: Runtime, *, title: str, routers: Sequence[APIRouter] = (), version: str = "0.1.0",
@@ -171,14 +221,37 @@ def make_app(rt: Runtime, *, title: str, routers: Sequence[APIRouter] = (), vers
         finally:
             await stop_runtime(rt)
 
-    app = app_class(title=title, version=version, lifespan=lifespan)
-    app.include_router(ops_router(rt))
+    separate_ops = rt.settings.ops_port is not None
+    docs: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if separate_ops else {}
+    app = app_class(title=title, version=version, lifespan=lifespan, **docs)
+    app.include_router(ops_router(rt, with_metrics=not separate_ops))
     for r in routers:
         app.include_router(r)
+    app.add_middleware(HttpMetrics, registry=rt.registry)
     app.state.runtime = rt
     return app
 
 
 def serve(app: FastAPI, settings: CommonSettings) -> None:
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None,
-                access_log=False, loop="uvloop", http="httptools", lifespan="on")
+    """The service's HTTP face, and its operations face when ``ops_port`` is set, in one loop."""
+    if settings.ops_port is None:
+        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None,
+                    access_log=False, loop="uvloop", http="httptools", lifespan="on")
+        return
+    public = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_config=None,
+                                           access_log=False, loop="uvloop", http="httptools", lifespan="on"))
+    ops = uvicorn.Server(uvicorn.Config(ops_app(app.state.runtime, app), host=settings.ops_host,
+                                        port=settings.ops_port, log_config=None, access_log=False,
+                                        lifespan="off"))
+
+    async def both() -> None:
+        ops_task = asyncio.create_task(ops.serve())
+        try:
+            await public.serve()
+        finally:
+            ops.should_exit = True
+            await ops_task
+
+    import uvloop
+
+    uvloop.run(both())
