@@ -49,6 +49,12 @@ class MetaShape(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
 
+# ``notes`` on the records made from Meta's webhooks say what the normaliser could not take as
+# Meta sent it: a field kept raw (``pricing.billable: Input should be a valid boolean; kept raw
+# as raw_billable``), or a fallback (``timestamp missing; occurred_at is the receive time``).
+# Field paths and reasons only, never the values.
+
+
 # --- wa.messages.in ------------------------------------------------------------------------
 
 MESSAGE_TYPES = (
@@ -105,11 +111,20 @@ class InboundMessage(Event):
     referral: Referral | None = None
     errors: list[MetaError] = Field(default_factory=list)
     payload: dict[str, Any] = Field(default_factory=dict)  # the type object as Meta sent it
+    notes: list[str] = Field(default_factory=list)  # what could not be normalised (see above)
+
+    @property
+    def has_sender(self) -> bool:
+        return bool(self.customer_wa_id or self.customer_user_id)
 
     @property
     def customer_id(self) -> str:
-        """The identity to key per-customer state on: phone number, else BSUID."""
-        return self.customer_wa_id or self.customer_user_id or "unknown"
+        """The identity to key per-customer state on: phone number, else BSUID.
+
+        A message Meta sent without any sender is its own customer (``no-sender:<wamid>``), so
+        two such messages never share a window, a consent state or a pair-rate budget.
+        """
+        return self.customer_wa_id or self.customer_user_id or f"no-sender:{self.wamid}"
 
 
 # --- wa.statuses ---------------------------------------------------------------------------
@@ -142,6 +157,7 @@ class MessageStatus(Event):
     pricing: Pricing | None = None
     conversation: Conversation | None = None
     errors: list[MetaError] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # what could not be normalised (see above)
 
     @staticmethod
     def make_event_id(wamid: str, status: str) -> str:
@@ -161,6 +177,7 @@ class AccountEvent(Event):
     waba_id: str | None = None
     kind: str
     value: dict[str, Any] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)  # what could not be normalised (see above)
 
 
 class ConsentChange(Event):
