@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.runtime import Runtime, build_runtime, make_app
 
-from parley_billing import api, handlers
+from parley_billing import api, handlers, order_api, order_handlers
 from parley_billing.settings import BillingSettings
 from parley_billing.store import MIGRATIONS, UNKNOWN_TENANT, Metering, TenantInfo, TenantLookup
 
@@ -39,6 +39,9 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
 
     rt.on_start.append(attach_pool)
     handlers.register(rt.broker, metering, settings, rt.registry)
-    app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup)])
+    order_handlers.register(rt, rt.registry, batch_max_records=settings.order_batch_max_records,
+                            batch_timeout_ms=settings.batch_timeout_ms)
+    app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup),
+                                                        order_api.build_router(rt)])
     app.state.metering = metering
     return app

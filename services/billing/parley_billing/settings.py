@@ -19,3 +19,5 @@ class BillingSettings(CommonSettings):
     parallel_transactions: int = 2
     # A month is finalised this long after it ended in the tenant's time zone (late statuses).
     finalise_grace_hours: float = 48.0
+    # Orders (wa.commerce and the order messages of wa.messages.out) are stored one fact at a time.
+    order_batch_max_records: int = 500

@@ -1,0 +1,161 @@
+"""Kafka subscribers for orders: payment updates and carts (wa.commerce), and the business's
+``order_details`` / ``order_status`` messages (wa.messages.out). ADR 0111.
+
+Each record becomes at most one order fact, stored once; offsets are committed after the batch
+is stored (a replay finds the facts already there). A record that can never be a fact goes to
+the dead-letter topic on its own. A payment update for an order Parley never saw is stored (the
+order is ``unknown``), counted and logged by its reference id: kept and reported, not dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import orjson
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from parley_common.broker import CONSUMER_DEFAULTS
+from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
+from parley_common.runtime import Runtime
+from parley_common.topics import COMMERCE, MESSAGES_OUT
+from prometheus_client import CollectorRegistry, Counter
+
+from parley_billing import order_store
+from parley_billing.domain.orders import OrderError, fulfilment_fact, payment_fact, requested_fact
+
+log = logging.getLogger("parley.billing.orders")
+GROUP = "parley-billing"
+NOTICE_SWEEP_S = 15.0
+# Only these outbound records can be order facts; everything else is skipped before parsing.
+_ORDER_MARKERS = (b'"order_details"', b'"order_status"')
+
+
+class NoTenant(ValueError):
+    """The record names no tenant and its number belongs to none."""
+
+
+async def _raw_batch(msg: Any) -> None:
+    return None
+
+
+def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int, batch_timeout_ms: int) -> None:
+    broker: KafkaBroker = rt.broker
+    facts = Counter("parley_billing_order_facts", "New order facts stored, by kind", ["kind"], registry=registry)
+    orphans = Counter("parley_billing_orphan_payments",
+                      "Payment updates for a reference_id with no order_details (kept, state unknown)",
+                      registry=registry)
+    bad = Counter("parley_billing_order_bad_records", "Order records dead-lettered, by topic", ["topic"],
+                  registry=registry)
+    batch = {"batch": True, "max_records": batch_max_records, "batch_timeout_ms": batch_timeout_ms,
+             "decoder": _raw_batch, **CONSUMER_DEFAULTS}
+
+    def tenant_of(record: dict[str, Any]) -> str:
+        tenant = record.get("tenant_id")
+        if isinstance(tenant, str) and tenant:
+            return tenant
+        found = rt.tenants.tenant_for_number(record.get("phone_number_id"))
+        if found is None:
+            raise NoTenant(f"no tenant owns phone number id {record.get('phone_number_id')!r}")
+        return found.tenant_id
+
+    async def each(topic: str, msg: Any, handle: Callable[[dict[str, Any]], Any],
+                   wanted: Callable[[bytes], bool] = lambda _: True) -> None:
+        raw = msg.raw_message
+        for rec in raw if isinstance(raw, tuple) else (raw,):
+            body = rec.value if isinstance(rec.value, bytes) else b""
+            if not wanted(body):
+                continue
+            try:
+                record = orjson.loads(body)
+                if type(record) is not dict:
+                    raise OrderError("record is not a JSON object")
+                await handle(record)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the batch comes again; stored facts are not stored twice
+                bad.labels(topic).inc()
+                log.warning("order record dead-lettered", extra={"topic": topic, "error": type(exc).__name__,
+                                                                  "reason": str(exc)[:200]})
+                await publish_dead_letter(broker, dead_letter_record(
+                    service="billing", topic=topic, value=body, key=rec.key, exc=exc, attempts=1,
+                    partition=rec.partition, offset=rec.offset))
+
+    async def on_commerce_record(record: dict[str, Any]) -> None:
+        pool = rt.require_pool()
+        tenant = tenant_of(record)
+        if record.get("kind") == "cart":
+            if await order_store.record_cart(pool, tenant, record):
+                facts.labels("cart").inc()
+            return
+        if record.get("kind") != "payment":
+            raise OrderError(f"unknown commerce record kind {record.get('kind')!r}")
+        reference_id, fact = payment_fact(record)
+        result = await order_store.record_fact(pool, tenant, reference_id, fact)
+        if result.new:
+            facts.labels("payment").inc()
+            if result.view is not None and result.view.state == "unknown":
+                orphans.inc()
+                log.warning("payment update for an order Parley has not seen; kept as unknown",
+                            extra={"tenant_id": tenant, "reference_id": reference_id,
+                                   "payment_status": record.get("status")})
+
+    async def on_outbound_record(record: dict[str, Any]) -> None:
+        found = requested_fact(record) or fulfilment_fact(record)
+        if found is None:
+            return
+        reference_id, fact = found
+        result = await order_store.record_fact(rt.require_pool(), tenant_of(record), reference_id, fact)
+        if result.new:
+            facts.labels(fact.kind).inc()
+
+    @broker.subscriber(COMMERCE.name, group_id=GROUP, **batch)
+    async def on_commerce(msg: KafkaMessage) -> None:
+        await each(COMMERCE.name, msg, on_commerce_record)
+
+    @broker.subscriber(MESSAGES_OUT.name, group_id=GROUP, **batch)
+    async def on_outbound(msg: KafkaMessage) -> None:
+        await each(MESSAGES_OUT.name, msg, on_outbound_record,
+                   lambda body: any(m in body for m in _ORDER_MARKERS))
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start_sweep() -> None:
+        tasks.append(asyncio.create_task(_publish_notices_forever(rt)))
+
+    async def stop_sweep() -> None:
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    rt.on_start.append(start_sweep)
+    rt.on_stop.append(stop_sweep)
+
+
+async def publish_notice(rt: Runtime, tenant_id: str, reference_id: str, key: str, notice: dict[str, Any]) -> None:
+    """Publish a refund's order_status notice (acknowledged by Kafka), then mark it published.
+
+    The notice's message id is derived from the refund, so publishing it twice sends it once."""
+    await rt.broker.publish(orjson.dumps(notice), MESSAGES_OUT.name, key=str(notice["phone_number_id"]).encode(),
+                            headers={"content-type": "application/json", "x-parley-event-id": notice["event_id"],
+                                     "x-parley-tenant": tenant_id})
+    await order_store.mark_notice_published(rt.require_pool(), tenant_id, reference_id, key)
+
+
+async def _publish_notices_forever(rt: Runtime) -> None:
+    """Notices whose publish did not happen (crash or Kafka down after the commit) go out later."""
+    while True:
+        await asyncio.sleep(NOTICE_SWEEP_S)
+        try:
+            for row in await order_store.unpublished_notices(rt.require_pool()):
+                await publish_notice(rt, row["tenant_id"], row["reference_id"], row["idempotency_key"],
+                                     row["notice"])
+        except (asyncpg.PostgresError, OSError, RuntimeError) as exc:
+            log.warning("refund notices not published yet", extra={"error": type(exc).__name__})
+        except Exception:
+            log.exception("publishing refund notices failed")

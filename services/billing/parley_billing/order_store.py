@@ -1,0 +1,261 @@
+"""PostgreSQL adapter of orders (schema ``billing``; ADR 0111).
+
+Every fact is inserted once (``ON CONFLICT DO NOTHING`` on its id); only a new fact re-folds the
+order, under the order row's lock, from *all* its facts, so two consumers (or a consumer and the
+refund API) never write a view computed from a stale set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+from parley_common.db import AnyConnection
+
+from parley_billing.domain.orders import (
+    HistoryEntry,
+    Money,
+    OrderFact,
+    OrderView,
+    RefundDecision,
+    decide_refund,
+    fold_order,
+    refund_fact,
+)
+
+
+@dataclass(frozen=True)
+class FactResult:
+    new: bool
+    view: OrderView | None
+
+
+async def record_fact(pool: asyncpg.Pool, tenant_id: str, reference_id: str, fact: OrderFact) -> FactResult:
+    """Add one fact to an order; returns whether it was new and the order after it."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock_order(conn, tenant_id, reference_id, fact.occurred_at)
+        inserted = await conn.fetchval(
+            "INSERT INTO billing.order_facts (tenant_id, reference_id, fact_id, kind, occurred_at, body)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
+            tenant_id, reference_id, fact.fact_id, fact.kind, fact.occurred_at, dict(fact.body))
+        if not inserted:
+            return FactResult(False, None)
+        return FactResult(True, await _refold(conn, tenant_id, reference_id))
+
+
+async def record_cart(pool: asyncpg.Pool, tenant_id: str, cart: dict[str, Any]) -> bool:
+    """Store a cart once; orders that answer it (already stored) learn its ad referral."""
+    async with pool.acquire() as conn, conn.transaction():
+        new = await _insert_cart(conn, tenant_id, cart)
+        if new:
+            refs = await conn.fetch(
+                "SELECT reference_id FROM billing.orders WHERE tenant_id = $1 AND conversation_wamid = $2"
+                " ORDER BY reference_id", tenant_id, cart["wamid"])
+            for r in refs:
+                await _lock_order(conn, tenant_id, r["reference_id"], datetime.now(UTC))
+                await _refold(conn, tenant_id, r["reference_id"])
+        return new
+
+
+async def _insert_cart(conn: AnyConnection, tenant_id: str, cart: dict[str, Any]) -> bool:
+    items = cart.get("product_items") or []
+    total = sum((Decimal(str(i["item_price"])) * int(i["quantity"]) for i in items), Decimal(0))
+    currencies = {i.get("currency") for i in items}
+    referral = cart.get("referral") or {}
+    inserted = await conn.fetchval(
+        "INSERT INTO billing.order_carts (wamid, tenant_id, phone_number_id, customer, catalog_id, currency,"
+        " total, ctwa_clid, occurred_at, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        cart["wamid"], tenant_id, cart["phone_number_id"],
+        cart.get("customer_wa_id") or cart.get("customer_user_id"), cart.get("catalog_id"),
+        currencies.pop() if len(currencies) == 1 else None, total, referral.get("ctwa_clid"),
+        datetime.fromisoformat(cart["occurred_at"]), cart)
+    return bool(inserted)
+
+
+async def _lock_order(conn: AnyConnection, tenant_id: str, reference_id: str, at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO billing.orders (tenant_id, reference_id, state, first_at, updated_at, view)"
+        " VALUES ($1, $2, 'unknown', $3, now(), '{}') ON CONFLICT DO NOTHING",
+        tenant_id, reference_id, at)
+    await conn.execute("SELECT 1 FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2 FOR UPDATE",
+                       tenant_id, reference_id)
+
+
+async def _ad_referral(conn: AnyConnection, tenant_id: str, view: OrderView) -> str | None:
+    """The click-to-WhatsApp ad an order came from: the cart its order_details answered."""
+    if not view.conversation_wamid:
+        return None
+    clid = await conn.fetchval("SELECT ctwa_clid FROM billing.order_carts WHERE wamid = $1 AND tenant_id = $2",
+                               view.conversation_wamid, tenant_id)
+    return clid if isinstance(clid, str) else None
+
+
+async def _facts(conn: AnyConnection, tenant_id: str, reference_id: str) -> list[OrderFact]:
+    rows = await conn.fetch(
+        "SELECT fact_id, kind, occurred_at, body FROM billing.order_facts"
+        " WHERE tenant_id = $1 AND reference_id = $2", tenant_id, reference_id)
+    return [OrderFact(r["fact_id"], r["kind"], r["occurred_at"], r["body"]) for r in rows]
+
+
+async def _refold(conn: AnyConnection, tenant_id: str, reference_id: str) -> OrderView:
+    view = fold_order(reference_id, await _facts(conn, tenant_id, reference_id))
+    if view.ctwa_clid is None:
+        view = dataclasses.replace(view, ctwa_clid=await _ad_referral(conn, tenant_id, view))
+    first = min((h.at for h in view.history), default=datetime.now(UTC))
+    await conn.execute(
+        "UPDATE billing.orders SET state = $3, phone_number_id = $4, customer = $5, currency = $6,"
+        " total = $7, captured = $8, refunded = $9, conversation_wamid = $10, ctwa_clid = $11,"
+        " first_at = $12, updated_at = now(), view = $13 WHERE tenant_id = $1 AND reference_id = $2",
+        tenant_id, reference_id, view.state, view.phone_number_id, view.customer, view.currency,
+        _amount(view.total), _amount(view.captured), _amount(view.refunded), view.conversation_wamid,
+        view.ctwa_clid, first, view_json(view))
+    return view
+
+
+def _amount(m: Money | None) -> Decimal | None:
+    return m.amount if m else None
+
+
+def money_json(m: Money | None) -> dict[str, Any] | None:
+    return m.as_meta() if m else None
+
+
+def _entry_json(h: HistoryEntry) -> dict[str, Any]:
+    return {"at": h.at.isoformat(), "kind": h.kind, "status": h.status, "fact_id": h.fact_id,
+            "amount": money_json(h.amount), "note": h.note}
+
+
+def view_json(view: OrderView) -> dict[str, Any]:
+    """The order as the API shows it (amounts as Meta's exact {value, offset} with the currency)."""
+    return {
+        "reference_id": view.reference_id,
+        "state": view.state,
+        "currency": view.currency,
+        "total": money_json(view.total),
+        "captured": money_json(view.captured),
+        "refunded": money_json(view.refunded),
+        "payment_status": view.payment_status,
+        "fulfilment_status": view.fulfilment_status,
+        "customer": view.customer,
+        "phone_number_id": view.phone_number_id,
+        "items": list(view.items),
+        "conversation_wamid": view.conversation_wamid,
+        "ctwa_clid": view.ctwa_clid,
+        "history": [_entry_json(h) for h in view.history],
+        "problems": list(view.problems),
+    }
+
+
+async def get_order(pool: asyncpg.Pool, tenant_id: str, reference_id: str) -> dict[str, Any] | None:
+    view = await pool.fetchval("SELECT view FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2",
+                               tenant_id, reference_id)
+    return view if isinstance(view, dict) and view else None
+
+
+async def list_orders(pool: asyncpg.Pool, tenant_id: str, *, state: str | None, limit: int,
+                      before: datetime | None) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT reference_id, state, currency, total, captured, refunded, customer, phone_number_id,"
+        " ctwa_clid, first_at, updated_at FROM billing.orders"
+        " WHERE tenant_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::timestamptz IS NULL OR first_at < $3)"
+        " ORDER BY first_at DESC, reference_id LIMIT $4", tenant_id, state, before, limit)
+    return [
+        {"reference_id": r["reference_id"], "state": r["state"], "currency": r["currency"],
+         **{k: None if r[k] is None else str(r[k]) for k in ("total", "captured", "refunded")},
+         "customer": r["customer"], "phone_number_id": r["phone_number_id"], "ctwa_clid": r["ctwa_clid"],
+         "first_at": r["first_at"].isoformat(), "updated_at": r["updated_at"].isoformat()}
+        for r in rows
+    ]
+
+
+async def order_summary(pool: asyncpg.Pool, tenant_id: str) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT state, currency, count(*) AS orders, sum(captured) AS captured, sum(refunded) AS refunded"
+        " FROM billing.orders WHERE tenant_id = $1 GROUP BY state, currency ORDER BY state, currency", tenant_id)
+    return [{"state": r["state"], "currency": r["currency"], "orders": r["orders"],
+             "captured": None if r["captured"] is None else str(r["captured"]),
+             "refunded": None if r["refunded"] is None else str(r["refunded"])} for r in rows]
+
+
+# --- refunds -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefundOutcome:
+    status: str  # recorded | replayed | refused | conflict | not_found
+    reason: str
+    order: dict[str, Any] | None = None
+    amount: Money | None = None
+    notice: dict[str, Any] | None = None
+
+
+def refund_fingerprint(amount: Money | None, reason: str | None, notify: bool) -> str:
+    canonical = orjson.dumps([None if amount is None else amount.as_meta(), reason, notify])
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def request_refund(
+    pool: asyncpg.Pool, tenant_id: str, reference_id: str, key: str, amount: Money | None,
+    reason: str | None, notify: bool, *, now: datetime,
+    notice_for: Any,
+) -> RefundOutcome:
+    """Record a refund once per (order, key), never beyond what was captured.
+
+    ``notice_for(view, refund_amount, key)`` builds the customer's order_status notice (a dict,
+    the OutboundMessage record) or returns None; it is stored in the same transaction (outbox).
+    """
+    fingerprint = refund_fingerprint(amount, reason, notify)
+    async with pool.acquire() as conn, conn.transaction():
+        exists = await conn.fetchval(
+            "SELECT true FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2 FOR UPDATE",
+            tenant_id, reference_id)
+        if not exists:
+            return RefundOutcome("not_found", f"no order {reference_id!r} for this tenant")
+        previous = await conn.fetchrow(
+            "SELECT fingerprint, amount, currency, notice FROM billing.order_refunds"
+            " WHERE tenant_id = $1 AND reference_id = $2 AND idempotency_key = $3",
+            tenant_id, reference_id, key)
+        if previous is not None:
+            view = await conn.fetchval("SELECT view FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2",
+                                       tenant_id, reference_id)
+            if previous["fingerprint"] != fingerprint:
+                return RefundOutcome("conflict", "this Idempotency-Key was used for a different refund", view)
+            return RefundOutcome("replayed", "already recorded", view,
+                                 Money(previous["amount"], previous["currency"]), previous["notice"])
+        order = fold_order(reference_id, await _facts(conn, tenant_id, reference_id))
+        decision: RefundDecision = decide_refund(order, amount)
+        if not decision.accepted or decision.amount is None:
+            return RefundOutcome("refused", decision.reason, view_json(order))
+        fact = refund_fact(key, decision.amount, now, reason)
+        await conn.execute(
+            "INSERT INTO billing.order_facts (tenant_id, reference_id, fact_id, kind, occurred_at, body)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            tenant_id, reference_id, fact.fact_id, fact.kind, fact.occurred_at, dict(fact.body))
+        after = await _refold(conn, tenant_id, reference_id)
+        notice = notice_for(after, decision.amount, key) if notify else None
+        await conn.execute(
+            "INSERT INTO billing.order_refunds (tenant_id, reference_id, idempotency_key, fingerprint, amount,"
+            " currency, reason, notice, notice_topic_key) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+            tenant_id, reference_id, key, fingerprint, decision.amount.amount, decision.amount.currency,
+            reason, notice, None if notice is None else notice.get("phone_number_id"))
+        return RefundOutcome("recorded", "ok", view_json(after), decision.amount, notice)
+
+
+async def mark_notice_published(pool: asyncpg.Pool, tenant_id: str, reference_id: str, key: str) -> None:
+    await pool.execute(
+        "UPDATE billing.order_refunds SET notice_published = now() WHERE tenant_id = $1 AND reference_id = $2"
+        " AND idempotency_key = $3 AND notice_published IS NULL", tenant_id, reference_id, key)
+
+
+async def unpublished_notices(pool: asyncpg.Pool, limit: int = 500) -> Sequence[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT tenant_id, reference_id, idempotency_key, notice FROM billing.order_refunds"
+        " WHERE notice IS NOT NULL AND notice_published IS NULL ORDER BY created_at LIMIT $1", limit)

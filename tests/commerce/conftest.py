@@ -1,0 +1,112 @@
+"""Commerce tests: two tenants in the session database (API keys, a Meta app), Kafka helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from parley_common.db import migrate
+from parley_common.runtime import TENANCY_MIGRATIONS
+from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+
+APP_ID = "commerce-app-1"
+APP_SECRET = "commerce-app-secret"
+SHOP, OTHER = "commerce-bus", "commerce-cinema"
+SHOP_NUMBER, OTHER_NUMBER = "770000000001", "770000000002"
+SHOP_WABA, OTHER_WABA = "770000000101", "770000000102"
+
+REGISTRY: dict[str, Any] = {
+    "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:COMMERCE_TEST_APP_SECRET"]}],
+    "tenants": [
+        {"tenant_id": SHOP, "name": "Bengaluru Buses", "app_id": APP_ID, "business_country": "IN",
+         "time_zone": "Asia/Kolkata", "wabas": [SHOP_WABA],
+         "phone_numbers": [{"phone_number_id": SHOP_NUMBER, "display_phone_number": "918000000001",
+                            "waba_id": SHOP_WABA}]},
+        {"tenant_id": OTHER, "name": "Cinema", "app_id": APP_ID, "business_country": "BR",
+         "time_zone": "America/Sao_Paulo", "wabas": [OTHER_WABA],
+         "phone_numbers": [{"phone_number_id": OTHER_NUMBER, "display_phone_number": "5511900000002",
+                            "waba_id": OTHER_WABA}]},
+    ],
+}
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+async def commerce_keys(database_url: str) -> dict[str, str]:
+    """The two tenants in the session database; an API key each."""
+    os.environ["COMMERCE_TEST_APP_SECRET"] = APP_SECRET
+    conn = await asyncpg.connect(database_url)
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        await import_registry(conn, RegistryFile.model_validate(REGISTRY))
+        keys = {}
+        for t in REGISTRY["tenants"]:
+            _, keys[t["tenant_id"]] = await add_api_key(conn, t["tenant_id"], "commerce tests")
+        return keys
+    finally:
+        await conn.close()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        assert tps, f"topic {topic} does not exist"
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        pending = {tp for tp in tps if ends[tp] > 0}
+        deadline = asyncio.get_running_loop().time() + 20
+        while pending and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+        assert not pending, f"could not read {topic} to its end"
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60.0) -> T:
+    """Poll ``probe`` until it returns something (consumers work asynchronously); fail naming ``what``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await probe()
+        if got is not None:
+            return got
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.2)
