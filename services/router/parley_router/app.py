@@ -25,7 +25,7 @@ from parley_router.model_registry import ModelRegistry
 from parley_router.models import default_model
 from parley_router.settings import RouterSettings
 from parley_router.store import RouterStore
-from parley_router.webhooks import TenantEndpointClient
+from parley_router.webhooks import TenantEndpointClient, WebhookDispatcher
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("parley.router")
@@ -41,9 +41,9 @@ def create_app(settings: RouterSettings | None = None, *,
     router = MessageRouter(load_defaults(), LanguageIdentifier(), registry.for_tenant,
                            settings.confidence_threshold)
     producer = RecordProducer(settings.kafka_bootstrap)
-    endpoints = TenantEndpointClient(attempts=settings.webhook_attempts, timeout_s=settings.webhook_timeout_s,
-                                     backoff_s=settings.webhook_backoff_s)
-    service = RouterService(rt, router, None, producer, endpoints)
+    endpoints = TenantEndpointClient(timeout_s=settings.webhook_timeout_s,
+                                     connections_per_tenant=settings.webhook_per_tenant_concurrency)
+    service = RouterService(rt, router, None, producer)
     tasks: list[asyncio.Task[Any]] = []
 
     async def raw_records(msg: Any) -> None:
@@ -88,6 +88,13 @@ def create_app(settings: RouterSettings | None = None, *,
         await asyncio.to_thread(router.understand, [])
         await asyncio.to_thread(router.languages.detect_many, ["hello there", "x" * 80])
         await producer.start()
+        service.dispatcher = WebhookDispatcher(
+            store, endpoints, service.endpoint_target, service.dead_letter_call, rt.registry,
+            attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s,
+            backoff_cap_s=settings.webhook_backoff_cap_s, per_tenant=settings.webhook_per_tenant_concurrency,
+            max_in_flight=settings.webhook_max_in_flight, poll_interval_s=settings.webhook_poll_interval_s,
+            lease_s=settings.webhook_timeout_s * 2 + 30)
+        service.dispatcher.start()
         await registry.refresh_api_intents()
         await registry.sync(rt.tenants.tenants.values(), service.routing_of)
         tasks.append(asyncio.create_task(sync_models_forever()))
@@ -99,6 +106,8 @@ def create_app(settings: RouterSettings | None = None, *,
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if service.dispatcher is not None:
+            await service.dispatcher.stop()
         await registry.close()
         await producer.stop()
         await endpoints.aclose()

@@ -3,7 +3,8 @@
 Per batch: decode (a record that does not decode is dead-lettered alone), drop wamids already
 routed (durable, ``router.routed``) and duplicates inside the batch, decide, then publish every
 record (routed, replies, agent tasks, consent changes) keyed by ``phone_number_id`` in input
-order, call tenant endpoints concurrently, and only then mark the wamids routed. The offsets are
+order, then queue the tenant endpoint calls and mark the wamids routed in one transaction (the
+calls are made off this path by ``webhooks.WebhookDispatcher``, ADR 0105). The offsets are
 committed after the handler returns (NACK_ON_ERROR): a crash in between re-routes the batch,
 and every id is derived from the wamid, so downstream dedupe absorbs the repeat.
 """
@@ -33,8 +34,8 @@ from pydantic import BaseModel, ValidationError
 from parley_router.domain.config import TenantRouting
 from parley_router.domain.pipeline import MessageRouter, TenantContext
 from parley_router.domain.routing import RoutingDecision
-from parley_router.store import RouterStore
-from parley_router.webhooks import TenantEndpointClient
+from parley_router.store import PendingDelivery, RouterStore
+from parley_router.webhooks import EndpointTarget, WebhookDispatcher
 
 log = logging.getLogger("parley.router")
 SERVICE = "router"
@@ -50,8 +51,6 @@ class RouterMetrics:
         self.classify_seconds = Histogram(
             "parley_router_decide_seconds_per_message", "Understanding and routing time per message",
             buckets=(1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2), registry=registry)
-        self.webhook_failures = Counter("parley_router_webhook_failures_total",
-                                        "Tenant endpoint calls dead-lettered", registry=registry)
 
 
 class RecordProducer:
@@ -127,12 +126,12 @@ def _dump(model: BaseModel) -> bytes:
 
 class RouterService:
     def __init__(self, rt: Runtime, router: MessageRouter, store: RouterStore | None,
-                 producer: RecordProducer, endpoints: TenantEndpointClient) -> None:
+                 producer: RecordProducer) -> None:
         self.rt = rt
         self.router = router
         self.store = store
         self.producer = producer
-        self.endpoints = endpoints
+        self.dispatcher: WebhookDispatcher | None = None
         self.metrics = RouterMetrics(rt.registry)
         self._routing_cache: dict[str, tuple[int, TenantRouting]] = {}
         self._tracer = rt.tracer_provider.get_tracer("parley.router")
@@ -193,11 +192,9 @@ class RouterService:
         if not decisions:
             return []
         await self.publish(decisions)
-        calls = [self._call_endpoint(d) for d in decisions if d.webhook is not None]
-        if calls:
-            await asyncio.gather(*calls)
         if self.store:
-            await self.store.mark_routed(decisions)
+            if await self.store.mark_routed_with_deliveries(decisions) and self.dispatcher is not None:
+                self.dispatcher.wake()
         per_label = collections.Counter(
             (d.routed.intent, d.routed.destination.kind, d.routed.signal) for d in decisions)
         for labels, count in per_label.items():
@@ -255,16 +252,20 @@ class RouterService:
             records.append((routed_topic, key, _dump(d.routed), trace_headers))
         await self.producer.send_all(records)
 
-    async def _call_endpoint(self, d: RoutingDecision) -> None:
-        assert d.webhook is not None
-        try:
-            await self.endpoints.deliver(d.webhook, d.routed.event_id)
-        except Exception as exc:  # after the client's bounded retries: never block the partition
-            self.metrics.webhook_failures.inc()
-            log.warning("tenant endpoint failed; dead-lettering",
-                        extra={"tenant_id": d.routed.tenant_id, "endpoint": d.webhook.endpoint,
-                               "error_type": type(exc).__name__})
-            await publish_dead_letter(self.rt.broker, dead_letter_record(
-                service=SERVICE, topic=MESSAGES_ROUTED.name, value=d.webhook.body,
-                key=d.routed.phone_number_id.encode(), exc=exc, attempts=self.endpoints.attempts,
-                event_id=f"router:webhook:{d.routed.event_id}"))
+    def endpoint_target(self, tenant_id: str, name: str) -> EndpointTarget | None:
+        """The endpoint as the tenant's settings have it now (a changed URL or secret applies to
+        calls still waiting)."""
+        tenant = self.rt.tenants.tenants.get(tenant_id)
+        if tenant is None:
+            return None
+        cfg = self.routing_of(tenant)
+        endpoint = cfg.endpoints.get(name)
+        if endpoint is None:
+            return None
+        return EndpointTarget(endpoint.url, endpoint.secret_ref, cfg.endpoint_policy.policy())
+
+    async def dead_letter_call(self, p: PendingDelivery, exc: BaseException) -> None:
+        attempts = self.dispatcher.attempts if self.dispatcher else p.attempt
+        await publish_dead_letter(self.rt.broker, dead_letter_record(
+            service=SERVICE, topic=MESSAGES_ROUTED.name, value=p.body, key=p.phone_number_id.encode(),
+            exc=exc, attempts=min(p.attempt, attempts), event_id=f"router:webhook:{p.delivery_id}"))

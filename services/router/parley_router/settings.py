@@ -24,10 +24,16 @@ class RouterSettings(CommonSettings):
     # Batch consumption of wa.messages.in.
     batch_max_records: int = 1000
     batch_timeout_ms: int = 20
-    # Tenant HTTPS endpoints: bounded retries, then a dead letter.
-    webhook_attempts: int = 4
-    webhook_timeout_s: float = 5.0
-    webhook_backoff_s: float = 0.2
+    # Tenant HTTPS endpoints (ADR 0105): calls made off the consume path from router.webhook_outbox,
+    # at most per_tenant_concurrency at once per tenant and max_in_flight in all per replica;
+    # attempts with exponential backoff (backoff_s, doubling, capped), then a dead letter.
+    webhook_attempts: int = Field(default=4, ge=1, le=50)
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_s: float = Field(default=0.2, ge=0)
+    webhook_backoff_cap_s: float = Field(default=300.0, ge=0)
+    webhook_per_tenant_concurrency: int = Field(default=4, ge=1)
+    webhook_max_in_flight: int = Field(default=64, ge=1)
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
     # How often each replica re-reads tenant intents (settings and HTTP) and reloads changed models.
     model_poll_interval_s: float = 5.0
     # Durable dedupe (router.routed): wamids older than this are pruned, every prune_interval_s

@@ -15,8 +15,10 @@ Format (YAML under a tenant's ``settings:``; every key optional)::
       quick_replies: {"Track my order": order_status}  # template quick-reply payloads -> intent
       referrals:                    # click-to-WhatsApp ads: ad id (source_id) -> intent
         "120226305854810726": buy_ticket
-      endpoints:                    # tenant HTTPS endpoints, signed with HMAC-SHA256
+      endpoints:                    # tenant HTTPS endpoints, signed (domain/outbound.py)
         crm: {url: "https://crm.example.com/parley", secret_ref: "env:ACME_CRM_SECRET"}
+      endpoint_policy:              # operator's choice; both false unless the endpoint is internal
+        {allow_http: false, allow_private_addresses: false}
       intents:                      # tenant's own intents (the router retrains without a restart)
         baggage: ["how many bags can I take", "bagaj hakkı ne kadar"]
       rules:                        # first match wins; before the built-in routing
@@ -40,6 +42,8 @@ from datetime import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from parley_router.domain.outbound import EndpointPolicy, EndpointRefused, parse_endpoint_url
 
 
 class _Model(BaseModel):
@@ -112,19 +116,25 @@ class Endpoint(_Model):
     url: str
     secret_ref: str
 
-    @field_validator("url")
-    @classmethod
-    def _https(cls, v: str) -> str:
-        if not v.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("tenant endpoints must be https:// (http only on loopback, for tests)")
-        return v
-
     @field_validator("secret_ref")
     @classmethod
     def _ref(cls, v: str) -> str:
-        if not v.startswith(("env:", "file:")):
+        kind, _, where = v.partition(":")
+        if kind not in ("env", "file"):
             raise ValueError("secrets are referenced as 'env:NAME' or 'file:/path', never inline")
+        if not where.strip():
+            raise ValueError(f"secret reference {v!r} names no variable or file")
         return v
+
+
+class EndpointPolicySpec(_Model):
+    """Where a tenant's endpoints may be: the operator's decision, never the tenant's."""
+
+    allow_http: bool = False
+    allow_private_addresses: bool = False
+
+    def policy(self) -> EndpointPolicy:
+        return EndpointPolicy(self.allow_http, self.allow_private_addresses)
 
 
 class TenantRouting(_Model):
@@ -139,8 +149,20 @@ class TenantRouting(_Model):
     quick_replies: dict[str, str] = Field(default_factory=dict)
     referrals: dict[str, str] = Field(default_factory=dict)
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    endpoint_policy: EndpointPolicySpec = Field(default_factory=EndpointPolicySpec)
     intents: dict[str, list[str]] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _endpoint_urls(self) -> TenantRouting:
+        # What can be checked without resolving names: scheme, credentials, IP literals. Names
+        # are resolved and checked again on every call (they may change after this check).
+        for name, endpoint in self.endpoints.items():
+            try:
+                parse_endpoint_url(endpoint.url, self.endpoint_policy.policy())
+            except EndpointRefused as exc:
+                raise ValueError(f"endpoint {name!r}: {exc}") from exc
+        return self
 
     @model_validator(mode="after")
     def _endpoints_exist(self) -> TenantRouting:
