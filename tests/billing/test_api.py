@@ -76,7 +76,7 @@ async def test_finalised_invoice_never_changes_and_late_events_are_adjusted_next
         client: httpx.AsyncClient, billing_app: FastAPI, tenant_keys: dict[str, str]) -> None:
     await _meter_september(billing_app)
     key = bearer(tenant_keys[TENANT_IN])
-    r = await client.get("/v1/invoices/2026-09", headers=key)
+    r = await client.post("/v1/invoices/2026-09/finalise", headers=key)  # reading never finalises
     assert r.status_code == 200, r.text
     sept = r.json()
     assert sept["status"] == "final" and sept["finalised_at"] and sept["adjustments"] == []
@@ -91,7 +91,7 @@ async def test_finalised_invoice_never_changes_and_late_events_are_adjusted_next
     again = (await client.get("/v1/invoices/2026-09", headers=key)).json()
     assert again == sept  # frozen: same lines, totals and finalisation time
 
-    october = (await client.get("/v1/invoices/2026-10", headers=key)).json()
+    october = (await client.post("/v1/invoices/2026-10/finalise", headers=key)).json()
     assert october["status"] == "final"
     assert [(x["for_month"], x["market"], x["category"], x["type"], x["messages"], Decimal(x["amount"]))
             for x in october["adjustments"]] == [("2026-09", "India", "marketing", "regular", 1, Decimal("0.0118"))]
@@ -116,7 +116,7 @@ async def test_finalised_invoice_never_changes_and_late_events_are_adjusted_next
         assert {x["tenant_id"] for x in rows} == {TENANT_IN}
 
     # Tenant BR's September invoice holds its own message only.
-    br = (await client.get("/v1/invoices/2026-09", headers=bearer(tenant_keys[TENANT_BR]))).json()
+    br = (await client.post("/v1/invoices/2026-09/finalise", headers=bearer(tenant_keys[TENANT_BR]))).json()
     assert br["tenant_id"] == TENANT_BR and br["time_zone"] == "America/Sao_Paulo"
     assert [(x["market"], x["messages"]) for x in br["lines"]] == [("Brazil", 1)]
     assert Decimal(br["totals"]["USD"]) == SEPT_BR_TOTAL
@@ -176,17 +176,18 @@ async def test_estimates_price_a_campaign_at_list_rates_for_the_tenants_country(
 
 @pytest.mark.parametrize(("method", "path"), [
     ("GET", "/v1/usage?from=2026-09-01&to=2026-09-30"), ("GET", "/v1/invoices/2026-09"),
-    ("GET", "/v1/invoices/2026-09?format=csv"), ("GET", "/v1/reconciliation/2026-09"), ("POST", "/v1/estimates")])
+    ("GET", "/v1/invoices/2026-09?format=csv"), ("GET", "/v1/reconciliation/2026-09"), ("POST", "/v1/estimates"),
+    ("POST", "/v1/invoices/2026-09/finalise")])
 async def test_every_route_needs_a_valid_tenant_key(client: httpx.AsyncClient, tenant_keys: dict[str, str],
                                                     method: str, path: str) -> None:
     body = {"items": [{"country": "IN", "category": "marketing", "recipients": 1}]}
     for headers in ({}, bearer("not-a-key"), bearer(tenant_keys[TENANT_IN] + "x"),
                     {"Authorization": f"Basic {tenant_keys[TENANT_IN]}"}, {"Authorization": "Bearer "}):
-        r = await client.request(method, path, headers=headers, json=body if method == "POST" else None)
+        r = await client.request(method, path, headers=headers, json=body if path == "/v1/estimates" else None)
         assert r.status_code == 401, (headers, r.text)
         assert r.headers["www-authenticate"] == "Bearer"
     ok = await client.request(method, path, headers=bearer(tenant_keys[TENANT_IN]),
-                              json=body if method == "POST" else None)
+                              json=body if path == "/v1/estimates" else None)
     assert ok.status_code == 200, ok.text
 
 

@@ -140,7 +140,9 @@ def test_invoice_and_reconcile_commands_report_one_tenant_and_month(db: str) -> 
     assert runner.invoke(app, ["ratecard", "import", str(CARD)]).exit_code == 0
     _run(_meter_september(db))
 
-    result = runner.invoke(app, ["invoice", "--tenant", TENANT_IN, "--month", "2026-09"])
+    draft = json.loads(runner.invoke(app, ["invoice", "--tenant", TENANT_IN, "--month", "2026-09"]).stdout)
+    assert draft["status"] == "draft"  # printing an invoice never finalises the month
+    result = runner.invoke(app, ["invoice", "--tenant", TENANT_IN, "--month", "2026-09", "--finalise"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert (doc["tenant_id"], doc["status"], doc["time_zone"]) == (TENANT_IN, "final", "Asia/Kolkata")
@@ -165,6 +167,7 @@ def test_invoice_and_reconcile_commands_report_one_tenant_and_month(db: str) -> 
         (["invoice", "--tenant", TENANT_IN, "--month", "2026-09", "--format", "xml"], "--format must be json or csv"),
         (["invoice", "--tenant", "nobody", "--month", "2026-09"], "unknown tenant 'nobody'"),
         (["reconcile", "--tenant", TENANT_IN, "--month", "09-2026"], "must be YYYY-MM"),
+        (["invoice", "--tenant", TENANT_IN, "--month", "0000-01"], "must be between 2000-01 and 2999-12"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and reason in result.stderr, (args, result.output)

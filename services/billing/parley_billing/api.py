@@ -23,7 +23,20 @@ from parley_billing.store import Metering, TenantInfo, usage
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 MONTH = re.compile(MONTH_PATTERN)
 MAX_USAGE_DAYS = 400
-MonthPath = Annotated[str, Path(pattern=MONTH_PATTERN, description="YYYY-MM, in the tenant's time zone")]
+# The calendar billing works in: far enough from year 1 and 9999 that a month's bounds in any time
+# zone, the next month and a day after a period are still dates.
+FIRST_YEAR, LAST_YEAR = 2000, 2999
+MonthPath = Annotated[str, Path(pattern=MONTH_PATTERN,
+                                description=f"YYYY-MM, {FIRST_YEAR}-01 to {LAST_YEAR}-12, in the tenant's time zone")]
+
+
+def month_problem(month: str) -> str | None:
+    """Why ``month`` is not a month billing can invoice, or None."""
+    if not MONTH.match(month):
+        return "must be YYYY-MM"
+    if not FIRST_YEAR <= int(month[:4]) <= LAST_YEAR:
+        return f"must be between {FIRST_YEAR}-01 and {LAST_YEAR}-12"
+    return None
 
 
 class EstimateItem(BaseModel):
@@ -58,9 +71,19 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
         """A 422 shaped like FastAPI's own validation errors: which field, and why."""
         return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
 
+    def checked(month: str) -> str:
+        problem = month_problem(month)
+        if problem is not None:
+            raise invalid(["path", "month"], f"the month {problem}", month)
+        return month
+
     @router.get("/usage", summary="Usage in a period, by market, category and free type")
     async def get_usage(tenant: TenantDep, from_: Annotated[date, Query(alias="from")],
                         to: Annotated[date, Query(description="inclusive")]) -> dict[str, Any]:
+        for name, day in (("from", from_), ("to", to)):
+            if not FIRST_YEAR <= day.year <= LAST_YEAR:
+                raise invalid(["query", name], f"the year must be between {FIRST_YEAR} and {LAST_YEAR}",
+                              day.isoformat())
         if to < from_:
             raise invalid(["query", "to"], "'to' is before 'from'", to.isoformat())
         if (to - from_).days >= MAX_USAGE_DAYS:
@@ -74,21 +97,34 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
                                               "the invoice applies those",
                 "groups": [{**r, "list_amount": str(r["list_amount"])} for r in rows]}
 
-    @router.get("/invoices/{month}", summary="The monthly invoice (JSON, or CSV with ?format=csv)")
+    @router.get("/invoices/{month}", summary="The monthly invoice (JSON, or CSV with ?format=csv); "
+                                              "a draft until the month is finalised")
     async def get_invoice(tenant: TenantDep, month: MonthPath, request: Request,
                           format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None) -> Any:
-        await metering.rates.refresh_from_pool(rt.require_pool())
-        doc = await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=metering.rates.tiers,
-                                      now=datetime.now(UTC),
-                                      grace=timedelta(hours=settings.finalise_grace_hours))
+        doc = await _invoice(tenant, checked(month), finalise=False)
         if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
             return Response(invoicing.invoice_csv(doc), media_type="text/csv")
         return doc
 
+    @router.post("/invoices/{month}/finalise", summary="Freeze a closed month's invoice (idempotent)",
+                 responses={409: {"description": "the month has not closed yet"}})
+    async def finalise_invoice(tenant: TenantDep, month: MonthPath) -> dict[str, Any]:
+        doc = await _invoice(tenant, checked(month), finalise=True)
+        if doc["status"] != "final":
+            raise HTTPException(409, f"month {month} is not closed yet (its end in {doc['time_zone']} plus "
+                                     f"{settings.finalise_grace_hours} h of grace)")
+        return doc
+
+    async def _invoice(tenant: Tenant, month: str, *, finalise: bool) -> dict[str, Any]:
+        await metering.rates.refresh_from_pool(rt.require_pool())
+        return await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=metering.rates.tiers,
+                                       now=datetime.now(UTC), grace=timedelta(hours=settings.finalise_grace_hours),
+                                       finalise=finalise)
+
     @router.get("/reconciliation/{month}", summary="Parley's pricing against Meta's, per message")
     async def get_reconciliation(tenant: TenantDep, month: MonthPath) -> dict[str, Any]:
         await metering.rates.refresh_from_pool(rt.require_pool())
-        return await invoicing.reconciliation(rt.require_pool(), info(tenant), month,
+        return await invoicing.reconciliation(rt.require_pool(), info(tenant), checked(month),
                                               tiers=metering.rates.tiers)
 
     @router.post("/estimates", summary="Price a planned campaign before sending it")

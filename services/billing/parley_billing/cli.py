@@ -4,7 +4,7 @@
     parley-billing rate --rate-card FILE [--tiers FILE] --webhooks FILE [--sends FILE] --business-country CC
     parley-billing ratecard import FILE
     parley-billing tiers import FILE
-    parley-billing invoice --tenant T --month YYYY-MM [--format json|csv]
+    parley-billing invoice --tenant T --month YYYY-MM [--format json|csv] [--finalise]
     parley-billing reconcile --tenant T --month YYYY-MM
 """
 
@@ -195,10 +195,11 @@ def tiers_import(path: Path) -> None:
 
 
 def _month(month: str) -> str:
-    from parley_billing.api import MONTH
+    from parley_billing.api import month_problem
 
-    if not MONTH.match(month):
-        _fail(f"--month {month!r} must be YYYY-MM")
+    problem = month_problem(month)
+    if problem is not None:
+        _fail(f"--month {month!r} {problem}")
     return month
 
 
@@ -229,15 +230,18 @@ async def _tenant_report(tenant_id: str, fn: Callable[..., Awaitable[dict[str, A
 
 @app.command()
 def invoice(tenant: str = typer.Option(..., "--tenant"), month: str = typer.Option(..., "--month"),
-            fmt: str = typer.Option("json", "--format", help="json or csv")) -> None:
-    """Print a tenant's invoice for a month (finalising it if the month is closed)."""
+            fmt: str = typer.Option("json", "--format", help="json or csv"),
+            finalise: bool = typer.Option(False, "--finalise", help="freeze the month if it has closed")) -> None:
+    """Print a tenant's invoice for a month (a draft unless it was, or with --finalise is, finalised)."""
     from parley_billing import invoicing
 
     if fmt not in ("json", "csv"):
         _fail("--format must be json or csv")
     settings = BillingSettings()
     doc = asyncio.run(_tenant_report(tenant, invoicing.invoice, month=_month(month), now=datetime.now(UTC),
-                                     grace=timedelta(hours=settings.finalise_grace_hours)))
+                                     grace=timedelta(hours=settings.finalise_grace_hours), finalise=finalise))
+    if finalise and doc["status"] != "final":
+        _fail(f"month {month} is not closed yet; nothing was finalised")
     typer.echo(invoicing.invoice_csv(doc) if fmt == "csv" else json.dumps(doc, indent=2))
 
 

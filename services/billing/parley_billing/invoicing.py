@@ -1,7 +1,8 @@
 """Monthly invoices and reconciliation reports of one tenant, from the ledger.
 
-A month is finalised the first time its invoice is asked for after it ended (in the tenant's time
-zone) plus a grace period; its lines are then frozen. Changes to a finalised month's messages
+A month is finalised by an explicit action (``POST /v1/invoices/{month}/finalise`` or
+``parley-billing invoice --finalise``) once it ended (in the tenant's time zone) plus a grace
+period; its lines are then frozen. Reading an invoice never finalises it. Changes to a finalised month's messages
 (late events) appear as adjustment lines on the next invoice that is finalised.
 """
 
@@ -55,7 +56,7 @@ async def _pending_adjustments(conn: AnyConnection, tenant: TenantInfo, before_m
 
 
 async def invoice(pool: asyncpg.Pool, tenant: TenantInfo, month: str, *, tiers: TierBook, now: datetime,
-                  grace: timedelta) -> dict[str, Any]:
+                  grace: timedelta, finalise: bool = False) -> dict[str, Any]:
     assert tenant.tenant_id is not None
     async with pool.acquire() as conn, conn.transaction():
         # One finaliser per tenant at a time.
@@ -68,7 +69,7 @@ async def invoice(pool: asyncpg.Pool, tenant: TenantInfo, month: str, *, tiers: 
             lines = await _current_lines(conn, tenant, month, tiers)
             adjustments = await _pending_adjustments(conn, tenant, month, tiers)
             status = "draft"
-            if month_is_closed(month, tenant.tz, now, grace):
+            if finalise and month_is_closed(month, tenant.tz, now, grace):
                 finalised_at = await conn.fetchval(
                     "INSERT INTO billing.invoices (tenant_id, month, finalised_at) VALUES ($1, $2, $3)"
                     " RETURNING finalised_at", tenant.tenant_id, month, now)
