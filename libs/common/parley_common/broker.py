@@ -20,6 +20,16 @@ from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a webhook body may be 3 MB
+#: The most one record (key + value + headers) may take: the producer's request limit (and the
+#: topics' ``max.message.bytes``) less room for the batch framing around it. A record over it is
+#: refused by the producer; ingest refuses it first (413), so it never looks like an outage.
+MAX_RECORD_BYTES = MAX_REQUEST_BYTES - 16 * 1024
+
+
+def record_size(key: bytes | None, value: bytes, headers: Any = ()) -> int:
+    """Bytes a record takes against ``MAX_RECORD_BYTES`` (headers as a mapping or pairs)."""
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in pairs)
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "ack_policy": AckPolicy.NACK_ON_ERROR,

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
+from parley_common.broker import MAX_RECORD_BYTES
 from parley_common.runtime import TenantDep
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import MESSAGES_OUT
@@ -35,7 +36,7 @@ from parley_ingest.domain.send_requests import (
     new_message_id,
     request_fingerprint,
 )
-from parley_ingest.publishing import KafkaUnavailable
+from parley_ingest.publishing import KafkaUnavailable, RecordTooLarge
 from parley_ingest.services import IngestServices
 
 log = logging.getLogger("parley.ingest.api")
@@ -113,7 +114,7 @@ _COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "Missing or unknown API key"},
     403: {"model": Problem, "description": "'from' is not a number of the key's tenant"},
     409: {"model": Problem, "description": "Idempotency-Key reused with another body, or still in flight"},
-    413: {"model": Problem, "description": "Body too large"},
+    413: {"model": Problem, "description": "Body too large, or a message too large for one Kafka record"},
     422: {"model": ValidationFailed, "description": "Invalid field, with the reason"},
     429: {"model": Problem, "description": "Tenant's request rate exceeded; see Retry-After"},
     503: {"model": Problem, "description": "Kafka or the database is unavailable; retry"},
@@ -183,7 +184,7 @@ def api_router(svc: IngestServices) -> APIRouter:
         ]
         try:
             await svc.writer.write_all(records)
-        except KafkaUnavailable:
+        except (KafkaUnavailable, RecordTooLarge) as exc:
             if key is not None:
                 try:
                     await store.release(tenant.tenant_id, key)
@@ -192,6 +193,10 @@ def api_router(svc: IngestServices) -> APIRouter:
                         "could not release idempotency key after a Kafka failure",
                         extra={"tenant": tenant.tenant_id},
                     )
+            if isinstance(exc, RecordTooLarge):
+                where = "the message" if endpoint == "messages" or exc.index < 0 else f"messages.{exc.index}"
+                return _problem(413, f"{where} would be a {exc.size}-byte Kafka record; "
+                                     f"the limit is {MAX_RECORD_BYTES} bytes")
             return _problem(503, "Kafka unavailable, retry", {"Retry-After": "1"})
         body = answer([o.message_id for o in outbound])
         if key is not None:
@@ -216,10 +221,11 @@ def api_router(svc: IngestServices) -> APIRouter:
         tenant: Annotated[Tenant, Depends(authenticated_tenant)],
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
-        response = await accept(
+        problems = message.problems()
+        response = validation_failed(problems) if problems else await accept(
             tenant,
             [message],
-            message.problems(),
+            problems,
             message.fingerprint(),
             idempotency_key,
             endpoint="messages",
@@ -243,10 +249,11 @@ def api_router(svc: IngestServices) -> APIRouter:
     ) -> JSONResponse:
         if len(batch.messages) > svc.settings.max_batch_messages:
             return validation_failed([("messages", f"at most {svc.settings.max_batch_messages} messages")])
-        response = await accept(
+        problems = batch.problems()
+        response = validation_failed(problems) if problems else await accept(
             tenant,
             list(batch.messages),
-            batch.problems(),
+            problems,
             batch.fingerprint(),
             idempotency_key,
             endpoint="batch",

@@ -6,6 +6,11 @@ trip, not fifty. The broker is ``acks=all`` with the idempotent producer (parley
 If Kafka does not acknowledge within ``timeout_s`` the request fails with ``KafkaUnavailable``
 (HTTP 503, Meta retries); for ``breaker_s`` afterwards requests fail at once instead of each
 waiting out the timeout, then one request probes again.
+
+The breaker opens only when the broker is unavailable. A record too large for Kafka is the
+request's own fault: ``RecordTooLarge`` (HTTP 413) is raised before anything is sent, and a size
+refusal from the producer or broker is reported the same way, leaving the breaker as it was, so
+one tenant's oversized request never makes ingest answer 503 to everyone else.
 """
 
 from __future__ import annotations
@@ -16,16 +21,30 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate
+from parley_common.broker import MAX_RECORD_BYTES, record_size
 
 from parley_ingest.domain.records import OutRecord
 
 
 class KafkaUnavailable(RuntimeError):
     pass
+
+
+class RecordTooLarge(ValueError):
+    """A record of the request is larger than Kafka takes (``index`` in the request's records)."""
+
+    def __init__(self, index: int, size: int) -> None:
+        super().__init__(f"record {index} is {size} bytes; Kafka takes at most {MAX_RECORD_BYTES}")
+        self.index = index
+        self.size = size
+
+
+#: The producer's or broker's answers that refuse a record for its size, not for an outage.
+SIZE_REFUSALS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
 class RecordWriter:
@@ -41,6 +60,10 @@ class RecordWriter:
         """Return once Kafka acknowledged every record; raise ``KafkaUnavailable`` otherwise."""
         if not records:
             return
+        for i, r in enumerate(records):
+            size = record_size(r.key, r.value, r.headers)
+            if size > MAX_RECORD_BYTES:
+                raise RecordTooLarge(i, size)
         now = time.monotonic()
         probe = False
         if now < self._failing_until:
@@ -51,6 +74,8 @@ class RecordWriter:
             self._probing = probe = True
         try:
             await asyncio.wait_for(self._send_all(records), self._timeout_s)
+        except SIZE_REFUSALS as exc:
+            raise RecordTooLarge(-1, sum(len(r.value) for r in records)) from exc
         except (TimeoutError, KafkaError, OSError, RuntimeError) as exc:
             self._failing_until = time.monotonic() + self._breaker_s
             raise KafkaUnavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from exc
@@ -113,6 +138,6 @@ class RecordWriter:
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
                 if batch.append(key=key, value=r.value, timestamp=None, headers=headers) is None:
-                    raise ValueError("record larger than a producer batch")
+                    raise MessageSizeTooLargeError("record larger than a producer batch")
         futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures

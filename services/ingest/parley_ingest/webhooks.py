@@ -28,7 +28,7 @@ from parley_common.tenancy.directory import TenantDirectory
 from starlette.types import Receive, Scope, Send
 
 from parley_ingest.domain.records import webhook_records
-from parley_ingest.publishing import KafkaUnavailable
+from parley_ingest.publishing import KafkaUnavailable, RecordTooLarge
 from parley_ingest.services import DirectoryTenants, IngestServices
 
 log = logging.getLogger("parley.ingest.webhooks")
@@ -182,6 +182,10 @@ class WebhookIntake:
             records = webhook_records(raw, normalised, app_id=verified, received_at=received_at)
             try:
                 await svc.writer.write_all(records)
+            except RecordTooLarge:
+                # webhook_records keeps every record within Kafka's limit; should a producer or
+                # broker still refuse one for its size, that is this request's fault, not an outage
+                return self._answer(span, "too_large", 413, b"a record of this webhook is too large for Kafka")
             except KafkaUnavailable as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 log.warning(

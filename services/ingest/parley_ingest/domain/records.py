@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from parley_common.broker import MAX_RECORD_BYTES, record_size
 from parley_common.contracts import DeadLetter, Event, body_hash
 from parley_common.meta import NormalisedWebhook, ShapeProblem
 from parley_common.topics import (
@@ -71,6 +72,11 @@ def event_records(normalised: NormalisedWebhook) -> list[OutRecord]:
     return records
 
 
+#: A dead letter copies at most this much of the offending fragment; a larger one is left to the raw
+#: archive (which the letter points at), so a letter never outgrows a Kafka record.
+MAX_FRAGMENT_BYTES = 64 * 1024
+
+
 def problem_event_id(raw: bytes, problem: ShapeProblem) -> str:
     """Deterministic, so Meta's retries of one bad webhook give one dead-letter id."""
     return "ingest:" + body_hash(hashlib.sha256(raw).hexdigest(), problem.where)
@@ -80,14 +86,19 @@ def dead_letter_record(raw: bytes, problem: ShapeProblem, *, app_id: str, receiv
     """A webhook part that does not match Meta's shape, for wa.deadletter (the raw archive has
     the whole body; the record points at it by app id, receive time and body hash)."""
     body_sha = hashlib.sha256(raw).hexdigest()
+    fragment = problem.fragment_json()
+    reason = f"{problem.where}: {problem.reason}"
+    if len(fragment) > MAX_FRAGMENT_BYTES:
+        reason += f"; the fragment ({len(fragment)} bytes) is not copied: the raw archive holds it"
+        fragment = b""
     letter = DeadLetter(
         event_id=problem_event_id(raw, problem),
         service="ingest",
         source_topic=WEBHOOKS_RAW.name,
         key=problem.key or app_id,
-        reason=f"{problem.where}: {problem.reason}",
+        reason=reason,
         error_type="WebhookShapeError",
-        payload=problem.fragment_json().decode("utf-8"),
+        payload=fragment.decode("utf-8"),
         payload_encoding="utf-8",
         headers={H_APP_ID: app_id, H_RECEIVED_AT: received_at.isoformat(), H_BODY_SHA256: body_sha},
         failed_at=received_at,
@@ -108,10 +119,23 @@ def dead_letter_record(raw: bytes, problem: ShapeProblem, *, app_id: str, receiv
 def webhook_records(
     raw: bytes, normalised: NormalisedWebhook, *, app_id: str, received_at: datetime
 ) -> list[OutRecord]:
-    """Everything one accepted POST writes: raw bytes, every event, a dead letter per problem."""
+    """Everything one accepted POST writes: raw bytes, every event, a dead letter per problem.
+
+    An event too large for one Kafka record (a 3 MB body can hold a text that, as body and as
+    payload, makes a 6 MB event) is a problem like any other: dead-lettered, pointing at the
+    raw archive. So every record written fits, and a hostile body cannot look like an outage.
+    """
     records = [raw_archive_record(raw, app_id=app_id, received_at=received_at)]
-    records += event_records(normalised)
-    records += [
-        dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems
-    ]
+    problems = list(normalised.problems)
+    for record in event_records(normalised):
+        size = record_size(record.key, record.value, record.headers)
+        if size <= MAX_RECORD_BYTES:
+            records.append(record)
+            continue
+        event_id = record.headers[H_EVENT_ID]
+        problems.append(ShapeProblem(
+            normalised.sources.get(event_id, "$"),
+            f"the event would be a {size}-byte Kafka record; the limit is {MAX_RECORD_BYTES}",
+            None, key=record.key.decode("utf-8", "replace")))
+    records += [dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in problems]
     return records

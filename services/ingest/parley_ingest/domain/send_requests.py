@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import orjson
 import phonenumbers
 from parley_common.contracts import SEND_PRIORITIES, OutboundMessage, TemplateRef
+from parley_common.storable import unstorable_fields
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -158,7 +159,10 @@ class SendMessageRequest(BaseModel):
     @model_validator(mode="after")
     def _encodable(self) -> SendMessageRequest:
         """Free-form parts (contacts, components) must survive the trip to Kafka and Meta as JSON:
-        no integers beyond 64 bits, no lone UTF-16 surrogates."""
+        no integers beyond 64 bits. (Strings no consumer could store, NUL or a lone surrogate, are
+        named field by field by ``problems``.)"""
+        if next(unstorable_fields(self.model_dump(mode="python", by_alias=True)), None) is not None:
+            return self
         try:
             orjson.dumps(self.model_dump(mode="json", by_alias=True, exclude_none=True))
         except TypeError as exc:
@@ -168,7 +172,8 @@ class SendMessageRequest(BaseModel):
 
     def problems(self) -> list[tuple[str, str]]:
         """Rules across fields, as (field, reason); empty when the request is sendable."""
-        found: list[tuple[str, str]] = []
+        found: list[tuple[str, str]] = list(
+            unstorable_fields(self.model_dump(mode="python", by_alias=True, exclude_none=True)))
         if (self.to is None) == (self.to_user_id is None):
             found.append(("to", "give exactly one of 'to' or 'to_user_id'"))
         if getattr(self, self.type) is None:
