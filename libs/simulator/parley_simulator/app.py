@@ -13,6 +13,7 @@ Control API (tests and demos; not part of Meta's API):
 - ``GET|POST /_sim/clock``        read or set the simulated clock
 - ``GET|PATCH /_sim/behaviour``   latency, 5xx/timeout rates, ratios, ...
 - ``PATCH /_sim/numbers/{phone_number_id}``  throughput
+- ``GET /_sim/payments``, ``POST /_sim/payments/{phone_number_id}/{reference_id}/refunds``
 - ``GET /_sim/stats``, ``GET /_sim/messages``, ``GET /_sim/webhooks``, ``POST /_sim/drain``,
   ``POST /_sim/reset``, ``GET /healthz``
 """
@@ -64,6 +65,10 @@ class InboundRequest(BaseModel):
     # Explicit messages for one number instead of generated ones.
     phone_number_id: str | None = None
     messages: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RefundRequest(BaseModel):
+    value: int | None = Field(default=None, gt=0, description="in units of the payment's offset; all when omitted")
 
 
 class WindowRequest(BaseModel):
@@ -363,6 +368,23 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
                 ],
             }
         )
+
+    @app.get("/_sim/payments")
+    async def list_payments() -> dict[str, Any]:
+        return {"payments": [
+            {"phone_number_id": p.phone_number_id, "reference_id": p.reference_id, "outcome": p.outcome,
+             "amount": p.amount, "currency": p.currency, "refunds": p.refunds}
+            for p in sim.payments.values()]}
+
+    @app.post("/_sim/payments/{phone_number_id}/{reference_id}/refunds")
+    async def refund_payment(phone_number_id: str, reference_id: str, req: RefundRequest) -> dict[str, Any]:
+        """The business refunded through its gateway: Meta reports it with a payment update."""
+        try:
+            return sim.refund_payment(phone_number_id, reference_id, req.value)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
 
     @app.post("/_sim/drain")
     async def drain(timeout_s: float = 30.0) -> dict[str, Any]:

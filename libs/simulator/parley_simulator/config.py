@@ -134,6 +134,12 @@ class Behaviour(_Model):
     webhook_timeout_s: float = 10.0
     webhook_concurrency: int = 8
     template_approval_delay_s: float = 1.0
+    # Payments of order_details messages (payments.py): after pending, the share captured and the
+    # share failed (the rest stays pending: the customer never paid), and the delays.
+    payment_capture_ratio: float = 0.85
+    payment_fail_ratio: float = 0.1
+    payment_pending_delay_ms: float = 200.0
+    payment_outcome_delay_ms: float = 500.0
     # The simulated clock: when set, "now" starts at this instant and runs in real time.
     clock_start: datetime | None = None
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from . import payments
 from .clock import SimClock
 from .config import Behaviour, PhoneNumberConfig, SimulatorConfig, TemplateConfig, WabaConfig
 from .errors import GraphError
@@ -97,6 +98,7 @@ class CloudApiSimulator:
             for t in w.templates:
                 self.templates.add(w.id, t)
         self.messages: dict[str, SentMessage] = {}
+        self.payments: dict[tuple[str, str], payments.SimulatedPayment] = {}
         self._by_opaque: dict[str, list[str]] = defaultdict(list)
         self.stats: Counter[str] = Counter()
         self.errors_by_code: Counter[int] = Counter()
@@ -144,6 +146,7 @@ class CloudApiSimulator:
         self.throughput.reset()
         self.pair_rate.reset()
         self.messages.clear()
+        self.payments.clear()
         self._by_opaque.clear()
         self.stats.clear()
         self.errors_by_code.clear()
@@ -338,6 +341,9 @@ class CloudApiSimulator:
                 api_version=api_version,
             )
             self._plan_statuses(msg, number, priced)
+            order = payments.order_details_of(req.body)
+            if order is not None:
+                self._plan_payment(msg, number, order)
         return SendOutcome(
             200,
             {
@@ -455,6 +461,42 @@ class CloudApiSimulator:
                     pricing=priced.pricing if priced_on == "read" else None,
                 ),
             )
+
+    # --- payments (payments.py) -------------------------------------------------------------
+
+    def _plan_payment(self, msg: SentMessage, number: PhoneNumberConfig, order: dict[str, Any]) -> None:
+        """The customer's payment of an accepted order_details message: pending, then an outcome."""
+        b = self.behaviour
+        p = payments.new_payment(order, phone_number_id=number.id, wamid=msg.wamid, recipient=msg.wa_id,
+                                 now=msg.accepted_at, rng=self.rng)
+        self.payments[(number.id, p.reference_id)] = p
+        pending_s = b.payment_pending_delay_ms / 1000
+        self._schedule_payment(number, pending_s, payments.payment_status(p, "pending", pending_s))
+        p.outcome = payments.decide_outcome(self.rng, b.payment_capture_ratio, b.payment_fail_ratio)
+        if p.outcome != "pending":
+            done_s = pending_s + b.payment_outcome_delay_ms / 1000
+            self._schedule_payment(number, done_s, payments.payment_status(p, p.outcome, done_s))
+
+    def refund_payment(self, phone_number_id: str, reference_id: str, value: int | None) -> dict[str, Any]:
+        """A refund through the gateway: recorded on the payment, reported by a payment update."""
+        p = self.payments.get((phone_number_id, reference_id))
+        number = self.numbers.get(phone_number_id)
+        if p is None or number is None:
+            raise KeyError(f"no payment {reference_id!r} on number {phone_number_id}")
+        now = self.clock.now()
+        refund = payments.add_refund(p, value, now, self.rng)
+        self._schedule_payment(number, 0.0, payments.payment_status(p, "captured", now - p.accepted_at))
+        return refund
+
+    def _schedule_payment(self, number: PhoneNumberConfig, delay_s: float, status: dict[str, Any]) -> None:
+        self.stats[f"payment_{status['status']}"] += 1
+        if self.dispatcher.url_template is None:
+            return
+        waba = self.wabas[number.waba_id]
+        self.dispatcher.schedule_status(delay_s, PendingStatus(
+            app_id=waba.app_id, waba_id=waba.id,
+            metadata={"display_phone_number": number.display_phone_number, "phone_number_id": number.id},
+            status=status))
 
     # --- inbound --------------------------------------------------------------------------
 

@@ -32,7 +32,12 @@ INTERACTIVE_TYPES = (
     "location_request_message",
     "address_message",
     "voice_call",
+    "order_details",
+    "order_status",
+    "catalog_message",
 )
+# Commerce messages that Meta refuses without a body text.
+_BODY_REQUIRED = ("button", "list", "order_details", "order_status", "product_list", "catalog_message")
 
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 _BSUID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9]{1,128}")
@@ -156,13 +161,24 @@ def _check_interactive(payload: dict[str, Any]) -> None:
     if kind not in INTERACTIVE_TYPES:
         raise _invalid(f"Param interactive['type'] must be one of {{{', '.join(INTERACTIVE_TYPES)}}}")
     action = _require_dict(payload.get("action"), "interactive['action']")
-    if kind in ("button", "list"):
+    if kind in _BODY_REQUIRED:
         body = _require_dict(payload.get("body"), "interactive['body']")
         text = _require_str(body, "text", "interactive['body']['text']")
         if len(text) > INTERACTIVE_BODY_MAX:
             raise _invalid(
                 f"Param interactive['body']['text'] must be at most {INTERACTIVE_BODY_MAX} characters"
             )
+    if kind in ("order_details", "order_status"):
+        params = _require_dict(action.get("parameters"), "interactive['action']['parameters']")
+        _require_str(params, "reference_id", "interactive['action']['parameters']['reference_id']")
+        if kind == "order_details":
+            total = _require_dict(params.get("total_amount"), "interactive['action']['parameters']['total_amount']")
+            if not isinstance(total.get("value"), int) or not isinstance(total.get("offset"), int):
+                raise _invalid("Param interactive['action']['parameters']['total_amount'] needs integer "
+                               "value and offset")
+            _require_str(params, "currency", "interactive['action']['parameters']['currency']")
+    elif kind in ("product", "product_list"):
+        _require_str(action, "catalog_id", "interactive['action']['catalog_id']")
     if kind == "button":
         buttons = action.get("buttons")
         if not isinstance(buttons, list) or not buttons:

@@ -20,6 +20,8 @@ from parley_common.storable import unstorable_fields
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from parley_ingest.domain.commerce_messages import interactive_problems, template_problems
+
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 SEND_TYPES = ("text", *MEDIA_TYPES, "location", "contacts", "interactive", "template", "reaction")
 SendType = Literal[
@@ -186,6 +188,13 @@ class SendMessageRequest(BaseModel):
             found.append((f"{self.type}.caption", f"Meta does not caption {self.type} messages"))
         if self.fallback_template is not None and self.type == "template":
             found.append(("fallback_template", "a template message needs no fallback template"))
+        # commerce messages (order_details, order_status, product, product_list, catalog_message)
+        if self.type == "interactive" and self.interactive is not None:
+            found += interactive_problems(self.interactive.model_dump(mode="json"))
+        for name in ("template", "fallback_template"):
+            template = getattr(self, name)
+            if template is not None:
+                found += template_problems(template.components, f"{name}.components")
         return found
 
     def content(self) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""Meta's side of in-chat payments (a test double): after an ``order_details`` message is
+accepted, the customer pays (or does not), and payment updates arrive as ``statuses[]`` with
+``"type": "payment"``: ``pending``, then ``captured`` for most and ``failed`` for some (the
+``payment_*`` knobs of the behaviour). A refund recorded through the control API arrives as a
+further update whose transaction lists it under ``refunds``.
+
+The shapes follow Meta's payments pages (India's payment gateways, Brazil, Singapore): the
+business's ``reference_id``, the amount as ``{value, offset}`` with the currency, and the
+transaction (id, gateway type, status, method, error, refunds).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SimulatedPayment:
+    reference_id: str
+    phone_number_id: str
+    wamid: str  # the order_details message it pays for
+    recipient: str
+    currency: str
+    amount: dict[str, int]
+    gateway: str
+    accepted_at: float
+    outcome: str = "pending"  # pending | captured | failed
+    transaction_id: str = ""
+    refunds: list[dict[str, Any]] = field(default_factory=list)
+
+    def refundable(self) -> int:
+        """What is left to refund, in units of the payment's offset."""
+        refunded: int = sum(int(r["amount"]["value"]) for r in self.refunds)
+        return self.amount["value"] - refunded
+
+
+def order_details_of(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The order_details parameters of an accepted send body, else None."""
+    interactive = body.get("interactive")
+    if not isinstance(interactive, dict) or interactive.get("type") != "order_details":
+        return None
+    action = interactive.get("action")
+    params = action.get("parameters") if isinstance(action, dict) else None
+    return params if isinstance(params, dict) else None
+
+
+def new_payment(params: dict[str, Any], *, phone_number_id: str, wamid: str, recipient: str, now: float,
+                rng: random.Random) -> SimulatedPayment:
+    settings = params.get("payment_settings")
+    gateway = "razorpay"
+    if isinstance(settings, list) and settings and isinstance(settings[0], dict):
+        pg = settings[0].get("payment_gateway")
+        if isinstance(pg, dict) and isinstance(pg.get("type"), str):
+            gateway = pg["type"]
+    total = params.get("total_amount") or {}
+    return SimulatedPayment(
+        reference_id=str(params.get("reference_id")), phone_number_id=phone_number_id, wamid=wamid,
+        recipient=recipient, currency=str(params.get("currency", "INR")),
+        amount={"value": int(total.get("value", 0)), "offset": int(total.get("offset", 100))},
+        gateway=gateway, accepted_at=now, transaction_id=f"pay_{rng.getrandbits(48):012x}")
+
+
+def decide_outcome(rng: random.Random, capture_ratio: float, fail_ratio: float) -> str:
+    roll = rng.random()
+    if roll < capture_ratio:
+        return "captured"
+    if roll < capture_ratio + fail_ratio:
+        return "failed"
+    return "pending"  # the customer never paid
+
+
+def payment_status(p: SimulatedPayment, status: str, offset_s: float) -> dict[str, Any]:
+    """One ``statuses[]`` object of type payment, as Meta posts it."""
+    ts = int(p.accepted_at + offset_s)
+    tx_status = {"captured": "success", "failed": "failed"}.get(status, "pending")
+    transaction: dict[str, Any] = {
+        "id": p.transaction_id, "type": p.gateway, "status": tx_status,
+        "created_timestamp": int(p.accepted_at), "updated_timestamp": ts,
+        "amount": dict(p.amount), "currency": p.currency, "method": {"type": "upi"},
+    }
+    if status == "failed":
+        transaction["error"] = {"code": "payment_declined", "reason": "The payment was declined"}
+    if p.refunds:
+        transaction["refunds"] = [dict(r) for r in p.refunds]
+    obj: dict[str, Any] = {
+        "id": p.wamid, "type": "payment", "status": status, "timestamp": str(ts),
+        "payment": {"reference_id": p.reference_id, "amount": dict(p.amount), "currency": p.currency,
+                    "transaction": transaction},
+    }
+    if p.recipient.split(".")[0].isalpha():
+        obj["recipient_user_id"] = p.recipient
+    else:
+        obj["recipient_id"] = p.recipient
+    return obj
+
+
+def add_refund(p: SimulatedPayment, value: int | None, now: float, rng: random.Random) -> dict[str, Any]:
+    """Record a refund of ``value`` (all that is left when None); raises ValueError when it
+    cannot be refunded (not captured, or more than what is left)."""
+    if p.outcome != "captured":
+        raise ValueError(f"payment {p.reference_id} is {p.outcome}, not captured")
+    value = p.refundable() if value is None else value
+    if value <= 0 or value > p.refundable():
+        raise ValueError(f"refund of {value} exceeds what is left ({p.refundable()})")
+    refund = {"id": f"rfnd_{rng.getrandbits(48):012x}", "amount": {"value": value, "offset": p.amount["offset"]},
+              "currency": p.currency, "speed_processed": "normal", "status": "success",
+              "created_timestamp": int(now), "updated_timestamp": int(now)}
+    p.refunds.append(refund)
+    return refund
