@@ -385,6 +385,10 @@ class SendResult(Event):
     reason: str | None = None
     error_code: int | None = None
     attempt: int = 0
+    # The Cloud API call's span, as a W3C traceparent value: a reference kept with the wamid so that
+    # the message's later statuses and its billing link to the send (docs/adr/0090-span-links-by-wamid.md).
+    # Not trace propagation (that travels in headers): set only when the send span was sampled.
+    send_span: str | None = None
 
 
 # --- dead letters --------------------------------------------------------------------------

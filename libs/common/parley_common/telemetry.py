@@ -105,6 +105,8 @@ class RedactingFilter(logging.Filter):
                 message = str(record.msg)
             record.msg = self._redactor.scrub_text(message)
             record.args = None
+        if hasattr(record, "color_message"):  # uvicorn's copy of the message with terminal colours
+            del record.color_message
         for key, value in list(vars(record).items()):
             if key not in _STD_ATTRS:
                 setattr(record, key, self._redactor.scrub_value(key, value))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import FastAPI
@@ -9,8 +10,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from parley_common.runtime import Runtime, build_runtime, make_app
 
 from parley_billing import api, handlers, order_api, order_handlers
+from parley_billing.observed import MonthGauges, start_watching, stop_watching
 from parley_billing.settings import BillingSettings
 from parley_billing.store import MIGRATIONS, UNKNOWN_TENANT, Metering, TenantInfo, TenantLookup
+from parley_billing.trace_links import SendSpanLinks
 
 
 def tenant_lookup(rt: Runtime) -> TenantLookup:
@@ -34,11 +37,22 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
     lookup = tenant_lookup(rt)
     metering = Metering(None, lookup, parallel=settings.parallel_transactions)  # pool attached at start
 
+    month = MonthGauges(rt.registry)
+    watching: list[asyncio.Task[None]] = []
+
+    links = SendSpanLinks(rt.tracer_provider.get_tracer("parley.billing"))
+
     async def attach_pool() -> None:
-        metering.pool = rt.require_pool()
+        metering.pool = links.pool = rt.require_pool()
+        start_watching(month, rt.require_pool, lambda: rt.tenants.tenants.values(), watching,
+                       settings.month_metrics_interval_s, housekeeping=links.prune)
+
+    async def stop() -> None:
+        await stop_watching(watching)
 
     rt.on_start.append(attach_pool)
-    handlers.register(rt.broker, metering, settings, rt.registry)
+    rt.on_stop.append(stop)
+    handlers.register(rt.broker, metering, settings, rt.registry, links)
     order_handlers.register(rt, rt.registry, batch_max_records=settings.order_batch_max_records,
                             batch_timeout_ms=settings.batch_timeout_ms)
     app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup),

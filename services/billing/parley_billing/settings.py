@@ -21,3 +21,5 @@ class BillingSettings(CommonSettings):
     finalise_grace_hours: float = 48.0
     # Orders (wa.commerce and the order messages of wa.messages.out) are stored one fact at a time.
     order_batch_max_records: int = 500
+    # How often the month's amount, unpriced and disagreeing messages per tenant are read for /metrics.
+    month_metrics_interval_s: float = 60.0

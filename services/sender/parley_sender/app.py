@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.runtime import build_runtime, make_app
+from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY
 
 from parley_sender.api import router as api_router
 from parley_sender.cloudapi import CloudApiClient
+from parley_sender.consuming import GROUP as SEND_GROUP
 from parley_sender.consuming import SendConsumer
 from parley_sender.delivery import Metrics, Sender
 from parley_sender.handlers import register
+from parley_sender.observed import watch_in_doubt
 from parley_sender.producing import RecordProducer
 from parley_sender.settings import SenderSettings
 from parley_sender.store import MIGRATIONS, SenderStore
@@ -46,12 +50,19 @@ def create_app(
     )
     register(sender)
 
+    watching: list[asyncio.Task[None]] = []
+
     async def open_store() -> None:
         sender.store = SenderStore(rt.require_pool())
         assert sender.producer is not None
         await sender.producer.start()
+        watching.append(asyncio.create_task(watch_in_doubt(sender.metrics, sender.store)))
+        if rt.ops is not None:  # the send requests' own consumer, for the consumer-lag gauge
+            rt.ops.watch(SEND_GROUP, [MESSAGES_OUT.name, MESSAGES_OUT_RETRY.name])
 
     async def close() -> None:
+        for task in watching:
+            task.cancel()
         for pacer in sender.pacers.values():
             await pacer.close()
         await client.aclose()

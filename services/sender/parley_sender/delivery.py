@@ -28,10 +28,11 @@ from opentelemetry.trace import SpanKind, Tracer
 from parley_common.contracts import ConsentChange, OutboundMessage, SendResult, body_hash
 from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
 from parley_common.redaction import Redactor
+from parley_common.telemetry import traceparent_of
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from parley_sender.cloudapi import CloudApiClient, SendResponse
@@ -66,6 +67,7 @@ class Outcome:
     reached: bool = False
     fep_started: bool = False
     released: bool = False  # not sent: its partition was revoked (or the process stopped) first
+    send_span: str | None = None  # traceparent of the Cloud API call's span, for links by wamid
 
 
 @dataclass
@@ -80,10 +82,20 @@ class Batch:
 
 @dataclass
 class Metrics:
+    """The sender's metrics; labels are bounded (outcome, reason, error code, business number,
+    quality event), never a customer."""
+
     sends: Counter
     throttled: Counter
     latency: Histogram
+    number_sends: Counter | None = None
+    number_limit: Gauge | None = None
+    number_quality: Gauge | None = None
+    number_messaging_limit: Gauge | None = None
+    in_doubt: Gauge | None = None
+    in_doubt_oldest: Gauge | None = None
     _accepted: dict[str, Any] = field(default_factory=dict)
+    _per_number: dict[str, Any] = field(default_factory=dict)
 
     def accepted(self, category: str) -> Any:
         """The accepted-sends counter of a category (children cached: one per send otherwise)."""
@@ -92,14 +104,22 @@ class Metrics:
             child = self._accepted[category] = self.sends.labels("accepted", category)
         return child
 
+    def accepted_on(self, phone_number_id: str) -> None:
+        if self.number_sends is None:
+            return
+        child = self._per_number.get(phone_number_id)
+        if child is None:
+            child = self._per_number[phone_number_id] = self.number_sends.labels(phone_number_id)
+        child.inc()
+
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
         return cls(
             Counter("parley_sender_sends_total", "Send outcomes", ["outcome", "reason"], registry=registry),
             Counter(
                 "parley_sender_throttled_total",
-                "Throttling answers from the Cloud API",
-                ["code"],
+                "Throttling answers from the Cloud API (130429 throughput, 131056 pair rate), per number",
+                ["phone_number_id", "code"],
                 registry=registry,
             ),
             Histogram(
@@ -108,6 +128,20 @@ class Metrics:
                 registry=registry,
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             ),
+            number_sends=Counter("parley_sender_number_sends_total", "Sends accepted by the Cloud API, per number",
+                                 ["phone_number_id"], registry=registry),
+            number_limit=Gauge("parley_sender_number_limit_mps", "Messages per second the governor grants a number",
+                               ["phone_number_id"], registry=registry),
+            number_quality=Gauge("parley_number_quality_event",
+                                 "Latest phone_number_quality_update event of a number (1 on the current one)",
+                                 ["phone_number_id", "event"], registry=registry),
+            number_messaging_limit=Gauge("parley_number_messaging_limit",
+                                         "Messaging limit tier of a number from Meta (unique users per 24 h)",
+                                         ["phone_number_id"], registry=registry),
+            in_doubt=Gauge("parley_sender_in_doubt_messages", "Sends in doubt (cut off mid-call, unresolved)",
+                           registry=registry),
+            in_doubt_oldest=Gauge("parley_sender_in_doubt_oldest_seconds", "Age of the oldest send in doubt",
+                                  registry=registry),
         )
 
 
@@ -120,7 +154,7 @@ def retry_delay(attempt: int, minimum: float, initial: float, maximum: float) ->
     )
 
 
-def result_json(row: MessageRow) -> bytes:
+def result_json(row: MessageRow, send_span: str | None = None) -> bytes:
     """``result_of(row).model_dump_json()`` without building and validating the model (hot path:
     one per send). The same JSON, field for field (tests/sender/test_fast_paths.py checks it)."""
     outcome = "failed" if row.state == "dead" else row.state
@@ -144,6 +178,7 @@ def result_json(row: MessageRow) -> bytes:
             "reason": row.reason,
             "error_code": row.error_code,
             "attempt": row.attempt,
+            "send_span": send_span,
         },
         option=orjson.OPT_UTC_Z,
     )
@@ -208,8 +243,12 @@ class Sender:
         pacer = self.pacers.get(phone_number_id)
         if pacer is None:
             pacer = self.pacers[phone_number_id] = NumberPacer(ThroughputLimit(limit=limit))
+            if self.metrics.number_limit is not None:
+                self.metrics.number_limit.labels(phone_number_id).set(limit)
         elif pacer.limit.limit != limit:
             pacer.limit.set_limit(limit)
+            if self.metrics.number_limit is not None:
+                self.metrics.number_limit.labels(phone_number_id).set(limit)
         return pacer
 
     async def catalogue(self, tenant_id: str) -> TemplateCatalogue:
@@ -582,13 +621,17 @@ class Sender:
         finally:
             span.end()
         self.metrics.latency.observe(time.perf_counter() - started)
-        return self._classify(m, plan, tenant, resp)
+        outcome = self._classify(m, plan, tenant, resp)
+        if span.get_span_context().trace_flags.sampled:  # a link to an unsampled span leads nowhere
+            outcome.send_span = traceparent_of(span.get_span_context())
+        return outcome
 
     def _classify(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, resp: SendResponse) -> Outcome:
         tid = tenant.tenant_id
         if resp.accepted:
             self.pairs[m.phone_number_id].on_success(m.recipient)
             self.metrics.accepted(plan.category).inc()
+            self.metrics.accepted_on(m.phone_number_id)
             row = self._row(
                 m,
                 plan,
@@ -602,7 +645,7 @@ class Sender:
                 row, reached=plan.business_initiated, fep_started=plan.free_window == "free_entry_point"
             )
         if resp.in_doubt:
-            self.metrics.sends.labels("in_doubt", resp.error_message or "").inc()
+            self.metrics.sends.labels("in_doubt", "in_doubt").inc()  # the error text is no label
             return Outcome(
                 self._row(m, plan, tid, "in_doubt", reason=f"in_doubt: {resp.error_message}"),
                 publish_result=False,
@@ -611,11 +654,11 @@ class Sender:
         code = resp.error_code
         reason = f"{rule.meaning} ({resp.error_details or resp.error_message or ''})"[:500]
         if rule.action == Action.THROTTLE_NUMBER:
-            self.metrics.throttled.labels(str(code)).inc()
+            self.metrics.throttled.labels(m.phone_number_id, str(code)).inc()
             self.pacer(m.phone_number_id).on_throttled()
             return self._retry(m, plan, tid, reason, code, rule.delay_s)
         if rule.action == Action.THROTTLE_PAIR:
-            self.metrics.throttled.labels(str(code)).inc()
+            self.metrics.throttled.labels(m.phone_number_id, str(code)).inc()
             backoff = self.pairs[m.phone_number_id].on_throttled(m.recipient, time.monotonic())
             return self._retry(m, plan, tid, reason, code, backoff)
         if rule.action == Action.PAUSE_NUMBER:
@@ -673,7 +716,7 @@ class Sender:
         for o in outcomes:
             key = o.row.phone_number_id.encode()
             if o.publish_result:
-                records.append((SENDS.name, key, result_json(o.row)))
+                records.append((SENDS.name, key, result_json(o.row, o.send_span)))
             if o.retry is not None:
                 records.append((MESSAGES_OUT_RETRY.name, key, o.retry.model_dump_json().encode()))
             if o.dead_letter_reason is not None:

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from parley_sender.delivery import SERVICE, Sender, result_of
 from parley_sender.domain.windows import ConversationWindows
+from parley_sender.observed import observe_number_health
 
 log = logging.getLogger("parley.sender.handlers")
 
@@ -98,7 +99,9 @@ def register(sender: Sender) -> None:
 
     @broker.subscriber(ACCOUNT_EVENTS.name, group_id="parley-sender-accounts", batch=True, **batch)
     async def on_account_events(msg: KafkaMessage) -> None:
-        await track_account_events(sender, await _decode(sender, _records(msg), _account_event))
+        events = await _decode(sender, _records(msg), _account_event)
+        await track_account_events(sender, events)
+        observe_number_health(sender.metrics, events)
 
 
 async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> None:

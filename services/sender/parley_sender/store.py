@@ -372,6 +372,15 @@ class SenderStore:
                 items,
             )
 
+    async def in_doubt_summary(self) -> tuple[int, float]:
+        """How many sends are in doubt, and the age in seconds of the oldest (0 when none); read
+        through the partial index of in-doubt rows."""
+        row = await self.pool.fetchrow(
+            "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(updated_at)), 0) AS oldest"
+            " FROM sender.messages WHERE state = 'in_doubt'"
+        )
+        return (int(row["n"]), float(row["oldest"])) if row is not None else (0, 0.0)
+
 
 def _template(r: asyncpg.Record) -> Template:
     return Template(
