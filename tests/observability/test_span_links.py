@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from e2e.conftest import NUMBERS, PN1, SECRET, WABAS, Pipeline, pipeline  # noqa: F401  (the fixture)
+from e2e.conftest import NUMBERS, PN1, SECRET, WABAS, Pipeline
 from parley_simulator import sign
 
 pytestmark = [pytest.mark.infra, pytest.mark.e2e]
