@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 from parley_common import topics
 from parley_common.broker import CONSUMER_DEFAULTS
+from parley_common.settings import CommonSettings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -41,9 +43,14 @@ CONSUMER_GROUPS: dict[str, set[str]] = {
 }
 HTTP_PORTS = {"ingest": 8081, "router": 8082, "sender": 8083, "billing": 8084}
 CPU_AUTOSCALED = {"parley-ingest"}
-CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject")}
+CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
 # Secrets the user creates before applying (deploy/k8s/README.md); never rendered from the repo.
-USER_SECRETS = {"parley-secrets", "parley-meta"}
+USER_SECRETS = {"parley-secrets", "parley-meta", "parley-kafka"}
+# Services that call out to the internet (tenant endpoints; Meta's Graph API), on 443 only.
+INTERNET_EGRESS = {"parley-router", "parley-sender"}
+NON_PUBLIC = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8",
+                                                "169.254.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10")]
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
 FASTSTREAM_GRACEFUL_TIMEOUT_S = 15
 SECRETISH_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|DATABASE_URL|REDACTION_KEY|API_KEY", re.I)
 
@@ -315,6 +322,101 @@ def resource_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _allowed_ports(rules: list[Doc]) -> set[tuple[str, int]]:
+    return {(p.get("protocol", "TCP"), int(p["port"])) for r in rules for p in r.get("ports", [])}
+
+
+def network_policy_problems(docs: list[Doc]) -> list[str]:
+    """One NetworkPolicy per service, ingress only on its HTTP port, egress only to what it uses:
+    DNS, Kafka, PostgreSQL, and (router and sender only) 443 on public addresses."""
+    problems: list[str] = []
+    policies = of_kind(docs, "NetworkPolicy")
+    kafka_port = int(config_value(docs, "PARLEY_KAFKA_BOOTSTRAP").rsplit(":", 1)[1])
+    for dep in of_kind(docs, "Deployment"):
+        name = dep["metadata"]["name"]
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        selecting = [p for p in policies
+                     if p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()]
+        if len(selecting) != 1:
+            problems.append(f"{name}: selected by {len(selecting)} NetworkPolicies, expected 1")
+            continue
+        spec = selecting[0]["spec"]
+        if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
+            problems.append(f"{name}: policyTypes {spec.get('policyTypes')}, expected Ingress and Egress")
+        port = HTTP_PORTS[name.removeprefix("parley-")]
+        if _allowed_ports(spec.get("ingress", [])) != {("TCP", port)}:
+            problems.append(f"{name}: ingress ports {sorted(_allowed_ports(spec.get('ingress', [])))}, "
+                            f"expected only TCP {port}")
+        egress = spec.get("egress", [])
+        allowed = _allowed_ports(egress)
+        for needed in (("UDP", 53), ("TCP", kafka_port), ("TCP", 5432)):
+            if needed not in allowed:
+                problems.append(f"{name}: egress to {needed[0]} {needed[1]} is not allowed")
+        for rule in egress:
+            if not rule.get("ports"):
+                problems.append(f"{name}: an egress rule allows every port")
+            for peer in rule.get("to", []):
+                block = peer.get("ipBlock")
+                if block is None:
+                    continue
+                if name not in INTERNET_EGRESS:
+                    problems.append(f"{name}: egress to {block['cidr']} (only {sorted(INTERNET_EGRESS)} reach "
+                                    "the internet)")
+                if _allowed_ports([rule]) != {("TCP", 443)}:
+                    problems.append(f"{name}: internet egress on {sorted(_allowed_ports([rule]))}, expected TCP 443")
+                cidr = ipaddress.ip_network(block["cidr"])
+                excepted = [ipaddress.ip_network(e) for e in block.get("except", [])]
+                for private in NON_PUBLIC:
+                    if private.version == cidr.version and private.subnet_of(cidr) and not any(
+                            private.subnet_of(e) for e in excepted if e.version == private.version):
+                        problems.append(f"{name}: egress to {block['cidr']} includes {private}")
+    return problems
+
+
+def kafka_transport_problems(docs: list[Doc]) -> list[str]:
+    """The services' Kafka settings are valid, every file they name is mounted from a Secret, and
+    KEDA's triggers authenticate the same way."""
+    problems: list[str] = []
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith("parley-config")]
+    kafka_env = {k: str(v) for k, v in cm["data"].items() if k.startswith("PARLEY_KAFKA_")}
+    try:
+        settings = CommonSettings.model_validate({k.removeprefix("PARLEY_").lower(): v for k, v in kafka_env.items()})
+    except ValueError as exc:
+        return [f"parley-config: Kafka settings do not validate: {exc}"]
+    files = [v for k, v in kafka_env.items() if k.endswith(("_FILE", "_CAFILE", "_CERTFILE", "_KEYFILE"))]
+    for w, pod in workloads(docs):
+        uses_kafka = w["kind"] == "Deployment" or w["metadata"]["name"] == "parley-topics"
+        if not uses_kafka:
+            continue
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod["containers"]:
+            mounts = [(m["mountPath"].rstrip("/") + "/", volumes.get(m["name"], {})) for m in c.get("volumeMounts", [])]
+            for f in files:
+                source = next((v for path, v in mounts if f.startswith(path)), None)
+                if source is None or "secret" not in source:
+                    problems.append(f"{w['metadata']['name']}/{c['name']}: {f} is not mounted from a Secret")
+    auths = {a["metadata"]["name"]: a for a in of_kind(docs, "TriggerAuthentication")}
+    sasl = settings.kafka_security_protocol.startswith("SASL_")
+    tls = settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+    for so in of_kind(docs, "ScaledObject"):
+        for i, t in enumerate(so["spec"].get("triggers", [])):
+            where = f"{so['metadata']['name']}.triggers[{i}]"
+            meta = t.get("metadata", {})
+            want_sasl = KEDA_SASL[settings.kafka_sasl_mechanism or ""] if sasl else None
+            if meta.get("sasl", "none") != (want_sasl or "none"):
+                problems.append(f"{where}: sasl {meta.get('sasl')!r}, the services use {want_sasl or 'none'!r}")
+            if (meta.get("tls") == "enable") != tls:
+                problems.append(f"{where}: tls {meta.get('tls')!r}, the services use "
+                                f"{settings.kafka_security_protocol}")
+            ref = (t.get("authenticationRef") or {}).get("name")
+            if sasl or tls:
+                params = {r["parameter"] for r in auths.get(str(ref), {}).get("spec", {}).get("secretTargetRef", [])}
+                needed = ({"username", "password"} if sasl else set()) | ({"ca"} if tls else set())
+                if not needed <= params:
+                    problems.append(f"{where}: authenticationRef {ref!r} lacks {sorted(needed - params)}")
+    return problems
+
+
 def secret_problems(docs: list[Doc]) -> list[str]:
     """No secret value in the manifests: Secrets come from the user; settings carry no credentials."""
     problems = []
@@ -323,7 +425,8 @@ def secret_problems(docs: list[Doc]) -> list[str]:
             problems.append(f"Secret {s['metadata']['name']} carries literal data")
     for cm in of_kind(docs, "ConfigMap"):
         for key, value in (cm.get("data") or {}).items():
-            if SECRETISH_KEY.search(key) or re.search(r"://[^/@\s]+:[^/@\s]+@", str(value)):
+            is_path = key.endswith("_FILE") and str(value).startswith("/")  # where a secret is mounted
+            if (SECRETISH_KEY.search(key) and not is_path) or re.search(r"://[^/@\s]+:[^/@\s]+@", str(value)):
                 problems.append(f"ConfigMap {cm['metadata']['name']}: {key} looks like a secret")
     for w, pod in workloads(docs):
         for c in containers(pod):
@@ -387,6 +490,22 @@ def test_every_container_is_non_root_read_only_without_capabilities(rendered: tu
 
 def test_every_container_has_resources(rendered: tuple[str, list[Doc]]) -> None:
     assert resource_problems(rendered[1]) == []
+
+
+def test_every_service_has_its_own_network_policy(rendered: tuple[str, list[Doc]]) -> None:
+    assert network_policy_problems(rendered[1]) == []
+
+
+def test_kafka_transport_settings_are_valid_mounted_and_shared_with_keda(rendered: tuple[str, list[Doc]]) -> None:
+    assert kafka_transport_problems(rendered[1]) == []
+
+
+def test_prod_talks_to_kafka_over_tls_with_scram_and_dev_in_plaintext(by_overlay: dict[str, list[Doc]]) -> None:
+    assert config_value(by_overlay["prod"], "PARLEY_KAFKA_SECURITY_PROTOCOL") == "SASL_SSL"
+    assert config_value(by_overlay["prod"], "PARLEY_KAFKA_SASL_MECHANISM") == "SCRAM-SHA-512"
+    assert config_value(by_overlay["dev"], "PARLEY_KAFKA_SECURITY_PROTOCOL") == "PLAINTEXT"
+    assert {so["spec"]["triggers"][0]["authenticationRef"]["name"]
+            for so in of_kind(by_overlay["prod"], "ScaledObject")} == {"parley-kafka"}
 
 
 def test_no_secret_values_are_rendered(rendered: tuple[str, list[Doc]]) -> None:
@@ -536,6 +655,39 @@ def test_secret_check_catches_literal_data_and_inline_credentials(prod: list[Doc
     assert any("carries literal data" in p for p in problems)
     assert any("PARLEY_DATABASE_URL looks like a secret" in p for p in problems)
     assert any("PARLEY_REDACTION_KEY has a literal value" in p for p in problems)
+
+
+def test_network_policy_check_catches_open_ports_private_egress_and_a_missing_policy(prod: list[Doc]) -> None:
+    docs, np = _broken(prod, "NetworkPolicy", "parley-router")
+    np["spec"]["egress"][-1]["to"][0]["ipBlock"]["except"].remove("169.254.0.0/16")  # cloud metadata
+    np["spec"]["ingress"][0]["ports"].append({"protocol": "TCP", "port": 22})
+    problems = network_policy_problems(docs)
+    assert any("includes 169.254.0.0/16" in p for p in problems), problems
+    assert any("expected only TCP 8082" in p for p in problems), problems
+    docs, np = _broken(prod, "NetworkPolicy", "parley-billing")
+    np["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]})
+    assert any("parley-billing: egress to 0.0.0.0/0" in p for p in network_policy_problems(docs))
+    docs = [d for d in copy.deepcopy(prod) if not (d["kind"] == "NetworkPolicy"
+                                                   and d["metadata"]["name"] == "parley-ingest")]
+    assert any("parley-ingest: selected by 0" in p for p in network_policy_problems(docs))
+
+
+def test_kafka_transport_check_catches_unmounted_files_and_keda_without_credentials(prod: list[Doc]) -> None:
+    docs, dep = _broken(prod, "Deployment", "parley-sender")
+    dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [
+        m for m in dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        if m["name"] != "kafka-credentials"]
+    assert any("parley-sender/sender: /etc/parley/kafka/ca.crt is not mounted" in p
+               for p in kafka_transport_problems(docs))
+    docs, so = _broken(prod, "ScaledObject", "parley-billing")
+    del so["spec"]["triggers"][0]["authenticationRef"]
+    so["spec"]["triggers"][1]["metadata"]["sasl"] = "plaintext"
+    problems = kafka_transport_problems(docs)
+    assert any("authenticationRef None lacks" in p for p in problems), problems
+    assert any("sasl 'plaintext'" in p for p in problems), problems
+    docs = copy.deepcopy(prod)
+    next(d for d in docs if d["kind"] == "ConfigMap")["data"].pop("PARLEY_KAFKA_SASL_MECHANISM")
+    assert any("needs PARLEY_KAFKA_SASL_MECHANISM" in p for p in kafka_transport_problems(docs))
 
 
 def test_pdb_and_wiring_checks_catch_a_missing_budget_and_a_wrong_port(prod: list[Doc]) -> None:

@@ -3,6 +3,9 @@
 Producers: ``acks="all"`` with the idempotent producer, lz4 compression and a small linger.
 Consumers: commit only after the handler succeeded (``AckPolicy.NACK_ON_ERROR``; never
 ACK_FIRST, which is at-most-once). A poison record is dead-lettered by :mod:`deadletter`.
+Transport: TLS and SASL (PLAIN, SCRAM-SHA-256/512) from the environment (``CommonSettings``,
+``PARLEY_KAFKA_SECURITY_PROTOCOL`` …), the same for the FastStream broker
+(:func:`kafka_security`) and every plain aiokafka client (:func:`kafka_client_options`).
 Logs: FastStream writes through the ``parley.faststream`` logger (the service's JSON lines, with
 trace ids); its per-message "Received"/"Processed" lines are at DEBUG, so off at the default INFO.
 """
@@ -10,14 +13,20 @@ trace ids); its per-message "Received"/"Processed" lines are at DEBUG, so off at
 from __future__ import annotations
 
 import logging
+import ssl
+from pathlib import Path
 from typing import Any
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
+
+from parley_common.settings import CommonSettings
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a webhook body may be 3 MB
 #: The most one record (key + value + headers) may take: the producer's request limit (and the
@@ -37,6 +46,53 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+class KafkaTransportError(RuntimeError):
+    """A TLS file or SASL secret named by the settings cannot be read."""
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise KafkaTransportError(f"{what} file {path}: {exc.strerror}") from exc
+    if not value:
+        raise KafkaTransportError(f"{what} file {path} is empty")
+    return value
+
+
+def _ssl_context(settings: CommonSettings) -> ssl.SSLContext:
+    """Server certificates verified (against the CA file, else the system's CAs), host names checked."""
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile and settings.kafka_ssl_keyfile:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaTransportError(f"Kafka TLS files: {exc}") from exc
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+def kafka_security(settings: CommonSettings) -> BaseSecurity | None:
+    """FastStream's security object for the settings' protocol (None: PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = _ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    username = settings.kafka_sasl_username or _read(settings.kafka_sasl_username_file or "", "SASL username")
+    password = settings.kafka_sasl_password or _read(settings.kafka_sasl_password_file or "", "SASL password")
+    kind = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256,
+            "SCRAM-SHA-512": SASLScram512}[settings.kafka_sasl_mechanism or ""]
+    return kind(username, password, ssl_context=context, use_ssl=protocol == "SASL_SSL")
+
+
+def kafka_client_options(settings: CommonSettings) -> dict[str, Any]:
+    """The same transport as keyword arguments of aiokafka's producer, consumer and admin client."""
+    options = parse_security(kafka_security(settings))
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def make_broker(
     bootstrap: str,
     *,
@@ -44,6 +100,7 @@ def make_broker(
     tracer_provider: TracerProvider | None = None,
     registry: CollectorRegistry | None = None,
     linger_ms: int = 5,
+    security: BaseSecurity | None = None,
     **overrides: Any,
 ) -> KafkaBroker:
     middlewares: list[Any] = [KafkaTelemetryMiddleware(tracer_provider=tracer_provider)]
@@ -62,6 +119,7 @@ def make_broker(
         "graceful_timeout": 15.0,
         "logger": logging.getLogger("parley.faststream"),
         "log_level": logging.DEBUG,
+        "security": security,
     }
     options.update(overrides)
     return KafkaBroker(bootstrap, **options)

@@ -30,7 +30,7 @@ from faststream.kafka import KafkaBroker
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from parley_common.broker import make_broker
+from parley_common.broker import kafka_client_options, kafka_security, make_broker
 from parley_common.db import create_pool, migrate
 from parley_common.redaction import Redactor
 from parley_common.settings import CommonSettings, redaction_key_of
@@ -83,9 +83,10 @@ def build_runtime(
     tp = tracer_provider or make_tracer_provider(service)
     registry = make_registry()
     broker = make_broker(settings.kafka_bootstrap, service=service, tracer_provider=tp, registry=registry,
-                         **broker_overrides)
+                         security=kafka_security(settings), **broker_overrides)
     rt = Runtime(service, settings, broker, registry, tp, redactor, migrations)
-    rt.ops = OpsMonitor(registry, settings.kafka_bootstrap, readiness=lambda: readiness(rt))
+    rt.ops = OpsMonitor(registry, settings.kafka_bootstrap, readiness=lambda: readiness(rt),
+                        **kafka_client_options(settings))
     return rt
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(f"PARLEY_{name.upper()}", name)
 
 
 class CommonSettings(BaseSettings):
@@ -13,6 +19,21 @@ class CommonSettings(BaseSettings):
         default="127.0.0.1:19092",
         validation_alias=AliasChoices("PARLEY_KAFKA_BOOTSTRAP", "kafka_bootstrap"),
     )
+    # Kafka's transport (libs/common/parley_common/broker.py): TLS and SASL for every client of every
+    # service. Secrets may be given as values or as paths of mounted files (``*_file``).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias=_env("kafka_security_protocol"))
+    kafka_ssl_cafile: str | None = Field(default=None, validation_alias=_env("kafka_ssl_cafile"))
+    kafka_ssl_certfile: str | None = Field(default=None, validation_alias=_env("kafka_ssl_certfile"))
+    kafka_ssl_keyfile: str | None = Field(default=None, validation_alias=_env("kafka_ssl_keyfile"))
+    kafka_ssl_check_hostname: bool = Field(default=True, validation_alias=_env("kafka_ssl_check_hostname"))
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validation_alias=_env("kafka_sasl_mechanism"))
+    kafka_sasl_username: str | None = Field(default=None, validation_alias=_env("kafka_sasl_username"))
+    kafka_sasl_username_file: str | None = Field(default=None, validation_alias=_env("kafka_sasl_username_file"))
+    kafka_sasl_password: str | None = Field(default=None, validation_alias=_env("kafka_sasl_password"),
+                                            repr=False)
+    kafka_sasl_password_file: str | None = Field(default=None, validation_alias=_env("kafka_sasl_password_file"))
     database_url: str = Field(
         default="postgresql://parley:parley@127.0.0.1:55432/parley",
         validation_alias=AliasChoices("PARLEY_DATABASE_URL", "database_url"),
@@ -33,6 +54,32 @@ class CommonSettings(BaseSettings):
     ops_port: int | None = None
     db_pool_min: int = 1
     db_pool_max: int = 10
+
+    @model_validator(mode="after")
+    def _kafka_transport(self) -> CommonSettings:
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        if sasl:
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError(f"PARLEY_KAFKA_SECURITY_PROTOCOL={protocol} needs PARLEY_KAFKA_SASL_MECHANISM "
+                                 "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+            for what in ("username", "password"):
+                given = [x for x in (getattr(self, f"kafka_sasl_{what}"), getattr(self, f"kafka_sasl_{what}_file"))
+                         if x]
+                if len(given) != 1:
+                    raise ValueError(f"SASL needs exactly one of PARLEY_KAFKA_SASL_{what.upper()} and "
+                                     f"PARLEY_KAFKA_SASL_{what.upper()}_FILE")
+        elif self.kafka_sasl_mechanism is not None:
+            raise ValueError(f"PARLEY_KAFKA_SASL_MECHANISM is set but PARLEY_KAFKA_SECURITY_PROTOCOL={protocol} "
+                             "does not use SASL (SASL_SSL or SASL_PLAINTEXT)")
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and any(tls_files):
+            raise ValueError(f"PARLEY_KAFKA_SSL_* files are set but PARLEY_KAFKA_SECURITY_PROTOCOL={protocol} "
+                             "does not use TLS (SSL or SASL_SSL)")
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("a Kafka client certificate needs both PARLEY_KAFKA_SSL_CERTFILE and "
+                             "PARLEY_KAFKA_SSL_KEYFILE")
+        return self
 
 
 DEMO_REDACTION_KEY = "parley-demo-redaction-key"

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import typer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from parley_common.broker import kafka_client_options
 from parley_common.settings import CommonSettings
 from parley_common.topics import ALL_TOPICS
 
 app = typer.Typer(help="Kafka topics of Parley.", no_args_is_help=True, pretty_exceptions_enable=False)
 
 
-async def ensure_topics(bootstrap: str, replication_factor: int = 1, partitions: int | None = None) -> list[str]:
+async def ensure_topics(bootstrap: str, replication_factor: int = 1, partitions: int | None = None,
+                        client_options: dict[str, Any] | None = None) -> list[str]:
     """Create missing topics; returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -37,9 +40,11 @@ async def ensure_topics(bootstrap: str, replication_factor: int = 1, partitions:
 
 @app.command("create")
 def create(replication_factor: int = typer.Option(1, min=1)) -> None:
-    bootstrap = CommonSettings().kafka_bootstrap
+    settings = CommonSettings()
+    bootstrap = settings.kafka_bootstrap
     try:
-        created = asyncio.run(ensure_topics(bootstrap, replication_factor))
+        created = asyncio.run(ensure_topics(bootstrap, replication_factor,
+                                            client_options=kafka_client_options(settings)))
     except KafkaConnectionError as exc:
         typer.echo(f"error: cannot reach Kafka at {bootstrap}: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from parley_common.broker import make_broker
+from parley_common.broker import kafka_client_options, kafka_security, make_broker
 from parley_common.db import create_pool
 from parley_common.meta import InvalidWebhookJson, normalise_raw_webhook
 from parley_common.tenancy.directory import TenantDirectory
@@ -60,8 +60,9 @@ async def replay_raw(
         enable_auto_commit=False,
         group_id=None,
         client_id="parley-ingest-replay",
+        **kafka_client_options(settings),
     )
-    broker = make_broker(settings.kafka_bootstrap, service="ingest-replay")
+    broker = make_broker(settings.kafka_bootstrap, service="ingest-replay", security=kafka_security(settings))
     await consumer.start()
     if not dry_run:
         await broker.start()

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
-from parley_common.broker import CONSUMER_DEFAULTS
+from parley_common.broker import CONSUMER_DEFAULTS, kafka_client_options
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_IN
 
@@ -40,7 +40,7 @@ def create_app(settings: RouterSettings | None = None, *,
     registry = ModelRegistry(default_model(settings.model_cache_dir), examples, store=None)
     router = MessageRouter(load_defaults(), LanguageIdentifier(), registry.for_tenant,
                            settings.confidence_threshold)
-    producer = RecordProducer(settings.kafka_bootstrap)
+    producer = RecordProducer(settings.kafka_bootstrap, client_options=kafka_client_options(settings))
     endpoints = TenantEndpointClient(timeout_s=settings.webhook_timeout_s,
                                      connections_per_tenant=settings.webhook_per_tenant_concurrency)
     service = RouterService(rt, router, None, producer)

@@ -56,8 +56,10 @@ class RouterMetrics:
 class RecordProducer:
     """A long-lived aiokafka producer for the hot path (batched sends, futures gathered)."""
 
-    def __init__(self, bootstrap: str, client_id: str = "parley-router") -> None:
+    def __init__(self, bootstrap: str, client_id: str = "parley-router",
+                 client_options: dict[str, Any] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._client_options = client_options or {}
         self._client_id = client_id
         self._producer_or_none: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
@@ -75,7 +77,7 @@ class RecordProducer:
         self._producer_or_none = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all",
             enable_idempotence=True, compression_type="lz4", linger_ms=5, max_batch_size=256 * 1024,
-            max_request_size=MAX_REQUEST_BYTES)
+            max_request_size=MAX_REQUEST_BYTES, **self._client_options)
         await self._producer_or_none.start()
 
     async def stop(self) -> None:

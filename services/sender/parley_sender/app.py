@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
+from parley_common.broker import kafka_client_options
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY
 
@@ -45,7 +46,7 @@ def create_app(
         tenants=lambda: rt.tenants,
         redactor=rt.redactor,
         metrics=Metrics.create(rt.registry),
-        producer=RecordProducer(settings.kafka_bootstrap),
+        producer=RecordProducer(settings.kafka_bootstrap, client_options=kafka_client_options(settings)),
         tracer=rt.tracer_provider.get_tracer("parley.sender"),
     )
     register(sender)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from parley_common.broker import kafka_client_options
 from parley_common.contracts import DeadLetter
 from parley_common.db import create_pool, migrate
 from parley_common.runtime import TENANCY_MIGRATIONS, serve
@@ -75,7 +76,7 @@ def templates_sync(tenant: str | None = typer.Option(None, "--tenant", help="onl
 
 
 async def read_dead_letters(
-    bootstrap: str, *, service: str = SERVICE, timeout_s: float = 5.0
+    bootstrap: str, *, service: str = SERVICE, timeout_s: float = 5.0, client_options: dict[str, Any] | None = None
 ) -> list[DeadLetter]:
     """Every dead letter of ``service`` currently on the topic (reads from the beginning, no group)."""
     consumer = AIOKafkaConsumer(
@@ -84,6 +85,7 @@ async def read_dead_letters(
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
+        **(client_options or {}),
     )
     await consumer.start()
     out: list[DeadLetter] = []
@@ -127,8 +129,9 @@ def replay_value(letter: DeadLetter) -> bytes:
     return raw
 
 
-async def replay(bootstrap: str, letters: list[DeadLetter]) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def replay(bootstrap: str, letters: list[DeadLetter], client_options: dict[str, Any] | None = None) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                **(client_options or {}))
     await producer.start()
     try:
         topic_map = {MESSAGES_OUT_RETRY.name: MESSAGES_OUT.name}
@@ -146,7 +149,9 @@ async def replay(bootstrap: str, letters: list[DeadLetter]) -> int:
 @deadletters.command("list")
 def deadletters_list(limit: int = typer.Option(100, "--limit")) -> None:
     """The sender's dead letters, one JSON object a line (id, topic, reason; never the payload)."""
-    letters = asyncio.run(read_dead_letters(SenderSettings().kafka_bootstrap))
+    settings = SenderSettings()
+    letters = asyncio.run(read_dead_letters(settings.kafka_bootstrap,
+                                            client_options=kafka_client_options(settings)))
     for letter in letters[-limit:]:
         typer.echo(
             json.dumps(
@@ -173,16 +178,17 @@ def deadletters_replay(
     if bool(id_) == all_:
         typer.echo("error: give exactly one of --id ID or --all", err=True)
         raise typer.Exit(2)
-    bootstrap = SenderSettings().kafka_bootstrap
+    settings = SenderSettings()
+    bootstrap, options = settings.kafka_bootstrap, kafka_client_options(settings)
 
     async def go() -> int:
-        letters = await read_dead_letters(bootstrap)
+        letters = await read_dead_letters(bootstrap, client_options=options)
         chosen = letters if all_ else [le for le in letters if le.event_id == id_]
         if not chosen:
             return -1
         # The same request may have been dead-lettered more than once: replay it once.
         unique = list({le.event_id: le for le in chosen}.values())
-        return await replay(bootstrap, unique)
+        return await replay(bootstrap, unique, options)
 
     n = asyncio.run(go())
     if n < 0:

@@ -32,6 +32,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
+from parley_common.broker import kafka_client_options
 from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY
 
 from parley_sender.delivery import Batch, Sender
@@ -207,6 +208,7 @@ class SendConsumer:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=s.send_fetch_partition_bytes,
             fetch_max_wait_ms=s.batch_timeout_ms,
+            **kafka_client_options(s),
         )
         consumer.subscribe(list(self.topics), listener=_Listener(self))
         await consumer.start()

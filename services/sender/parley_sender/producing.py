@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from parley_common.broker import MAX_REQUEST_BYTES
@@ -18,8 +19,10 @@ JSON_HEADERS = [("content-type", b"application/json")]
 
 
 class RecordProducer:
-    def __init__(self, bootstrap: str, client_id: str = "parley-sender") -> None:
+    def __init__(self, bootstrap: str, client_id: str = "parley-sender",
+                 client_options: dict[str, Any] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._client_options = client_options or {}
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
 
@@ -38,6 +41,7 @@ class RecordProducer:
             linger_ms=5,
             max_batch_size=256 * 1024,
             max_request_size=MAX_REQUEST_BYTES,
+            **self._client_options,
         )
         await producer.start()
         self._producer = producer
