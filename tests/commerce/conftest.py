@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
@@ -37,11 +39,27 @@ REGISTRY: dict[str, Any] = {
 
 T = TypeVar("T")
 
+# The shop's Flows keys: the current one and the one being rotated out (both open requests).
+FLOW_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+FLOW_OLD_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+STRANGER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+REGISTRY["tenants"][0]["settings"] = {"flows": {
+    "private_key_refs": ["env:COMMERCE_FLOW_KEY", "env:COMMERCE_FLOW_OLD_KEY"], "hold_seconds": 120}}
+
 
 @pytest.fixture(scope="session")
 async def commerce_keys(database_url: str) -> dict[str, str]:
     """The two tenants in the session database; an API key each."""
     os.environ["COMMERCE_TEST_APP_SECRET"] = APP_SECRET
+    os.environ["COMMERCE_FLOW_KEY"] = pem(FLOW_KEY)
+    os.environ["COMMERCE_FLOW_OLD_KEY"] = pem(FLOW_OLD_KEY)
     conn = await asyncpg.connect(database_url)
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -1,0 +1,164 @@
+"""The WhatsApp Flows data endpoint Meta calls: ``POST /flows/{phone_number_id}`` (ADR 0112).
+
+Order of checks, each with the status Meta documents: the number is a tenant's (404), the body
+is at most 1 MB (413), ``X-Hub-Signature-256`` verifies with the tenant's app secret (432), the
+request decrypts with one of the number's private keys (421; two keys during a rotation), the
+flow token is valid (427). ``ping`` and error notifications are answered here; ``INIT``,
+``data_exchange`` and ``BACK`` go to the tenant's flow backend (the reference seat-selection
+backend, ``seats.py``). The answer is encrypted with the request's key and the inverted IV.
+Nothing is written before the request is verified and decrypted.
+
+Keys come from the tenant registry's settings (secrets by reference, as everywhere):
+``settings.flows.private_key_refs`` (current key first), or per number
+``settings.flows.numbers.<phone_number_id>.private_key_refs``; ``settings.flows.hold_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import APIRouter, Request, Response
+from parley_common.meta.signature import signature_matches
+from parley_common.tenancy.models import SecretError, Tenant, resolve_secret
+from prometheus_client import Counter, Histogram
+
+from parley_ingest.domain.flows import (
+    BACKEND_ACTIONS,
+    BAD_SIGNATURE,
+    CANNOT_DECRYPT,
+    FLOW_TOKEN_EXPIRED,
+    FlowDecryptError,
+    builtin_answer,
+    decrypt_request,
+    encrypt_response,
+)
+from parley_ingest.seats import FlowTokenInvalid, SeatSelectionBackend, SeatStore
+from parley_ingest.services import IngestServices
+
+log = logging.getLogger("parley.ingest.flows")
+MAX_FLOW_BODY = 1024 * 1024
+DEFAULT_HOLD_SECONDS = 300.0
+
+
+class FlowBackend(Protocol):
+    async def handle(self, tenant_id: str, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class FlowKeyring:
+    """Private keys per number, parsed once per distinct set of references (parsing costs ms)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, ...], tuple[rsa.RSAPrivateKey, ...]] = {}
+
+    def keys_for(self, tenant: Tenant, phone_number_id: str) -> tuple[rsa.RSAPrivateKey, ...]:
+        flows = tenant.settings.get("flows")
+        if not isinstance(flows, dict):
+            return ()
+        numbers = flows.get("numbers")
+        per_number = numbers.get(phone_number_id) if isinstance(numbers, dict) else None
+        refs = (per_number or {}).get("private_key_refs") if isinstance(per_number, dict) else None
+        refs = refs or flows.get("private_key_refs")
+        if not isinstance(refs, list) or not refs:
+            return ()
+        key = tuple(str(r) for r in refs)
+        if key not in self._parsed:
+            self._parsed[key] = tuple(_load_key(r) for r in key)
+        return self._parsed[key]
+
+
+def _load_key(ref: str) -> rsa.RSAPrivateKey:
+    try:
+        pem = resolve_secret(ref)
+    except SecretError as exc:
+        raise FlowDecryptError(str(exc)) from None
+    if pem is None:
+        raise FlowDecryptError(f"private key reference {ref!r} is empty")
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise FlowDecryptError(f"private key {ref!r} is not an RSA key")
+    return key
+
+
+def flows_router(svc: IngestServices, *, backend: FlowBackend | None = None) -> APIRouter:
+    router = APIRouter(tags=["Meta"])
+    keyring = FlowKeyring()
+    m_requests = Counter("parley_ingest_flow_requests", "Flow endpoint requests, by outcome", ["outcome"],
+                         registry=svc.rt.registry)
+    m_seconds = Histogram("parley_ingest_flow_seconds", "Flow endpoint answer time", registry=svc.rt.registry,
+                          buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+    backends: dict[str, FlowBackend] = {}
+
+    def backend_for(tenant: Tenant) -> FlowBackend:
+        if backend is not None:
+            return backend
+        if tenant.tenant_id not in backends:
+            flows = tenant.settings.get("flows") or {}
+            hold = float(flows.get("hold_seconds", DEFAULT_HOLD_SECONDS)) if isinstance(flows, dict) else 300.0
+            backends[tenant.tenant_id] = SeatSelectionBackend(SeatStore(svc.rt.require_pool()), hold_seconds=hold)
+        return backends[tenant.tenant_id]
+
+    def answer(outcome: str, status: int, body: bytes = b"", media_type: str = "text/plain") -> Response:
+        m_requests.labels(outcome).inc()
+        return Response(body, status_code=status, media_type=media_type)
+
+    @router.post("/flows/{phone_number_id}", summary="WhatsApp Flows data endpoint (Meta; encrypted)",
+                 responses={421: {"description": "cannot decrypt"}, 427: {"description": "flow token invalid"},
+                            432: {"description": "bad X-Hub-Signature-256"}})
+    async def flow_endpoint(phone_number_id: str, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await _serve(phone_number_id, request)
+        finally:
+            m_seconds.observe(time.perf_counter() - started)
+
+    async def _serve(phone_number_id: str, request: Request) -> Response:
+        directory = svc.tenants
+        tenant = directory.tenant_for_number(phone_number_id)
+        app = directory.apps.get(tenant.app_id) if tenant else None
+        if tenant is None or app is None:
+            return answer("unknown_number", 404, b"unknown phone number id")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_FLOW_BODY):
+            return answer("too_large", 413, b"payload too large")
+        raw = await request.body()
+        if len(raw) > MAX_FLOW_BODY:
+            return answer("too_large", 413, b"payload too large")
+        if not signature_matches(raw, request.headers.get("x-hub-signature-256"), app.app_secrets):
+            return answer("bad_signature", BAD_SIGNATURE, b"invalid signature")
+        try:
+            keys: Sequence[rsa.RSAPrivateKey] = keyring.keys_for(tenant, phone_number_id)
+            if not keys:
+                raise FlowDecryptError("no Flows private key is configured for this number")
+            decrypted = decrypt_request(_json(raw), keys)
+        except (FlowDecryptError, ValueError) as exc:
+            log.warning("flow request not decrypted", extra={"tenant_id": tenant.tenant_id,
+                                                              "reason": str(exc)[:200]})
+            return answer("cannot_decrypt", CANNOT_DECRYPT, b"cannot decrypt")
+        payload = decrypted.payload
+        response = builtin_answer(payload)
+        outcome = "builtin"
+        if response is None:
+            if decrypted.action not in BACKEND_ACTIONS:
+                return answer("unknown_action", 400, b"unknown action")
+            try:
+                response = await backend_for(tenant).handle(tenant.tenant_id, payload)
+            except FlowTokenInvalid:
+                return answer("token_invalid", FLOW_TOKEN_EXPIRED, orjson.dumps({"error_msg": "flow token invalid"}),
+                              "application/json")
+            outcome = "answered"
+        return answer(outcome, 200, encrypt_response(response, decrypted.aes_key, decrypted.iv))
+
+    return router
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise FlowDecryptError("the body is not JSON") from None

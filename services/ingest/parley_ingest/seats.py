@@ -1,0 +1,182 @@
+"""The reference flow backend shipped with Parley: choosing a bus or cinema seat in a Flow.
+
+Screens (the business's Flow JSON names them): ``TRIPS`` (pick a trip), ``SEATS`` (pick a free
+seat), ``CONFIRM`` (the seat is held for ``hold_seconds``), then ``SUCCESS`` (the flow closes and
+WhatsApp sends the ``nfm_reply`` with the trip, seat and hold). A seat is held by one flow token
+at a time: holding is one conditional ``UPDATE`` (free, or held by nobody any more, or by this
+same token), so of two customers picking the same seat at the same moment exactly one gets it,
+whatever the interleaving, and a restart changes nothing (the hold is in PostgreSQL). A hold
+that expires makes the seat free again; a hold is sold (``sell``) when the order is paid and
+released (``release``) when the payment fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+TRIPS, SEATS, CONFIRM, SUCCESS = "TRIPS", "SEATS", "CONFIRM", "SUCCESS"
+FREE = "state = 'free' OR (state = 'held' AND held_until < now())"
+
+
+class FlowTokenInvalid(ValueError):
+    """The flow token is missing or no longer valid (the endpoint answers 427)."""
+
+
+@dataclass(frozen=True)
+class Trip:
+    trip_id: str
+    title: str
+    departs_at: datetime
+    currency: str
+    price_value: int
+    price_offset: int = 100
+
+    def price(self) -> str:
+        return f"{Decimal(self.price_value) / Decimal(self.price_offset)} {self.currency}"
+
+
+class SeatStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def add_trip(self, tenant_id: str, trip: Trip, seats: list[str]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO ingest.flow_trips (tenant_id, trip_id, title, departs_at, currency, price_value,"
+                " price_offset) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (tenant_id, trip_id) DO UPDATE SET"
+                " title = EXCLUDED.title, departs_at = EXCLUDED.departs_at, currency = EXCLUDED.currency,"
+                " price_value = EXCLUDED.price_value, price_offset = EXCLUDED.price_offset",
+                tenant_id, trip.trip_id, trip.title, trip.departs_at, trip.currency, trip.price_value,
+                trip.price_offset)
+            await conn.executemany(
+                "INSERT INTO ingest.flow_seats (tenant_id, trip_id, seat_id) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+                [(tenant_id, trip.trip_id, s) for s in seats])
+
+    async def trips(self, tenant_id: str) -> list[Trip]:
+        rows = await self.pool.fetch(
+            "SELECT trip_id, title, departs_at, currency, price_value, price_offset FROM ingest.flow_trips"
+            " WHERE tenant_id = $1 ORDER BY departs_at, trip_id", tenant_id)
+        return [Trip(**dict(r)) for r in rows]
+
+    async def trip(self, tenant_id: str, trip_id: str) -> Trip | None:
+        r = await self.pool.fetchrow(
+            "SELECT trip_id, title, departs_at, currency, price_value, price_offset FROM ingest.flow_trips"
+            " WHERE tenant_id = $1 AND trip_id = $2", tenant_id, trip_id)
+        return Trip(**dict(r)) if r else None
+
+    async def free_seats(self, tenant_id: str, trip_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            f"SELECT seat_id FROM ingest.flow_seats WHERE tenant_id = $1 AND trip_id = $2 AND ({FREE})"
+            " ORDER BY seat_id", tenant_id, trip_id)
+        return [r["seat_id"] for r in rows]
+
+    async def hold(self, tenant_id: str, trip_id: str, seat_id: str, token: str, seconds: float
+                   ) -> datetime | None:
+        """Hold the seat for ``token``; the hold's end, or None when someone else has it.
+
+        The token's other hold on this trip (a customer changing their mind) is released in the
+        same transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            until = await conn.fetchval(
+                "UPDATE ingest.flow_seats SET state = 'held', holder = $4,"
+                " held_until = now() + make_interval(secs => $5)"
+                " WHERE tenant_id = $1 AND trip_id = $2 AND seat_id = $3"
+                f" AND ({FREE} OR (state = 'held' AND holder = $4)) RETURNING held_until",
+                tenant_id, trip_id, seat_id, token, seconds)
+            if until is not None:
+                await conn.execute(
+                    "UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL"
+                    " WHERE tenant_id = $1 AND trip_id = $2 AND holder = $3 AND state = 'held' AND seat_id <> $4",
+                    tenant_id, trip_id, token, seat_id)
+            return until if isinstance(until, datetime) else None
+
+    async def still_held(self, tenant_id: str, trip_id: str, seat_id: str, token: str) -> datetime | None:
+        until = await self.pool.fetchval(
+            "SELECT held_until FROM ingest.flow_seats WHERE tenant_id = $1 AND trip_id = $2 AND seat_id = $3"
+            " AND state = 'held' AND holder = $4 AND held_until >= now()", tenant_id, trip_id, seat_id, token)
+        return until if isinstance(until, datetime) else None
+
+    async def sell(self, tenant_id: str, token: str, reference_id: str) -> list[str]:
+        """The token's held seats become sold (the order is paid); returns them."""
+        rows = await self.pool.fetch(
+            "UPDATE ingest.flow_seats SET state = 'sold', sold_ref = $3, held_until = NULL"
+            " WHERE tenant_id = $1 AND holder = $2 AND state = 'held' AND held_until >= now()"
+            " RETURNING trip_id || '/' || seat_id AS seat", tenant_id, token, reference_id)
+        return [r["seat"] for r in rows]
+
+    async def release(self, tenant_id: str, token: str) -> int:
+        """The token's holds end now (the payment failed)."""
+        result = await self.pool.execute(
+            "UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL"
+            " WHERE tenant_id = $1 AND holder = $2 AND state = 'held'", tenant_id, token)
+        return int(result.split()[-1])
+
+    async def seat_counts(self, tenant_id: str) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT CASE WHEN state = 'held' AND held_until < now() THEN 'free' ELSE state END AS s, count(*)"
+            " FROM ingest.flow_seats WHERE tenant_id = $1 GROUP BY 1", tenant_id)
+        return {r["s"]: r["count"] for r in rows}
+
+
+class SeatSelectionBackend:
+    """INIT, data_exchange and BACK of the seat-selection Flow, for one tenant at a time."""
+
+    def __init__(self, store: SeatStore, *, hold_seconds: float = 300.0) -> None:
+        self.store = store
+        self.hold_seconds = hold_seconds
+
+    async def handle(self, tenant_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        token = payload.get("flow_token")
+        if not isinstance(token, str) or not token:
+            raise FlowTokenInvalid("the request has no flow_token")
+        action = payload.get("action")
+        screen = payload.get("screen")
+        raw = payload.get("data")
+        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if action == "INIT" or (action == "BACK" and screen in (SEATS, TRIPS)):
+            return await self._trips(tenant_id)
+        if action == "BACK" and screen == CONFIRM:
+            return await self._seats(tenant_id, str(data.get("trip_id", "")))
+        if action != "data_exchange":
+            return await self._trips(tenant_id)
+        trip_id = str(data.get("trip_id", ""))
+        if screen == TRIPS:
+            return await self._seats(tenant_id, trip_id)
+        if screen == SEATS:
+            seat_id = str(data.get("seat_id", ""))
+            until = await self.store.hold(tenant_id, trip_id, seat_id, token, self.hold_seconds)
+            if until is None:
+                return await self._seats(tenant_id, trip_id, f"Seat {seat_id} was just taken; pick another.")
+            trip = await self.store.trip(tenant_id, trip_id)
+            return {"screen": CONFIRM, "data": {"trip_id": trip_id, "seat_id": seat_id,
+                                                "trip": trip.title if trip else trip_id,
+                                                "price": trip.price() if trip else "",
+                                                "held_until": until.isoformat()}}
+        if screen == CONFIRM:
+            seat_id = str(data.get("seat_id", ""))
+            until = await self.store.still_held(tenant_id, trip_id, seat_id, token)
+            if until is None:
+                return await self._seats(tenant_id, trip_id, "Your hold expired; pick a seat again.")
+            return {"screen": SUCCESS, "data": {"extension_message_response": {"params": {
+                "flow_token": token, "trip_id": trip_id, "seat_id": seat_id, "held_until": until.isoformat()}}}}
+        return await self._trips(tenant_id)
+
+    async def _trips(self, tenant_id: str) -> dict[str, Any]:
+        trips = await self.store.trips(tenant_id)
+        return {"screen": TRIPS, "data": {"trips": [
+            {"id": t.trip_id, "title": t.title, "description": f"{t.departs_at:%Y-%m-%d %H:%M} · {t.price()}"}
+            for t in trips]}}
+
+    async def _seats(self, tenant_id: str, trip_id: str, error: str | None = None) -> dict[str, Any]:
+        seats = await self.store.free_seats(tenant_id, trip_id)
+        data: dict[str, Any] = {"trip_id": trip_id, "seats": [{"id": s, "title": s} for s in seats]}
+        if error:
+            data["error_message"] = error
+        return {"screen": SEATS, "data": data}
+
+
