@@ -6,11 +6,12 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 INFRA := bash deploy/local/infra.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install infra-up down status run run-forever test test-unit lint bench bench-ingest bench-router bench-sender bench-billing
+.PHONY: help install infra-up observability-tools down status run run-forever run-observed test test-unit lint bench bench-ingest bench-router bench-sender bench-billing
 
 help:
 	@echo "make run          install what is missing, start Kafka + PostgreSQL + all services + the simulator, drive demo traffic, print a summary (Ctrl-C stops)"
 	@echo "make run-forever  the same, but keep everything running after the demo"
+	@echo "make run-observed the demo with a Prometheus (from the OS packages) scraping every service and evaluating the alerts; keeps running"
 	@echo "make test         install what is missing, start the infrastructure, run the whole test suite"
 	@echo "make lint         ruff and mypy"
 	@echo "make bench        every benchmark (bench-ingest, bench-router, bench-sender, bench-billing); results in bench-results/"
@@ -28,6 +29,10 @@ install: .venv/.parley-synced
 infra-up: install
 	$(INFRA) up
 
+# Prometheus and promtool from the OS packages (apt): the demo's Prometheus and the rule checks of the tests.
+observability-tools:
+	bash deploy/local/prometheus.sh install
+
 down:
 	$(INFRA) down
 
@@ -40,10 +45,13 @@ run: infra-up
 run-forever: infra-up
 	$(UV) run --frozen python deploy/local/run_demo.py --keep-running
 
-test: infra-up
+run-observed: infra-up observability-tools
+	$(UV) run --frozen python deploy/local/run_demo.py --observed --keep-running
+
+test: infra-up observability-tools
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install observability-tools
 	$(UV) run --frozen pytest -m "not infra" $(PYTEST_ARGS)
 
 lint: install

@@ -35,6 +35,7 @@ LOGS = STATE / "logs"
 DEMO = REPO / "deploy" / "demo"
 BILLING_DATA = REPO / "services/billing/parley_billing/data"
 PORTS = {"simulator": 8090, "ingest": 8081, "router": 8082, "sender": 8083, "billing": 8084}
+PROMETHEUS_PORT = 19090  # not 9090: a system Prometheus from the same package may listen there
 SECRET_NAMES = ("PARLEY_DEMO_APP_SECRET", "PARLEY_DEMO_ACCESS_TOKEN", "PARLEY_DEMO_VERIFY_TOKEN",
                 "PARLEY_DEMO_APP2_SECRET", "PARLEY_DEMO_APP2_OLD_SECRET", "PARLEY_DEMO_APP2_ACCESS_TOKEN",
                 "PARLEY_REDACTION_KEY")
@@ -83,10 +84,26 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def start_prometheus() -> Any:
+    """`make run-observed`: a Prometheus (OS packages) scraping the four services, with the alerts."""
+    from observed import Prometheus, ensure_installed  # deploy/local/observed.py
+
+    ensure_installed()
+    prometheus = Prometheus(PROMETHEUS_PORT, STATE / "prometheus",
+                            {f"parley-{svc}": f"127.0.0.1:{PORTS[svc]}" for svc in ("ingest", "router", "sender",
+                                                                                     "billing")})
+    prometheus.start()
+    prometheus.wait_ready()
+    say(f"Prometheus on {prometheus.url} scrapes every service every 5 s and evaluates the alerts of "
+        "deploy/observability/alerts; import deploy/observability/dashboards/*.json into a Grafana pointed at it")
+    return prometheus
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    on_stop: list[Any] = field(default_factory=list)
 
     def start(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
@@ -113,6 +130,8 @@ class Stack:
                     await asyncio.sleep(0.5)
 
     def stop(self) -> None:
+        for stop in self.on_stop:
+            stop()
         for proc in self.procs.values():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -227,6 +246,8 @@ async def main() -> int:
     parser.add_argument("--templates", type=int, default=300, help="template messages per tenant")
     parser.add_argument("--rate", type=float, default=300.0, help="inbound messages per second")
     parser.add_argument("--keep-running", action="store_true", help="keep the stack running after the demo")
+    parser.add_argument("--observed", action="store_true",
+                        help=f"also run a Prometheus on 127.0.0.1:{PROMETHEUS_PORT} scraping every service")
     args = parser.parse_args()
 
     env = {**os.environ, **infra_env(), **demo_secrets()}
@@ -272,6 +293,9 @@ async def main() -> int:
         await stack.wait_ready(stop)
         if stop.is_set():
             return 130
+        if args.observed:
+            prometheus = start_prometheus()
+            stack.on_stop.append(prometheus.stop)
         run(["parley-billing", "ratecard", "import", str(BILLING_DATA / "example_rate_card.csv")], env)
         run(["parley-sender", "templates", "sync"], {**env, "PARLEY_SENDER_GRAPH_API_BASE":
                                                      f"http://127.0.0.1:{PORTS['simulator']}"})

@@ -43,7 +43,10 @@ CONSUMER_GROUPS: dict[str, set[str]] = {
 }
 HTTP_PORTS = {"ingest": 8081, "router": 8082, "sender": 8083, "billing": 8084}
 CPU_AUTOSCALED = {"parley-ingest"}
-CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication")}
+CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("keda.sh/v1alpha1", "TriggerAuthentication"),
+             ("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+OPS_PORT = 9464  # /metrics and /docs, off the public face (PARLEY_<SERVICE>_OPS_PORT)
+ALERTS = REPO / "deploy" / "observability" / "alerts"
 # Secrets the user creates before applying (deploy/k8s/README.md); never rendered from the repo.
 USER_SECRETS = {"parley-secrets", "parley-meta", "parley-kafka"}
 # Services that call out to the internet (tenant endpoints; Meta's Graph API), on 443 only.
@@ -255,8 +258,8 @@ def service_wiring_problems(docs: list[Doc]) -> list[str]:
             problems.append(f"{name}: PARLEY_{svc.upper()}_HTTP_PORT is not {port}")
         if env.get(f"PARLEY_{svc.upper()}_HTTP_HOST") != "0.0.0.0":
             problems.append(f"{name}: does not bind 0.0.0.0 (the default is 127.0.0.1)")
-        if [p["containerPort"] for p in c.get("ports", [])] != [port]:
-            problems.append(f"{name}: container ports are not [{port}]")
+        if [p["containerPort"] for p in c.get("ports", [])] != [port, OPS_PORT]:
+            problems.append(f"{name}: container ports are not [{port}, {OPS_PORT}]")
         labels = d["spec"]["template"]["metadata"]["labels"]
         services = [s for s in of_kind(docs, "Service")
                     if s["spec"]["selector"].items() <= labels.items()]
@@ -327,7 +330,8 @@ def _allowed_ports(rules: list[Doc]) -> set[tuple[str, int]]:
 
 
 def network_policy_problems(docs: list[Doc]) -> list[str]:
-    """One NetworkPolicy per service, ingress only on its HTTP port, egress only to what it uses:
+    """One NetworkPolicy per service, ingress only on its HTTP port (and its ops port, from inside the
+    cluster, for Prometheus), egress only to what it uses:
     DNS, Kafka, PostgreSQL, and (router and sender only) 443 on public addresses."""
     problems: list[str] = []
     policies = of_kind(docs, "NetworkPolicy")
@@ -344,9 +348,12 @@ def network_policy_problems(docs: list[Doc]) -> list[str]:
         if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
             problems.append(f"{name}: policyTypes {spec.get('policyTypes')}, expected Ingress and Egress")
         port = HTTP_PORTS[name.removeprefix("parley-")]
-        if _allowed_ports(spec.get("ingress", [])) != {("TCP", port)}:
+        if _allowed_ports(spec.get("ingress", [])) != {("TCP", port), ("TCP", OPS_PORT)}:
             problems.append(f"{name}: ingress ports {sorted(_allowed_ports(spec.get('ingress', [])))}, "
-                            f"expected only TCP {port}")
+                            f"expected only TCP {port} and the ops port {OPS_PORT}")
+        for rule in spec.get("ingress", []):
+            if ("TCP", OPS_PORT) in _allowed_ports([rule]) and not rule.get("from"):
+                problems.append(f"{name}: the ops port is open to any source, not only the cluster")
         egress = spec.get("egress", [])
         allowed = _allowed_ports(egress)
         for needed in (("UDP", 53), ("TCP", kafka_port), ("TCP", 5432)):
@@ -444,6 +451,51 @@ def secret_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def monitoring_problems(docs: list[Doc]) -> list[str]:
+    """Prometheus Operator resources: one PodMonitor scraping every service's ops port (which no
+    Service exposes), the job named by the pod's name label, and one PrometheusRule carrying exactly
+    the groups of deploy/observability/alerts/*.yaml."""
+    problems: list[str] = []
+    monitors = of_kind(docs, "PodMonitor")
+    if len(monitors) != 1:
+        return [f"{len(monitors)} PodMonitors (want 1)"]
+    (pm,) = monitors
+    spec = pm["spec"]
+    selector = spec.get("selector", {})
+    endpoints = spec.get("podMetricsEndpoints", [])
+    if [(e.get("port"), e.get("path")) for e in endpoints] != [("ops", "/metrics")]:
+        problems.append(f"PodMonitor endpoints {endpoints}")
+    for d in of_kind(docs, "Deployment"):
+        name = d["metadata"]["name"]
+        svc = name.removeprefix("parley-")
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        selected = selector.get("matchLabels", {}).items() <= labels.items() and all(
+            (e["operator"] == "In" and labels.get(e["key"]) in e["values"])
+            or (e["operator"] == "Exists" and e["key"] in labels)
+            for e in selector.get("matchExpressions", []))
+        if not selected:
+            problems.append(f"{name}: not selected by the PodMonitor")
+        if labels.get(spec.get("jobLabel", "")) != name:
+            problems.append(f"{name}: the PodMonitor's jobLabel does not give job={name}")
+        (c,) = d["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        ops = [p for p in c.get("ports", []) if p.get("name") == "ops"]
+        if [p["containerPort"] for p in ops] != [OPS_PORT]:
+            problems.append(f"{name}: no ops port {OPS_PORT}")
+        if env.get(f"PARLEY_{svc.upper()}_OPS_PORT") != str(OPS_PORT) or \
+                env.get(f"PARLEY_{svc.upper()}_OPS_HOST") != "0.0.0.0":
+            problems.append(f"{name}: PARLEY_{svc.upper()}_OPS_PORT/_OPS_HOST do not serve {OPS_PORT} on 0.0.0.0")
+    for svc_doc in of_kind(docs, "Service"):
+        for p in svc_doc["spec"]["ports"]:
+            if p.get("targetPort") in ("ops", OPS_PORT) or p.get("port") == OPS_PORT:
+                problems.append(f"Service {svc_doc['metadata']['name']} exposes the ops port")
+    rules = of_kind(docs, "PrometheusRule")
+    groups = [g for path in sorted(ALERTS.glob("*.yaml")) for g in yaml.safe_load(path.read_text())["groups"]]
+    if len(rules) != 1 or rules[0]["spec"].get("groups") != groups:
+        problems.append("the PrometheusRule does not carry exactly the groups of deploy/observability/alerts")
+    return problems
+
+
 # --- the rendered overlays ---------------------------------------------------------------------------
 
 
@@ -478,6 +530,11 @@ def test_probes_liveness_never_checks_kafka_and_shutdown_is_graceful(rendered: t
 
 def test_services_run_their_command_and_are_reachable(rendered: tuple[str, list[Doc]]) -> None:
     assert service_wiring_problems(rendered[1]) == []
+
+
+def test_prometheus_scrapes_every_service_off_its_public_face_and_gets_the_alerts(
+        rendered: tuple[str, list[Doc]]) -> None:
+    assert monitoring_problems(rendered[1]) == []
 
 
 def test_every_deployment_has_a_pod_disruption_budget(rendered: tuple[str, list[Doc]]) -> None:
@@ -698,6 +755,18 @@ def test_pdb_and_wiring_checks_catch_a_missing_budget_and_a_wrong_port(prod: lis
     env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
     next(e for e in env if e["name"] == "PARLEY_SENDER_HTTP_PORT")["value"] = "8080"
     assert any("PARLEY_SENDER_HTTP_PORT is not 8083" in p for p in service_wiring_problems(docs))
+
+
+def test_monitoring_check_catches_a_missing_ops_port_an_exposed_one_and_a_stale_rule(prod: list[Doc]) -> None:
+    docs, dep = _broken(prod, "Deployment", "parley-router")
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"].pop()
+    assert any("parley-router: no ops port" in p for p in monitoring_problems(docs))
+    docs, svc = _broken(prod, "Service", "parley-ingest")
+    svc["spec"]["ports"].append({"name": "ops", "port": OPS_PORT, "targetPort": "ops"})
+    assert any("parley-ingest exposes the ops port" in p for p in monitoring_problems(docs))
+    docs, rule = _broken(prod, "PrometheusRule", "parley")
+    rule["spec"]["groups"][0]["rules"].pop()
+    assert any("PrometheusRule" in p for p in monitoring_problems(docs))
 
 
 # --- Docker Compose and the Dockerfile ---------------------------------------------------------------
