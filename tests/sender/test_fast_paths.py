@@ -8,9 +8,9 @@ from unittest import mock
 import orjson
 import pytest
 from parley_common.contracts import SendResult
-from parley_sender import delivery
+from parley_sender import results
 from parley_sender.cloudapi import CloudApiClient
-from parley_sender.delivery import result_json, result_of
+from parley_sender.results import result_json, result_of
 from parley_sender.store import MessageRow
 
 ROWS = [
@@ -26,7 +26,7 @@ ROWS = [
 @pytest.mark.parametrize("micro", [0, 123456])
 def test_result_json_is_the_models_json(row: MessageRow, micro: int) -> None:
     at = datetime(2026, 11, 22, 1, 2, 3, micro, tzinfo=UTC)
-    with mock.patch.object(delivery, "now_utc", return_value=at):
+    with mock.patch.object(results, "now_utc", return_value=at):
         fast = result_json(row)
         model = result_of(row).model_copy(update={"received_at": at})
     assert fast == model.model_dump_json().encode()

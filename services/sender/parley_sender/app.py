@@ -17,11 +17,14 @@ from parley_sender.cloudapi import CloudApiClient
 from parley_sender.consuming import GROUP as SEND_GROUP
 from parley_sender.consuming import SendConsumer
 from parley_sender.delivery import Metrics, Sender
+from parley_sender.effects import Effects
 from parley_sender.handlers import register
 from parley_sender.observed import watch_in_doubt
+from parley_sender.pacing import NumberStates
 from parley_sender.producing import RecordProducer
 from parley_sender.settings import SenderSettings
 from parley_sender.store import MIGRATIONS, SenderStore
+from parley_sender.sweeper import InDoubtSweeper
 
 
 def create_app(
@@ -38,25 +41,32 @@ def create_app(
         connect_timeout_s=settings.http_connect_timeout_s,
         max_connections=settings.http_max_connections,
     )
+    producer = RecordProducer(settings.kafka_bootstrap, client_options=kafka_client_options(settings))
+    sender: Sender
+    effects = Effects(
+        broker=rt.broker,
+        store=lambda: sender.store,
+        producer=producer,
+        limits=lambda tenant_id: sender.known_limit(tenant_id),
+    )
     sender = Sender(
         settings=settings,
-        broker=rt.broker,
-        store=None,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]  # opened by open_store, before anything consumes
         client=client,
         tenants=lambda: rt.tenants,
-        redactor=rt.redactor,
         metrics=Metrics.create(rt.registry),
-        producer=RecordProducer(settings.kafka_bootstrap, client_options=kafka_client_options(settings)),
+        effects=effects,
+        numbers=NumberStates(idle_s=settings.number_idle_s),
         tracer=rt.tracer_provider.get_tracer("parley.sender"),
     )
     register(sender)
+    sweeper = InDoubtSweeper(sender)
 
     watching: list[asyncio.Task[None]] = []
 
     async def open_store() -> None:
         sender.store = SenderStore(rt.require_pool())
-        assert sender.producer is not None
-        await sender.producer.start()
+        await producer.start()
         watching.append(asyncio.create_task(watch_in_doubt(sender.metrics, sender.store)))
         if rt.ops is not None:  # the send requests' own consumer, for the consumer-lag gauge
             rt.ops.watch(SEND_GROUP, [MESSAGES_OUT.name, MESSAGES_OUT_RETRY.name])
@@ -64,11 +74,9 @@ def create_app(
     async def close() -> None:
         for task in watching:
             task.cancel()
-        for pacer in sender.pacers.values():
-            await pacer.close()
+        await sender.numbers.close()
         await client.aclose()
-        if sender.producer is not None:
-            await sender.producer.stop()
+        await producer.stop()
 
     rt.on_start.append(open_store)
     rt.on_stop.append(close)
@@ -80,15 +88,18 @@ def create_app(
     # offsets committed while all of that is still up.
     consumer = SendConsumer(sender)
     app.state.send_consumer = consumer
+    app.state.sweeper = sweeper
     runtime_lifespan = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[None]:
         async with runtime_lifespan(a):
             await consumer.start()
+            sweeper.start()
             try:
                 yield
             finally:
+                await sweeper.stop()
                 await consumer.stop()
 
     app.router.lifespan_context = lifespan

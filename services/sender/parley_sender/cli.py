@@ -24,7 +24,7 @@ from parley_common.topics import DEAD_LETTERS, MESSAGES_OUT, MESSAGES_OUT_RETRY
 
 from parley_sender.catalogue import sync_templates
 from parley_sender.cloudapi import CloudApiClient
-from parley_sender.delivery import SERVICE
+from parley_sender.effects import SERVICE
 from parley_sender.settings import SenderSettings
 from parley_sender.store import MIGRATIONS, SenderStore
 

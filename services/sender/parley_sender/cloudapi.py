@@ -1,10 +1,9 @@
-"""The Cloud API client: one pooled aiohttp session, the access token per tenant app, configurable
-base URL and version (Meta's Graph API or the simulator: configuration only).
+"""The Cloud API client: the access token per tenant app, configurable base URL and version
+(Meta's Graph API or the simulator: configuration only).
 
-Sends (the hot path) go through pyreqwest (Rust reqwest/hyper, its own pooled connections);
-management calls (templates) through aiohttp. Measured at 64 requests in flight on loopback:
-httpx 0.28 ~2.6 ms of CPU per request (its pool scans every connection per request), aiohttp 3.14
-~0.095 ms, pyreqwest 0.15 ~0.05 ms including its runtime thread (docs/adr/0030-sender-throughput.md).
+Two HTTP clients, each with its own connection pool: sends (the hot path) go through pyreqwest
+(Rust reqwest/hyper), chosen for its CPU cost per request (docs/adr/0030-sender-throughput.md);
+management calls (templates: list, create) go through aiohttp, retried with tenacity.
 """
 
 from __future__ import annotations
@@ -67,30 +66,71 @@ def nothing_sent(exc: BaseException) -> bool:
     return any(c.get("message") == _CONNECT_CAUSE for c in causes)
 
 
+def _text(value: Any, limit: int = 500) -> str | None:
+    """A string of Meta's answer as the sender stores it: text, bounded, without NUL (which
+    PostgreSQL refuses)."""
+    if value is None:
+        return None
+    return str(value).replace("\x00", "")[:limit]
+
+
+def error_code_of(value: Any) -> int | None:
+    """Meta's ``error.code``: an integer, sometimes a numeric string; anything else is no code
+    (the answer is then judged by its HTTP status)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if -(2**31) <= value < 2**31 else None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value.strip()) <= 10:
+        return int(value)
+    return None
+
+
 def parse_send_answer(status: int, content: bytes) -> SendResponse:
-    """Meta's answer to a send: ``messages[0].id`` on success, ``error{code,...}`` otherwise."""
+    """Meta's answer to a send: ``messages[0].id`` on success, ``error{code,...}`` otherwise. A
+    2xx answer whose message id cannot be read may still mean "accepted": in doubt."""
     try:
         data = orjson.loads(content) if content else {}
     except orjson.JSONDecodeError:
         data = {}
-    if status == 200 and isinstance(data, dict) and data.get("messages"):
-        first = data["messages"][0]
-        return SendResponse(
-            wamid=first.get("id"), message_status=first.get("message_status", "accepted"), http_status=200
-        )
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if 200 <= status < 300:
+        first = messages[0] if isinstance(messages, list) and messages else None
+        wamid = first.get("id") if isinstance(first, dict) else None
+        if isinstance(wamid, str) and wamid and "\x00" not in wamid and len(wamid) <= 512:
+            assert isinstance(first, dict)
+            return SendResponse(
+                wamid=wamid, message_status=_text(first.get("message_status", "accepted"), 64), http_status=status
+            )
+        return SendResponse(http_status=status, error_message=f"HTTP {status} without a message id", in_doubt=True)
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         error_data = error.get("error_data")
         details = error_data.get("details") if isinstance(error_data, dict) else None
         code = error.get("code")
+        parsed = error_code_of(code)
+        message = _text(error.get("message", "")) or ""
+        if parsed is None and code is not None:
+            message = f"{message} (error code not a number: {_text(code, 40)})"[:500]
         return SendResponse(
             http_status=status,
-            error_code=int(code) if code is not None else None,
-            error_message=str(error.get("message", ""))[:500],
-            error_details=details,
-            fbtrace_id=error.get("fbtrace_id"),
+            error_code=parsed,
+            error_message=message,
+            error_details=_text(details),
+            fbtrace_id=_text(error.get("fbtrace_id"), 100),
         )
     return SendResponse(http_status=status, error_message=f"HTTP {status}")
+
+
+def describe_failure(exc: BaseException, sent: bool) -> str:
+    """What went wrong with a call, in words that match what happened (pyreqwest names a read
+    timeout ConnectTimeoutError: the class alone would mislead)."""
+    name = type(exc).__name__
+    if not sent:
+        return f"could not connect ({name})"
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return f"no answer in time after the request was sent ({name})"
+    return f"connection lost after the request was sent ({name})"
 
 
 class CloudApiClient:
@@ -190,10 +230,9 @@ class CloudApiClient:
             content = bytes(await resp.bytes())
             status = resp.status
         except (TimeoutError, PyreqwestError) as exc:
-            if nothing_sent(exc):
-                return SendResponse(error_message=type(exc).__name__)
-            # Timeouts, dropped connections: the request may have been processed.
-            return SendResponse(error_message=type(exc).__name__, in_doubt=True)
+            sent = not nothing_sent(exc)
+            # Timeouts, dropped connections after the request left: it may have been processed.
+            return SendResponse(error_message=describe_failure(exc, sent), in_doubt=sent)
         return parse_send_answer(status, content)
 
     async def _graph(

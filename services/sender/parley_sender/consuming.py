@@ -10,14 +10,20 @@ while a batch's outcomes are written, and it ignores ``max_workers`` for batch s
   topics (the same business numbers) to the same process.
 - A fetch loop hands each partition's records to that partition's :class:`PartitionWorker` and
   pauses a partition whose backlog is long (resumed when the worker has caught up).
-- A worker runs its batches in order: decide, record the intents, call the Cloud API
-  (:meth:`Sender.send_batch`), then records the outcomes and publishes the results
-  (:meth:`Sender.finish`) *while the next batch is already being sent*; it commits the partition's
-  offset only after the effects of every record up to it are durable, and in offset order.
+- A worker runs its batches in order: decide and call the Cloud API, each call's row written
+  around it (:meth:`Sender.send_batch`), then applies the effects (:meth:`Sender.complete`)
+  *while the next batch is already being sent*; it commits the partition's offset only after the
+  effects of every record up to it are durable, and in offset order.
+- Failures are classified per record: a transient one (database or broker unreachable) is
+  retried with exponential backoff and jitter, never in a hot loop; a permanent one (a value the
+  database refuses, a record that cannot be processed) is found by handling the batch's records
+  one by one, and the record at fault goes to the dead-letter topic with the reason while the
+  partition moves on.
 - Revocation (rebalance) and stop close the partition's :class:`Gate`: requests still waiting for
   a rate grant are released unsent, calls already made finish, their outcomes are recorded, the
   offset of what is done is committed, then the partition is let go. The commit never passes a
-  released request, so the next owner sends it.
+  released request, so the next owner sends it. What this process kept about the partition's
+  business numbers (pacing, pair rates) is dropped: another process moves that state on.
 """
 
 from __future__ import annotations
@@ -26,26 +32,35 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from parley_common.broker import kafka_client_options
+from parley_common.deadletter import is_transient
 from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY
 
 from parley_sender.delivery import Batch, Sender
+from parley_sender.domain.outcomes import backoff_s
 from parley_sender.pacing import Gate
 
 log = logging.getLogger("parley.sender.consuming")
 
 GROUP = "parley-sender"
-RETRY_BACKOFF_MAX_S = 5.0
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """A batch released requests while the partition is still ours (the database could not
+    record their calls): the worker starts again from the last durable offset, after a pause."""
 
 
 class PartitionWorker:
-    def __init__(self, owner: SendConsumer, tp: TopicPartition) -> None:
+    def __init__(self, owner: SendConsumer, tp: TopicPartition, *, restarts: int = 0, delay_s: float = 0.0) -> None:
         self.owner = owner
         self.tp = tp
         self.from_retry = tp.topic == MESSAGES_OUT_RETRY.name
@@ -55,15 +70,24 @@ class PartitionWorker:
         self.next_offset: int | None = None  # of the next record to accept from the fetch loop
         self.done_offset: int | None = None  # every record below it has durable effects
         self.committed: int | None = None
+        self.numbers: set[str] = set()  # business numbers seen on this partition (record keys)
+        self.restarts = restarts  # consecutive restarts after failures (for the backoff)
         self._finishing: asyncio.Task[None] | None = None
-        self.task = asyncio.create_task(self._run(), name=f"sender-{tp.topic}-{tp.partition}")
+        self.task = asyncio.create_task(self._start(delay_s), name=f"sender-{tp.topic}-{tp.partition}")
         self.task.add_done_callback(self._ended)
+
+    async def _start(self, delay_s: float) -> None:
+        if delay_s > 0:  # a restart after a failure: not in a hot loop
+            await asyncio.sleep(delay_s)
+        await self._run()
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "sender worker stopped unexpectedly; restarting it from its last durable offset",
-                exc_info=task.exception(),
+            exc = task.exception()
+            log.log(
+                logging.WARNING if isinstance(exc, Interrupted) else logging.ERROR,
+                "sender worker stopped; restarting it from its last durable offset",
+                exc_info=None if isinstance(exc, Interrupted) else exc,
                 extra={"topic": self.tp.topic, "partition": self.tp.partition},
             )
             self.owner.restart(self)
@@ -86,7 +110,6 @@ class PartitionWorker:
         return out
 
     async def _run(self) -> None:
-        sender = self.owner.sender
         while not self.gate.closed:
             await self.ready.wait()
             if self.gate.closed:
@@ -94,58 +117,127 @@ class PartitionWorker:
             records = self._take()
             if not records:
                 continue
+            self.numbers.update(r.key.decode() for r in records if r.key)
             self.owner.maybe_resume(self)
-            batch = await self._retrying(
-                "send", functools.partial(sender.send_batch, records, from_retry=self.from_retry, gate=self.gate)
-            )
-            if batch is None:
+            batches = await self._send(records)
+            if batches is None:
                 break
-            if self._finishing is not None:  # effects and commits stay in offset order
-                await self._finishing
-            end = records[-1].offset + 1 if batch.release_offset is None else batch.release_offset
-            self._finishing = asyncio.create_task(self._finish(batch, end))
-            if batch.release_offset is not None:
-                break  # the gate closed: nothing after a released request may be handled here
+            for batch, end in batches:
+                if self._finishing is not None:  # effects and commits stay in offset order
+                    await self._finishing
+                self._finishing = asyncio.create_task(self._finish(batch, end))
+                if batch.release_offset is not None:
+                    await self._finishing
+                    if self.gate.closed:
+                        return  # nothing after a released request may be handled here
+                    raise Interrupted("requests released unsent; reading again from the durable offset")
         if self._finishing is not None:
             await self._finishing
 
+    async def _send(self, records: list[ConsumerRecord[Any, Any]]) -> list[tuple[Batch, int]] | None:
+        """The batch's calls; None when the partition was let go while the database was away."""
+        sender = self.owner.sender
+
+        def send(recs: list[ConsumerRecord[Any, Any]]) -> Callable[[], Awaitable[Batch]]:
+            return lambda: sender.send_batch(recs, from_retry=self.from_retry, gate=self.gate)
+
+        try:
+            batch = await self._transient_retried("send", send(records), give_up_when_closed=True)
+        except Exception as exc:  # permanent: find the record at fault, one record at a time
+            log.warning(
+                "sender batch failed; handling its records one by one",
+                extra={"partition": self.tp.partition, "error_type": type(exc).__name__},
+            )
+            return await self._one_by_one(records, send)
+        if batch is None:
+            return None
+        end = records[-1].offset + 1 if batch.release_offset is None else batch.release_offset
+        return [(batch, end)]
+
+    async def _one_by_one(
+        self,
+        records: list[ConsumerRecord[Any, Any]],
+        send: Callable[[list[ConsumerRecord[Any, Any]]], Callable[[], Awaitable[Batch]]],
+    ) -> list[tuple[Batch, int]] | None:
+        out: list[tuple[Batch, int]] = []
+        for rec in records:
+            try:
+                batch = await self._transient_retried("send", send([rec]), give_up_when_closed=True)
+            except Exception as exc:
+                dead_letter = functools.partial(self.owner.sender.effects.dead_letter_record, rec, exc)
+                await self._transient_retried("dead-letter", dead_letter)
+                out.append((Batch([], []), rec.offset + 1))
+                continue
+            if batch is None:
+                return out or None
+            out.append((batch, rec.offset + 1 if batch.release_offset is None else batch.release_offset))
+            if batch.release_offset is not None:
+                break
+        return out
+
     async def _finish(self, batch: Batch, end: int) -> None:
         sender = self.owner.sender
-        done = await self._retrying(
-            "record outcomes", functools.partial(self._finish_once, sender, batch), settle=batch
-        )
-        if done is None:
-            return
+        try:
+            await self._transient_retried("apply effects", lambda: sender.complete(batch), settle=batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A permanent failure of the batch's effects: each outcome on its own, and one that
+            # fails for good is logged and left (its row is recorded; its redelivery re-applies it).
+            log.error(
+                "sender effects failed; applying them one by one",
+                extra={"partition": self.tp.partition, "error_type": type(exc).__name__},
+            )
+            for outcome in batch.outcomes:
+                single = Batch([outcome], [])
+                try:
+                    await self._transient_retried("apply effects", functools.partial(sender.complete, single))
+                except Exception as one:
+                    log.error("sender effects of one request refused", extra={"error_type": type(one).__name__})
+            sender.settle(batch)
         self.done_offset = end
+        if batch.release_offset is None:
+            self.restarts = 0
         await self.owner.commit(self)
 
-    @staticmethod
-    async def _finish_once(sender: Sender, batch: Batch) -> bool:
-        await sender._apply(batch.outcomes)
-        sender._settle(batch)
-        return True
+    async def _transient_retried(
+        self,
+        what: str,
+        step: Callable[[], Awaitable[T]],
+        *,
+        settle: Batch | None = None,
+        give_up_when_closed: bool = False,
+    ) -> T | None:
+        """Run ``step``, repeating it after transient failures (database or broker unreachable)
+        with exponential backoff and jitter; a permanent failure is raised to the caller.
 
-    async def _retrying(self, what: str, step: Any, settle: Batch | None = None) -> Any:
-        """Run ``step`` until it succeeds (infrastructure errors: the same records, again).
-
-        A failing *send* step is repeated only while the partition is still ours; a failing
-        *record outcomes* step is repeated until it succeeds or the process gives up stopping
-        (the outcomes exist only in memory: they must be written before the offset moves).
+        A failing *send* step is repeated only while the partition is still ours
+        (``give_up_when_closed``: None then); a failing *effects* step is repeated until it
+        succeeds or the process gives up stopping (the outcomes exist only in memory).
         """
-        delay = 0.1
+        failures = 0
+        s = self.owner.sender.settings
         while True:
             try:
                 return await step()
             except asyncio.CancelledError:
                 if settle is not None:
-                    self.owner.sender._settle(settle)
+                    self.owner.sender.settle(settle)
                 raise
-            except Exception:
-                log.exception("sender worker: %s failed; retrying", what, extra={"partition": self.tp.partition})
-                if settle is None and self.gate.closed:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                log.warning(
+                    "sender worker: %s failed (transient); retrying",
+                    what,
+                    extra={"partition": self.tp.partition, "error_type": type(exc).__name__, "failures": failures},
+                )
+                if give_up_when_closed and self.gate.closed:
                     return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_BACKOFF_MAX_S)
+            await asyncio.sleep(
+                backoff_s(failures, initial_s=s.backoff_initial_s, max_s=s.backoff_max_s, jitter=random.random())
+            )
 
     async def close(self, timeout_s: float) -> None:
         """Stop taking records, release those still waiting, let calls made finish and record them."""
@@ -218,12 +310,18 @@ class SendConsumer:
     async def _fetch_loop(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
+        failures = 0
+        s = self.sender.settings
         while not self._stopping:
             try:
                 fetched = await consumer.getmany(timeout_ms=200, max_records=self.batch_max * 4)
-            except Exception:  # KafkaError and anything unexpected: the loop must keep running
-                log.exception("sender fetch failed; retrying")
-                await asyncio.sleep(1.0)
+                failures = 0
+            except Exception as exc:  # KafkaError and anything unexpected: the loop must keep running
+                failures += 1
+                log.warning("sender fetch failed; retrying", extra={"error_type": type(exc).__name__})
+                await asyncio.sleep(
+                    backoff_s(failures, initial_s=s.backoff_initial_s, max_s=s.backoff_max_s, jitter=random.random())
+                )
                 continue
             for tp, records in fetched.items():
                 worker = self.workers.get(tp)
@@ -251,7 +349,12 @@ class SendConsumer:
         tp = worker.tp
         if self._stopping or self._consumer is None or self.workers.get(tp) is not worker:
             return
-        self.workers[tp] = PartitionWorker(self, tp)
+        s = self.sender.settings
+        restarts = worker.restarts + 1
+        delay = backoff_s(restarts, initial_s=s.backoff_initial_s, max_s=s.backoff_max_s, jitter=random.random())
+        fresh = self.workers[tp] = PartitionWorker(self, tp, restarts=restarts, delay_s=delay)
+        fresh.numbers = worker.numbers
+        fresh.next_offset = worker.done_offset
         if worker.done_offset is not None:
             self._consumer.seek(tp, worker.done_offset)
         else:
@@ -268,6 +371,8 @@ class SendConsumer:
         self._paused.difference_update(revoked)
         await asyncio.gather(*(w.close(self.stop_timeout_s) for w in workers))
         await asyncio.gather(*(self.commit(w) for w in workers))
+        kept = set().union(*(w.numbers for w in self.workers.values()))
+        self.sender.forget_numbers(set().union(*(w.numbers for w in workers)) - kept)
 
     async def commit(self, worker: PartitionWorker) -> None:
         offset = worker.done_offset

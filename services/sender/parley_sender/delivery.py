@@ -1,81 +1,79 @@
 """Sending: a batch of send requests in, the policy decides, the Cloud API is called, outcomes out.
 
-Exactly-once in effect (docs/adr/0030-sender-exactly-once.md): the intent of each attempt is
-recorded before the HTTP call and the outcome after it, both keyed by message_id, and the Kafka
-offsets are committed only after that. A redelivered request whose outcome is recorded is not
-sent again (its result is re-published, idempotent by event_id); one found still "sending" was
-cut off mid-call by a crash and becomes ``in_doubt``: never re-sent blindly, resolved when a
-status webhook carrying its callback data arrives.
+Crash semantics (docs/adr/0030-sender-exactly-once.md): a request's row says ``sending`` only
+while its own Cloud API call may be in flight. The row is written just before the call, after the
+request's rate grant, and its outcome just after the call (:mod:`parley_sender.journal` groups
+the writes of concurrent calls). Results, retries and other effects follow per batch, then the
+offsets are committed. A redelivered request is handled by its recorded row alone
+(:func:`domain.outcomes.on_redelivery`): sent, its effects re-applied, re-queued, skipped while
+in doubt, or - when a process died during its call - declared in doubt. The rules live in
+``domain/``; this module gathers what they need, paces, calls and hands outcomes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections import OrderedDict, defaultdict, deque
-from collections.abc import Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import orjson
 from aiokafka import ConsumerRecord
-from faststream.kafka import KafkaBroker
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
-from parley_common.contracts import ConsentChange, OutboundMessage, SendResult, body_hash
-from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
-from parley_common.redaction import Redactor
+from parley_common.contracts import OutboundMessage
+from parley_common.deadletter import is_transient
 from parley_common.telemetry import traceparent_of
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.tenancy.models import Tenant
-from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS
+from parley_common.topics import MESSAGES_OUT_RETRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from tenacity import RetryCallState, wait_exponential_jitter
 
 from parley_sender.cloudapi import CloudApiClient, SendResponse
 from parley_sender.domain.consent import ConsentState
-from parley_sender.domain.errors import Action, action_for
-from parley_sender.domain.governor import MessagingLimit, PairRateLimit, ThroughputLimit, priority_rank
+from parley_sender.domain.governor import MessagingLimit, priority_rank
+from parley_sender.domain.outcomes import (
+    Kind,
+    MessageState,
+    Redelivery,
+    Throttle,
+    backoff_s,
+    interpret,
+    on_redelivery,
+    plan_retry,
+)
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide
+from parley_sender.domain.storable import unstorable_reason
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
-from parley_sender.pacing import Gate, NumberPacer
-from parley_sender.producing import RecordProducer
+from parley_sender.effects import Effects, Outcome
+from parley_sender.journal import RowJournal
+from parley_sender.pacing import Gate, NumberPacer, NumberStates
+from parley_sender.results import now_utc
 from parley_sender.settings import SenderSettings
-from parley_sender.store import FINAL_STATES, MessageRow, SenderStore
+from parley_sender.store import MessageRow, SenderStore
 
 log = logging.getLogger("parley.sender")
-SERVICE = "sender"
-RESULT_STATES = frozenset({"accepted", "refused", "failed", "dead"})
 ROOT = Context()  # a request without trace headers starts its own trace
+S = MessageState
+Plan = tuple[OutboundMessage, SendPlan, Tenant]
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class Outcome:
-    row: MessageRow
-    publish_result: bool = True
-    retry: OutboundMessage | None = None
-    dead_letter_reason: str | None = None
-    consent_stop: bool = False
-    reached: bool = False
-    fep_started: bool = False
-    released: bool = False  # not sent: its partition was revoked (or the process stopped) first
-    send_span: str | None = None  # traceparent of the Cloud API call's span, for links by wamid
+class UnstorableRequest(ValueError):
+    """A send request holding a value PostgreSQL refuses (the reason names the field)."""
 
 
 @dataclass
 class Batch:
-    """One partition's records after the Cloud API calls, before their effects are recorded."""
+    """One partition's records after the Cloud API calls, before their effects are applied."""
 
     outcomes: list[Outcome]
-    message_ids: list[str]  # registered in ``Sender.inflight`` until :meth:`Sender.finish`
+    message_ids: list[str]  # registered in ``Sender.inflight`` until :meth:`Sender.complete`
     # Offset of the first record whose request was released unsent: the commit must stop there.
     release_offset: int | None = None
 
@@ -96,6 +94,7 @@ class Metrics:
     in_doubt_oldest: Gauge | None = None
     _accepted: dict[str, Any] = field(default_factory=dict)
     _per_number: dict[str, Any] = field(default_factory=dict)
+    _limits: dict[str, int] = field(default_factory=dict)
 
     def accepted(self, category: str) -> Any:
         """The accepted-sends counter of a category (children cached: one per send otherwise)."""
@@ -111,6 +110,11 @@ class Metrics:
         if child is None:
             child = self._per_number[phone_number_id] = self.number_sends.labels(phone_number_id)
         child.inc()
+
+    def limit_of(self, phone_number_id: str, limit: int) -> None:
+        if self.number_limit is not None and self._limits.get(phone_number_id) != limit:
+            self._limits[phone_number_id] = limit
+            self.number_limit.labels(phone_number_id).set(limit)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -128,128 +132,73 @@ class Metrics:
                 registry=registry,
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             ),
-            number_sends=Counter("parley_sender_number_sends_total", "Sends accepted by the Cloud API, per number",
-                                 ["phone_number_id"], registry=registry),
-            number_limit=Gauge("parley_sender_number_limit_mps", "Messages per second the governor grants a number",
-                               ["phone_number_id"], registry=registry),
-            number_quality=Gauge("parley_number_quality_event",
-                                 "Latest phone_number_quality_update event of a number (1 on the current one)",
-                                 ["phone_number_id", "event"], registry=registry),
-            number_messaging_limit=Gauge("parley_number_messaging_limit",
-                                         "Messaging limit tier of a number from Meta (unique users per 24 h)",
-                                         ["phone_number_id"], registry=registry),
-            in_doubt=Gauge("parley_sender_in_doubt_messages", "Sends in doubt (cut off mid-call, unresolved)",
-                           registry=registry),
-            in_doubt_oldest=Gauge("parley_sender_in_doubt_oldest_seconds", "Age of the oldest send in doubt",
-                                  registry=registry),
+            number_sends=Counter(
+                "parley_sender_number_sends_total",
+                "Sends accepted by the Cloud API, per number",
+                ["phone_number_id"],
+                registry=registry,
+            ),
+            number_limit=Gauge(
+                "parley_sender_number_limit_mps",
+                "Messages per second the governor grants a number",
+                ["phone_number_id"],
+                registry=registry,
+            ),
+            number_quality=Gauge(
+                "parley_number_quality_event",
+                "Latest phone_number_quality_update event of a number (1 on the current one)",
+                ["phone_number_id", "event"],
+                registry=registry,
+            ),
+            number_messaging_limit=Gauge(
+                "parley_number_messaging_limit",
+                "Messaging limit tier of a number from Meta (unique users per 24 h)",
+                ["phone_number_id"],
+                registry=registry,
+            ),
+            in_doubt=Gauge(
+                "parley_sender_in_doubt_messages", "Sends in doubt (cut off mid-call, unresolved)", registry=registry
+            ),
+            in_doubt_oldest=Gauge(
+                "parley_sender_in_doubt_oldest_seconds", "Age of the oldest send in doubt", registry=registry
+            ),
         )
-
-
-def retry_delay(attempt: int, minimum: float, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter (tenacity's), never below what Meta's error asks for."""
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = max(1, attempt)
-    return max(
-        minimum, float(wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)(state))
-    )
-
-
-def result_json(row: MessageRow, send_span: str | None = None) -> bytes:
-    """``result_of(row).model_dump_json()`` without building and validating the model (hot path:
-    one per send). The same JSON, field for field (tests/sender/test_fast_paths.py checks it)."""
-    outcome = "failed" if row.state == "dead" else row.state
-    now = now_utc()
-    return orjson.dumps(
-        {
-            "schema_version": 1,
-            "event_id": f"{row.message_id}:{outcome}",
-            "tenant_id": row.tenant_id,
-            "phone_number_id": row.phone_number_id,
-            "occurred_at": now,
-            "received_at": now,
-            "message_id": row.message_id,
-            "outcome": outcome,
-            "wamid": row.wamid,
-            "recipient": row.recipient,
-            "is_template": row.is_template,
-            "template_name": row.template_name,
-            "category": row.category,
-            "free_window": row.free_window,
-            "reason": row.reason,
-            "error_code": row.error_code,
-            "attempt": row.attempt,
-            "send_span": send_span,
-        },
-        option=orjson.OPT_UTC_Z,
-    )
-
-
-def result_of(row: MessageRow) -> SendResult:
-    outcome = "failed" if row.state == "dead" else row.state
-    return SendResult(
-        event_id=f"{row.message_id}:{outcome}",
-        tenant_id=row.tenant_id,
-        phone_number_id=row.phone_number_id,
-        occurred_at=now_utc(),
-        message_id=row.message_id,
-        outcome=outcome,
-        wamid=row.wamid,
-        recipient=row.recipient,
-        is_template=row.is_template,
-        template_name=row.template_name,
-        category=row.category,
-        free_window=row.free_window,
-        reason=row.reason,
-        error_code=row.error_code,
-        attempt=row.attempt,
-    )
 
 
 @dataclass
 class Sender:
     settings: SenderSettings
-    broker: KafkaBroker
     store: SenderStore
     client: CloudApiClient
-    tenants: Any  # a callable returning the current TenantDirectory
-    redactor: Redactor
+    tenants: Callable[[], TenantDirectory]  # the current directory (reloaded by the runtime)
     metrics: Metrics
-    pacers: dict[str, NumberPacer] = field(default_factory=dict)
-    pairs: dict[str, PairRateLimit] = field(default_factory=lambda: defaultdict(PairRateLimit))
-    limits: dict[str, MessagingLimit] = field(default_factory=dict)
-    catalogues: dict[str, tuple[float, TemplateCatalogue]] = field(default_factory=dict)
-    recent: OrderedDict[str, MessageRow] = field(default_factory=OrderedDict)
-    recent_max: int = 200_000
-    producer: RecordProducer | None = None  # the hot-path producer; broker.publish without it
+    effects: Effects
+    numbers: NumberStates = field(default_factory=NumberStates)
     tracer: Tracer = field(default_factory=lambda: trace.get_tracer("parley.sender"))
+    journal: RowJournal = field(init=False)
+    limits: dict[str, tuple[float, MessagingLimit]] = field(default_factory=dict)
+    catalogues: dict[str, tuple[float, TemplateCatalogue]] = field(default_factory=dict)
     # Trace context of each request being sent (from its Kafka headers), so that the Cloud API
     # call joins the trace of the customer message or API request that caused it.
     carriers: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Requests between "picked up" and "outcome recorded" in this process (partitions run
+    # Requests between "picked up" and "effects applied" in this process (partitions run
     # concurrently and pipelined): a second copy waits for the first instead of reading a
     # half-done row ("sending") and taking it for a crash.
     inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.journal = RowJournal(lambda rows: self.store.record_outcomes(rows))
+
     # --- state kept with the process ------------------------------------------------------
     def directory(self) -> TenantDirectory:
-        d = self.tenants()
-        assert isinstance(d, TenantDirectory)
-        return d
+        return self.tenants()
 
     def pacer(self, phone_number_id: str) -> NumberPacer:
         number = self.directory().numbers.get(phone_number_id)
         mps = number.throughput_mps if number else self.settings.default_throughput_mps
         limit = max(1, int(mps * self.settings.throughput_headroom))
-        pacer = self.pacers.get(phone_number_id)
-        if pacer is None:
-            pacer = self.pacers[phone_number_id] = NumberPacer(ThroughputLimit(limit=limit))
-            if self.metrics.number_limit is not None:
-                self.metrics.number_limit.labels(phone_number_id).set(limit)
-        elif pacer.limit.limit != limit:
-            pacer.limit.set_limit(limit)
-            if self.metrics.number_limit is not None:
-                self.metrics.number_limit.labels(phone_number_id).set(limit)
-        return pacer
+        self.metrics.limit_of(phone_number_id, limit)
+        return self.numbers.pacer(phone_number_id, limit)
 
     async def catalogue(self, tenant_id: str) -> TemplateCatalogue:
         cached = self.catalogues.get(tenant_id)
@@ -263,54 +212,34 @@ class Sender:
         self.catalogues.pop(tenant_id, None)
 
     async def messaging_limit(self, tenant: Tenant) -> MessagingLimit:
-        lim = self.limits.get(tenant.tenant_id)
-        if lim is None:
+        """Reloaded from the database now and then: other replicas reach customers too."""
+        cached = self.limits.get(tenant.tenant_id)
+        if cached is None or time.monotonic() - cached[0] >= self.settings.messaging_limit_ttl_s:
             reached = await self.store.reached(tenant.tenant_id, now_utc() - timedelta(hours=24))
-            lim = self.limits[tenant.tenant_id] = MessagingLimit(
-                limit=tenant.messaging_limit, reached=reached
-            )
-        lim.limit = tenant.messaging_limit
-        return lim
+            lim = MessagingLimit(limit=tenant.messaging_limit, reached=reached if tenant.messaging_limit else {})
+            cached = self.limits[tenant.tenant_id] = (time.monotonic(), lim)
+        cached[1].limit = tenant.messaging_limit
+        return cached[1]
 
-    def _remember(self, row: MessageRow) -> None:
-        self.recent[row.message_id] = row
-        self.recent.move_to_end(row.message_id)
-        while len(self.recent) > self.recent_max:
-            self.recent.popitem(last=False)
+    def known_limit(self, tenant_id: str) -> MessagingLimit | None:
+        cached = self.limits.get(tenant_id)
+        return cached[1] if cached else None
+
+    def forget_numbers(self, numbers: set[str]) -> None:
+        """Their partition was revoked: whatever happens there next is not seen by this process."""
+        self.numbers.drop(numbers)
 
     # --- the batch --------------------------------------------------------------------------
-    async def handle_records(self, records: Sequence[ConsumerRecord[Any, Any]], *, from_retry: bool) -> None:
-        """One batch start to end: the calls, then their effects (see :meth:`send_batch`)."""
-        await self.finish(await self.send_batch(records, from_retry=from_retry))
-
     async def send_batch(
         self, records: Sequence[ConsumerRecord[Any, Any]], *, from_retry: bool, gate: Gate | None = None
     ) -> Batch:
-        """Decode, deduplicate, decide, record the intents and call the Cloud API.
+        """Decode, deduplicate, decide, and call the Cloud API (each call's row written around it).
 
-        The outcomes are returned, not yet recorded: :meth:`finish` records them and publishes the
-        results; the caller commits the offsets only after that (``release_offset`` bounds the
-        commit when ``gate`` closed before some calls started).
+        The effects are not applied yet: :meth:`complete` applies them; the caller commits the
+        offsets only after that (``release_offset`` bounds the commit when ``gate`` closed
+        before some calls started, or a call could not be recorded).
         """
-        msgs: dict[str, OutboundMessage] = {}
-        raw: dict[str, bytes] = {}
-        first_offset: dict[str, int] = {}
-        for rec in records:
-            try:
-                msg = OutboundMessage.model_validate_json(rec.value or b"")
-            except Exception as exc:
-                await self._dead_letter_record(rec, exc)
-                continue
-            mid = msg.message_id
-            if rec.headers:
-                carrier = {k: v.decode() for k, v in rec.headers if k in ("traceparent", "tracestate")}
-                if carrier:
-                    self.carriers[mid] = carrier
-            first_offset.setdefault(mid, rec.offset)
-            prev = msgs.get(mid)
-            if prev is None or msg.attempt >= prev.attempt:
-                msgs[mid] = msg
-                raw[mid] = rec.value or b""
+        msgs, raw, first_offset = await self._read(records)
         if not msgs:
             return Batch([], [])
         if from_retry:
@@ -325,47 +254,101 @@ class Sender:
         try:
             batch.outcomes = await self._decide_and_send(msgs, gate, raw)
         except BaseException:
-            self._settle(batch)
+            self.settle(batch)
             raise
         released = [first_offset[o.row.message_id] for o in batch.outcomes if o.released]
         batch.release_offset = min(released, default=None)
         return batch
 
-    async def finish(self, batch: Batch) -> None:
-        """Record the outcomes and publish the results (durable when this returns)."""
-        try:
-            await self._apply(batch.outcomes)
-        finally:
-            self._settle(batch)
+    async def complete(self, batch: Batch) -> None:
+        """Apply the batch's effects (durable when this returns) and let its requests go."""
+        await self.effects.apply(batch.outcomes)
+        self.settle(batch)
 
-    def _settle(self, batch: Batch) -> None:
+    def settle(self, batch: Batch) -> None:
         for mid in batch.message_ids:
             self.carriers.pop(mid, None)
             fut = self.inflight.pop(mid, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
+    async def _read(
+        self, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> tuple[dict[str, OutboundMessage], dict[str, bytes], dict[str, int]]:
+        """The batch's requests (the latest attempt of each), their raw JSON and first offset.
+        A record that cannot be decoded, or holds what PostgreSQL cannot store, is dead-lettered."""
+        msgs: dict[str, OutboundMessage] = {}
+        raw: dict[str, bytes] = {}
+        first_offset: dict[str, int] = {}
+        for rec in records:
+            value = rec.value or b""
+            try:
+                msg = OutboundMessage.model_validate_json(value)
+                reason = unstorable_reason(value)
+                if reason is not None:
+                    raise UnstorableRequest(f"a value PostgreSQL cannot store: {reason}")
+            except Exception as exc:
+                await self.effects.dead_letter_record(rec, exc)
+                continue
+            mid = msg.message_id
+            if rec.headers:
+                carrier = {k: v.decode() for k, v in rec.headers if k in ("traceparent", "tracestate")}
+                if carrier:
+                    self.carriers[mid] = carrier
+            first_offset.setdefault(mid, rec.offset)
+            prev = msgs.get(mid)
+            if prev is None or msg.attempt >= prev.attempt:
+                msgs[mid] = msg
+                raw[mid] = value
+        return msgs, raw, first_offset
+
     async def _decide_and_send(
-        self, msgs: dict[str, OutboundMessage], gate: Gate | None = None, raw: dict[str, bytes] | None = None
+        self, msgs: dict[str, OutboundMessage], gate: Gate | None, raw: dict[str, bytes]
     ) -> list[Outcome]:
         existing = await self.store.messages(list(msgs))
-        outcomes: list[Outcome] = []
         to_send: list[OutboundMessage] = []
+        again: list[tuple[Redelivery, OutboundMessage, MessageRow]] = []
         for m in msgs.values():
-            row = self.recent.get(m.message_id) or existing.get(m.message_id)
-            if row is None:
+            row = existing.get(m.message_id)
+            decision = on_redelivery(
+                row.state if row else None, row.attempt if row else 0, m.attempt, replay=m.origin == "replay"
+            )
+            if decision is Redelivery.SEND:
                 to_send.append(m)
-            elif row.state in FINAL_STATES and not (row.state == "dead" and m.origin == "replay"):
-                if row.state in RESULT_STATES:
-                    outcomes.append(Outcome(row))  # re-publish: idempotent by event_id
-            elif row.state == "in_doubt" or (row.state == "retrying" and m.attempt < row.attempt):
-                continue
-            elif row.state == "sending" and m.attempt <= row.attempt:
-                outcomes.append(await self._cut_off_mid_send(m, row))
-            else:
-                to_send.append(m)
-        outcomes.extend(await self._send_all(to_send, gate, raw or {}))
+            elif decision is not Redelivery.SKIP and row is not None:
+                again.append((decision, m, row))
+        outcomes = await self._redelivered(again) if again else []
+        outcomes.extend(await self._send_all(to_send, gate, raw))
         return outcomes
+
+    async def _redelivered(self, items: list[tuple[Redelivery, OutboundMessage, MessageRow]]) -> list[Outcome]:
+        """Requests read again whose row says what happened (or that a call was cut off)."""
+        need = [row.message_id for d, _, row in items if d is Redelivery.REQUEUE or row.state == S.DEAD]
+        requests = await self.store.requests(need) if need else {}
+        out: list[Outcome] = []
+        for decision, m, row in items:
+            if decision is Redelivery.REPUBLISH:
+                out.append(Effects.of_row(row, requests.get(row.message_id)))
+            elif decision is Redelivery.REQUEUE:
+                stored = requests.get(row.message_id)
+                if stored is not None:
+                    retry = OutboundMessage.model_validate(stored)
+                    out.append(Outcome(row, written=True, publish_result=False, retry=retry))
+            else:
+                out.append(await self._cut_off(m, row))
+        return out
+
+    async def _cut_off(self, m: OutboundMessage, row: MessageRow) -> Outcome:
+        """A process recorded this call as started and died before its outcome: maybe sent. Never
+        re-sent; accepted if a status webhook already named it, else in doubt."""
+        wamid = await self.store.delivered_wamid_for(m.phone_number_id, row.callback_data or m.message_id)
+        if wamid:
+            return Outcome(replace(row, state=S.ACCEPTED, wamid=wamid, reason=None))
+        log.warning("send outcome unknown after a restart; held in doubt", extra={"message_id": m.message_id})
+        return Outcome(
+            replace(row, state=S.IN_DOUBT, reason="in doubt: the process stopped during the call"),
+            publish_result=False,
+        )
 
     async def _hold_until_due(self, msgs: dict[str, OutboundMessage]) -> dict[str, OutboundMessage]:
         """Retry records wait for their not_before; far-off ones go back on the retry topic."""
@@ -376,37 +359,27 @@ class Sender:
             await asyncio.sleep(hold)
         now = now_utc()
         ready: dict[str, OutboundMessage] = {}
-        later: list[OutboundMessage] = []
+        later: list[tuple[str, bytes, bytes]] = []
         for mid, m in msgs.items():
             if m.not_before and (m.not_before - now).total_seconds() > 0.01:
-                later.append(m)
+                later.append((MESSAGES_OUT_RETRY.name, m.phone_number_id.encode(), m.model_dump_json().encode()))
             else:
                 ready[mid] = m
-        await asyncio.gather(*(self._publish_retry(m) for m in later))
+        await self.effects.produce(later)
         return ready
 
-    async def _cut_off_mid_send(self, m: OutboundMessage, row: MessageRow) -> Outcome:
-        """A previous process recorded the intent but not the outcome: maybe sent, maybe not."""
-        callback = row.callback_data or m.biz_opaque_callback_data or m.message_id
-        wamid = await self.store.delivered_wamid_for(m.phone_number_id, callback)
-        if wamid:
-            return Outcome(replace(row, state="accepted", wamid=wamid, reason=None))
-        log.warning("send outcome unknown after a restart; held in doubt", extra={"message_id": m.message_id})
-        return Outcome(
-            replace(row, state="in_doubt", reason="in_doubt: the process stopped during the call"),
-            publish_result=False,
-        )
+    # --- deciding ---------------------------------------------------------------------------
+    def _tenant_of(self, d: TenantDirectory, m: OutboundMessage) -> Tenant | None:
+        return d.tenants.get(m.tenant_id or "") or d.tenant_for_number(m.phone_number_id)
 
     async def _send_all(
-        self, to_send: list[OutboundMessage], gate: Gate | None = None, raw: dict[str, bytes] | None = None
+        self, to_send: list[OutboundMessage], gate: Gate | None, raw: dict[str, bytes]
     ) -> list[Outcome]:
         if not to_send:
             return []
         d = self.directory()
         now = now_utc()
-        tenants: dict[str, Tenant | None] = {}
-        for m in to_send:
-            tenants[m.message_id] = d.tenants.get(m.tenant_id or "") or d.tenant_for_number(m.phone_number_id)
+        tenants = {m.message_id: self._tenant_of(d, m) for m in to_send}
         # Order matters: the window tracker saves a window before it records the inbound wamid, so
         # reading the known wamids first and the windows second never sees a known reference
         # without its window (the other order could refuse a fresh reply in between).
@@ -426,15 +399,12 @@ class Sender:
             catalogues[tid] = await self.catalogue(tid)
 
         outcomes: list[Outcome] = []
-        plans: list[tuple[OutboundMessage, SendPlan, Tenant]] = []
+        plans: list[Plan] = []
         for m in to_send:
             tenant = tenants[m.message_id]
             if tenant is None:
-                outcomes.append(
-                    self._refused(
-                        m, None, Refusal("unknown_phone_number", "no tenant owns this phone_number_id")
-                    )
-                )
+                refusal = Refusal("unknown_phone_number", "no tenant owns this phone_number_id")
+                outcomes.append(self._refused(m, None, refusal))
                 continue
             ctx = SendContext(
                 now=now,
@@ -456,79 +426,211 @@ class Sender:
                 outcomes.append(self._refused(m, tenant.tenant_id, decision))
             else:
                 plans.append((m, decision, tenant))
+        outcomes.extend(await self._dispatch(plans, gate, raw))
+        return outcomes
 
-        raw = raw or {}
-        intents = [
-            self._row(m, plan, tenant.tenant_id, "sending", request_json=raw.get(m.message_id))
-            for m, plan, tenant in plans
-        ]
-        await self.store.record_intents(intents)
-
-        # Per number, per customer: one chain each (order kept per customer). Each number's chains
-        # are drained by up to max_in_flight_per_number workers (not one task per chain: a task and
-        # a semaphore round per request cost more CPU than the request's own bookkeeping).
-        chains: dict[tuple[str, str], list[tuple[OutboundMessage, SendPlan, Tenant]]] = defaultdict(list)
+    async def _dispatch(self, plans: list[Plan], gate: Gate | None, raw: dict[str, bytes]) -> list[Outcome]:
+        """Per number, per customer: one chain each (order kept per customer). Each number's chains
+        are drained by up to max_in_flight_per_number workers (not one task per chain: a task and
+        a semaphore round per request cost more CPU than the request's own bookkeeping)."""
+        chains: dict[tuple[str, str], list[Plan]] = defaultdict(list)
         for item in sorted(plans, key=lambda p: priority_rank(p[0].priority)):
             chains[(item[0].phone_number_id, item[0].recipient)].append(item)
-        by_number: dict[str, deque[list[tuple[OutboundMessage, SendPlan, Tenant]]]] = defaultdict(deque)
+        by_number: dict[str, deque[list[Plan]]] = defaultdict(deque)
         for (number, _), chain in chains.items():
             by_number[number].append(chain)
 
-        async def drain(queue: deque[list[tuple[OutboundMessage, SendPlan, Tenant]]]) -> list[Outcome]:
+        async def drain(queue: deque[list[Plan]]) -> list[Outcome]:
             out = []
             while queue:
                 for m, plan, tenant in queue.popleft():
-                    out.append(await self._send_one(m, plan, tenant, gate))
+                    out.append(await self._send_one(m, plan, tenant, gate, raw.get(m.message_id)))
             return out
 
         width = self.settings.max_in_flight_per_number
         jobs = [drain(q) for q in by_number.values() for _ in range(min(width, len(q)))]
-        for result in await asyncio.gather(*jobs):
-            outcomes.extend(result)
-        return outcomes
+        return [o for result in await asyncio.gather(*jobs) for o in result]
 
+    # --- one call ---------------------------------------------------------------------------
+    async def _send_one(
+        self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, gate: Gate | None, raw: bytes | None
+    ) -> Outcome:
+        number = m.phone_number_id
+        pairs = self.numbers.pair(number)
+        while True:
+            if gate is not None and gate.closed:
+                return self._released(m, plan, tenant)
+            wait = pairs.reserve(m.recipient, time.monotonic())
+            if wait == 0.0:
+                break
+            if wait > self.settings.max_inline_wait_s:
+                return self._retry(m, plan, tenant.tenant_id, "pair_rate", None, wait, counts_as_attempt=False)
+            await asyncio.sleep(wait)
+        granted = await self.pacer(number).acquire(priority_rank(m.priority), gate)
+        if not granted or (gate is not None and gate.closed):
+            return self._released(m, plan, tenant)
+        # From here until its outcome is written, and only here, the row says "sending".
+        try:
+            await self.journal.write(self._row(m, plan, tenant.tenant_id, S.SENDING, request_json=raw))
+        except Exception as exc:
+            return self._not_recorded(m, plan, tenant, raw, exc)
+        send_span = None
+        try:
+            resp, send_span = await self._call(m, plan, tenant)
+        except Exception as exc:  # a fault while handling the call: it may have been sent
+            resp = SendResponse(error_message=f"unexpected {type(exc).__name__} during the call", in_doubt=True)
+        outcome = self._conclude(m, plan, tenant, resp)
+        outcome.send_span = send_span
+        await self._write_outcome(outcome)
+        return outcome
+
+    async def _call(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant) -> tuple[SendResponse, str | None]:
+        """The call, and the traceparent of its span when sampled (results carry it, so later
+        statuses can link to it by wamid: a link to an unsampled span leads nowhere)."""
+        body = dict(plan.body)
+        body["biz_opaque_callback_data"] = m.message_id  # the identifier a status brings back
+        app = self.directory().app_for_tenant(tenant.tenant_id)
+        started = time.perf_counter()
+        carrier = self.carriers.get(m.message_id)
+        # Started and ended explicitly (no context attach/detach per request: nothing below the
+        # call is traced), attributes given at creation (one validation pass).
+        span = self.tracer.start_span(
+            "cloudapi send",
+            context=propagate.extract(carrier) if carrier else ROOT,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "parley.message_id": m.message_id,
+                "parley.phone_number_id": m.phone_number_id,
+                "parley.category": plan.category,
+                "parley.attempt": m.attempt,
+            },
+        )
+        try:
+            resp = await self.client.send_message(app, m.phone_number_id, body)
+            span.set_attribute("parley.outcome", "accepted" if resp.accepted else "not_accepted")
+        finally:
+            span.end()
+        self.metrics.latency.observe(time.perf_counter() - started)
+        ctx = span.get_span_context()
+        return resp, traceparent_of(ctx) if ctx.trace_flags.sampled else None
+
+    async def _write_outcome(self, outcome: Outcome) -> None:
+        """The answer exists only in memory until this returns: retried while the database is
+        unreachable (with backoff); a row refused for good stays 'sending' and is reported in
+        doubt by the deadline sweep."""
+        failures = 0
+        while True:
+            try:
+                await self.journal.write(outcome.row)
+                outcome.written = True
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.error("outcome refused by the database", extra={"error_type": type(exc).__name__})
+                    outcome.written = True  # nothing more to write; the effects still follow
+                    return
+                failures += 1
+                s = self.settings
+                await asyncio.sleep(
+                    backoff_s(failures, initial_s=s.backoff_initial_s, max_s=s.backoff_max_s, jitter=random.random())
+                )
+
+    def _not_recorded(
+        self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, raw: bytes | None, exc: Exception
+    ) -> Outcome:
+        """Its 'sending' row could not be written, so no call was made."""
+        if is_transient(exc):  # the database is away: not sent, read again from this offset later
+            return self._released(m, plan, tenant)
+        reason = f"the database refused the request ({type(exc).__name__})"
+        self.metrics.sends.labels("failed", "unstorable").inc()
+        row = self._row(m, plan, tenant.tenant_id, S.DEAD, reason=reason)
+        return Outcome(row, written=True, dead_letter_reason=reason, dead_letter_value=raw)
+
+    def _conclude(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, resp: SendResponse) -> Outcome:
+        verdict = interpret(
+            accepted=resp.accepted,
+            in_doubt=resp.in_doubt,
+            error_code=resp.error_code,
+            http_status=resp.http_status,
+            has_fallback_template=m.fallback_template is not None and m.type != "template",
+        )
+        tid, number = tenant.tenant_id, m.phone_number_id
+        if verdict.kind is Kind.ACCEPTED:
+            self.numbers.pair(number).on_success(m.recipient)
+            self.metrics.accepted(plan.category).inc()
+            self.metrics.accepted_on(number)
+            status = None if resp.message_status in (None, "accepted") else resp.message_status
+            row = self._row(m, plan, tid, S.ACCEPTED, wamid=resp.wamid, reason=status)
+            return Outcome(row, reached=plan.business_initiated, fep_started=plan.free_window == "free_entry_point")
+        if verdict.kind is Kind.IN_DOUBT:
+            self.metrics.sends.labels("in_doubt", "in_doubt").inc()  # the error text is no label
+            row = self._row(m, plan, tid, S.IN_DOUBT, reason=f"in doubt: {resp.error_message}")
+            return Outcome(row, publish_result=False)
+        code = resp.error_code
+        reason = f"{verdict.meaning} ({resp.error_details or resp.error_message or ''})"[:500]
+        if verdict.kind is Kind.RETRY:
+            delay = verdict.delay_s
+            if verdict.throttle is not Throttle.NONE:
+                self.metrics.throttled.labels(number, str(code)).inc()
+            if verdict.throttle is Throttle.NUMBER:
+                self.pacer(number).on_throttled()
+            elif verdict.throttle is Throttle.PAIR:
+                delay = self.numbers.pair(number).on_throttled(m.recipient, time.monotonic())
+            elif verdict.throttle is Throttle.PAUSE:
+                self.pacer(number).pause(verdict.delay_s)
+            return self._retry(m, plan, tid, reason, code, delay)
+        if verdict.kind is Kind.SWITCH_TO_TEMPLATE:
+            nxt = m.model_copy(
+                update={
+                    "type": "template",
+                    "template": m.fallback_template,
+                    "fallback_template": None,
+                    "attempt": m.attempt + 1,
+                    "not_before": None,
+                }
+            )
+            row = self._row(nxt, plan, tid, S.RETRYING, reason=reason, error_code=code)
+            return Outcome(row, publish_result=False, retry=nxt)
+        failed = self._failed(m, tid, plan, reason, code)
+        failed.consent_stop = verdict.consent_stop
+        return failed
+
+    # --- outcomes ---------------------------------------------------------------------------
     def _row(
         self,
         m: OutboundMessage,
         plan: SendPlan | None,
         tenant_id: str | None,
-        state: str,
+        state: MessageState,
         *,
-        keep_request: bool = True,
         request_json: bytes | None = None,
+        keep_request: bool = False,
         **kw: Any,
     ) -> MessageRow:
-        """``keep_request=False`` when the intent already stored this request (the upsert keeps it);
-        ``request_json``: the request as received (its record's value), stored without re-encoding."""
+        """``request_json``: the request as received (its record's value), stored as is;
+        ``keep_request``: store this (changed) request instead (a retry's next attempt)."""
         return MessageRow(
             message_id=m.message_id,
             tenant_id=tenant_id,
             phone_number_id=m.phone_number_id,
             recipient=m.recipient,
-            state=state,
+            state=state.value,
             attempt=m.attempt,
-            callback_data=m.biz_opaque_callback_data or m.message_id,
+            callback_data=m.message_id,
             is_template=plan.is_template if plan else m.type == "template",
             template_name=plan.template_name if plan else (m.template.name if m.template else None),
             category=plan.category if plan else None,
             free_window=plan.free_window if plan else None,
-            request=m.model_dump(mode="json") if keep_request and request_json is None else None,
+            business_initiated=plan.business_initiated if plan else False,
+            request=m.model_dump(mode="json") if keep_request else None,
             request_json=request_json.decode() if request_json is not None else None,
             **kw,
         )
 
     def _refused(self, m: OutboundMessage, tenant_id: str | None, refusal: Refusal) -> Outcome:
         self.metrics.sends.labels("refused", refusal.reason).inc()
-        return Outcome(
-            self._row(
-                m,
-                None,
-                tenant_id,
-                "refused",
-                reason=f"{refusal.reason}: {refusal.detail}",
-                error_code=refusal.error_code,
-            )
-        )
+        reason = f"{refusal.reason}: {refusal.detail}"
+        return Outcome(self._row(m, None, tenant_id, S.REFUSED, reason=reason, error_code=refusal.error_code))
 
     def _failed(
         self,
@@ -541,7 +643,9 @@ class Sender:
         dead: bool = False,
     ) -> Outcome:
         self.metrics.sends.labels("failed", str(code or "none")).inc()
-        row = self._row(m, plan, tenant_id, "dead" if dead else "failed", reason=reason, error_code=code)
+        row = self._row(
+            m, plan, tenant_id, S.DEAD if dead else S.FAILED, reason=reason, error_code=code, keep_request=dead
+        )
         return Outcome(row, dead_letter_reason=reason if dead else None)
 
     def _retry(
@@ -555,249 +659,28 @@ class Sender:
         *,
         counts_as_attempt: bool = True,
     ) -> Outcome:
-        attempt = m.attempt + 1 if counts_as_attempt else m.attempt
-        if attempt >= self.settings.max_attempts:
-            return self._failed(m, tenant_id, plan, f"attempts exhausted: {reason}", code, dead=True)
-        delay = (
-            retry_delay(attempt, min_delay, self.settings.retry_initial_s, self.settings.retry_max_s)
-            if counts_as_attempt
-            else min_delay
+        s = self.settings
+        retry = plan_retry(
+            m.attempt,
+            min_delay_s=min_delay,
+            max_attempts=s.max_attempts,
+            initial_s=s.retry_initial_s,
+            max_s=s.retry_max_s,
+            jitter=random.random(),
+            counts_as_attempt=counts_as_attempt,
         )
-        nxt = m.model_copy(update={"attempt": attempt, "not_before": now_utc() + timedelta(seconds=delay)})
+        if retry.exhausted:
+            return self._failed(m, tenant_id, plan, f"attempts exhausted: {reason}", code, dead=True)
+        nxt = m.model_copy(
+            update={"attempt": retry.attempt, "not_before": now_utc() + timedelta(seconds=retry.delay_s)}
+        )
         self.metrics.sends.labels("retrying", str(code or "none")).inc()
-        row = self._row(nxt, plan, tenant_id, "retrying", reason=reason, error_code=code)
+        row = self._row(nxt, plan, tenant_id, S.RETRYING, reason=reason, error_code=code, keep_request=True)
         return Outcome(row, publish_result=False, retry=nxt)
 
     def _released(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant) -> Outcome:
-        """Not sent: the partition went to another consumer (or the process is stopping) first.
-
-        Recorded as ``retrying`` at the same attempt (not ``sending``, which would read as a crash
-        mid-call), so the next owner, re-reading from the committed offset, sends it normally.
-        """
-        row = self._row(m, plan, tenant.tenant_id, "retrying", reason="released: partition handed over")
+        """Not sent: the partition went to another consumer (or the process is stopping, or the
+        database could not record the call) first. Recorded as ``retrying`` at the same attempt,
+        so the next reader of the partition, from the committed offset, sends it normally."""
+        row = self._row(m, plan, tenant.tenant_id, S.RETRYING, reason="released: not sent")
         return Outcome(row, publish_result=False, released=True)
-
-    async def _send_one(
-        self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, gate: Gate | None = None
-    ) -> Outcome:
-        number = m.phone_number_id
-        pairs = self.pairs[number]
-        while True:
-            if gate is not None and gate.closed:
-                return self._released(m, plan, tenant)
-            wait = pairs.reserve(m.recipient, time.monotonic())
-            if wait == 0.0:
-                break
-            if wait > self.settings.max_inline_wait_s:
-                return self._retry(
-                    m, plan, tenant.tenant_id, "pair_rate", None, wait, counts_as_attempt=False
-                )
-            await asyncio.sleep(wait)
-        granted = await self.pacer(number).acquire(priority_rank(m.priority), gate)
-        if not granted or (gate is not None and gate.closed):
-            return self._released(m, plan, tenant)
-        body = dict(plan.body)
-        body["biz_opaque_callback_data"] = m.biz_opaque_callback_data or m.message_id
-        app = self.directory().app_for_tenant(tenant.tenant_id)
-        started = time.perf_counter()
-        carrier = self.carriers.get(m.message_id)
-        parent = propagate.extract(carrier) if carrier else ROOT
-        # Started and ended explicitly (no context attach/detach per request: nothing below the
-        # call is traced), attributes given at creation (one validation pass).
-        span = self.tracer.start_span(
-            "cloudapi send",
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes={
-                "parley.message_id": m.message_id,
-                "parley.phone_number_id": number,
-                "parley.category": plan.category,
-                "parley.attempt": m.attempt,
-            },
-        )
-        try:
-            resp = await self.client.send_message(app, number, body)
-            span.set_attribute("parley.outcome", "accepted" if resp.accepted else "not_accepted")
-        finally:
-            span.end()
-        self.metrics.latency.observe(time.perf_counter() - started)
-        outcome = self._classify(m, plan, tenant, resp)
-        if span.get_span_context().trace_flags.sampled:  # a link to an unsampled span leads nowhere
-            outcome.send_span = traceparent_of(span.get_span_context())
-        return outcome
-
-    def _classify(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, resp: SendResponse) -> Outcome:
-        tid = tenant.tenant_id
-        if resp.accepted:
-            self.pairs[m.phone_number_id].on_success(m.recipient)
-            self.metrics.accepted(plan.category).inc()
-            self.metrics.accepted_on(m.phone_number_id)
-            row = self._row(
-                m,
-                plan,
-                tid,
-                "accepted",
-                keep_request=False,
-                wamid=resp.wamid,
-                reason=None if resp.message_status in (None, "accepted") else resp.message_status,
-            )
-            return Outcome(
-                row, reached=plan.business_initiated, fep_started=plan.free_window == "free_entry_point"
-            )
-        if resp.in_doubt:
-            self.metrics.sends.labels("in_doubt", "in_doubt").inc()  # the error text is no label
-            return Outcome(
-                self._row(m, plan, tid, "in_doubt", reason=f"in_doubt: {resp.error_message}"),
-                publish_result=False,
-            )
-        rule = action_for(resp.error_code, resp.http_status)
-        code = resp.error_code
-        reason = f"{rule.meaning} ({resp.error_details or resp.error_message or ''})"[:500]
-        if rule.action == Action.THROTTLE_NUMBER:
-            self.metrics.throttled.labels(m.phone_number_id, str(code)).inc()
-            self.pacer(m.phone_number_id).on_throttled()
-            return self._retry(m, plan, tid, reason, code, rule.delay_s)
-        if rule.action == Action.THROTTLE_PAIR:
-            self.metrics.throttled.labels(m.phone_number_id, str(code)).inc()
-            backoff = self.pairs[m.phone_number_id].on_throttled(m.recipient, time.monotonic())
-            return self._retry(m, plan, tid, reason, code, backoff)
-        if rule.action == Action.PAUSE_NUMBER:
-            self.pacer(m.phone_number_id).pause(rule.delay_s)
-            return self._retry(m, plan, tid, reason, code, rule.delay_s)
-        if rule.action == Action.RETRY:
-            return self._retry(m, plan, tid, reason, code, rule.delay_s)
-        if (
-            rule.action == Action.SWITCH_TO_TEMPLATE
-            and m.fallback_template is not None
-            and m.type != "template"
-        ):
-            nxt = m.model_copy(
-                update={
-                    "type": "template",
-                    "template": m.fallback_template,
-                    "fallback_template": None,
-                    "attempt": m.attempt + 1,
-                    "not_before": None,
-                }
-            )
-            row = self._row(nxt, plan, tid, "retrying", reason=reason, error_code=code)
-            return Outcome(row, publish_result=False, retry=nxt)
-        failed = self._failed(m, tid, plan, reason, code)
-        failed.consent_stop = rule.action == Action.SUPPRESS_CONTACT
-        return failed
-
-    # --- effects ----------------------------------------------------------------------------
-    async def _apply(self, outcomes: list[Outcome]) -> None:
-        if not outcomes:
-            return
-        await self.store.record_outcomes([o.row for o in outcomes])
-        now = now_utc()
-        reached = [
-            (o.row.tenant_id, o.row.recipient, now)
-            for o in outcomes
-            if o.reached and o.row.tenant_id and o.row.recipient
-        ]
-        for tid, customer, at in reached:
-            lim = self.limits.get(tid)
-            if lim is not None:
-                lim.record(customer, at.timestamp())
-        await self.store.record_reached(reached)
-        await self.store.start_free_entry_points(
-            [
-                (o.row.phone_number_id, o.row.recipient, now)
-                for o in outcomes
-                if o.fep_started and o.row.recipient
-            ]
-        )
-        for o in outcomes:
-            self._remember(o.row)
-        records: list[tuple[str, bytes, bytes]] = []
-        jobs = []
-        for o in outcomes:
-            key = o.row.phone_number_id.encode()
-            if o.publish_result:
-                records.append((SENDS.name, key, result_json(o.row, o.send_span)))
-            if o.retry is not None:
-                records.append((MESSAGES_OUT_RETRY.name, key, o.retry.model_dump_json().encode()))
-            if o.dead_letter_reason is not None:
-                jobs.append(self._dead_letter_request(o.row, o.dead_letter_reason))
-            if o.consent_stop and o.row.tenant_id and o.row.recipient:
-                jobs.append(
-                    self._stop_marketing(
-                        o.row.tenant_id,
-                        o.row.phone_number_id,
-                        o.row.recipient,
-                        "error_131050",
-                        o.row.message_id,
-                    )
-                )
-        jobs.append(self._produce(records))
-        await asyncio.gather(*jobs)
-
-    async def _produce(self, records: list[tuple[str, bytes, bytes]]) -> None:
-        """Every record handed over at once, acknowledgements gathered (order kept per key)."""
-        if not records:
-            return
-        if self.producer is not None and self.producer.started:
-            await self.producer.send_all(records)
-            return
-        await asyncio.gather(
-            *(self.broker.publish(orjson.loads(value), topic, key=key) for topic, key, value in records)
-        )
-
-    async def _publish_retry(self, m: OutboundMessage) -> None:
-        await self._produce(
-            [(MESSAGES_OUT_RETRY.name, m.phone_number_id.encode(), m.model_dump_json().encode())]
-        )
-
-    async def _stop_marketing(
-        self, tenant_id: str, phone_number_id: str, customer: str, source: str, source_event: str
-    ) -> None:
-        at = now_utc()
-        await self.store.apply_consent(tenant_id, customer, "stop", at, source)
-        change = ConsentChange(
-            event_id=body_hash(tenant_id, customer, "stop", source_event),
-            tenant_id=tenant_id,
-            phone_number_id=phone_number_id,
-            occurred_at=at,
-            customer_id=customer,
-            action="stop",
-            source=source,
-        )
-        await self.broker.publish(
-            change.model_dump(mode="json"), ACCOUNT_EVENTS.name, key=phone_number_id.encode()
-        )
-
-    async def _dead_letter_request(self, row: MessageRow, reason: str) -> None:
-        value = orjson.dumps(row.request or {})
-        letter = dead_letter_record(
-            service=SERVICE,
-            topic=MESSAGES_OUT.name,
-            value=value,
-            key=row.phone_number_id.encode(),
-            exc=RuntimeError(reason),
-            attempts=row.attempt + 1,
-            event_id=f"{SERVICE}:{row.message_id}",
-        )
-        await publish_dead_letter(self.broker, letter)
-
-    async def _dead_letter_record(self, rec: ConsumerRecord[Any, Any], exc: Exception) -> None:
-        if is_transient(exc):
-            raise exc
-        log.warning(
-            "dead-lettering an undecodable send request",
-            extra={"topic": rec.topic, "partition": rec.partition, "offset": rec.offset},
-        )
-        await publish_dead_letter(
-            self.broker,
-            dead_letter_record(
-                service=SERVICE,
-                topic=rec.topic,
-                value=rec.value or b"",
-                key=rec.key,
-                exc=exc,
-                attempts=1,
-                partition=rec.partition,
-                offset=rec.offset,
-            ),
-        )

@@ -3,8 +3,9 @@
 - ``wa.messages.out`` and ``wa.messages.out.retry`` (group ``parley-sender``): send requests, by
   the sender's own per-partition consumer (:mod:`parley_sender.consuming`), not by FastStream.
 - ``wa.messages.in`` (group ``parley-sender-windows``): the windows, in event time.
-- ``wa.statuses`` (group ``parley-sender-statuses``): message states forward; 131050 opt-outs;
-  in-doubt sends resolved by their callback data.
+- ``wa.statuses`` (group ``parley-sender-statuses``): message states forward; opt-outs where the
+  error table says a failure means one (131050); in-doubt sends resolved by the callback data the
+  sender sent (the request's message id).
 - ``wa.account.events`` (group ``parley-sender-accounts``): template status, quality and
   category; user preferences; consent changes.
 
@@ -20,17 +21,20 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 from aiokafka import ConsumerRecord
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.contracts import AccountEvent, ConsentChange, InboundMessage, MessageStatus, from_unix
 from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
-from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
 from pydantic import BaseModel
 
-from parley_sender.delivery import SERVICE, Sender, result_of
+from parley_sender.delivery import Sender
+from parley_sender.domain.outcomes import stops_consent
 from parley_sender.domain.windows import ConversationWindows
+from parley_sender.effects import SERVICE
 from parley_sender.observed import observe_number_health
 
 log = logging.getLogger("parley.sender.handlers")
@@ -54,9 +58,7 @@ def _account_event(raw: bytes) -> AccountEvent | ConsentChange:
     return AccountEvent.model_validate(data)
 
 
-async def _decode(
-    sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], parse: Callable[[bytes], M]
-) -> list[M]:
+async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], parse: Callable[[bytes], M]) -> list[M]:
     out: list[M] = []
     for rec in records:
         try:
@@ -65,7 +67,7 @@ async def _decode(
             if is_transient(exc):
                 raise
             await publish_dead_letter(
-                sender.broker,
+                sender.effects.broker,
                 dead_letter_record(
                     service=SERVICE,
                     topic=rec.topic,
@@ -81,7 +83,7 @@ async def _decode(
 
 
 def register(sender: Sender) -> None:
-    broker = sender.broker
+    broker = sender.effects.broker
     s = sender.settings
     batch: dict[str, Any] = {
         "max_records": s.batch_max_records,
@@ -130,24 +132,23 @@ async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> N
         return
     await sender.store.record_statuses(statuses)
     directory = sender.directory()
+    resolved = []
     for st in statuses:
         if st.biz_opaque_callback_data and st.status in ("sent", "delivered", "read", "failed"):
-            resolved = await sender.store.resolve_in_doubt(
-                st.phone_number_id, st.biz_opaque_callback_data, st.wamid
-            )
-            if resolved is not None:
-                await sender.broker.publish(
-                    result_of(resolved).model_dump(mode="json"), SENDS.name, key=st.phone_number_id.encode()
-                )
-        if st.status == "failed" and any(e.code == 131050 for e in st.errors):
-            tenant = directory.tenants.get(st.tenant_id or "") or directory.tenant_for_number(
-                st.phone_number_id
-            )
+            try:
+                row = await sender.store.resolve_in_doubt(st.phone_number_id, st.biz_opaque_callback_data, st.wamid)
+            except asyncpg.UniqueViolationError:
+                row = None  # another status (or the sweep) gave that wamid to the message first
+            if row is not None:
+                resolved.append(row)
+        if st.status == "failed" and stops_consent([e.code for e in st.errors]):
+            tenant = directory.tenants.get(st.tenant_id or "") or directory.tenant_for_number(st.phone_number_id)
             customer = st.recipient_id or st.recipient_user_id
             if tenant is not None and customer:
-                await sender._stop_marketing(
+                await sender.effects.stop_marketing(
                     tenant.tenant_id, st.phone_number_id, customer, "error_131050", st.event_id
                 )
+    await sender.effects.publish_results(resolved)
 
 
 TEMPLATE_KINDS = frozenset(

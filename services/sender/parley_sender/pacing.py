@@ -1,7 +1,9 @@
 """Async adapter of the governor: waits for the grants :mod:`domain.governor` computes.
 
 One :class:`NumberPacer` per business number, shared by every consumer of this process. Waiters
-are served by priority (replies first, marketing last), then in arrival order.
+are served by priority (replies first, marketing last), then in arrival order. :class:`NumberStates`
+holds each number's pacer and pair-rate state, forgets numbers left idle and drops those whose
+partition went to another process (their state there moves on without us).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import itertools
 import time
 from collections.abc import Callable
 
-from parley_sender.domain.governor import ThroughputLimit
+from parley_sender.domain.governor import PairRateLimit, ThroughputLimit
 
 
 class Gate:
@@ -86,8 +88,76 @@ class NumberPacer:
             if not fut.done():
                 fut.set_result(True)
 
+    @property
+    def idle(self) -> bool:
+        return not self._waiters and (self._pump is None or self._pump.done())
+
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+
+
+class NumberStates:
+    """Per business number: its pacer and its pair-rate state, bounded in memory.
+
+    A number unused for ``idle_s`` (no waiter, nothing owed to any customer) is forgotten, and so is
+    every customer with nothing owed; :meth:`drop` forgets the numbers of a revoked partition.
+    """
+
+    def __init__(self, *, idle_s: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pacers: dict[str, NumberPacer] = {}
+        self.pairs: dict[str, PairRateLimit] = {}
+        self._used: dict[str, float] = {}
+        self._idle_s = idle_s
+        self._clock = clock
+        self._next_prune = clock() + idle_s
+
+    def pacer(self, number: str, limit: int) -> NumberPacer:
+        self._touch(number)
+        pacer = self.pacers.get(number)
+        if pacer is None:
+            pacer = self.pacers[number] = NumberPacer(ThroughputLimit(limit=limit), self._clock)
+        elif pacer.limit.limit != limit:
+            pacer.limit.set_limit(limit)
+        return pacer
+
+    def pair(self, number: str) -> PairRateLimit:
+        self._touch(number)
+        pairs = self.pairs.get(number)
+        if pairs is None:
+            pairs = self.pairs[number] = PairRateLimit()
+        return pairs
+
+    def _touch(self, number: str) -> None:
+        now = self._clock()
+        self._used[number] = now
+        if now >= self._next_prune:
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        self._next_prune = now + self._idle_s
+        for pairs in self.pairs.values():
+            pairs.forget_idle(now)
+        for number, used in list(self._used.items()):
+            pacer = self.pacers.get(number)
+            owing = self.pairs[number].owing if number in self.pairs else 0
+            if now - used >= self._idle_s and (pacer is None or pacer.idle) and not owing:
+                self._forget(number)
+
+    def drop(self, numbers: set[str]) -> None:
+        """Forget these numbers (their partition was revoked): a later owner starts afresh."""
+        for number in numbers:
+            pacer = self.pacers.get(number)
+            if pacer is None or pacer.idle:
+                self._forget(number)
+
+    def _forget(self, number: str) -> None:
+        self.pacers.pop(number, None)
+        self.pairs.pop(number, None)
+        self._used.pop(number, None)
+
+    async def close(self) -> None:
+        for pacer in self.pacers.values():
+            await pacer.close()

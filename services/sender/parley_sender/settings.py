@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parley_common.settings import CommonSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -32,6 +32,22 @@ class SenderSettings(CommonSettings):
     # On revocation or stop: how long the calls already made may take to finish and be recorded.
     stop_timeout_s: float = 10.0
 
+    # Crash semantics: a request in doubt (no answer, or its process died during the call) waits
+    # this long for a status webhook naming it, then is reported "in doubt" (final; the tenant may
+    # resend). Longer than any call (http_timeout_s + http_connect_timeout_s). Checked every
+    # in_doubt_sweep_s by every replica.
+    in_doubt_deadline_s: float = 600.0
+    in_doubt_sweep_s: float = 10.0
+
+    # Transient failures (database or broker unreachable): exponential backoff with jitter.
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
+
+    # Memory: a number's pacing state is forgotten after this long unused; the messaging limit's
+    # reached customers are reloaded from the database this often (other replicas add to them).
+    number_idle_s: float = 300.0
+    messaging_limit_ttl_s: float = 60.0
+
     # Retries through wa.messages.out.retry, then the dead-letter topic.
     max_attempts: int = 6
     retry_initial_s: float = 1.0
@@ -48,3 +64,9 @@ class SenderSettings(CommonSettings):
     # e.g. {"en_GB": ["en", "en_US"]}; the base language ("pt" of "pt_BR") is always tried last.
     template_language_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     template_cache_ttl_s: float = 30.0
+
+    @model_validator(mode="after")
+    def _deadline_outlasts_a_call(self) -> SenderSettings:
+        if self.in_doubt_deadline_s <= self.http_timeout_s + self.http_connect_timeout_s:
+            raise ValueError("in_doubt_deadline_s must be longer than a call (http_timeout_s + http_connect_timeout_s)")
+        return self

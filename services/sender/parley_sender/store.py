@@ -13,11 +13,15 @@ import orjson
 from parley_common.contracts import STATUS_ORDER, MessageStatus
 
 from parley_sender.domain.consent import ConsentState
+from parley_sender.domain.outcomes import RESOLVABLE, SETTLED, MessageState, sql_states
 from parley_sender.domain.templates import Template, TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows, CustomerServiceWindow, FreeEntryPointWindow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-FINAL_STATES = frozenset({"accepted", "refused", "failed", "dead"})
+# Built from the states' sets (domain/outcomes.py): no write changes a settled row, and only
+# in-doubt rows are resolved by a status webhook.
+_NOT_SETTLED = f"sender.messages.state NOT IN ({sql_states(SETTLED)})"
+_RESOLVABLE = f"state IN ({sql_states(RESOLVABLE)})"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class MessageRow:
     free_window: str | None = None
     reason: str | None = None
     error_code: int | None = None
+    business_initiated: bool = False  # counted against the portfolio's messaging limit
     request: dict[str, Any] | None = None
     # The request as JSON text, when the caller has it already (the Kafka record's value): written
     # as is instead of re-serialising ``request``.
@@ -62,21 +67,31 @@ class MessageRow:
             self.free_window,
             self.reason,
             self.error_code,
+            self.business_initiated,
             request,
         )
+
+    @property
+    def message_state(self) -> MessageState:
+        return MessageState(self.state)
 
 
 _COLUMNS = (
     "message_id, tenant_id, phone_number_id, recipient, state, attempt, wamid, callback_data, "
-    "is_template, template_name, category, free_window, reason, error_code, request"
+    "is_template, template_name, category, free_window, reason, error_code, business_initiated, request"
 )
+# What the redelivery decision and the results need: everything but the request itself.
+_STATE_COLUMNS = _COLUMNS.removesuffix(", request")
 
 # The request goes in as JSON text (``MessageRow.values``), not through the pool's jsonb codec.
-_VALUES = "$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::text::jsonb"
+_VALUES = "$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16::text::jsonb"
 
 
 def _row(r: asyncpg.Record) -> MessageRow:
-    return MessageRow(**{k: r[k] for k in _COLUMNS.split(", ")})
+    return MessageRow(**{k: r[k] for k in r.keys() if k in _FIELDS})
+
+
+_FIELDS = frozenset(_COLUMNS.split(", "))
 
 
 class SenderStore:
@@ -85,13 +100,23 @@ class SenderStore:
 
     # --- messages --------------------------------------------------------------------------
     async def messages(self, ids: Sequence[str]) -> dict[str, MessageRow]:
+        """The recorded state of these requests (without the stored request: see :meth:`requests`)."""
         rows = await self.pool.fetch(
-            f"SELECT {_COLUMNS} FROM sender.messages WHERE message_id = ANY($1)", list(ids)
+            f"SELECT {_STATE_COLUMNS} FROM sender.messages WHERE message_id = ANY($1)", list(ids)
         )
         return {r["message_id"]: _row(r) for r in rows}
 
-    async def record_intents(self, rows: Sequence[MessageRow]) -> None:
-        """Before the Cloud API call: state 'sending' for this attempt (never over a final state)."""
+    async def requests(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored requests (for re-queued retries and dead letters)."""
+        rows = await self.pool.fetch(
+            "SELECT message_id, request FROM sender.messages WHERE message_id = ANY($1) AND request IS NOT NULL",
+            list(ids),
+        )
+        return {r["message_id"]: r["request"] for r in rows}
+
+    async def mark_sending(self, rows: Sequence[MessageRow]) -> None:
+        """Just before their Cloud API calls: state 'sending' for this attempt (never over a
+        settled state), with the request as received."""
         if not rows:
             return
         await self.pool.executemany(
@@ -99,8 +124,9 @@ class SenderStore:
                 ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
                   callback_data = EXCLUDED.callback_data, is_template = EXCLUDED.is_template,
                   template_name = EXCLUDED.template_name, category = EXCLUDED.category,
-                  free_window = EXCLUDED.free_window, request = EXCLUDED.request, updated_at = now()
-                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
+                  free_window = EXCLUDED.free_window, business_initiated = EXCLUDED.business_initiated,
+                  request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
+                WHERE {_NOT_SETTLED}""",
             [r.values() for r in rows],
         )
 
@@ -114,9 +140,10 @@ class SenderStore:
                   is_template = EXCLUDED.is_template, template_name = EXCLUDED.template_name,
                   category = EXCLUDED.category, free_window = EXCLUDED.free_window,
                   reason = EXCLUDED.reason, error_code = EXCLUDED.error_code,
+                  business_initiated = EXCLUDED.business_initiated,
                   callback_data = COALESCE(EXCLUDED.callback_data, sender.messages.callback_data),
                   request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
-                WHERE sender.messages.state NOT IN ('accepted', 'refused', 'failed')""",
+                WHERE {_NOT_SETTLED}""",
             [r.values() for r in rows],
         )
 
@@ -134,10 +161,17 @@ class SenderStore:
     async def resolve_in_doubt(
         self, phone_number_id: str, callback_data: str, wamid: str
     ) -> MessageRow | None:
+        """A status webhook names the request (by the callback data the sender sent, its message
+        id): an in-doubt request becomes accepted with that wamid. At most one row, and never a
+        wamid another message already has (old rows may share callback data)."""
         r = await self.pool.fetchrow(
             f"""UPDATE sender.messages SET state = 'accepted', wamid = $3, reason = NULL, updated_at = now()
-                WHERE phone_number_id = $1 AND callback_data = $2 AND state = 'in_doubt'
-                RETURNING {_COLUMNS}""",
+                WHERE message_id = (
+                    SELECT message_id FROM sender.messages
+                    WHERE phone_number_id = $1 AND callback_data = $2 AND {_RESOLVABLE}
+                    ORDER BY created_at LIMIT 1)
+                  AND NOT EXISTS (SELECT 1 FROM sender.messages x WHERE x.wamid = $3)
+                RETURNING {_STATE_COLUMNS}""",
             phone_number_id,
             callback_data,
             wamid,
@@ -145,12 +179,64 @@ class SenderStore:
         return _row(r) if r else None
 
     async def delivered_wamid_for(self, phone_number_id: str, callback_data: str) -> str | None:
+        """The wamid a status webhook reported for this callback data, if no message has it yet."""
         wamid: str | None = await self.pool.fetchval(
-            "SELECT wamid FROM sender.deliveries WHERE phone_number_id = $1 AND callback_data = $2 LIMIT 1",
+            """SELECT d.wamid FROM sender.deliveries d
+               WHERE d.phone_number_id = $1 AND d.callback_data = $2
+                 AND NOT EXISTS (SELECT 1 FROM sender.messages x WHERE x.wamid = d.wamid)
+               LIMIT 1""",
             phone_number_id,
             callback_data,
         )
         return wamid
+
+    async def resolve_from_deliveries(self, limit: int = 1000) -> list[MessageRow]:
+        """In-doubt requests whose status webhook was recorded before they were in doubt (the
+        status came while the call, or the crash, was under way): accepted with that wamid."""
+        rows = await self.pool.fetch(
+            f"""WITH found AS (
+                    SELECT DISTINCT ON (d.wamid) m.message_id, d.wamid
+                    FROM sender.messages m
+                    JOIN sender.deliveries d
+                      ON d.phone_number_id = m.phone_number_id AND d.callback_data = m.callback_data
+                    WHERE m.{_RESOLVABLE}
+                      AND NOT EXISTS (SELECT 1 FROM sender.messages x WHERE x.wamid = d.wamid)
+                    ORDER BY d.wamid, m.created_at
+                    LIMIT $1),
+                one AS (SELECT DISTINCT ON (message_id) message_id, wamid FROM found
+                        ORDER BY message_id, wamid)
+                UPDATE sender.messages m SET state = 'accepted', wamid = one.wamid, reason = NULL,
+                       updated_at = now()
+                FROM one WHERE m.message_id = one.message_id AND m.{_RESOLVABLE}
+                RETURNING {", ".join("m." + c for c in _STATE_COLUMNS.split(", "))}""",
+            limit,
+        )
+        return [_row(r) for r in rows]
+
+    async def overdue_in_doubt(self, older_than_s: float, limit: int = 1000) -> list[MessageRow]:
+        """Requests in doubt (or left 'sending' by a process that is gone) for longer than the
+        deadline. No call lasts that long, so none of them can still be in flight."""
+        rows = await self.pool.fetch(
+            f"""SELECT {_STATE_COLUMNS} FROM sender.messages
+                WHERE state IN ('in_doubt', 'sending') AND updated_at < now() - make_interval(secs => $1)
+                ORDER BY updated_at LIMIT $2""",
+            older_than_s,
+            limit,
+        )
+        return [_row(r) for r in rows]
+
+    async def mark_unresolved(self, ids: Sequence[str], older_than_s: float, reason: str) -> list[str]:
+        """Give up waiting (after the results were published): final, the tenant may resend."""
+        rows = await self.pool.fetch(
+            """UPDATE sender.messages SET state = 'unresolved', reason = $3, updated_at = now()
+               WHERE message_id = ANY($1) AND state IN ('in_doubt', 'sending')
+                 AND updated_at < now() - make_interval(secs => $2)
+               RETURNING message_id""",
+            list(ids),
+            older_than_s,
+            reason,
+        )
+        return [r["message_id"] for r in rows]
 
     # --- statuses --------------------------------------------------------------------------
     async def record_statuses(self, statuses: Iterable[MessageStatus]) -> None:

@@ -168,6 +168,11 @@ class PairRateLimit:
         st.repaid_at = max(st.repaid_at, st.blocked_until)
         return backoff
 
+    @property
+    def owing(self) -> int:
+        """Customers still remembered (something owed or a block in force until forgotten)."""
+        return len(self._pairs)
+
     def forget_idle(self, now: float) -> None:
         """Drop customers with nothing owed (bounded memory)."""
         idle = [
@@ -207,6 +212,12 @@ class MessagingLimit:
         return customer in self.reached or len(self.reached) < self.limit
 
     def record(self, customer: str, now: float) -> None:
+        """Bounded: an unlimited portfolio keeps no list, a limited one at most the customers
+        of its rolling window (the policy refuses new ones past the limit)."""
+        if self.limit is None:
+            return
+        if customer not in self.reached and len(self.reached) >= self.limit:
+            self._prune(now)
         self.reached[customer] = now
 
     def room_at(self, now: float) -> float:

@@ -1,0 +1,192 @@
+"""What follows from recorded outcomes: results on wa.sends, retries on the retry topic, dead
+letters, consent stops, the messaging limit's reached customers and free-entry-point starts.
+
+Every effect is idempotent and derived from the outcome's row, so a redelivered request whose row
+is already final has its effects applied again (:meth:`Effects.of_row`) without harm: results
+and consent changes carry deterministic event ids, the database writes are upserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaBroker
+from parley_common.contracts import ConsentChange, OutboundMessage, body_hash
+from parley_common.deadletter import dead_letter_record, publish_dead_letter
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS
+
+from parley_sender.domain.governor import MessagingLimit
+from parley_sender.domain.outcomes import FINAL, MessageState, stops_consent
+from parley_sender.producing import RecordProducer
+from parley_sender.results import now_utc, result_json
+from parley_sender.store import MessageRow, SenderStore
+
+log = logging.getLogger("parley.sender.effects")
+SERVICE = "sender"
+
+
+@dataclass
+class Outcome:
+    """One request's outcome and the effects still to apply."""
+
+    row: MessageRow
+    written: bool = False  # the row is durable already (written right after the call)
+    publish_result: bool = True
+    retry: OutboundMessage | None = None
+    dead_letter_reason: str | None = None
+    dead_letter_value: bytes | None = None  # the request as received, when the row cannot hold it
+    consent_stop: bool = False
+    reached: bool = False
+    fep_started: bool = False
+    released: bool = False  # not sent: its partition was revoked (or the process stopped) first
+    send_span: str | None = None  # traceparent of the Cloud API call's span, for links by wamid
+
+
+class Effects:
+    def __init__(
+        self,
+        *,
+        broker: KafkaBroker,
+        store: Callable[[], SenderStore],
+        producer: RecordProducer | None,
+        limits: Callable[[str], MessagingLimit | None],
+    ) -> None:
+        self.broker = broker
+        self._store = store
+        self.producer = producer
+        self._limits = limits
+
+    @property
+    def store(self) -> SenderStore:
+        return self._store()
+
+    @staticmethod
+    def of_row(row: MessageRow, request: dict[str, Any] | None = None) -> Outcome:
+        """The effects of a row recorded earlier (a redelivery found it final)."""
+        st = MessageState(row.state)
+        accepted = st is MessageState.ACCEPTED
+        dead = st is MessageState.DEAD
+        return Outcome(
+            row,
+            written=True,
+            publish_result=st in FINAL,
+            dead_letter_reason=(row.reason or "dead") if dead else None,
+            dead_letter_value=orjson.dumps(request) if dead and request is not None else None,
+            consent_stop=st is MessageState.FAILED and stops_consent([row.error_code]),
+            reached=accepted and row.business_initiated,
+            fep_started=accepted and row.free_window == "free_entry_point",
+        )
+
+    async def apply(self, outcomes: Sequence[Outcome]) -> None:
+        """Durable when this returns (the offsets may then move past these requests)."""
+        if not outcomes:
+            return
+        await self.store.record_outcomes([o.row for o in outcomes if not o.written])
+        now = now_utc()
+        reached = [
+            (o.row.tenant_id, o.row.recipient, now)
+            for o in outcomes
+            if o.reached and o.row.tenant_id and o.row.recipient
+        ]
+        for tid, customer, at in reached:
+            lim = self._limits(tid)
+            if lim is not None:
+                lim.record(customer, at.timestamp())
+        await self.store.record_reached(reached)
+        await self.store.start_free_entry_points(
+            [(o.row.phone_number_id, o.row.recipient, now) for o in outcomes if o.fep_started and o.row.recipient]
+        )
+        records: list[tuple[str, bytes, bytes]] = []
+        jobs = []
+        for o in outcomes:
+            key = o.row.phone_number_id.encode()
+            if o.publish_result:
+                records.append((SENDS.name, key, result_json(o.row, o.send_span)))
+            if o.retry is not None:
+                records.append((MESSAGES_OUT_RETRY.name, key, o.retry.model_dump_json().encode()))
+            if o.dead_letter_reason is not None:
+                jobs.append(self.dead_letter_request(o))
+            if o.consent_stop and o.row.tenant_id and o.row.recipient:
+                jobs.append(
+                    self.stop_marketing(
+                        o.row.tenant_id, o.row.phone_number_id, o.row.recipient, "error_131050", o.row.message_id
+                    )
+                )
+        jobs.append(self.produce(records))
+        await asyncio.gather(*jobs)
+
+    async def produce(self, records: list[tuple[str, bytes, bytes]]) -> None:
+        """Every record handed over at once, acknowledgements gathered (order kept per key)."""
+        if not records:
+            return
+        if self.producer is not None and self.producer.started:
+            await self.producer.send_all(records)
+            return
+        await asyncio.gather(
+            *(self.broker.publish(orjson.loads(value), topic, key=key) for topic, key, value in records)
+        )
+
+    async def publish_results(self, rows: Sequence[MessageRow]) -> None:
+        await self.produce([(SENDS.name, r.phone_number_id.encode(), result_json(r)) for r in rows])
+
+    async def stop_marketing(
+        self, tenant_id: str, phone_number_id: str, customer: str, source: str, source_event: str
+    ) -> None:
+        at = now_utc()
+        await self.store.apply_consent(tenant_id, customer, "stop", at, source)
+        change = ConsentChange(
+            event_id=body_hash(tenant_id, customer, "stop", source_event),
+            tenant_id=tenant_id,
+            phone_number_id=phone_number_id,
+            occurred_at=at,
+            customer_id=customer,
+            action="stop",
+            source=source,
+        )
+        await self.broker.publish(change.model_dump(mode="json"), ACCOUNT_EVENTS.name, key=phone_number_id.encode())
+
+    async def dead_letter_request(self, o: Outcome) -> None:
+        row = o.row
+        value = o.dead_letter_value if o.dead_letter_value is not None else orjson.dumps(row.request or {})
+        letter = dead_letter_record(
+            service=SERVICE,
+            topic=MESSAGES_OUT.name,
+            value=value,
+            key=row.phone_number_id.encode(),
+            exc=RuntimeError(o.dead_letter_reason or "dead"),
+            attempts=row.attempt + 1,
+            event_id=f"{SERVICE}:{row.message_id}",
+        )
+        await publish_dead_letter(self.broker, letter)
+
+    async def dead_letter_record(self, rec: ConsumerRecord[Any, Any], exc: BaseException, attempts: int = 1) -> None:
+        """A record that can never be handled: onto the dead-letter topic with the reason (the
+        exception's text names the problem, not the record's values)."""
+        log.warning(
+            "dead-lettering a send request record",
+            extra={
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "error_type": type(exc).__name__,
+            },
+        )
+        await publish_dead_letter(
+            self.broker,
+            dead_letter_record(
+                service=SERVICE,
+                topic=rec.topic,
+                value=rec.value or b"",
+                key=rec.key,
+                exc=exc,
+                attempts=attempts,
+                partition=rec.partition,
+                offset=rec.offset,
+            ),
+        )
