@@ -335,7 +335,10 @@ class Sender:
                     retry = OutboundMessage.model_validate(stored)
                     out.append(Outcome(row, written=True, publish_result=False, retry=retry))
             else:
-                out.append(await self._cut_off(m, row))
+                cut = await self._cut_off(m, row)
+                await self.journal.write(cut.row)  # at once: the row must not go on saying "sending"
+                cut.written = True
+                out.append(cut)
         return out
 
     async def _cut_off(self, m: OutboundMessage, row: MessageRow) -> Outcome:

@@ -20,7 +20,12 @@ from parley_sender.domain.windows import ConversationWindows, CustomerServiceWin
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Built from the states' sets (domain/outcomes.py): no write changes a settled row, and only
 # in-doubt rows are resolved by a status webhook.
-_NOT_SETTLED = f"sender.messages.state NOT IN ({sql_states(SETTLED)})"
+_NOT_SETTLED = (
+    f"sender.messages.state NOT IN ({sql_states(SETTLED)})"
+    # Reported in doubt after the deadline: never back to waiting (a real answer may still land).
+    f" AND NOT (sender.messages.state = '{MessageState.UNRESOLVED.value}'"
+    f" AND EXCLUDED.state = '{MessageState.IN_DOUBT.value}')"
+)
 _RESOLVABLE = f"state IN ({sql_states(RESOLVABLE)})"
 
 
