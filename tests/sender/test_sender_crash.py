@@ -44,7 +44,7 @@ from .harness import (
 )
 
 pytestmark = pytest.mark.infra
-NUMBER = "7101"
+NUMBER = "7301"
 N = 1000
 IN_FLIGHT = 16  # max_in_flight_per_number of the sender under test
 DEADLINE_S = 20
