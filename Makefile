@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 INFRA := bash deploy/local/infra.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install infra-up observability-tools down status run run-forever run-observed test test-unit lint bench bench-ingest bench-router bench-sender bench-billing
+.PHONY: help install infra-up observability-tools down status run run-forever run-observed test test-unit lint bench bench-ingest bench-router bench-sender bench-billing soak
 
 help:
 	@echo "make run          install what is missing, start Kafka + PostgreSQL + all services + the simulator, drive demo traffic, print a summary (Ctrl-C stops)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test         install what is missing, start the infrastructure, run the whole test suite"
 	@echo "make lint         ruff and mypy"
 	@echo "make bench        every benchmark (bench-ingest, bench-router, bench-sender, bench-billing); results in bench-results/"
+	@echo "make soak         the whole pipeline, two replicas each, 15 minutes of load and faults (SOAK_ARGS=...); bench-results/soak.json"
 	@echo "make down         stop Kafka and PostgreSQL"
 
 $(UV):
@@ -63,3 +64,8 @@ bench: bench-ingest bench-router bench-sender bench-billing
 bench-ingest bench-router bench-sender bench-billing: bench-%: infra-up
 	@mkdir -p bench-results
 	$(UV) run --frozen python tests/bench/bench_$*.py
+
+SOAK_ARGS ?= --compare
+soak: infra-up
+	@mkdir -p bench-results
+	$(UV) run --frozen python tests/soak/soak.py $(SOAK_ARGS)

@@ -340,6 +340,7 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
         phone_number_id: str | None = None,
         to: str | None = None,
         limit: int = 1000,
+        compact: bool = False,
     ) -> Response:
         found = sim.find_messages(
             wamid=wamid,
@@ -347,6 +348,10 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
             phone_number_id=phone_number_id,
             to=to,
         )
+        if compact:  # who got what and which statuses were posted, without the bodies
+            return _json({"count": len(found), "data": [
+                {"wamid": m.wamid, "phone_number_id": m.phone_number_id, "to": m.to, "wa_id": m.wa_id,
+                 "statuses": [{"status": s["status"]} for s in m.statuses]} for m in found[-limit:]]})
         return _json({"count": len(found), "data": [m.summary() for m in found[-limit:]]})
 
     @app.get("/_sim/webhooks")
