@@ -20,6 +20,9 @@ from parley_common.tenancy.cli import MIGRATIONS as TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 
 TENANT_IN, TENANT_BR = "bill-in", "bill-br"
+# "Now" for the billing app under test: September and October 2026 are closed (plus the 48 h
+# grace), November is not. Tests must not depend on the day they run.
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 PN_IN, PN_BR = "bill-pn-in", "bill-pn-br"
 WABA_IN, WABA_BR = "bill-waba-in", "bill-waba-br"
 C_IN = "919876543210"  # India

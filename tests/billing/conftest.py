@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI
 from parley_billing.store import MIGRATIONS, Metering, TenantInfo
 
-TABLES = ("ledger", "deliveries", "sends", "inbound", "invoice_lines", "invoices", "rate_cards", "tiers")
+TABLES = ("ledger", "deliveries", "sends", "inbound", "invoice_lines", "invoices", "rate_cards", "tiers",
+          "contacts", "tier_updates")
 
 
 def tenant_lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:
@@ -57,7 +58,9 @@ async def billing_app(tenant_keys: dict[str, str], database_url: str) -> AsyncIt
     from parley_billing.settings import BillingSettings
     from parley_common.runtime import start_runtime, stop_runtime
 
-    app = create_app(BillingSettings(database_url=database_url, db_pool_max=4))
+    from .billing_scenario import NOW
+
+    app = create_app(BillingSettings(database_url=database_url, db_pool_max=4), clock=lambda: NOW)
     rt = app.state.runtime
     await start_runtime(rt, start_broker=False)
     try:

@@ -55,7 +55,8 @@ async def test_usage_is_grouped_per_tenant_in_its_time_zone(client: httpx.AsyncC
                            ("United Kingdom", "authentication", "regular"), ("Brazil", "marketing", "regular")}
     assert groups[("India", "marketing", "regular")] == {
         "market": "India", "category": "marketing", "type": "regular", "pricing_model": "PMP", "currency": "USD",
-        "messages": 1, "billable": 1, "unpriced": 0, "list_amount": "0.01180000"}
+        "rules": "PMP-2026-08", "messages": 1, "billable": 1, "unpriced": 0, "per_token": 0,
+        "list_amount": "0.01180000", "amount": "0.01180000"}
     assert groups[("India", "utility", "free_customer_service")]["billable"] == 0
     assert sum(Decimal(g["list_amount"]) for g in doc["groups"]) == SEPT_IN_TOTAL
     # One day later in the period takes in a9.
@@ -135,7 +136,7 @@ async def test_reconciliation_reports_where_parley_and_meta_disagree(
     assert diffs[("differs", "utility", "utility")] == {
         "parley": {"billable": False, "type": "free_customer_service", "category": "utility"},
         "meta": {"billable": True, "type": "regular", "category": "utility"}, "kind": "differs",
-        "messages": 1, "parley_amount": "0"}
+        "reason": "Meta charges, Parley does not", "messages": 1, "parley_amount": "0"}
     # a5: Parley's send record says marketing, Meta's status says utility.
     assert diffs[("differs", "marketing", "utility")]["messages"] == 1
     assert Decimal(diffs[("differs", "marketing", "utility")]["parley_amount"]) == Decimal("0.0625")

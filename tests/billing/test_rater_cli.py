@@ -59,7 +59,8 @@ def test_bad_rate_card_row_is_rejected_with_line_and_reason(tmp_path: Path) -> N
     result = runner.invoke(app, ["rate", "--rate-card", str(card), "--webhooks", str(DATA / "webhooks.jsonl"),
                                  "--business-country", "US"])
     assert result.exit_code == 2
-    assert "line 17: marketing" in result.stderr and "'abc' is not a decimal number" in result.stderr
+    line = 1 + card.read_text().splitlines().index("2026-01-01,Brazil,USD,abc,0.0068,0.0068,,")
+    assert f"line {line}: marketing" in result.stderr and "'abc' is not a decimal number" in result.stderr
 
 
 def test_business_country_must_be_iso_alpha2() -> None:

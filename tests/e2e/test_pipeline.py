@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from parley_billing.domain.rules import rules_at
 from parley_common.topics import MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED, SENDS, STATUSES
 from parley_simulator import sign
 
@@ -107,7 +108,8 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 90.
 async def ledger(database_url: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(database_url)
     try:
-        return await conn.fetch("SELECT wamid, category, type, billable, amount FROM billing.ledger ORDER BY wamid")
+        return await conn.fetch("SELECT wamid, category, type, billable, amount, delivered_at FROM billing.ledger"
+                                " ORDER BY wamid")
     finally:
         await conn.close()
 
@@ -170,8 +172,9 @@ async def test_signed_batch_flows_through_all_four_services_exactly_once(pipelin
     template_sends = await eventually(templates_delivered, what="template statuses back through ingest")
     delivered_templates = {s["wamid"] for s in template_sends}
 
-    # Billing: exactly one ledger row per delivered template; free-form replies and undelivered
-    # statuses are not billed.
+    # Billing: exactly one ledger row per delivered template; free-form replies are service messages,
+    # charged by the rules in force when they were delivered (from 2026-10-01); undelivered statuses
+    # are not billed.
     async def ledger_settled() -> list[asyncpg.Record] | None:
         rows = await ledger(pipeline.database_url)
         return rows if {r["wamid"] for r in rows} >= delivered_templates else None
@@ -179,11 +182,16 @@ async def test_signed_batch_flows_through_all_four_services_exactly_once(pipelin
     rows = await eventually(ledger_settled, what="ledger rows for delivered templates")
     billed = {r["wamid"]: r for r in rows}
     assert set(billed) & delivered_templates == delivered_templates
-    for w in {s["wamid"] for s in reply_results if s.get("wamid")} & set(billed):  # replies are free
-        assert billed[w]["category"] == "service" and not billed[w]["billable"] and not billed[w]["amount"]
-    # a status that was only sent, or failed, is never metered; an unknown read one is not billable
+    for w in {s["wamid"] for s in reply_results if s.get("wamid")} & set(billed):
+        charged = rules_at(billed[w]["delivered_at"]).service_charged
+        assert billed[w]["category"] == "service" and billed[w]["billable"] is charged
+        assert (billed[w]["amount"] is None or billed[w]["amount"] > 0) if charged else not billed[w]["amount"]
+    # a status that was only sent, or failed, is never metered; a read one Parley never sent and Meta
+    # did not price is taken for a free-form (service) message, priced by the rules of its delivery
     assert f"wamid.E2EOLD{RUN}1" not in billed and f"wamid.E2EOLD{RUN}2" not in billed
-    assert not billed.get(f"wamid.E2EOLD{RUN}3", {"billable": False})["billable"]
+    unknown = billed.get(f"wamid.E2EOLD{RUN}3")
+    assert unknown is None or (unknown["category"] == "service"
+                               and unknown["billable"] is rules_at(unknown["delivered_at"]).service_charged)
     by_category = {billed[w]["category"] for w in delivered_templates}
     assert by_category == {"utility", "marketing"}
     marketing = next(billed[w] for w in delivered_templates if billed[w]["category"] == "marketing")

@@ -3,9 +3,11 @@ when the simulated clock is before 2025-07-01."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from parley_simulator.pricing import PricingEngine
 from parley_simulator.windows import CustomerWindows
 
@@ -168,29 +170,37 @@ def _priced(receiver: Receiver, wamid: str) -> dict[str, dict]:
     return {s["status"]: s for s in receiver.statuses() if s["id"] == wamid}
 
 
+@pytest.mark.parametrize(
+    ("clock", "in_window_utility", "free_form"),
+    [
+        # Until 2026-09-30 free-form replies and utility templates in the window are free...
+        (
+            "2026-09-15T12:00:00Z",
+            {"billable": False, "pricing_model": "PMP", "type": "free_customer_service", "category": "utility"},
+            {"billable": False, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"},
+        ),
+        # ...from 2026-10-01 both are charged.
+        (
+            "2026-11-10T12:00:00Z",
+            {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "utility"},
+            {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "service"},
+        ),
+    ],
+)
 async def test_pmp_pricing_on_sent_and_exactly_one_of_delivered_or_read(
-    make_sim: SimFactory, receiver: Receiver
+    make_sim: SimFactory, receiver: Receiver, clock: str, in_window_utility: dict, free_form: dict
 ) -> None:
     h = await make_sim(read_ratio=1.0)
+    assert (await h.http.post(f"{h.url}/_sim/clock", json={"now": clock})).status_code == 200
     await h.open_window()
     utility = (await h.send(template("ticket_confirmation", ["A", "B"]))).json()["messages"][0]["id"]
     marketing = (await h.send(template("plain_offer", ["Ann"]))).json()["messages"][0]["id"]
-    free_form = (await h.send(text())).json()["messages"][0]["id"]
+    reply = (await h.send(text())).json()["messages"][0]["id"]
     await h.drain()
     expectations = {
-        utility: {
-            "billable": False,
-            "pricing_model": "PMP",
-            "type": "free_customer_service",
-            "category": "utility",
-        },
+        utility: in_window_utility,
         marketing: {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "marketing"},
-        free_form: {
-            "billable": False,
-            "pricing_model": "PMP",
-            "type": "free_customer_service",
-            "category": "service",
-        },
+        reply: free_form,
     }
     for wamid, pricing in expectations.items():
         statuses = _priced(receiver, wamid)
@@ -239,3 +249,36 @@ async def test_clock_before_july_2025_gives_conversation_based_pricing(
     assert int(a["sent"]["conversation"]["expiration_timestamp"]) > int(a["sent"]["timestamp"])
     assert "expiration_timestamp" not in a["delivered"]["conversation"]
     assert abs(int(a["sent"]["timestamp"]) - datetime(2025, 3, 3, 12, tzinfo=UTC).timestamp()) < 60
+
+
+# --- the simulator and billing apply the same dated rules --------------------------------------
+
+PMP_FROM = datetime(2025, 7, 1, tzinfo=UTC)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seconds=st.integers(0, int((datetime(2027, 7, 1, tzinfo=UTC) - PMP_FROM).total_seconds())),
+    category=st.sampled_from(["marketing", "utility", "authentication", "service"]),
+    window=st.booleans(),
+    fep=st.booleans(),
+)
+def test_simulator_pricing_objects_agree_with_billings_rule_table(
+    seconds: int, category: str, window: bool, fep: bool
+) -> None:
+    """Whatever the date, the pricing object the simulator sends is what billing decides for the
+    same message (billable, type, category), so the demo and the tests see Meta's rules of the day."""
+    from parley_billing.domain.engine import Business, InboundFact, OutboundFact, Timeline, price_timeline
+    from parley_billing.domain.rates import RateBook
+
+    at = PMP_FROM + timedelta(seconds=seconds)
+    window = window or fep or category == "service"  # a reply needs the window; a referral opens it
+    sim = price(PricingEngine(), category, now=at.timestamp(), window=window, fep=fep)
+    inbound = (InboundFact(at - timedelta(hours=1), referral=fep),) if window else ()
+    template = category != "service"
+    ours = price_timeline(
+        Timeline("919876543210", inbound, (OutboundFact("m", at, template, category if template else None),)),
+        Business("IN", RateBook([])),
+    )[0]
+    assert (ours.billable, ours.type) == (sim["billable"], sim["type"])
+    assert sim["category"] == ("referral_conversion" if fep else ours.category)

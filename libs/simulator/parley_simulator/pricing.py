@@ -1,9 +1,11 @@
-"""The ``pricing`` (and ``conversation``) objects of status webhooks, per Meta's rules.
+"""The ``pricing`` (and ``conversation``) objects of status webhooks, per Meta's rules on the
+simulated clock's date (:data:`RULES`, one row per change of Meta's rules).
 
-- Per-message pricing (PMP, from 2025-07-01): free-form messages are ``service`` and free
-  (``free_customer_service``); a utility template inside the customer-service window is free;
-  everything inside a 72 h free entry point is free (``free_entry_point``, category
-  ``referral_conversion``); marketing and authentication are otherwise charged (``regular``).
+- Per-message pricing (PMP, from 2025-07-01): everything inside a 72 h free entry point is free
+  (``free_entry_point``, category ``referral_conversion``); marketing and authentication are
+  charged (``regular``). Free-form messages are ``service``: free (``free_customer_service``)
+  until 2026-09-30, charged (``regular``) from 2026-10-01. A utility template inside the
+  customer-service window is free until 2026-09-30 and charged from 2026-10-01.
   The ``conversation`` object is sent up to API v23 (one id per message) and, from v24, only
   inside a free entry point.
 - Conversation-based pricing (CBP, before 2025-07-01): a conversation of a category is opened by
@@ -15,13 +17,40 @@
 
 from __future__ import annotations
 
+import bisect
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-PMP_START = datetime(2025, 7, 1, tzinfo=UTC).timestamp()
-SERVICE_FREE_FROM = datetime(2024, 11, 1, tzinfo=UTC).timestamp()
+
+@dataclass(frozen=True)
+class Rules:
+    """Meta's rules from ``effective_from`` (unix seconds, UTC) until the next row."""
+
+    effective_from: float
+    model: str  # CBP | PMP
+    service_charged: bool  # free-form replies (CBP: service conversations)
+    utility_in_window_charged: bool  # PMP: utility templates inside the customer-service window
+
+
+# Meta's dated rules as a test double of Meta sees them. Parley's billing keeps its own table
+# (parley_billing.domain.rules); tests/simulator/test_pricing.py checks that both agree.
+RULES: tuple[Rules, ...] = (
+    Rules(float("-inf"), "CBP", service_charged=True, utility_in_window_charged=True),
+    Rules(datetime(2024, 11, 1, tzinfo=UTC).timestamp(), "CBP", service_charged=False,
+          utility_in_window_charged=True),
+    Rules(datetime(2025, 7, 1, tzinfo=UTC).timestamp(), "PMP", service_charged=False,
+          utility_in_window_charged=False),
+    Rules(datetime(2026, 10, 1, tzinfo=UTC).timestamp(), "PMP", service_charged=True,
+          utility_in_window_charged=True),
+)
+_STARTS = [r.effective_from for r in RULES]
+
+
+def rules_at(now: float) -> Rules:
+    return RULES[bisect.bisect_right(_STARTS, now) - 1]
+
 CONVERSATION_S = 24 * 3600
 ENTRY_POINT_CONVERSATION_S = 72 * 3600
 CONVERSATION_OMITTED_FROM_VERSION = 24
@@ -63,7 +92,8 @@ class PricingEngine:
         api_version: int,
     ) -> PricedMessage:
         """``category``: marketing | utility | authentication (templates) or service (free-form)."""
-        if now < PMP_START:
+        rules = rules_at(now)
+        if rules.model == "CBP":
             return self._price_cbp(phone_number_id, customer, now, category, free_entry_point)
         if free_entry_point:
             pricing = {
@@ -72,7 +102,9 @@ class PricingEngine:
                 "type": "free_entry_point",
                 "category": "referral_conversion",
             }
-        elif category == "service" or (category == "utility" and in_service_window):
+        elif (category == "service" and not rules.service_charged) or (
+            category == "utility" and in_service_window and not rules.utility_in_window_charged
+        ):
             pricing = {
                 "billable": False,
                 "pricing_model": "PMP",
@@ -109,7 +141,7 @@ class PricingEngine:
         self._open[(pn, customer)] = convs
         billable = not (
             chosen.category == "referral_conversion"
-            or (chosen.category == "service" and now >= SERVICE_FREE_FROM)
+            or (chosen.category == "service" and not rules_at(now).service_charged)
         )
         pricing = {"billable": billable, "pricing_model": "CBP", "category": chosen.category}
         conversation = {

@@ -15,10 +15,17 @@ from parley_common.tenancy.models import Tenant
 from pydantic import BaseModel, Field, field_validator
 
 from parley_billing import invoicing
-from parley_billing.domain.engine import PMP_START, Business, OutboundFact, Timeline, price_timeline
+from parley_billing.domain.engine import Business, InboundFact, OutboundFact, Timeline, price_timeline
 from parley_billing.domain.markets import market_of_country
+from parley_billing.domain.rules import rules_at
 from parley_billing.settings import BillingSettings
-from parley_billing.store import Metering, TenantInfo, usage
+from parley_billing.store import Metering, TenantInfo
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 MONTH = re.compile(MONTH_PATTERN)
@@ -41,8 +48,12 @@ def month_problem(month: str) -> str | None:
 
 class EstimateItem(BaseModel):
     country: str = Field(pattern=r"^[A-Za-z]{2}$", description="recipient country, ISO 3166-1 alpha-2")
-    category: str = Field(pattern=r"^(marketing|utility|authentication)$")
-    recipients: int = Field(ge=0, le=100_000_000)
+    category: str = Field(pattern=r"^(marketing|utility|authentication|service)$",
+                          description="a template category, or service for free-form replies")
+    recipients: int = Field(ge=0, le=100_000_000, description="messages to price (one per recipient)")
+    in_service_window: bool = Field(
+        default=False, description="sent as replies inside the customers' 24-hour windows "
+                                   "(always true for service)")
 
     @field_validator("country")
     @classmethod
@@ -61,7 +72,7 @@ class EstimateRequest(BaseModel):
 
 
 def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
-                 tenant_info: Callable[[str | None, str], TenantInfo]) -> APIRouter:
+                 tenant_info: Callable[[str | None, str], TenantInfo], clock: Clock = utc_now) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["billing"])
 
     def info(t: Tenant) -> TenantInfo:
@@ -77,7 +88,7 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
             raise invalid(["path", "month"], f"the month {problem}", month)
         return month
 
-    @router.get("/usage", summary="Usage in a period, by market, category and free type")
+    @router.get("/usage", summary="What will be invoiced for a period, by market, category and free type")
     async def get_usage(tenant: TenantDep, from_: Annotated[date, Query(alias="from")],
                         to: Annotated[date, Query(description="inclusive")]) -> dict[str, Any]:
         for name, day in (("from", from_), ("to", to)):
@@ -88,14 +99,17 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
             raise invalid(["query", "to"], "'to' is before 'from'", to.isoformat())
         if (to - from_).days >= MAX_USAGE_DAYS:
             raise invalid(["query", "to"], f"the period is longer than {MAX_USAGE_DAYS} days", to.isoformat())
-        tz = info(tenant).tz
+        tenant_info_ = info(tenant)
+        tz = tenant_info_.tz
         start = datetime.combine(from_, time(), tz)
         end = datetime.combine(to + timedelta(days=1), time(), tz)
-        rows = await usage(rt.require_pool(), tenant.tenant_id, start, end)
+        await metering.rates.refresh_from_pool(rt.require_pool())
+        groups = await invoicing.usage(rt.require_pool(), tenant_info_, start, end, tiers=metering.rates.tiers)
         return {"tenant_id": tenant.tenant_id, "from": from_.isoformat(), "to": to.isoformat(),
-                "time_zone": str(tz), "note": "list prices before month-level volume tiers and free tiers; "
-                                              "the invoice applies those",
-                "groups": [{**r, "list_amount": str(r["list_amount"])} for r in rows]}
+                "time_zone": str(tz),
+                "note": "amount is what will be invoiced (volume tiers and free tiers applied, each month "
+                        "ranked whole); list_amount is before them",
+                "groups": groups}
 
     @router.get("/invoices/{month}", summary="The monthly invoice (JSON, or CSV with ?format=csv); "
                                               "a draft until the month is finalised")
@@ -118,7 +132,7 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
     async def _invoice(tenant: Tenant, month: str, *, finalise: bool) -> dict[str, Any]:
         await metering.rates.refresh_from_pool(rt.require_pool())
         return await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=metering.rates.tiers,
-                                       now=datetime.now(UTC), grace=timedelta(hours=settings.finalise_grace_hours),
+                                       now=clock(), grace=timedelta(hours=settings.finalise_grace_hours),
                                        finalise=finalise)
 
     @router.get("/reconciliation/{month}", summary="Parley's pricing against Meta's, per message")
@@ -127,31 +141,43 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
         return await invoicing.reconciliation(rt.require_pool(), info(tenant), checked(month),
                                               tiers=metering.rates.tiers)
 
-    @router.post("/estimates", summary="Price a planned campaign before sending it")
+    @router.post("/estimates", summary="Price a planned campaign by the rules of the day it will be sent")
     async def post_estimate(tenant: TenantDep, body: EstimateRequest) -> dict[str, Any]:
         await metering.rates.refresh_from_pool(rt.require_pool())
-        on = body.send_on or datetime.now(UTC).date()
+        on = body.send_on or clock().date()
         at = datetime.combine(on, time(12), UTC)
+        rules = rules_at(at)
         business = Business(tenant.business_country, metering.rates.rates)
         lines: list[dict[str, Any]] = []
         totals: dict[Any, Any] = {}
+        unpriced = 0
         for item in body.items:
             market = market_of_country(item.country)
             number = _example_number(item.country)
-            priced = price_timeline(Timeline(number, (), [OutboundFact("estimate", at, True, item.category)]),
+            template = item.category != "service"
+            in_window = item.in_service_window or not template
+            # The customer wrote an hour before: the reply is inside the 24-hour window.
+            inbound = (InboundFact(at - timedelta(hours=1)),) if in_window else ()
+            priced = price_timeline(Timeline(number, inbound, [OutboundFact("estimate", at, template,
+                                                                            item.category if template else None)]),
                                     business)[0]
-            unit = priced.amount
+            unit = priced.amount if priced.billable else Decimal(0)
             amount = None if unit is None else unit * item.recipients
             if amount is not None:
                 totals[priced.currency] = totals.get(priced.currency, Decimal(0)) + amount
+            elif item.recipients:
+                unpriced += item.recipients
             lines.append({"country": item.country, "market": market.name, "category": priced.category,
-                          "pricing_model": priced.pricing_model, "recipients": item.recipients,
+                          "in_service_window": in_window, "pricing_model": priced.pricing_model,
+                          "type": priced.type, "billable": priced.billable, "recipients": item.recipients,
                           "unit_price": None if unit is None else str(unit), "currency": priced.currency,
-                          "amount": None if amount is None else str(amount)})
-        return {"tenant_id": tenant.tenant_id, "send_on": on.isoformat(),
-                "model": "PMP" if at >= PMP_START else "CBP", "lines": lines,
-                "totals": {k: str(v) for k, v in totals.items()},
-                "note": "list prices, as if no recipient had an open service or free entry point window"}
+                          "amount": None if amount is None else str(amount), "unpriced": amount is None})
+        return {"tenant_id": tenant.tenant_id, "send_on": on.isoformat(), "model": rules.model,
+                "rules": {"name": rules.name, "effective_from": rules.effective_from.isoformat()
+                          if rules.effective_from.year > 1 else None, "source": rules.source},
+                "lines": lines, "totals": {k: str(v) for k, v in totals.items()}, "unpriced_messages": unpriced,
+                "note": "list prices at noon UTC of send_on, before monthly volume tiers; no free entry point "
+                        "windows assumed; a line without a rate in the card is unpriced, not free"}
 
     return router
 

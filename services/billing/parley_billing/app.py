@@ -31,7 +31,9 @@ def tenant_lookup(rt: Runtime) -> TenantLookup:
     return lookup
 
 
-def create_app(settings: BillingSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
+def create_app(settings: BillingSettings | None = None, *, tracer_provider: TracerProvider | None = None,
+               clock: api.Clock = api.utc_now) -> FastAPI:
+    """``clock`` is "now" for finalising months and for estimates without a date (tests pin it)."""
     settings = settings or BillingSettings()
     rt = build_runtime("billing", settings, migrations=[("billing", MIGRATIONS)], tracer_provider=tracer_provider)
     lookup = tenant_lookup(rt)
@@ -55,7 +57,7 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
     handlers.register(rt.broker, metering, settings, rt.registry, links)
     order_handlers.register(rt, rt.registry, batch_max_records=settings.order_batch_max_records,
                             batch_timeout_ms=settings.batch_timeout_ms)
-    app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup),
+    app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup, clock),
                                                         order_api.build_router(rt)])
     app.state.metering = metering
     return app

@@ -17,10 +17,11 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.deadletter import dead_letter_record, publish_dead_letter
-from parley_common.topics import MESSAGES_IN, SENDS, STATUSES
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES
 from prometheus_client import CollectorRegistry, Counter
 
 from parley_billing.domain.facts import FactError, inbound_record, send_fact, status_fact
+from parley_billing.domain.tiers import tier_update
 from parley_billing.settings import BillingSettings
 from parley_billing.store import Metering
 from parley_billing.trace_links import SendSpanLinks, StatusRef, status_ref
@@ -114,3 +115,8 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
     @broker.subscriber(MESSAGES_IN.name, group_id=GROUP, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
         priced.inc(await metering.record_inbound(await decode(MESSAGES_IN.name, msg, inbound_record)))
+
+    @broker.subscriber(ACCOUNT_EVENTS.name, group_id=GROUP, **batch)
+    async def on_account_events(msg: KafkaMessage) -> None:
+        # Only Meta's volume-tier updates concern billing; every other account event is skipped.
+        await metering.record_tier_updates(await decode(ACCOUNT_EVENTS.name, msg, tier_update))

@@ -8,13 +8,14 @@ period; its lines are then frozen. Reading an invoice never finalises it. Change
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 from parley_common.db import AnyConnection
 
-from parley_billing.domain.engine import apply_monthly_effects
+from parley_billing.domain.engine import PricedMessage, apply_monthly_effects, month_of
 from parley_billing.domain.invoice import (
     InvoiceLine,
     adjustment_lines,
@@ -22,9 +23,11 @@ from parley_billing.domain.invoice import (
     invoice_total,
     month_is_closed,
     reconcile,
+    usage_groups,
 )
 from parley_billing.domain.rates import TierBook
-from parley_billing.store import TenantInfo, month_ledger
+from parley_billing.domain.tiers import TierUpdate, compare_tiers
+from parley_billing.store import TenantInfo, month_ledger, months_ledger, tier_updates
 
 LINE_COLUMNS = ("for_month", "pricing_model", "market", "category", "type", "currency", "messages", "billable",
                 "unpriced", "amount")
@@ -101,18 +104,51 @@ def invoice_csv(doc: dict[str, Any]) -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["tenant_id", "month", "status", "line", *LINE_COLUMNS])
+    w.writerow(["tenant_id", "month", "status", "line", *LINE_COLUMNS, "note"])
     for kind in ("lines", "adjustments"):
         for x in doc[kind]:
             w.writerow([doc["tenant_id"], doc["month"], doc["status"], "charge" if kind == "lines" else "adjustment",
-                        *(x[c] for c in LINE_COLUMNS)])
+                        *(x[c] for c in LINE_COLUMNS), x.get("note", "")])
     for cur, amount in doc["totals"].items():
         w.writerow([doc["tenant_id"], doc["month"], doc["status"], "total", "", "", "", "", "", cur, "", "", "",
-                    amount])
+                    amount, ""])
     return buf.getvalue()
 
 
 async def reconciliation(pool: asyncpg.Pool, tenant: TenantInfo, month: str, *, tiers: TierBook) -> dict[str, Any]:
     assert tenant.tenant_id is not None
     priced = apply_monthly_effects(await month_ledger(pool, tenant.tenant_id, month), tz=tenant.tz, tiers=tiers)
-    return {"tenant_id": tenant.tenant_id, "month": month, **reconcile(priced)}
+    updates: list[TierUpdate] = await tier_updates(pool, tenant.tenant_id, month)
+    compared = compare_tiers(updates, priced)
+    return {"tenant_id": tenant.tenant_id, "month": month, **reconcile(priced),
+            "volume_tiers": {"meta_updates": len(compared), "mismatches": sum(not c["agrees"] for c in compared),
+                             "updates": compared}}
+
+
+def _months(start: datetime, end: datetime, tz: Any) -> list[str]:
+    """YYYY-MM of every month of the tenant's time zone that [start, end) touches."""
+    first, last = month_of(start, tz), month_of(end - timedelta(microseconds=1), tz)
+    y, m = int(first[:4]), int(first[5:])
+    out = []
+    while f"{y:04d}-{m:02d}" <= last:
+        out.append(f"{y:04d}-{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
+
+
+async def usage(pool: asyncpg.Pool, tenant: TenantInfo, start: datetime, end: datetime, *, tiers: TierBook
+                ) -> list[dict[str, Any]]:
+    """What will be invoiced for the messages delivered in [start, end): each month touched is
+    priced whole (volume tiers and free tiers rank a message within its month), then the period's
+    messages are kept."""
+    assert tenant.tenant_id is not None
+    by_month: dict[str, list[PricedMessage]] = defaultdict(list)
+    for month, p in await months_ledger(pool, tenant.tenant_id, _months(start, end, tenant.tz)):
+        by_month[month].append(p)
+    invoiced: list[PricedMessage] = []
+    listed: list[PricedMessage] = []
+    for rows in by_month.values():
+        invoiced.extend(q for q in apply_monthly_effects(rows, tz=tenant.tz, tiers=tiers)
+                        if start <= q.delivered_at < end)
+        listed.extend(p for p in rows if start <= p.delivered_at < end)
+    return usage_groups(listed, invoiced)

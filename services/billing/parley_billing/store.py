@@ -27,7 +27,6 @@ from parley_common.db import AnyConnection
 
 from parley_billing.domain.engine import (
     PMP_LOOKBACK,
-    PMP_START,
     Business,
     InboundFact,
     MetaPricing,
@@ -38,7 +37,10 @@ from parley_billing.domain.engine import (
     price_timeline,
 )
 from parley_billing.domain.facts import InboundRecord, SendFact, StatusFact, collapse_statuses
+from parley_billing.domain.markets import is_bsuid
 from parley_billing.domain.rates import RATE_CARD_COLUMNS, RateBook, RateRow, TierBook, TierRow
+from parley_billing.domain.rules import PMP_START
+from parley_billing.domain.tiers import TierUpdate
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_CLASS = 0x5042  # "PB": Parley billing
@@ -156,7 +158,9 @@ class Metering:
             await _lock_numbers(conn, (f.phone_number_id for f in facts))
             await _copy_in(conn, "_deliveries_in", facts)  # facts are rows in column order
             changed = await conn.fetch(
-                """INSERT INTO billing.deliveries AS d SELECT * FROM _deliveries_in
+                """INSERT INTO billing.deliveries AS d
+                   SELECT wamid, tenant_id, phone_number_id, waba_id, customer, delivered_at, meta_rank,
+                          meta_billable, meta_pricing_model, meta_type, meta_category FROM _deliveries_in
                    ON CONFLICT (wamid) DO UPDATE SET
                      delivered_at = LEAST(d.delivered_at, excluded.delivered_at),
                      tenant_id = coalesce(d.tenant_id, excluded.tenant_id),
@@ -180,6 +184,7 @@ class Metering:
             for r in changed:
                 if r["delivered_at"] is not None:
                     _touch(affected, (r["phone_number_id"], r["customer"]), r["delivered_at"])
+            await _learn_contacts(conn, {f.user_id: f.customer for f in facts if f.user_id}, affected)
             return await self._reprice(conn, affected)
 
     async def record_sends(self, facts: Sequence[SendFact]) -> int:
@@ -223,7 +228,24 @@ class Metering:
             affected: dict[Key, datetime] = {}
             for r in inserted:
                 _touch(affected, (r["phone_number_id"], r["customer"]), r["received_at"])
+            await _learn_contacts(conn, {f.user_id: f.customer for f in unique if f.user_id}, affected)
             return await self._reprice(conn, affected)
+
+    async def record_tier_updates(self, updates: Sequence[TierUpdate]) -> int:
+        """Keep Meta's volume-tier events (idempotent on their event id); returns how many were new."""
+        if not updates:
+            return 0
+        async with self.pool.acquire() as conn:
+            inserted = await conn.fetch(
+                """INSERT INTO billing.tier_updates
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                        $7::bigint[], $8::bigint[], $9::timestamptz[], $10::jsonb[])
+                   ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+                [u.event_id for u in updates], [u.tenant_id for u in updates], [u.waba_id for u in updates],
+                [u.month for u in updates], [u.region for u in updates], [u.category for u in updates],
+                [u.tier_from for u in updates], [u.tier_to for u in updates], [u.updated_at for u in updates],
+                [u.raw for u in updates])
+        return len(inserted)
 
     async def reprice_since(self, since: datetime) -> int:
         """Re-price every timeline with a delivery on or after ``since`` (after a rate import)."""
@@ -275,6 +297,11 @@ class Metering:
         book = self.rates.rates
         tenants: dict[tuple[str | None, str], TenantInfo] = {}  # per batch: few tenants, many timelines
         businesses: dict[str | None, Business] = {}
+        bsuids = [k[1] for k in keys if is_bsuid(k[1])]
+        phones: dict[str, str] = {}
+        if bsuids:
+            phones = {r["bsuid"]: r["phone"] for r in await conn.fetch(
+                "SELECT bsuid, phone FROM billing.contacts WHERE bsuid = ANY($1::text[])", bsuids)}
         for key, since in zip(keys, write_from, strict=True):
             outbound_facts = by_key_out.get(key)
             if not outbound_facts:
@@ -287,7 +314,8 @@ class Metering:
             business = businesses.get(tenant.country)
             if business is None:
                 business = businesses[tenant.country] = Business(tenant.country, book)
-            timeline = Timeline(key[1], by_key_in.get(key, ()), outbound_facts, account_of.get(key) or pnid)
+            timeline = Timeline(key[1], by_key_in.get(key, ()), outbound_facts, account_of.get(key) or pnid,
+                                phones.get(key[1]))
             for p in price_timeline(timeline, business, since=since):
                 rows.append(_ledger_row(p, pnid, tenant))
         if not rows:
@@ -335,16 +363,34 @@ CROSS JOIN LATERAL (SELECT * FROM billing.inbound i WHERE i.phone_number_id = k.
 # array parameters), then one INSERT … SELECT … ON CONFLICT.
 DELIVERIES_IN = ("wamid text, tenant_id text, phone_number_id text, waba_id text, customer text, "
                  "delivered_at timestamptz, meta_rank int2, meta_billable bool, meta_pricing_model text, "
-                 "meta_type text, meta_category text")
+                 "meta_type text, meta_category text, user_id text")
 LEDGER_IN = ("wamid text, tenant_id text, phone_number_id text, account text, delivered_at timestamptz, "
              "month text, pricing_model text, category text, type text, billable bool, market text, "
              "country text, currency text, amount numeric, conversation_id text, opens_conversation bool, "
-             "meta_billable bool, meta_pricing_model text, meta_type text, meta_category text")
+             "meta_billable bool, meta_pricing_model text, meta_type text, meta_category text, rules text, "
+             "market_source text")
 
 
 async def _copy_in(conn: AnyConnection, table: str, records: Sequence[tuple[Any, ...]]) -> None:
     """Binary COPY into a temp table that :func:`_lock_numbers` created in this transaction's session."""
     await conn.copy_records_to_table(table, records=records)
+
+
+async def _learn_contacts(conn: AnyConnection, contacts: dict[str, str], affected: dict[Key, datetime]) -> None:
+    """Remember BSUID → number; a newly learned one re-prices that BSUID's timelines (its market
+    may change from the BSUID's prefix to the number's), whatever order the records came in."""
+    if not contacts:
+        return
+    learned = await conn.fetch(
+        "INSERT INTO billing.contacts SELECT * FROM unnest($1::text[], $2::text[])"
+        " ON CONFLICT (bsuid) DO NOTHING RETURNING bsuid", list(contacts), list(contacts.values()))
+    if not learned:
+        return
+    for r in await conn.fetch(
+            "SELECT phone_number_id, customer, min(delivered_at) AS t FROM billing.deliveries"
+            " WHERE customer = ANY($1::text[]) AND delivered_at IS NOT NULL GROUP BY 1, 2",
+            [r["bsuid"] for r in learned]):
+        _touch(affected, (r["phone_number_id"], r["customer"]), r["t"])
 
 
 def _touch(affected: dict[Key, datetime], key: Key, t: datetime) -> None:
@@ -358,13 +404,13 @@ def _ledger_row(p: PricedMessage, phone_number_id: str, tenant: TenantInfo) -> t
     return (p.wamid, tenant.tenant_id, phone_number_id, p.account, p.delivered_at, month_of(p.delivered_at, tenant.tz),
             p.pricing_model, p.category, p.type, p.billable, p.market, p.country, p.currency, p.amount,
             p.conversation_id, p.opens_conversation, m.billable if m else None, m.pricing_model if m else None,
-            m.type if m else None, m.category if m else None)
+            m.type if m else None, m.category if m else None, p.rules, p.market_source)
 
 
 LEDGER_UPSERT = """
 INSERT INTO billing.ledger AS l (wamid, tenant_id, phone_number_id, account, delivered_at, month, pricing_model,
     category, type, billable, market, country, currency, amount, conversation_id, opens_conversation,
-    meta_billable, meta_pricing_model, meta_type, meta_category)
+    meta_billable, meta_pricing_model, meta_type, meta_category, rules, market_source)
 SELECT * FROM _ledger_in
 ON CONFLICT (wamid) DO UPDATE SET
     tenant_id = excluded.tenant_id, phone_number_id = excluded.phone_number_id, account = excluded.account,
@@ -374,15 +420,17 @@ ON CONFLICT (wamid) DO UPDATE SET
     conversation_id = excluded.conversation_id, opens_conversation = excluded.opens_conversation,
     meta_billable = excluded.meta_billable, meta_pricing_model = excluded.meta_pricing_model,
     meta_type = excluded.meta_type, meta_category = excluded.meta_category,
+    rules = excluded.rules, market_source = excluded.market_source,
     priced_at = now(), revision = l.revision + 1
 WHERE (l.tenant_id, l.account, l.delivered_at, l.month, l.pricing_model, l.category, l.type, l.billable, l.market,
        l.country, l.currency, l.amount, l.conversation_id, l.opens_conversation, l.meta_billable,
-       l.meta_pricing_model, l.meta_type, l.meta_category)
+       l.meta_pricing_model, l.meta_type, l.meta_category, l.rules, l.market_source)
   IS DISTINCT FROM
       (excluded.tenant_id, excluded.account, excluded.delivered_at, excluded.month, excluded.pricing_model,
        excluded.category, excluded.type, excluded.billable, excluded.market, excluded.country, excluded.currency,
        excluded.amount, excluded.conversation_id, excluded.opens_conversation, excluded.meta_billable,
-       excluded.meta_pricing_model, excluded.meta_type, excluded.meta_category)
+       excluded.meta_pricing_model, excluded.meta_type, excluded.meta_category, excluded.rules,
+       excluded.market_source)
 RETURNING wamid
 """
 
@@ -391,7 +439,7 @@ RETURNING wamid
 
 LEDGER_COLUMNS = ("wamid, delivered_at, pricing_model, category, type, billable, market, country, currency, "
                   "amount, account, conversation_id, opens_conversation, "
-                  "meta_billable, meta_pricing_model, meta_type, meta_category")
+                  "meta_billable, meta_pricing_model, meta_type, meta_category, rules, market_source")
 
 
 def priced_from_row(r: asyncpg.Record) -> PricedMessage:
@@ -400,7 +448,7 @@ def priced_from_row(r: asyncpg.Record) -> PricedMessage:
         meta = MetaPricing(r["meta_billable"], r["meta_pricing_model"], r["meta_type"], r["meta_category"])
     return PricedMessage(r["wamid"], r["delivered_at"], r["pricing_model"], r["category"], r["type"], r["billable"],
                          r["market"], r["country"], r["currency"], r["amount"], r["account"],
-                         r["conversation_id"], r["opens_conversation"], meta)
+                         r["conversation_id"], r["opens_conversation"], meta, r["rules"], r["market_source"])
 
 
 async def month_ledger(conn: AnyConnection | asyncpg.Pool, tenant_id: str, month: str) -> list[PricedMessage]:
@@ -409,16 +457,18 @@ async def month_ledger(conn: AnyConnection | asyncpg.Pool, tenant_id: str, month
     return [priced_from_row(r) for r in rows]
 
 
-async def usage(conn: AnyConnection | asyncpg.Pool, tenant_id: str, start: datetime, end: datetime
-                ) -> list[dict[str, Any]]:
+async def months_ledger(conn: AnyConnection | asyncpg.Pool, tenant_id: str, months: list[str]
+                        ) -> list[tuple[str, PricedMessage]]:
+    rows = await conn.fetch(f"SELECT month, {LEDGER_COLUMNS} FROM billing.ledger"
+                            " WHERE tenant_id = $1 AND month = ANY($2::text[])", tenant_id, months)
+    return [(r["month"], priced_from_row(r)) for r in rows]
+
+
+async def tier_updates(conn: AnyConnection | asyncpg.Pool, tenant_id: str, month: str) -> list[TierUpdate]:
     rows = await conn.fetch(
-        """SELECT market, category, type, pricing_model, currency, count(*) AS messages,
-                  count(*) FILTER (WHERE billable) AS billable,
-                  count(*) FILTER (WHERE billable AND amount IS NULL) AS unpriced,
-                  coalesce(sum(amount), 0) AS list_amount
-           FROM billing.ledger WHERE tenant_id = $1 AND delivered_at >= $2 AND delivered_at < $3
-           GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5""", tenant_id, start, end)
-    return [dict(r) for r in rows]
+        "SELECT event_id, tenant_id, waba_id, month, region, category, tier_from, tier_to, updated_at, raw::text"
+        " FROM billing.tier_updates WHERE tenant_id = $1 AND month = $2", tenant_id, month)
+    return [TierUpdate(*r) for r in rows]
 
 
 async def ledger_totals(conn: AnyConnection | asyncpg.Pool) -> dict[str, Decimal | int]:
@@ -433,5 +483,6 @@ async def ledger_fingerprint(conn: AnyConnection | asyncpg.Pool) -> str:
     """md5 of every ledger row's priced content in wamid order (two runs priced alike ⇔ equal)."""
     return str(await conn.fetchval(
         """SELECT md5(coalesce(string_agg(concat_ws('|', wamid, tenant_id, month, pricing_model, category, type,
-                  billable, market, currency, amount::text, conversation_id), E'\\n' ORDER BY wamid), ''))
+                  billable, market, currency, amount::text, conversation_id, rules, market_source),
+                  E'\\n' ORDER BY wamid), ''))
            FROM billing.ledger"""))

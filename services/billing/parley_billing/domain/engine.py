@@ -6,16 +6,20 @@ business's delivered outbound messages (send record: template or not, category; 
 object as reported). :func:`price_timeline` prices every delivered message of a timeline; the
 result depends only on the set of facts, never on the order they arrived in.
 
-Two models, chosen per message by its delivery time (UTC):
+Which of Meta's rules apply is decided per message by its delivery time (UTC) from the dated
+rule table in :mod:`parley_billing.domain.rules`; the two models behave as follows:
 
-- **CBP** (before 2025-07-01): 24 h conversations per category opened by the first delivered
-  business message of that category; a service conversation when a free-form message is delivered
-  and nothing is open; a 72 h free-entry-point conversation (closing the others) when the business
-  replies within 24 h to a customer who came from an ad or a Page button. Service conversations
-  are free from 2024-11-01. The charge sits on the message that opened the conversation.
-- **PMP** (from 2025-07-01): each delivered template is charged at its category's rate in the
-  recipient's market, except utility templates inside an open customer-service window and every
-  message inside a free-entry-point window (72 h from the reply). Non-template messages are free.
+- **CBP**: 24 h conversations per category opened by the first delivered business message of that
+  category; a service conversation when a free-form message is delivered and nothing is open; a
+  72 h free-entry-point conversation (closing the others) when the business replies within 24 h to
+  a customer who came from an ad or a Page button. Whether service conversations are charged comes
+  from the rule row. The charge sits on the message that opened the conversation.
+- **PMP**: each delivered message is charged at its category's rate in the recipient's market,
+  except every message inside a free-entry-point window (72 h from the reply), and, as the rule row
+  in force says, free-form replies (``service``) and utility templates inside an open
+  customer-service window. Meta Business Agent messages are their own category, charged per token
+  when the row says so (no per-message rate: the amount stays empty and they are shown as charged
+  by Meta per token, not as unpriced).
 
 Month-level rules (volume tiers, the 1,000 free conversations per month of CBP) depend on a
 message's rank within its month and are applied by :func:`apply_monthly_effects` over a month's
@@ -32,23 +36,25 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from parley_billing.domain.markets import market_for_number
+from parley_billing.domain.markets import market_for_customer
 from parley_billing.domain.rates import TIERED_CATEGORIES, RateBook, TierBook
+from parley_billing.domain.rules import PMP_START, rules_at
 
-PMP_START = datetime(2025, 7, 1, tzinfo=UTC)
-CBP_CATEGORIES_START = datetime(2023, 6, 1, tzinfo=UTC)
-FREE_SERVICE_START = datetime(2024, 11, 1, tzinfo=UTC)
 CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
 FEP_REPLY_WINDOW = timedelta(hours=24)
 FEP_WINDOW = timedelta(hours=72)
 CONVERSATION = timedelta(hours=24)
-FREE_TIER_CONVERSATIONS = 1000
 # How far back a message's price can look: the FEP opener may be 24 h after the referral and the
 # FEP lasts 72 h. Used by the store to bound re-pricing after a new fact.
 PMP_LOOKBACK = FEP_REPLY_WINDOW + FEP_WINDOW
 
 TEMPLATE_CATEGORIES = frozenset({"marketing", "marketing_lite", "utility", "authentication",
                                  "authentication-international", "authentication_international"})
+# Parley's ledger name of Meta Business Agent messages. Meta's page names the category; the value
+# its webhooks carry was not published in what we could read, so both spellings are recognised.
+BUSINESS_AGENT = "business_agent"
+BUSINESS_AGENT_CATEGORIES = frozenset({"business_agent", "meta_business_agent"})
+PER_TOKEN_NOTE = "charged by Meta per token"  # noqa: S105 (a label, not a secret)
 REGULAR, FREE_CSW, FREE_FEP, FREE_TIER = "regular", "free_customer_service", "free_entry_point", "free_tier"
 ZERO = Decimal(0)
 
@@ -84,6 +90,7 @@ class Timeline:
     inbound: Sequence[InboundFact]
     outbound: Sequence[OutboundFact]
     account: str = ""  # WABA (or number) the CBP free tier is counted on
+    phone: str | None = None  # for a BSUID customer: a number another record of them carried
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +115,25 @@ class PricedMessage:
     conversation_id: str | None = None  # CBP: the wamid that opened the conversation
     opens_conversation: bool = False
     meta: MetaPricing | None = None
+    rules: str = ""  # the name of the rule row in force at delivery
+    market_source: str = "phone"  # phone | contact_phone | bsuid_prefix | unknown
+
+    @property
+    def per_token(self) -> bool:
+        """Charged by Meta per token (no per-message amount)."""
+        return self.billable and self.category == BUSINESS_AGENT
+
+    @property
+    def unpriced(self) -> bool:
+        """Charged by the rules, but the rate card has no rate for it."""
+        return self.billable and self.amount is None and self.category != BUSINESS_AGENT
 
 
 def resolve_category(m: OutboundFact) -> tuple[bool, str]:
     """(is template, category) from Parley's send record, else from Meta's status."""
     meta_cat = m.meta.category if m.meta else None
+    if m.category in BUSINESS_AGENT_CATEGORIES or (not m.is_template and meta_cat in BUSINESS_AGENT_CATEGORIES):
+        return False, BUSINESS_AGENT
     if m.is_template is False:
         return False, "service"
     if m.is_template is True:
@@ -168,7 +189,7 @@ def price_timeline(timeline: Timeline, business: Business, *, since: datetime | 
                    ) -> list[PricedMessage]:
     """Price every delivered outbound message of one business number × customer timeline; with
     ``since``, only those delivered at or after it (the others are context: windows, CBP state)."""
-    market = market_for_number(timeline.customer)
+    market, market_source = market_for_customer(timeline.customer, timeline.phone)
     outbound = sorted(timeline.outbound, key=lambda m: (m.delivered_at, m.wamid))
     csw = _Windows((f.at, f.at + CUSTOMER_SERVICE_WINDOW) for f in timeline.inbound)
     fep_spans = free_entry_point_windows(timeline.inbound, [m.delivered_at for m in outbound])
@@ -189,12 +210,13 @@ def price_timeline(timeline: Timeline, business: Business, *, since: datetime | 
                 business.rates.has_international_rate(market.name, market.fallback, day):
             category = "authentication-international"
         if t >= PMP_START:
-            priced.append(_price_pmp(m, business, market.name, market.fallback, market.country,
-                                     is_template, category, in_fep=fep.covers(t), in_csw=csw.covers(t),
-                                     account=timeline.account))
+            p = _price_pmp(m, business, market.name, market.fallback, market.country, is_template, category,
+                           in_fep=fep.covers(t), in_csw=csw.covers(t), account=timeline.account)
         else:
-            priced.append(cbp.price(m, business, market.name, market.fallback, market.country,
-                                    is_template, category, opens_fep=t in fep_openers))
+            p = cbp.price(m, business, market.name, market.fallback, market.country, is_template, category,
+                          opens_fep=t in fep_openers)
+        p.market_source = market_source
+        priced.append(p)
     if since is not None:
         return [p for p in priced if p.delivered_at >= since]
     return priced
@@ -203,17 +225,22 @@ def price_timeline(timeline: Timeline, business: Business, *, since: datetime | 
 def _price_pmp(m: OutboundFact, business: Business, market: str, fallback: str | None,
                country: str | None, is_template: bool, category: str, *, in_fep: bool, in_csw: bool,
                account: str) -> PricedMessage:
+    rules = rules_at(m.delivered_at)
     day = m.delivered_at.astimezone(UTC).date()
     market_used, currency, rate = _rate(business, market, fallback,
                                         "marketing" if category == "marketing_lite" else category, day)
-    if in_fep:
+    if in_fep and rules.free_entry_point:
         kind, billable = FREE_FEP, False
-    elif not is_template or (category == "utility" and in_csw):
+    elif category == BUSINESS_AGENT:
+        kind, billable, rate = (REGULAR, True, None) if rules.business_agent_charged else (FREE_CSW, False, rate)
+    elif not is_template:
+        kind, billable = (REGULAR, True) if rules.service_charged else (FREE_CSW, False)
+    elif category == "utility" and in_csw and not rules.utility_in_window_charged:
         kind, billable = FREE_CSW, False
     else:
         kind, billable = REGULAR, True
     return PricedMessage(m.wamid, m.delivered_at, "PMP", category, kind, billable, market_used, country,
-                         currency, rate if billable else ZERO, account, meta=m.meta)
+                         currency, rate if billable else ZERO, account, meta=m.meta, rules=rules.name)
 
 
 @dataclass
@@ -240,15 +267,16 @@ class _CbpConversations:
         if self.fep and self.fep.until <= t:
             self.fep = None
         day = t.astimezone(UTC).date()
+        rules = rules_at(t)
 
         def line(conv: _Open, category: str, opens: bool, amount: Decimal | None, market_used: str,
                  currency: str) -> PricedMessage:
             return PricedMessage(m.wamid, t, "CBP", category, conv.kind, conv.billable, market_used, country,
                                  currency, amount if opens else ZERO, self.account, conv.conversation_id,
-                                 opens, m.meta)
+                                 opens, m.meta, rules.name)
 
         market_used, currency, _ = _rate(business, market, fallback, "service", day)
-        if self.fep is None and opens_fep:
+        if self.fep is None and opens_fep and rules.free_entry_point:
             # A free entry point conversation closes every other open conversation.
             self.open.clear()
             self.fep = _Open(m.wamid, "referral_conversion", t + FEP_WINDOW, False, FREE_FEP)
@@ -259,7 +287,7 @@ class _CbpConversations:
             if self.open:
                 conv = min(self.open.values(), key=lambda c: (c.until, c.conversation_id))
                 return line(conv, conv.category, False, ZERO, market_used, currency)
-            free = t >= FREE_SERVICE_START
+            free = not rules.service_charged
             conv = _Open(m.wamid, "service", t + CONVERSATION, not free, FREE_CSW if free else REGULAR)
             self.open["service"] = conv
             _, _, rate = _rate(business, market, fallback, "service", day)
@@ -282,12 +310,14 @@ def month_of(t: datetime, tz: ZoneInfo) -> str:
     return f"{local.year:04d}-{local.month:02d}"
 
 
-def _free_tier_eligible(p: PricedMessage) -> bool:
+def _free_tier_size(p: PricedMessage) -> int:
+    """How many conversations of p's month the free tier that p counts towards holds (0: none)."""
     if p.pricing_model != "CBP" or not p.opens_conversation or not p.billable:
-        return False
-    if p.delivered_at < CBP_CATEGORIES_START:
-        return True  # CBP v1: the first 1,000 conversations of any kind
-    return p.category == "service" and p.delivered_at < FREE_SERVICE_START
+        return 0
+    rules = rules_at(p.delivered_at)
+    if rules.free_tier_any_category or p.category == "service":
+        return rules.free_tier_conversations
+    return 0
 
 
 def apply_monthly_effects(priced: Iterable[PricedMessage], *, tz: ZoneInfo, tiers: TierBook | None = None
@@ -304,10 +334,11 @@ def apply_monthly_effects(priced: Iterable[PricedMessage], *, tz: ZoneInfo, tier
     free_conversations: set[str] = set()
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for p in rows:
-        if _free_tier_eligible(p):
+        size = _free_tier_size(p)
+        if size:
             key = (month_of(p.delivered_at, tz), p.account)
             counts[key] += 1
-            if counts[key] <= FREE_TIER_CONVERSATIONS:
+            if counts[key] <= size:
                 free_conversations.add(p.conversation_id or p.wamid)
     ranks: dict[tuple[str, str, str], int] = defaultdict(int)
     out: list[PricedMessage] = []
@@ -334,6 +365,7 @@ class SummaryLine:
     messages: int = 0
     billable: int = 0
     unpriced: int = 0
+    per_token: int = 0
     amount: Decimal = ZERO
 
 
@@ -345,7 +377,7 @@ def summarize(priced: Iterable[PricedMessage], *keys: str) -> dict[tuple[str, ..
         line.messages += 1
         if p.billable:
             line.billable += 1
-            if p.amount is None:
-                line.unpriced += 1
+            line.unpriced += p.unpriced
+            line.per_token += p.per_token
         line.amount += p.amount or ZERO
     return dict(out)

@@ -63,6 +63,8 @@ class StatusFact(NamedTuple):
     meta_pricing_model: str | None = None
     meta_type: str | None = None
     meta_category: str | None = None
+    # The recipient's BSUID when the status also names the number (kept in billing.contacts).
+    user_id: str | None = None
 
     @property
     def meta(self) -> MetaPricing | None:
@@ -91,6 +93,7 @@ class InboundRecord:
     customer: str
     at: datetime
     referral: bool
+    user_id: str | None = None  # the BSUID, when the message also names the number
 
 
 _new = tuple.__new__
@@ -106,7 +109,10 @@ def status_fact(d: Mapping[str, Any]) -> StatusFact | None:
     pnid = d.get("phone_number_id")
     if not wamid or not pnid:
         raise FactError(("wamid" if not wamid else "phone_number_id") + " is missing")
-    customer = d.get("recipient_id") or d.get("recipient_user_id")
+    phone = d.get("recipient_id")
+    user_id = d.get("recipient_user_id")
+    customer = phone or user_id
+    user_id = user_id if phone and user_id else None
     delivered_at = _time(d.get("occurred_at")) if rank < 4 else None  # delivered, read, played
     pricing = d.get("pricing")
     # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call per status.
@@ -114,10 +120,10 @@ def status_fact(d: Mapping[str, Any]) -> StatusFact | None:
         return _new(StatusFact, (str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
                                  str(customer).lstrip("+") if customer else "", delivered_at, rank,
                                  pricing.get("billable"), pricing.get("pricing_model"), pricing.get("type"),
-                                 pricing.get("category")))
+                                 pricing.get("category"), user_id))
     return _new(StatusFact, (str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
                              str(customer).lstrip("+") if customer else "", delivered_at, None, None, None,
-                             None, None))
+                             None, None, user_id))
 
 
 def send_fact(d: Mapping[str, Any]) -> SendFact | None:
@@ -131,12 +137,14 @@ def send_fact(d: Mapping[str, Any]) -> SendFact | None:
 
 
 def inbound_record(d: Mapping[str, Any]) -> InboundRecord:
-    customer = _customer(d.get("customer_wa_id") or d.get("customer_user_id"))
+    phone, user_id = d.get("customer_wa_id"), d.get("customer_user_id")
+    customer = _customer(phone or user_id)
     if not customer:
         raise FactError("inbound message names no customer")
     return InboundRecord(
         wamid=_require(d, "wamid"), tenant_id=d.get("tenant_id"), phone_number_id=_require(d, "phone_number_id"),
-        customer=customer, at=_time(d.get("occurred_at")), referral=bool(d.get("referral")))
+        customer=customer, at=_time(d.get("occurred_at")), referral=bool(d.get("referral")),
+        user_id=str(user_id) if phone and user_id else None)
 
 
 def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:
@@ -153,9 +161,10 @@ def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:
         meta = f if f.meta_rank is not None and (prev.meta_rank is None or f.meta_rank < prev.meta_rank) \
             else prev
         if delivered is prev.delivered_at and meta is prev and (prev.tenant_id or not f.tenant_id) \
-                and (prev.waba_id or not f.waba_id) and (prev.customer or not f.customer):
+                and (prev.waba_id or not f.waba_id) and (prev.customer or not f.customer) \
+                and (prev.user_id or not f.user_id):
             continue  # nothing new (the common case: a duplicate, or "read" after "delivered")
         best[f.wamid] = StatusFact(prev.wamid, prev.tenant_id or f.tenant_id, prev.phone_number_id,
                                    prev.waba_id or f.waba_id, prev.customer or f.customer, delivered,
-                                   *meta[6:])
+                                   *meta[6:11], prev.user_id or f.user_id)
     return list(best.values())

@@ -4,6 +4,7 @@ then the shipped country → market table, "Other" as the fallback."""
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -72,3 +73,27 @@ def market_of_country(country: str | None) -> Market:
 @lru_cache(maxsize=65536)
 def market_for_number(number: str | None) -> Market:
     return market_of_country(country_of(number))
+
+
+# A business-scoped user id: ISO country, a dot, then alphanumerics (a parent BSUID has ``.ENT.``).
+BSUID_PATTERN = re.compile(r"^([A-Z]{2})\.(?:ENT\.)?[A-Za-z0-9]{1,128}$")
+
+
+def is_bsuid(customer: str | None) -> bool:
+    return bool(customer) and BSUID_PATTERN.match(customer or "") is not None
+
+
+@lru_cache(maxsize=65536)
+def market_for_customer(customer: str | None, phone: str | None = None) -> tuple[Market, str]:
+    """The customer's market and where it came from: ``phone`` (the customer is a number),
+    ``contact_phone`` (a BSUID whose number another record of the customer carried),
+    ``bsuid_prefix`` (a BSUID's country prefix), or ``unknown``."""
+    if customer and not is_bsuid(customer):
+        return market_for_number(customer), "phone"
+    if phone:
+        return market_for_number(phone), "contact_phone"
+    if customer:
+        m = BSUID_PATTERN.match(customer)
+        if m and m.group(1) in phonenumbers.SUPPORTED_REGIONS:
+            return market_of_country(m.group(1)), "bsuid_prefix"
+    return Market(None, OTHER), "unknown"
