@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 INFRA := bash deploy/local/infra.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install infra-up observability-tools down status run run-forever run-observed test test-unit lint bench bench-ingest bench-router bench-sender bench-billing soak
+.PHONY: help install infra-up observability-tools down status run run-forever run-observed test test-unit lint bench bench-ingest bench-router bench-sender bench-billing bench-flows soak
 
 help:
 	@echo "make run          install what is missing, start Kafka + PostgreSQL + all services + the simulator, drive demo traffic, print a summary (Ctrl-C stops)"
@@ -14,7 +14,7 @@ help:
 	@echo "make run-observed the demo with a Prometheus (from the OS packages) scraping every service and evaluating the alerts; keeps running"
 	@echo "make test         install what is missing, start the infrastructure, run the whole test suite"
 	@echo "make lint         ruff and mypy"
-	@echo "make bench        every benchmark (bench-ingest, bench-router, bench-sender, bench-billing); results in bench-results/"
+	@echo "make bench        every benchmark (bench-ingest, bench-router, bench-sender, bench-billing, bench-flows); results in bench-results/"
 	@echo "make soak         the whole pipeline, two replicas each, 15 minutes of load and faults (SOAK_ARGS=...); bench-results/soak.json"
 	@echo "make down         stop Kafka and PostgreSQL"
 
@@ -59,9 +59,9 @@ lint: install
 	$(UV) run --frozen ruff check libs services tests deploy
 	$(UV) run --frozen mypy libs/common/parley_common libs/simulator/parley_simulator services/ingest/parley_ingest services/router/parley_router services/sender/parley_sender services/billing/parley_billing
 
-bench: bench-ingest bench-router bench-sender bench-billing
+bench: bench-ingest bench-router bench-sender bench-billing bench-flows
 
-bench-ingest bench-router bench-sender bench-billing: bench-%: infra-up
+bench-ingest bench-router bench-sender bench-billing bench-flows: bench-%: infra-up
 	@mkdir -p bench-results
 	$(UV) run --frozen python tests/bench/bench_$*.py
 

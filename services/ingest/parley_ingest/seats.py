@@ -77,23 +77,35 @@ class SeatStore:
 
     async def hold(self, tenant_id: str, trip_id: str, seat_id: str, token: str, seconds: float
                    ) -> datetime | None:
-        """Hold the seat for ``token``; the hold's end, or None when someone else has it.
+        """Hold the seat for ``token``; the hold's end, or None when someone else has it."""
+        return (await self.hold_with_trip(tenant_id, trip_id, seat_id, token, seconds))[0]
 
-        The token's other hold on this trip (a customer changing their mind) is released in the
-        same transaction."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            until = await conn.fetchval(
-                "UPDATE ingest.flow_seats SET state = 'held', holder = $4,"
-                " held_until = now() + make_interval(secs => $5)"
-                " WHERE tenant_id = $1 AND trip_id = $2 AND seat_id = $3"
-                f" AND ({FREE} OR (state = 'held' AND holder = $4)) RETURNING held_until",
-                tenant_id, trip_id, seat_id, token, seconds)
-            if until is not None:
-                await conn.execute(
-                    "UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL"
-                    " WHERE tenant_id = $1 AND trip_id = $2 AND holder = $3 AND state = 'held' AND seat_id <> $4",
-                    tenant_id, trip_id, token, seat_id)
-            return until if isinstance(until, datetime) else None
+    async def hold_with_trip(self, tenant_id: str, trip_id: str, seat_id: str, token: str, seconds: float
+                             ) -> tuple[datetime | None, Trip | None]:
+        """Hold the seat for ``token`` (one statement, one round trip) and read its trip.
+
+        The token's other hold on this trip (a customer changing their mind) is released by the
+        same statement. Both updates see one snapshot; the seat's own ``WHERE`` is re-checked by
+        PostgreSQL after a competing hold commits, so only one of them gets the row."""
+        row = await self.pool.fetchrow(
+            "WITH pick AS ("
+            " UPDATE ingest.flow_seats SET state = 'held', holder = $4,"
+            " held_until = now() + make_interval(secs => $5)"
+            " WHERE tenant_id = $1 AND trip_id = $2 AND seat_id = $3"
+            f" AND ({FREE} OR (state = 'held' AND holder = $4)) RETURNING held_until),"
+            " dropped AS ("
+            " UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL"
+            " WHERE tenant_id = $1 AND trip_id = $2 AND holder = $4 AND state = 'held' AND seat_id <> $3"
+            " AND EXISTS (SELECT 1 FROM pick) RETURNING 1)"
+            " SELECT (SELECT held_until FROM pick) AS held_until, (SELECT count(*) FROM dropped) AS dropped,"
+            " t.trip_id, t.title, t.departs_at, t.currency, t.price_value, t.price_offset"
+            " FROM (SELECT 1) AS one LEFT JOIN ingest.flow_trips t ON t.tenant_id = $1 AND t.trip_id = $2",
+            tenant_id, trip_id, seat_id, token, seconds)
+        assert row is not None
+        trip = None if row["trip_id"] is None else Trip(
+            row["trip_id"], row["title"], row["departs_at"], row["currency"], row["price_value"], row["price_offset"])
+        until = row["held_until"]
+        return (until if isinstance(until, datetime) else None), trip
 
     async def still_held(self, tenant_id: str, trip_id: str, seat_id: str, token: str) -> datetime | None:
         until = await self.pool.fetchval(
@@ -149,10 +161,9 @@ class SeatSelectionBackend:
             return await self._seats(tenant_id, trip_id)
         if screen == SEATS:
             seat_id = str(data.get("seat_id", ""))
-            until = await self.store.hold(tenant_id, trip_id, seat_id, token, self.hold_seconds)
+            until, trip = await self.store.hold_with_trip(tenant_id, trip_id, seat_id, token, self.hold_seconds)
             if until is None:
                 return await self._seats(tenant_id, trip_id, f"Seat {seat_id} was just taken; pick another.")
-            trip = await self.store.trip(tenant_id, trip_id)
             return {"screen": CONFIRM, "data": {"trip_id": trip_id, "seat_id": seat_id,
                                                 "trip": trip.title if trip else trip_id,
                                                 "price": trip.price() if trip else "",
