@@ -17,7 +17,17 @@ from fastapi import FastAPI
 from parley_ingest.domain.flows import decrypt_response, encrypt_request
 from parley_ingest.seats import SeatStore, Trip
 
-from .conftest import APP_SECRET, FLOW_KEY, FLOW_OLD_KEY, OTHER_NUMBER, SHOP, SHOP_NUMBER, STRANGER_KEY
+from .conftest import (
+    APP_SECRET,
+    FLOW_KEY,
+    FLOW_OLD_KEY,
+    OTHER,
+    OTHER_NUMBER,
+    SHOP,
+    SHOP_NUMBER,
+    STRANGER_KEY,
+    bearer,
+)
 
 pytestmark = pytest.mark.infra
 TRIP = Trip("BLR-MYS-0900", "Bengaluru → Mysuru 09:00", datetime(2026, 12, 24, 3, 30, tzinfo=UTC), "INR", 45000)
@@ -82,7 +92,7 @@ async def test_metas_error_codes(ingest: tuple[FastAPI, httpx.AsyncClient]) -> N
 
 
 async def test_a_customer_picks_a_trip_and_a_seat_and_a_second_customer_cannot_take_it(
-        ingest: tuple[FastAPI, httpx.AsyncClient]) -> None:
+        ingest: tuple[FastAPI, httpx.AsyncClient], commerce_keys: dict[str, str]) -> None:
     app, client = ingest
     meta = Meta(client)
     status, init = await meta.call({"version": "3.0", "action": "INIT", "flow_token": "tok-asha"})
@@ -112,7 +122,15 @@ async def test_a_customer_picks_a_trip_and_a_seat_and_a_second_customer_cannot_t
     assert late["screen"] == "SEATS" and "expired" in late["data"]["error_message"]
     _, ravi = await meta.call(exchange("tok-ravi", "SEATS", trip_id=TRIP.trip_id, seat_id="1A"))
     assert ravi["screen"] == "CONFIRM"
-    assert await SeatStore(pool).sell(SHOP, "tok-ravi", "bus-0042") == [f"{TRIP.trip_id}/1A"]
+    sell = "/v1/flows/seats/holds/tok-ravi/sell"
+    other = await client.post(sell, json={"reference_id": "bus-0042"}, headers=bearer(commerce_keys[OTHER]))
+    assert other.status_code == 409, "another tenant's key cannot sell this tenant's seat"
+    sold = await client.post(sell, json={"reference_id": "bus-0042"}, headers=bearer(commerce_keys[SHOP]))
+    assert sold.status_code == 200 and sold.json()["sold"] == [f"{TRIP.trip_id}/1A"]
+    assert (await client.post(sell, json={"reference_id": "bus-0042"},
+                              headers=bearer(commerce_keys[SHOP]))).status_code == 409
+    counts = (await client.get("/v1/flows/seats", headers=bearer(commerce_keys[SHOP]))).json()["seats"]
+    assert counts["sold"] == 1
     _, after = await meta.call(exchange("tok-new", "TRIPS", trip_id=TRIP.trip_id))
     assert "1A" not in [s["id"] for s in after["data"]["seats"]]
 

@@ -590,7 +590,8 @@ def custom_webhook(
     rng: random.Random | None = None,
 ) -> InboundWebhook:
     """A webhook from explicit specs: ``{"from": wa_id | "from_user_id": bsuid, "text": str,
-    "name": str, "timestamp": unix, "referral": bool | {...}, "button_reply": {"id", "title"}}``."""
+    "name": str, "timestamp": unix, "referral": bool | {...}, "button_reply": {"id", "title"},
+    "order": {"catalog_id", "product_items"}, "nfm_reply": {"response_json"}}``."""
     rng = rng or random.Random()
     items = []
     for spec in specs:
@@ -612,6 +613,13 @@ def custom_webhook(
         if spec.get("button_reply"):
             msg["type"] = "interactive"
             msg["interactive"] = {"type": "button_reply", "button_reply": spec["button_reply"]}
+        elif spec.get("order"):  # a cart from a catalog: {"catalog_id", "product_items": [...], "text"?}
+            msg["type"] = "order"
+            msg["order"] = spec["order"]
+        elif spec.get("nfm_reply"):  # a completed Flow: {"name"?, "body"?, "response_json": str}
+            msg["type"] = "interactive"
+            reply = {"name": "flow", "body": "Sent", **spec["nfm_reply"]}
+            msg["interactive"] = {"type": "nfm_reply", "nfm_reply": reply}
         else:
             msg["type"] = "text"
             msg["text"] = {"body": spec.get("text", "Hello")}

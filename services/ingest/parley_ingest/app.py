@@ -17,7 +17,7 @@ from parley_common.runtime import build_runtime, make_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley_ingest.api import api_router, request_validation_handler
-from parley_ingest.flows import flows_router
+from parley_ingest.flows import flows_router, seats_api_router
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.services import IngestServices
@@ -149,7 +149,7 @@ def create_app(
     rt.on_stop.append(stop_store)
     intake = WebhookIntake(svc)
     app = make_app(rt, title="Parley ingest",
-                   routers=[webhook_router(svc, intake), api_router(svc), flows_router(svc)],
+                   routers=[webhook_router(svc, intake), api_router(svc), flows_router(svc), seats_api_router(svc)],
                    app_class=IngestApp)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes)

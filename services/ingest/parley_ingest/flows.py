@@ -18,15 +18,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from parley_common.meta.signature import signature_matches
+from parley_common.runtime import TenantDep
 from parley_common.tenancy.models import SecretError, Tenant, resolve_secret
 from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, Field
 
 from parley_ingest.domain.flows import (
     BACKEND_ACTIONS,
@@ -153,6 +155,37 @@ def flows_router(svc: IngestServices, *, backend: FlowBackend | None = None) -> 
                               "application/json")
             outcome = "answered"
         return answer(outcome, 200, encrypt_response(response, decrypted.aes_key, decrypted.iv))
+
+    return router
+
+
+class SellRequest(BaseModel):
+    reference_id: str = Field(min_length=1, max_length=35, description="the paid order's reference_id")
+
+
+def seats_api_router(svc: IngestServices) -> APIRouter:
+    """The business ends a hold: sold when its order is paid, released when the payment failed."""
+    router = APIRouter(prefix="/v1/flows/seats", tags=["flows"])
+
+    def store() -> SeatStore:
+        return SeatStore(svc.rt.require_pool())
+
+    @router.post("/holds/{flow_token}/sell", summary="The flow token's held seats become sold")
+    async def sell(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)],
+                   body: SellRequest) -> dict[str, Any]:
+        sold = await store().sell(tenant.tenant_id, flow_token, body.reference_id)
+        if not sold:
+            raise HTTPException(409, "this flow token holds no seat (never held, expired, released or sold)")
+        return {"flow_token": flow_token, "reference_id": body.reference_id, "sold": sold}
+
+    @router.post("/holds/{flow_token}/release", summary="The flow token's holds end now")
+    async def release(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)]
+                      ) -> dict[str, Any]:
+        return {"flow_token": flow_token, "released": await store().release(tenant.tenant_id, flow_token)}
+
+    @router.get("", summary="Seats per state (free, held, sold) over the tenant's trips")
+    async def counts(tenant: TenantDep) -> dict[str, Any]:
+        return {"tenant_id": tenant.tenant_id, "seats": await store().seat_counts(tenant.tenant_id)}
 
     return router
 
