@@ -29,6 +29,9 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+sys.path.insert(0, str(Path(__file__).parent))
+import demo_commerce
+
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".parley"
 LOGS = STATE / "logs"
@@ -246,6 +249,8 @@ async def main() -> int:
     parser.add_argument("--templates", type=int, default=300, help="template messages per tenant")
     parser.add_argument("--rate", type=float, default=300.0, help="inbound messages per second")
     parser.add_argument("--keep-running", action="store_true", help="keep the stack running after the demo")
+    parser.add_argument("--ticket-buyers", type=int, default=24,
+                        help="customers who buy a ticket in the chat (in-chat commerce, issue 11)")
     parser.add_argument("--observed", action="store_true",
                         help=f"also run a Prometheus on 127.0.0.1:{PROMETHEUS_PORT} scraping every service")
     args = parser.parse_args()
@@ -253,6 +258,7 @@ async def main() -> int:
     env = {**os.environ, **infra_env(), **demo_secrets()}
     env.pop("PARLEY_TOPIC_NAMESPACE", None)
     bootstrap = env["PARLEY_KAFKA_BOOTSTRAP"]
+    env["PARLEY_DEMO_FLOWS_KEY"] = demo_commerce.flows_private_key_pem(STATE)  # tenants.yaml: settings.flows
     say("preparing the database and topics")
     run(["parley-tenants", "migrate"], env)
     run(["parley-tenants", "import", str(DEMO / "tenants.yaml")], env)
@@ -304,12 +310,14 @@ async def main() -> int:
 
         driven = await drive(env=env, keys=keys, ingest_url=ingest_url, sim_url=f"http://127.0.0.1:{PORTS['simulator']}",
                              inbound=args.inbound, templates=args.templates, rate=args.rate, stop=stop)
+        commerce = await sell_tickets(env, keys, args.ticket_buyers, stop)
         say("waiting for the pipeline to drain")
         after = await wait_quiet(bootstrap, topics, quiet_s=8, timeout_s=240, stop=stop)
         if stop.is_set():
             say("interrupted: no summary")
             return 130
         await print_summary(bootstrap, before, after, keys, started_at, driven)
+        await print_commerce_summary(env, keys, commerce)
         if args.keep_running and not stop.is_set():
             say("everything keeps running; Ctrl-C stops it")
             await stop.wait()
@@ -317,6 +325,53 @@ async def main() -> int:
         say("stopping the services")
         stack.stop()
     return 0
+
+
+def demo_shops(env: dict[str, str], keys: dict[str, str]) -> list[demo_commerce.Shop]:
+    """The demo tenants that sell tickets in the chat (their Flows key: settings.flows in tenants.yaml)."""
+    secret = env["PARLEY_DEMO_APP_SECRET"]
+    return [
+        demo_commerce.Shop("dhaka-tickets", "100000000000001", keys["dhaka-tickets"], secret, "BDT",
+                           ("bn", "bn-latn", "en"),
+                           (("DHK-CTG", "Dhaka → Chattogram 08:00", 120000),
+                            ("DHK-SYL", "Dhaka → Sylhet 10:30", 90000))),
+        demo_commerce.Shop("istanbul-events", "100000000000002", keys["istanbul-events"], secret, "TRY",
+                           ("tr", "en"), (("IST-KONSER", "Konser, Harbiye 21:00", 75000),)),
+    ]
+
+
+async def sell_tickets(env: dict[str, str], keys: dict[str, str], buyers: int, stop: asyncio.Event) -> dict[str, Any]:
+    """In-chat commerce: product list, cart, seat Flow, payment, ticket, some refunds (demo_commerce.py)."""
+    import random
+
+    from cryptography.hazmat.primitives import serialization
+    from demo_traffic import fictional_number
+
+    if buyers <= 0:
+        return {}
+    shops = demo_shops(env, keys)
+    run = datetime.now(UTC).strftime("%H%M%S")
+    rng = random.Random(run)
+    await demo_commerce.add_trips(env["PARLEY_DATABASE_URL"], shops, run)
+    customers = {s.tenant_id: [fictional_number(rng) for _ in range(buyers // len(shops))] for s in shops}
+    public_key = serialization.load_pem_private_key(env["PARLEY_DEMO_FLOWS_KEY"].encode(), None).public_key()
+    say(f"selling tickets in the chat to {sum(map(len, customers.values()))} customers")
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await demo_commerce.sell_tickets(
+            client=client, shops=shops, customers=customers, ingest_url=f"http://127.0.0.1:{PORTS['ingest']}",
+            billing_url=f"http://127.0.0.1:{PORTS['billing']}", sim_url=f"http://127.0.0.1:{PORTS['simulator']}",
+            public_key=public_key, run=run, rng=rng, stop=stop)
+
+
+async def print_commerce_summary(env: dict[str, str], keys: dict[str, str], result: dict[str, Any]) -> None:
+    if not result:
+        return
+    async with httpx.AsyncClient(timeout=10) as client:
+        lines = await demo_commerce.commerce_summary(
+            client, shops=demo_shops(env, keys), ingest_url=f"http://127.0.0.1:{PORTS['ingest']}",
+            billing_url=f"http://127.0.0.1:{PORTS['billing']}", result=result)
+    print("\n".join(lines))
+    print("=" * 72)
 
 
 async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after: dict[str, dict[int, int]],

@@ -1,0 +1,269 @@
+"""`make run` sells tickets: in-chat commerce through the whole pipeline (issue 11, ADR 0110-0112).
+
+Each customer writes that they want a ticket (in their language), gets a product list, sends a
+cart, picks a seat in a Flow (this script plays Meta's side of the Flow: every request signed and
+encrypted as Meta does; customers race for the same seats), completes the Flow, receives an
+``order_details`` request and pays (the simulator captures most payments and fails some). Paid
+orders sell their held seat and get an ``order_status`` (the ticket); failed ones release it.
+Some customers then ask for a refund: billing records it and tells them with ``order_status``,
+and the gateway's refund comes back from Meta as a payment update.
+
+``sell_tickets`` drives it and ``commerce_summary`` prints orders by state, seats sold, revenue
+and refunds; the end-to-end test (tests/commerce/test_commerce_e2e.py) runs the same functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+WANT_TICKET = {
+    "bn": "আমি একটা বাসের টিকিট কিনতে চাই",
+    "bn-latn": "ami ekta bus ticket kinte chai",
+    "en": "I want to buy a bus ticket",
+    "tr": "Otobüs bileti almak istiyorum",
+    "id": "Saya mau beli tiket bus",
+}
+REFUND_SHARE = 0.25
+SEATS = [f"{row}{col}" for row in range(1, 6) for col in "ABCD"]
+
+
+@dataclass(frozen=True)
+class Shop:
+    tenant_id: str
+    phone_number_id: str
+    api_key: str
+    app_secret: str
+    currency: str
+    languages: tuple[str, ...]
+    trips: tuple[tuple[str, str, int], ...]  # (trip_id, title, price in 1/100)
+
+
+def flows_private_key_pem(state_dir: Path) -> str:
+    """The demo numbers' Flows private key, generated once into .parley/ (git-ignored)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = state_dir / "flows-demo-key.pem"
+    if not path.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        state_dir.mkdir(exist_ok=True)
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        path.chmod(0o600)
+    return path.read_text()
+
+
+async def add_trips(database_url: str, shops: list[Shop], run: str) -> None:
+    """Trips of this run and their seat maps (the reference backend has no trip API: the operator
+    loads them)."""
+    from parley_common.db import create_pool
+    from parley_ingest.seats import SeatStore, Trip
+
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        store = SeatStore(pool)
+        departs = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+        for shop in shops:
+            for trip_id, title, price in shop.trips:
+                await store.add_trip(shop.tenant_id, Trip(f"{trip_id}-{run}", title, departs, shop.currency, price),
+                                     SEATS)
+    finally:
+        await pool.close()
+
+
+class MetaFlows:
+    """Meta's side of a Flow: requests signed with the app secret and encrypted with the number's key."""
+
+    def __init__(self, client: httpx.AsyncClient, ingest_url: str, shop: Shop, public_key: Any) -> None:
+        self.client, self.url, self.shop, self.public_key = client, ingest_url, shop, public_key
+
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from parley_ingest.domain.flows import decrypt_response, encrypt_request
+
+        aes_key, iv = os.urandom(16), os.urandom(16)
+        raw = json.dumps(encrypt_request(payload, self.public_key, aes_key, iv)).encode()
+        sig = "sha256=" + hmac.new(self.shop.app_secret.encode(), raw, hashlib.sha256).hexdigest()
+        r = await self.client.post(f"{self.url}/flows/{self.shop.phone_number_id}", content=raw,
+                                   headers={"x-hub-signature-256": sig, "content-type": "application/json"})
+        r.raise_for_status()
+        return decrypt_response(r.content, aes_key, iv)
+
+
+async def sell_tickets(*, client: httpx.AsyncClient, shops: list[Shop], customers: dict[str, list[str]],
+                       ingest_url: str, billing_url: str, sim_url: str, public_key: Any, run: str,
+                       rng: random.Random, stop: asyncio.Event | None = None) -> dict[str, Any]:
+    """The whole story for every customer; returns what happened (counts and order references)."""
+    stats: Counter[str] = Counter()
+    orders: list[dict[str, Any]] = []
+    sem = asyncio.Semaphore(8)
+
+    async def send(shop: Shop, body: dict[str, Any], key: str) -> None:
+        r = await client.post(f"{ingest_url}/v1/messages", json={"from": shop.phone_number_id, **body},
+                              headers={"Authorization": f"Bearer {shop.api_key}", "Idempotency-Key": key})
+        stats["sends_accepted" if r.status_code == 202 else f"sends_refused_{r.status_code}"] += 1
+
+    async def inbound(shop: Shop, spec: dict[str, Any]) -> str:
+        r = await client.post(f"{sim_url}/_sim/inbound",
+                              json={"phone_number_id": shop.phone_number_id, "messages": [spec]})
+        r.raise_for_status()
+        return str(r.json()["messages"][0]["wamid"])
+
+    # 1. everyone asks for a ticket (some came from a click-to-WhatsApp ad)
+    for shop in shops:
+        for n, customer in enumerate(customers[shop.tenant_id]):
+            lang = shop.languages[n % len(shop.languages)]
+            await inbound(shop, {"from": customer, "text": WANT_TICKET[lang], "language": lang,
+                                 "intent": "buy_ticket", "referral": n % 3 == 0})
+            stats["asked"] += 1
+    await asyncio.sleep(3)  # the sender learns the customer service windows from wa.messages.in
+
+    async def one(shop: Shop, n: int, customer: str) -> None:
+        async with sem:
+            if stop is not None and stop.is_set():
+                return
+            tag = f"{run}-{shop.tenant_id}-{n}"
+            trips = [(f"{t}-{run}", title, price) for t, title, price in shop.trips]
+            await send(shop, {"to": customer, "type": "interactive", "interactive": {
+                "type": "product_list", "header": {"type": "text", "text": "Tickets"},
+                "body": {"text": "Pick a trip"}, "action": {"catalog_id": f"cat-{shop.tenant_id}", "sections": [
+                    {"title": "Tomorrow", "product_items": [{"product_retailer_id": t[0]} for t in trips]}]}}},
+                f"pl-{tag}")
+            trip_id, title, price = rng.choice(trips)
+            cart = await inbound(shop, {"from": customer, "order": {
+                "catalog_id": f"cat-{shop.tenant_id}", "text": "one seat please",
+                "product_items": [{"product_retailer_id": trip_id, "quantity": 1,
+                                   "item_price": price / 100, "currency": shop.currency}]}})
+            # the Flow: trips, seats, a seat held (customers race for the same seats), confirmed
+            meta = MetaFlows(client, ingest_url, shop, public_key)
+            token = f"ft-{tag}"
+            await meta.call({"version": "3.0", "action": "INIT", "flow_token": token})
+            seats = await meta.call({"version": "3.0", "action": "data_exchange", "flow_token": token,
+                                     "screen": "TRIPS", "data": {"trip_id": trip_id}})
+            seat = None
+            for _ in range(4):
+                free = [s["id"] for s in seats["data"]["seats"]]
+                if not free:
+                    break
+                pick = rng.choice(free[:4])
+                answer = await meta.call({"version": "3.0", "action": "data_exchange", "flow_token": token,
+                                          "screen": "SEATS", "data": {"trip_id": trip_id, "seat_id": pick}})
+                if answer["screen"] == "CONFIRM":
+                    seat = pick
+                    break
+                stats["seat_taken_retry"] += 1
+                seats = answer
+            if seat is None:
+                stats["sold_out"] += 1
+                return
+            done = await meta.call({"version": "3.0", "action": "data_exchange", "flow_token": token,
+                                    "screen": "CONFIRM", "data": {"trip_id": trip_id, "seat_id": seat}})
+            if done["screen"] != "SUCCESS":
+                stats["hold_expired"] += 1
+                return
+            await inbound(shop, {"from": customer, "nfm_reply": {
+                "response_json": json.dumps(done["data"]["extension_message_response"]["params"])}})
+            # the payment request
+            ref = f"t{hashlib.sha256(tag.encode()).hexdigest()[:20]}"
+            amount = {"value": price, "offset": 100}
+            await send(shop, {"to": customer, "type": "interactive", "reply_to": cart, "interactive": {
+                "type": "order_details", "body": {"text": f"{title}, seat {seat}"},
+                "action": {"name": "review_and_pay", "parameters": {
+                    "reference_id": ref, "type": "digital-goods", "currency": shop.currency,
+                    "total_amount": amount,
+                    "payment_settings": [{"type": "payment_gateway", "payment_gateway": {
+                        "type": "razorpay", "configuration_name": "demo"}}],
+                    "order": {"status": "pending", "items": [{
+                        "retailer_id": trip_id, "name": f"{title} seat {seat}", "amount": amount, "quantity": 1}],
+                        "subtotal": amount}}}}}, f"od-{tag}")
+            orders.append({"shop": shop, "ref": ref, "token": token, "customer": customer, "seat": f"{trip_id}/{seat}",
+                           "price": price})
+
+    await asyncio.gather(*(one(shop, n, c) for shop in shops for n, c in enumerate(customers[shop.tenant_id])))
+
+    # 2. payments settle; paid seats are sold and ticketed, failed ones released
+    async def settled(o: dict[str, Any]) -> str:
+        for _ in range(60):
+            r = await client.get(f"{billing_url}/v1/orders/{o['ref']}",
+                                 headers={"Authorization": f"Bearer {o['shop'].api_key}"})
+            if r.status_code == 200 and r.json()["state"] in ("captured", "payment_failed"):
+                return str(r.json()["state"])
+            await asyncio.sleep(0.5)
+        return "pending"
+
+    sold: list[str] = []
+    for o, state in zip(orders, await asyncio.gather(*(settled(o) for o in orders)), strict=True):
+        shop, headers = o["shop"], {"Authorization": f"Bearer {o['shop'].api_key}"}
+        stats[f"payment_{state}"] += 1
+        if state == "captured":
+            r = await client.post(f"{ingest_url}/v1/flows/seats/holds/{o['token']}/sell",
+                                  json={"reference_id": o["ref"]}, headers=headers)
+            if r.status_code == 200:
+                sold += r.json()["sold"]
+            else:
+                stats["hold_gone_before_sale"] += 1
+            await send(shop, {"to": o["customer"], "type": "interactive", "interactive": {
+                "type": "order_status", "body": {"text": f"Your ticket: seat {o['seat']}"},
+                "action": {"name": "review_order", "parameters": {
+                    "reference_id": o["ref"], "order": {"status": "completed", "description": "Ticket issued"}}}}},
+                f"os-{o['ref']}")
+            o["paid"] = True
+        else:
+            await client.post(f"{ingest_url}/v1/flows/seats/holds/{o['token']}/release", headers=headers)
+
+    # 3. some ask for their money back
+    refunded = Decimal(0)
+    for o in [o for o in orders if o.get("paid")]:
+        if rng.random() >= REFUND_SHARE:
+            continue
+        shop = o["shop"]
+        r = await client.post(f"{billing_url}/v1/orders/{o['ref']}/refunds", json={"reason": "cannot travel"},
+                              headers={"Authorization": f"Bearer {shop.api_key}", "Idempotency-Key": f"rf-{o['ref']}"})
+        if r.status_code in (200, 201):
+            stats["refunds"] += 1
+            refunded += Decimal(r.json()["refund"]["value"]) / Decimal(r.json()["refund"]["offset"])
+            await client.post(f"{sim_url}/_sim/payments/{shop.phone_number_id}/{o['ref']}/refunds", json={})
+        else:
+            stats[f"refund_refused_{r.status_code}"] += 1
+    return {"stats": dict(stats), "orders": [o["ref"] for o in orders], "seats_sold": sold,
+            "refunded": str(refunded)}
+
+
+async def commerce_summary(client: httpx.AsyncClient, *, shops: list[Shop], ingest_url: str, billing_url: str,
+                           result: dict[str, Any]) -> list[str]:
+    """Lines for the demo summary: orders by state, seats sold (none twice), revenue and refunds."""
+    lines = ["In-chat commerce (this run):",
+             "  " + ", ".join(f"{k}={v}" for k, v in sorted(result["stats"].items()))]
+    sold = result["seats_sold"]
+    twice = [s for s, c in Counter(sold).items() if c > 1]
+    lines.append(f"  seats sold: {len(sold)}; sold twice: {len(twice)}"
+                 + (f"  (DOUBLE SALE: {twice})" if twice else ""))
+    for shop in shops:
+        headers = {"Authorization": f"Bearer {shop.api_key}"}
+        r = await client.get(f"{billing_url}/v1/orders", params={"limit": 1000}, headers=headers)
+        if r.status_code != 200:
+            lines.append(f"  {shop.tenant_id:<18} orders unavailable ({r.status_code})")
+            continue
+        mine = [o for o in r.json()["orders"] if o["reference_id"] in set(result["orders"])]
+        states = Counter(o["state"] for o in mine)
+        captured = sum((Decimal(o["captured"]) for o in mine if o["captured"]), Decimal(0))
+        refunded = sum((Decimal(o["refunded"]) for o in mine if o["refunded"]), Decimal(0))
+        seats = (await client.get(f"{ingest_url}/v1/flows/seats", headers=headers)).json().get("seats", {})
+        by_state = ", ".join(f"{k}={v}" for k, v in sorted(states.items()))
+        lines.append(f"  {shop.tenant_id:<18} orders={len(mine)} ({by_state})"
+                     f" captured={captured} refunded={refunded} revenue={captured - refunded} {shop.currency};"
+                     f" seats now {seats}")
+    lines.append("  WhatsApp fees per order: not computed yet (issue 11, ADR 0111 'Not done')")
+    return lines

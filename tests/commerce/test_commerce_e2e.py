@@ -1,0 +1,151 @@
+"""From "I want a ticket" to a refund, through the whole pipeline on real Kafka and PostgreSQL:
+the simulator (Meta: webhooks, payments), ingest (send API, Flows endpoint, seats), router,
+sender and billing (orders), driven by the demo's own commerce script (deploy/local)."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from e2e.conftest import Served  # tests/ is on sys.path (rootdir package layout)
+
+from .conftest import FLOW_KEY, pem
+
+pytestmark = pytest.mark.infra
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+import demo_commerce  # noqa: E402
+
+APP_ID, SECRET, TOKEN = "shop-e2e-app", "shop-e2e-secret", "shop-e2e-token"
+WABA, PN, TENANT = "299000000000091", "199000000000091", "e2e-tickets"
+
+
+@dataclass
+class Shopfront:
+    sim: Any
+    ingest: Served
+    billing: Served
+    simulator: Served
+    shop: demo_commerce.Shop
+
+
+@pytest.fixture(scope="module")
+async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Shopfront]:
+    from parley_billing.app import create_app as billing_app
+    from parley_common.db import connect, migrate
+    from parley_common.runtime import TENANCY_MIGRATIONS
+    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+    from parley_ingest.app import create_app as ingest_app
+    from parley_router.app import create_app as router_app
+    from parley_sender.app import create_app as sender_app
+    from parley_sender.settings import SenderSettings
+    from parley_simulator import create_app as simulator_app
+    from parley_simulator.config import SimulatorConfig
+    from parley_simulator.simulator import CloudApiSimulator
+
+    os.environ.update({"SHOP_E2E_SECRET": SECRET, "SHOP_E2E_TOKEN": TOKEN, "SHOP_E2E_FLOW_KEY": pem(FLOW_KEY)})
+    ingest = Served(None)
+    config = SimulatorConfig.model_validate({
+        "apps": [{"app_id": APP_ID, "app_secret": SECRET}],
+        "wabas": [{"id": WABA, "app_id": APP_ID, "token": TOKEN}],
+        "phone_numbers": [{"id": PN, "display_phone_number": "918000000091", "waba_id": WABA}],
+        "webhook_url": f"{ingest.url}/webhooks/meta/{{app_id}}",
+        "behaviour": {"delivered_ratio": 1.0, "unknown_recipient_pattern": None, "sent_delay_ms": 10,
+                      "delivered_delay_ms": 50, "read_delay_ms": 100, "pair_burst": 1000,
+                      "payment_capture_ratio": 0.7, "payment_fail_ratio": 0.3,
+                      "payment_pending_delay_ms": 50, "payment_outcome_delay_ms": 150},
+        "seed": 11,
+    })
+    sim = CloudApiSimulator(config)
+    simulator = Served(simulator_app(config, simulator=sim))
+    await simulator.start()
+    conn = await connect(database_url)
+    try:
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        await import_registry(conn, RegistryFile.model_validate({
+            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:SHOP_E2E_SECRET"],
+                      "access_token_ref": "env:SHOP_E2E_TOKEN", "graph_api_base": simulator.url}],
+            "tenants": [{"tenant_id": TENANT, "name": "Tickets", "app_id": APP_ID, "business_country": "IN",
+                         "time_zone": "Asia/Kolkata", "wabas": [WABA],
+                         "phone_numbers": [{"phone_number_id": PN, "display_phone_number": "918000000091",
+                                            "waba_id": WABA}],
+                         "settings": {"flows": {"private_key_refs": ["env:SHOP_E2E_FLOW_KEY"]}}}],
+        }))
+        _, api_key = await add_api_key(conn, TENANT, "e2e")
+    finally:
+        await conn.close()
+    ingest.server.config.app = ingest_app()
+    ingest.server.config.loaded = False
+    router, sender, billing = Served(router_app()), Served(sender_app(SenderSettings())), Served(billing_app())
+    started = [simulator]
+    try:
+        for served in (ingest, router, sender, billing):
+            await served.start()
+            started.append(served)
+        shop = demo_commerce.Shop(TENANT, PN, api_key, SECRET, "INR", ("en", "bn-latn", "id", "tr"),
+                                  (("BLR-MYS", "Bengaluru → Mysuru", 45000), ("BLR-CHN", "Bengaluru → Chennai", 90000)))
+        yield Shopfront(sim, ingest, billing, simulator, shop)
+    finally:
+        for served in reversed(started):
+            await served.stop()
+
+
+async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(shopfront: Shopfront, database_url: str
+                                                                         ) -> None:
+    shop = shopfront.shop
+    rng = random.Random(5)
+    customers = {TENANT: [f"9198450{n:05d}" for n in range(14)]}
+    await demo_commerce.add_trips(database_url, [shop], "e2e")
+    async with httpx.AsyncClient(timeout=30) as client:
+        result = await demo_commerce.sell_tickets(
+            client=client, shops=[shop], customers=customers, ingest_url=shopfront.ingest.url,
+            billing_url=shopfront.billing.url, sim_url=shopfront.simulator.url, public_key=FLOW_KEY.public_key(),
+            run="e2e", rng=rng)
+        stats = result["stats"]
+        assert stats["asked"] == 14 and stats.get("sends_refused_422", 0) == 0
+        paid = stats.get("payment_captured", 0)
+        assert paid + stats.get("payment_payment_failed", 0) == len(result["orders"]) > 0
+        assert stats.get("payment_pending", 0) == 0, "every payment settled"
+        assert paid > 0 and stats.get("payment_payment_failed", 0) > 0
+        sold = result["seats_sold"]
+        assert len(sold) == len(set(sold)) == paid, "every paid order sold its seat; no seat sold twice"
+
+        headers = {"Authorization": f"Bearer {shop.api_key}"}
+
+        async def states() -> Counter[str]:
+            listed = (await client.get(f"{shopfront.billing.url}/v1/orders", params={"limit": 1000},
+                                       headers=headers)).json()["orders"]
+            return Counter(o["state"] for o in listed if o["reference_id"] in set(result["orders"]))
+
+        refunds = stats.get("refunds", 0)
+        expected = Counter({"completed": paid - refunds, "refunded_fully": refunds,
+                            "payment_failed": stats.get("payment_payment_failed", 0)})
+        expected = Counter({k: v for k, v in expected.items() if v})
+        from .conftest import eventually
+
+        async def settled() -> Counter[str] | None:
+            got = await states()
+            return got if got == expected else None
+
+        await eventually(settled, f"orders by state {dict(expected)}", timeout=90)
+
+        # the customers were told: order_status messages reached Meta (the simulator)
+        async def notices() -> list[dict[str, Any]] | None:
+            sent = [m for m in shopfront.sim.messages.values()
+                    if m.request.get("interactive", {}).get("type") == "order_status"]
+            return sent if len(sent) >= paid + refunds else None
+
+        sent = await eventually(notices, "ticket and refund notices sent to the customers", timeout=90)
+        texts = Counter(m.request["interactive"]["body"]["text"].split(":")[0].split(" of ")[0] for m in sent)
+        assert texts["Your ticket"] == paid and texts["Refund"] == refunds
+        lines = await demo_commerce.commerce_summary(client, shops=[shop], ingest_url=shopfront.ingest.url,
+                                                     billing_url=shopfront.billing.url, result=result)
+        assert any("sold twice: 0" in line for line in lines)
