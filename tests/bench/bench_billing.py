@@ -2,7 +2,10 @@
 
     uv run python tests/bench/bench_billing.py [--customers N] [--batch N] [--no-kafka]
 
-One synthetic stream (sends, inbound messages, statuses), three runs, each into a fresh database:
+One synthetic stream (sends, inbound messages, statuses), three runs, each into a fresh database.
+Two fifths of the customers talk in November 2026, where free-form replies (service messages) and
+utility templates inside the customer-service window are charged; the result counts them
+(``charged_service_replies``, ``charged_in_window_utility``).
 
 1. **raw bytes → PostgreSQL** (``events_per_s``): the sends and inbound messages are pre-loaded,
    then the status events alone are timed as the batch subscriber handles them: raw JSON bytes →
@@ -28,6 +31,7 @@ import json
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
@@ -153,7 +157,7 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
 
 async def main(customers: int, batch: int, with_kafka: bool) -> dict[str, object]:
     events = generate(customers=customers, messages_per_customer=6, seed=42,
-                      numbers=[f"1000{i:02d}" for i in range(24)])
+                      numbers=[f"1000{i:02d}" for i in range(24)], late_start=datetime(2026, 11, 2, tzinfo=UTC))
     status_records = [r for t, r in events if t == "statuses"]
     statuses = [orjson.dumps(r) for r in status_records]
     keys = [r["phone_number_id"].encode() for r in status_records]
@@ -165,7 +169,15 @@ async def main(customers: int, batch: int, with_kafka: bool) -> dict[str, object
         elapsed, cpu = await _raw_bytes_run(pool, others, statuses, batch)
         clean_totals = await ledger_totals(pool)
         clean_print = await ledger_fingerprint(pool)
+        mix = await pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE category = 'service' AND billable) AS service,"
+            " count(*) FILTER (WHERE category = 'service') AS replies,"
+            " count(*) FILTER (WHERE category = 'utility' AND billable AND rules = 'PMP-2026-10'"
+            "   AND type = 'regular') AS utility_after_change FROM billing.ledger")
         await pool.close()
+        result["charged_service_replies"] = mix["service"]
+        result["free_form_replies"] = mix["replies"]
+        result["charged_utility_after_2026_10"] = mix["utility_after_change"]
         result.update({
             "events_per_s": round(len(statuses) / elapsed),
             "status_events": len(statuses), "seconds": round(elapsed, 3),

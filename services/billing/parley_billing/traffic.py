@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from parley_billing.domain.facts import FactError, inbound_record, send_fact, status_fact
+from parley_billing.domain.rules import rules_at
 from parley_billing.store import Metering
 
 Event = tuple[str, dict[str, Any]]
@@ -27,10 +28,12 @@ def _iso(t: datetime) -> str:
 
 def generate(*, seed: int = 7, customers: int = 200, messages_per_customer: int = 5,
              numbers: Sequence[str] = ("100001", "100002"), tenant_id: str = "acme",
-             start: datetime = datetime(2026, 1, 10, tzinfo=UTC), with_cbp: bool = True) -> list[Event]:
+             start: datetime = datetime(2026, 1, 10, tzinfo=UTC), with_cbp: bool = True,
+             late_start: datetime | None = None) -> list[Event]:
     """Inbound messages (some from ads), sends and statuses (sent, delivered, read; sometimes no
     delivered), spread over a few days per customer; with ``with_cbp`` a fifth of the customers
-    talk before 2025-07-01."""
+    talk before 2025-07-01; with ``late_start`` two fifths start then instead of at ``start`` (e.g.
+    after 2026-10-01, where free-form replies and in-window utility templates are charged)."""
     rnd = random.Random(seed)
     events: list[Event] = []
     for c in range(customers):
@@ -38,6 +41,8 @@ def generate(*, seed: int = 7, customers: int = 200, messages_per_customer: int 
         customer = prefix + f"{rnd.randrange(10**7):07d}"
         pnid = numbers[c % len(numbers)]
         base = start if not (with_cbp and c % 5 == 0) else datetime(2024, 9, 20, tzinfo=UTC)
+        if late_start is not None and c % 5 in (1, 2):
+            base = late_start
         t = base + timedelta(minutes=rnd.randrange(60 * 24 * 20))
         for m in range(messages_per_customer):
             if rnd.random() < 0.4:
@@ -54,9 +59,10 @@ def generate(*, seed: int = 7, customers: int = 200, messages_per_customer: int 
                 "event_id": f"{wamid}:accepted", "message_id": f"msg.{c}.{m}", "outcome": "accepted",
                 "wamid": wamid, "tenant_id": tenant_id, "phone_number_id": pnid, "recipient": customer,
                 "is_template": template, "category": category, "occurred_at": _iso(t)}))
-            meta = {"billable": template, "pricing_model": "PMP" if sent >= datetime(2025, 7, 1, tzinfo=UTC)
-                    else "CBP", "type": "regular" if template else "free_customer_service",
-                    "category": category or "service"}
+            rules = rules_at(sent)
+            charged = template or rules.service_charged
+            meta = {"billable": charged, "pricing_model": rules.model,
+                    "type": "regular" if charged else "free_customer_service", "category": category or "service"}
             base_status = {"tenant_id": tenant_id, "phone_number_id": pnid, "waba_id": "waba-" + pnid,
                            "wamid": wamid, "recipient_id": customer}
             events.append(("statuses", {**base_status, "event_id": f"{wamid}:sent", "status": "sent",
