@@ -265,5 +265,12 @@ async def commerce_summary(client: httpx.AsyncClient, *, shops: list[Shop], inge
         lines.append(f"  {shop.tenant_id:<18} orders={len(mine)} ({by_state})"
                      f" captured={captured} refunded={refunded} revenue={captured - refunded} {shop.currency};"
                      f" seats now {seats}")
-    lines.append("  WhatsApp fees per order: not computed yet (issue 11, ADR 0111 'Not done')")
+        fees: dict[str, Decimal] = {}
+        for o in mine:
+            one = (await client.get(f"{billing_url}/v1/orders/{o['reference_id']}", headers=headers)).json()
+            for currency, amount in one.get("fees", {}).get("amounts", {}).items():
+                fees[currency] = fees.get(currency, Decimal(0)) + Decimal(amount)
+        per_order = ", ".join(f"{v / max(1, len(mine)):.4f} {k}" for k, v in fees.items()) or "none priced yet"
+        lines.append(f"  {'':<18} WhatsApp fees of the orders' conversations: "
+                     f"{', '.join(f'{v} {k}' for k, v in fees.items()) or '0'}; per order {per_order}")
     return lines

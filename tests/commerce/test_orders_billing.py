@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -190,3 +191,29 @@ async def test_orders_list_and_bad_queries(billing: tuple[FastAPI, httpx.AsyncCl
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "state"]
     r = await client.get("/v1/orders", headers=bearer(commerce_keys[OTHER]))
     assert r.status_code == 200 and r.json()["orders"] == []
+
+
+async def test_an_order_shows_what_its_conversation_cost_in_whatsapp_fees(
+        billing: tuple[FastAPI, httpx.AsyncClient], kafka_bootstrap: str, commerce_keys: dict[str, str]) -> None:
+    app, client = billing
+    key = commerce_keys[SHOP]
+    ref = "bus-0003"
+    await produce(kafka_bootstrap, MESSAGES_OUT.name, [order_details(ref, 45000, message_id="pm_od_3", at=T0)])
+    await produce(kafka_bootstrap, COMMERCE.name, [payment(ref, "captured", 45000, at=T0 + timedelta(minutes=3),
+                                                           tx="pay_3")])
+    await order_in_state(client, key, ref, "captured", facts=2)
+    pool = app.state.runtime.require_pool()
+    # the business's messages to this customer, as billing priced them: two near the order, one a week off
+    for wamid, at, amount in (("wamid.F1", T0 - timedelta(hours=1), "0.0107"),
+                              ("wamid.F2", T0 + timedelta(minutes=5), "0.0107"),
+                              ("wamid.F3", T0 + timedelta(days=7), "0.0107")):
+        await pool.execute("INSERT INTO billing.deliveries (wamid, tenant_id, phone_number_id, customer, delivered_at)"
+                           " VALUES ($1, $2, $3, $4, $5)", wamid, SHOP, SHOP_NUMBER, CUSTOMER, at)
+        await pool.execute(
+            "INSERT INTO billing.ledger (wamid, tenant_id, phone_number_id, account, delivered_at, month,"
+            " pricing_model, category, type, billable, market, currency, amount)"
+            " VALUES ($1, $2, $3, 'waba', $4, '2026-12', 'PMP', 'utility', 'regular', true, 'India', 'USD', $5)",
+            wamid, SHOP, SHOP_NUMBER, at, Decimal(amount))
+    order = (await client.get(f"/v1/orders/{ref}", headers=bearer(key))).json()
+    assert order["fees"]["messages"] == 2
+    assert order["fees"]["amounts"] == {"USD": "0.02140000"}

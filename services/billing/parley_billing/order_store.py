@@ -154,10 +154,37 @@ def view_json(view: OrderView) -> dict[str, Any]:
     }
 
 
+FEE_WINDOW = "24 hours"
+
+
 async def get_order(pool: asyncpg.Pool, tenant_id: str, reference_id: str) -> dict[str, Any] | None:
-    view = await pool.fetchval("SELECT view FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2",
-                               tenant_id, reference_id)
-    return view if isinstance(view, dict) and view else None
+    row = await pool.fetchrow("SELECT view, first_at, updated_at FROM billing.orders"
+                              " WHERE tenant_id = $1 AND reference_id = $2", tenant_id, reference_id)
+    if row is None or not isinstance(row["view"], dict) or not row["view"]:
+        return None
+    view = dict(row["view"])
+    view["fees"] = await order_fees(pool, tenant_id, view.get("phone_number_id"), view.get("customer"),
+                                    row["first_at"], row["updated_at"])
+    return view
+
+
+async def order_fees(pool: asyncpg.Pool, tenant_id: str, phone_number_id: str | None, customer: str | None,
+                     first_at: datetime, last_at: datetime) -> dict[str, Any]:
+    """What the order's conversation cost in WhatsApp fees: the priced messages the business sent
+    the customer from the order's number, from a day before the order started to a day after its
+    last update (billing's ledger, list prices)."""
+    if not phone_number_id or not customer:
+        return {"messages": 0, "amounts": {}, "window": None}
+    rows = await pool.fetch(
+        "SELECT l.currency, count(*) AS messages, sum(l.amount) FILTER (WHERE l.billable) AS amount"
+        " FROM billing.ledger l JOIN billing.deliveries d ON d.wamid = l.wamid"
+        " WHERE l.tenant_id = $1 AND l.phone_number_id = $2 AND d.customer = $3"
+        f" AND l.delivered_at BETWEEN $4::timestamptz - interval '{FEE_WINDOW}'"
+        f" AND $5::timestamptz + interval '{FEE_WINDOW}' GROUP BY l.currency",
+        tenant_id, phone_number_id, customer, first_at, last_at)
+    return {"messages": sum(r["messages"] for r in rows),
+            "amounts": {r["currency"]: str(r["amount"] or Decimal(0)) for r in rows},
+            "window": f"{FEE_WINDOW} either side of the order"}
 
 
 async def list_orders(pool: asyncpg.Pool, tenant_id: str, *, state: str | None, limit: int,
