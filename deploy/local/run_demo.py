@@ -210,6 +210,48 @@ async def ledger_rows(wamids: set[str]) -> list[Any]:
         await conn.close()
 
 
+async def print_service_charges(statuses: list[dict[str, Any]], sends: list[dict[str, Any]]) -> None:
+    """Free-form replies (service messages) and utility templates sent inside the customer's window,
+    per tenant, as billing's ledger priced them by the rules of today's date, and whether each ledger
+    row agrees with the pricing object the simulator (standing in for Meta) reported."""
+    from parley_billing.domain.rules import rules_at
+
+    rules = rules_at(datetime.now(UTC))
+    meta: dict[str, dict[str, Any]] = {}
+    for s in statuses:  # Meta's pricing object: the delivered/read one wins over "sent"
+        if s.get("pricing") and (s["status"] in ("delivered", "read") or s["wamid"] not in meta):
+            meta[s["wamid"]] = s["pricing"]
+    kind: dict[str, str] = {}
+    for s in sends:
+        if s["outcome"] == "accepted" and s.get("wamid"):
+            if not s.get("is_template"):
+                kind[s["wamid"]] = "service replies"
+            elif s.get("category") == "utility" and s.get("free_window") == "customer_service":
+                kind[s["wamid"]] = "in-window utility"
+    rows = await ledger_rows(set(kind))
+    print(f"\nService replies and in-window utility templates (rules in force today: {rules.name}; "
+          f"service {'charged' if rules.service_charged else 'free'}, in-window utility "
+          f"{'charged' if rules.utility_in_window_charged else 'free'}):")
+    per: dict[tuple[str, str], list[Any]] = {}
+    agree = disagree = 0
+    for r in rows:
+        per.setdefault((r["tenant_id"] or "?", kind[r["wamid"]]), []).append(r)
+        m = meta.get(r["wamid"])
+        if m is not None:
+            same = bool(m.get("billable")) == r["billable"] and \
+                m.get("category") in (r["category"], "referral_conversion")
+            agree += same
+            disagree += not same
+    for (tenant, what), items in sorted(per.items()):
+        charged = [r for r in items if r["billable"]]
+        amount = sum((r["amount"] or Decimal(0) for r in charged), Decimal(0))
+        unpriced = sum(1 for r in charged if r["amount"] is None)
+        print(f"  {tenant:<18} {what:<18} delivered={len(items):<5} charged={len(charged):<5} "
+              f"amount={amount:.4f} {items[0]['currency']}" + (f"  unpriced={unpriced}" if unpriced else ""))
+    print(f"  ledger vs the simulator's pricing objects: {agree} agree, {disagree} differ"
+          + ("" if not disagree else "  (MISMATCH)"))
+
+
 def delta(before: dict[int, int], after: dict[int, int]) -> int:
     return sum(after.get(p, 0) - before.get(p, 0) for p in after)
 
@@ -426,6 +468,7 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
     print(f"  ledger rows for this run's templates: {len(rows)} = delivered templates seen on Kafka: "
           f"{len(delivered_templates)}" + ("" if len(rows) == len(delivered_templates) else "  (MISMATCH)")
           + (f"; {unpriced} billable but without a rate in the card" if unpriced else ""))
+    await print_service_charges(statuses, sends)
     print("\nUsage API today (GET /v1/usage, includes earlier runs of the day):")
     today = datetime.now(UTC).date()
     async with httpx.AsyncClient(timeout=10) as client:
@@ -437,9 +480,9 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
                 print(f"  {tenant:<18} usage unavailable ({r.status_code}: {r.text[:120]})")
                 continue
             groups = r.json()["groups"]
-            total = sum((Decimal(g["list_amount"]) for g in groups), Decimal(0))
+            total = sum((Decimal(g.get("amount", g["list_amount"])) for g in groups), Decimal(0))
             print(f"  {tenant:<18} messages={sum(g['messages'] for g in groups):<6} "
-                  f"billable={sum(g['billable'] for g in groups):<6} list amount={total:.4f}")
+                  f"billable={sum(g['billable'] for g in groups):<6} to be invoiced={total:.4f}")
     print("=" * 72)
 
 
