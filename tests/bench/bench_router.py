@@ -3,7 +3,9 @@ multilingual examples, then throughput and latency on the real broker.
 
 Prints the figures and writes bench-results/router.json. Needs Kafka and PostgreSQL
 (`bash deploy/local/infra.sh up`; PARLEY_KAFKA_BOOTSTRAP / PARLEY_DATABASE_URL override).
-Options: --messages N (default 30000), --skip-accuracy, --skip-throughput, --profile PATH.
+Options: --messages N (default 30000), --skip-accuracy, --skip-throughput, --profile PATH,
+--encoder-gate G (repeatable: one throughput run per gate; 1.0 consults the encoder for every
+message). BANKING77 and CLINC150 are read from PARLEY_ROUTER_DATASETS_DIR.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ os.environ.setdefault("PARLEY_DEMO", "true")  # a local measurement: the demo re
 
 REPO = Path(__file__).resolve().parents[2]
 NUMBERS = [f"1090000000001{i:02d}" for i in range(12)]
+DEFAULT_GATE = 0.7  # RouterSettings.encoder_gate
 
 
 def infra_env() -> tuple[str, str]:
@@ -39,10 +42,13 @@ def infra_env() -> tuple[str, str]:
 
 
 def accuracy(results: dict[str, object]) -> None:
-    from parley_router.evaluation import eval_banking77, eval_clinc150, eval_multilingual
+    from parley_router.evaluation import eval_banking77, eval_clinc150, eval_crosslingual, eval_multilingual
     from parley_router.settings import RouterSettings
 
     root = RouterSettings().datasets_dir
+    if not (root / "banking77").is_dir() or not (root / "clinc150").is_dir():
+        raise SystemExit(f"BANKING77 and CLINC150 not found in {root}: set PARLEY_ROUTER_DATASETS_DIR to a folder "
+                         "with banking77/{train,test}.csv and clinc150/data_full.json (or pass --skip-accuracy)")
     b_full = eval_banking77(root)
     print(f"BANKING77 full training set: accuracy {b_full.figures['accuracy']:.2%} "
           f"(train {b_full.figures['train_s']:.1f}s; published best 93.66%, target 92%)", flush=True)
@@ -62,41 +68,69 @@ def accuracy(results: dict[str, object]) -> None:
     n_test, n_train = ml.figures["test_examples"], ml.figures["train_examples"]
     print("Multilingual held-out accuracy: " + ", ".join(f"{k} {v:.1%}" for k, v in per.items())
           + f" ({n_test} held-out, trained on {n_train})", flush=True)
+    xl = eval_crosslingual("en")
+    xper = xl.figures["per_language"]
+    print("Cross-lingual (intents from the English examples only; encoder + TF-IDF): "
+          + ", ".join(f"{k} {v:.1%}" for k, v in xper.items())
+          + "; TF-IDF alone: " + ", ".join(f"{k} {v:.1%}" for k, v in xl.figures["lexical_only"].items()),
+          flush=True)
     results.update({
         "banking77_full": b_full.figures["accuracy"], "banking77_10shot": b_10.figures["accuracy"],
         "clinc150_in_scope": f["in_scope_accuracy"], "clinc150_oos_recall": f["oos_recall"],
         "clinc150": f, "per_language": per,
+        "encoded_share": {"banking77_full": b_full.figures["encoded_share"],
+                          "banking77_10shot": b_10.figures["encoded_share"],
+                          "clinc150": f["encoded_share"], "multilingual": ml.figures["encoded_share"],
+                          "crosslingual": xl.figures["encoded_share"]},
+        "crosslingual": xl.figures,
+        **{f"xling_{k}": v for k, v in xper.items() if k != "all"},
     })
 
 
 def latency(results: dict[str, object]) -> None:
-    """Per-message classification latency: language + signals + classifier, one message at a time."""
+    """Per-message classification latency: language + classifier (TF-IDF, and the sentence
+    encoder when the router would consult it), one message at a time; and the encoder's own cost."""
     from parley_router.corpora import load_examples
     from parley_router.domain.classifier import IntentClassifier
+    from parley_router.domain.encoder import shared_encoder
     from parley_router.domain.language import LanguageIdentifier
     from parley_router.models import default_model
     from parley_router.settings import RouterSettings
 
     model: IntentClassifier = default_model(RouterSettings().model_cache_dir)
     lang = LanguageIdentifier()
+    encoder = shared_encoder()
     texts = [e.text for e in load_examples()]
     for t in texts[:50]:
-        model.predict([t]), lang.detect(t)
+        model.predict([t], [lang.detect(t)])
     samples = []
     for t in texts:
         t0 = time.perf_counter()
-        model.predict([t])
-        lang.detect(t)
+        model.predict([t], [lang.detect(t)])
         samples.append((time.perf_counter() - t0) * 1000)
     samples.sort()
     p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
     print(f"Classification latency, one message at a time ({len(samples)} messages): "
           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+    cpu0 = time.process_time()
+    encoder.encode(texts)
+    encoder_cpu_ms = (time.process_time() - cpu0) / len(texts) * 1000
+    one = []
+    for t in texts[:500]:
+        t0 = time.perf_counter()
+        encoder.encode([t])
+        one.append((time.perf_counter() - t0) * 1000)
+    one.sort()
+    print(f"Sentence encoder: {encoder_cpu_ms:.2f} ms CPU per message in one batch of {len(texts)}; "
+          f"one at a time p50 {one[len(one) // 2]:.2f} ms, p99 {one[int(len(one) * 0.99)]:.2f} ms", flush=True)
     results["p99_ms"] = p99
     results["p50_ms"] = p50
+    results["encoder_cpu_ms_per_message_batched"] = encoder_cpu_ms
+    results["encoder_p99_ms_one_message"] = one[int(len(one) * 0.99)]
 
 
-async def throughput(results: dict[str, object], n: int, profile: str | None = None) -> None:
+async def throughput(results: dict[str, object], n: int, profile: str | None = None,
+                     gate: float = DEFAULT_GATE) -> None:
     import asyncpg
     import orjson
     from aiokafka import AIOKafkaProducer
@@ -151,7 +185,8 @@ async def throughput(results: dict[str, object], n: int, profile: str | None = N
         from parley_router.app import create_app
         from parley_router.settings import RouterSettings
 
-        app = create_app(RouterSettings(kafka_bootstrap=kafka, database_url=db, log_level="WARNING"))
+        app = create_app(RouterSettings(kafka_bootstrap=kafka, database_url=db, log_level="WARNING",
+                                        encoder_gate=gate))
         logging.getLogger("faststream").setLevel(logging.WARNING)
         logging.getLogger("faststream.access").setLevel(logging.WARNING)
         pool = await asyncpg.create_pool(db, min_size=1, max_size=1)
@@ -189,9 +224,13 @@ async def throughput(results: dict[str, object], n: int, profile: str | None = N
         # On a shared machine wall-clock rate understates what one core does: also report
         # messages per CPU-second of this process (router + the bench's own polling) while routing.
         per_cpu = (n - first_count) / max(steady_cpu, 1e-9)
-        print(f"Messages per CPU-second of the router process while routing: {per_cpu:,.0f}", flush=True)
-        results["msgs_per_s"] = rate
-        results["msgs_per_cpu_s"] = per_cpu
+        encoded = app.state.router_service.router.encoded
+        print(f"Messages per CPU-second of the router process while routing: {per_cpu:,.0f} "
+              f"(encoder gate {gate}: {encoded} of {n} messages encoded)", flush=True)
+        suffix = "" if gate == DEFAULT_GATE else f"_gate_{gate:g}"
+        results["msgs_per_s" + suffix] = rate
+        results["msgs_per_cpu_s" + suffix] = per_cpu
+        results["encoded_messages" + suffix] = encoded
         results["throughput_messages"] = n
     finally:
         admin = await asyncpg.connect(server_db)
@@ -205,13 +244,17 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--profile", metavar="PATH", help="write a cProfile of the routing part to PATH")
+    ap.add_argument("--encoder-gate", type=float, action="append",
+                    help="throughput with this encoder gate (repeatable; 1.0 encodes every message); "
+                         f"default {DEFAULT_GATE}")
     args = ap.parse_args()
     results: dict[str, object] = {"measured_at": datetime.now(UTC).isoformat(), "cpu_count": os.cpu_count()}
     if not args.skip_accuracy:
         accuracy(results)
     latency(results)
     if not args.skip_throughput:
-        asyncio.run(throughput(results, args.messages, args.profile))
+        for gate in args.encoder_gate or [DEFAULT_GATE]:
+            asyncio.run(throughput(results, args.messages, args.profile, gate))
     out = REPO / "bench-results" / "router.json"
     out.parent.mkdir(exist_ok=True)
     if out.exists() and (args.skip_accuracy or args.skip_throughput):

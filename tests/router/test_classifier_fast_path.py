@@ -38,8 +38,8 @@ def test_features_are_identical_to_the_vectorizers(model: IntentClassifier) -> N
 def test_probabilities_are_identical_in_batches_and_one_by_one(model: IntentClassifier) -> None:
     texts = [e.text for e in load_examples()][::5] + EDGE_CASES
     expected = _reference(model, texts)
-    assert np.array_equal(model.probabilities(texts), expected)
-    one_by_one = np.vstack([model.probabilities([t]) for t in texts[:60]])
+    assert np.array_equal(model.lexical_probabilities(texts), expected)
+    one_by_one = np.vstack([model.lexical_probabilities([t]) for t in texts[:60]])
     assert np.array_equal(one_by_one, expected[:60])
 
 
@@ -47,7 +47,7 @@ def test_two_intent_models_and_stemmed_words_use_the_same_path() -> None:
     examples = [e for e in load_examples() if e.intent in ("refund", "greeting")]
     binary = train_from_examples(examples)
     texts = [e.text for e in examples][:50]
-    assert np.array_equal(binary.probabilities(texts), _reference(binary, texts))
+    assert np.array_equal(binary.lexical_probabilities(texts), _reference(binary, texts))
     stemmed = IntentClassifier.train([e.text for e in examples], [e.intent for e in examples],
                                      ClassifierConfig(stemmer="english"))
-    assert np.array_equal(stemmed.probabilities(texts), _reference(stemmed, texts))
+    assert np.array_equal(stemmed.lexical_probabilities(texts), _reference(stemmed, texts))

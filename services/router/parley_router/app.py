@@ -39,7 +39,7 @@ def create_app(settings: RouterSettings | None = None, *,
     examples = load_examples()
     registry = ModelRegistry(default_model(settings.model_cache_dir), examples, store=None)
     router = MessageRouter(load_defaults(), LanguageIdentifier(), registry.for_tenant,
-                           settings.confidence_threshold)
+                           settings.confidence_threshold, encoder_gate=settings.encoder_gate)
     producer = RecordProducer(settings.kafka_bootstrap, client_options=kafka_client_options(settings))
     endpoints = TenantEndpointClient(timeout_s=settings.webhook_timeout_s,
                                      connections_per_tenant=settings.webhook_per_tenant_concurrency)
@@ -86,6 +86,7 @@ def create_app(settings: RouterSettings | None = None, *,
         registry.attach_store(store)
         # Load lingua's language models and touch the classifier before the first batch arrives.
         await asyncio.to_thread(router.understand, [])
+        await asyncio.to_thread(router.encoder.load)
         await asyncio.to_thread(router.languages.detect_many, ["hello there", "x" * 80])
         await producer.start()
         service.dispatcher = WebhookDispatcher(

@@ -4,6 +4,7 @@
     parley-router train [--examples DIR] [--out FILE]        # from example files ([intent] sections)
     parley-router classify [--model FILE] < in.jsonl > out.jsonl   # {"text": ...} per line
     parley-router eval banking77|banking77-10shot|clinc150|multilingual [--datasets DIR]
+    parley-router eval crosslingual [--train-language en]    # intents in one language, tested in the others
 """
 
 from __future__ import annotations
@@ -62,8 +63,12 @@ def classify(
     from parley_router.models import default_model
 
     settings = RouterSettings()
-    model = (IntentClassifier.loads(model_path.read_bytes()) if model_path
-             else default_model(settings.model_cache_dir))
+    try:  # a model file holds arrays and JSON only (never unpickled), checked as it is read
+        model = (IntentClassifier.loads(model_path.read_bytes()) if model_path
+                 else default_model(settings.model_cache_dir))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: cannot read the model {model_path}: {exc}", err=True)
+        raise typer.Exit(2) from None
     languages = LanguageIdentifier()
     threshold = settings.confidence_threshold
 
@@ -83,8 +88,8 @@ def classify(
                 errors[i], text = f"line {seen + i + 1}: {exc}", ""
             texts.append(text)
         failed += len(errors)
-        preds = model.predict(texts)
         langs = languages.detect_many(texts)
+        preds = model.predict(texts, langs)
         for i, (p, lang) in enumerate(zip(preds, langs, strict=True)):
             if i in errors:
                 row: dict[str, object] = {"error": errors[i]}
@@ -116,15 +121,18 @@ def classify(
 
 @app.command("eval")
 def eval_cmd(
-    dataset: Annotated[str, typer.Argument(help="banking77 | banking77-10shot | clinc150 | multilingual")],
-    datasets: Annotated[Path | None, typer.Option(help="folder in the format of ../shared/datasets")] = None,
-    examples: Annotated[Path | None, typer.Option(help="example files for 'multilingual'")] = None,
+    dataset: Annotated[str, typer.Argument(
+        help="banking77 | banking77-10shot | clinc150 | multilingual | crosslingual")],
+    datasets: Annotated[Path | None, typer.Option(
+        help="folder with banking77/ and clinc150/ (default PARLEY_ROUTER_DATASETS_DIR)")] = None,
+    examples: Annotated[Path | None, typer.Option(help="example files for 'multilingual' and 'crosslingual'")] = None,
+    train_language: Annotated[str, typer.Option(help="'crosslingual': the example file trained on")] = "en",
 ) -> None:
     """Train on a dataset's training split and print accuracy on its test split (JSON)."""
     from parley_router import evaluation
 
     root = datasets or RouterSettings().datasets_dir
-    if dataset != "multilingual" and not root.exists():
+    if dataset not in ("multilingual", "crosslingual") and not root.exists():
         typer.echo(f"error: datasets folder {root} not found (set --datasets or PARLEY_ROUTER_DATASETS_DIR)",
                    err=True)
         raise typer.Exit(2)
@@ -136,6 +144,8 @@ def eval_cmd(
         score = evaluation.eval_clinc150(root)
     elif dataset == "multilingual":
         score = evaluation.eval_multilingual(examples)
+    elif dataset == "crosslingual":
+        score = evaluation.eval_crosslingual(train_language, examples)
     else:
         typer.echo(f"error: unknown dataset {dataset!r}", err=True)
         raise typer.Exit(2)

@@ -39,7 +39,8 @@ from parley_router.webhooks import EndpointTarget, WebhookDispatcher
 
 log = logging.getLogger("parley.router")
 SERVICE = "router"
-_NO_PARENT = Context()  # what extracting an empty carrier gives: a root span, not the batch's
+_NO_PARENT = Context()
+TENANT_INTENT_LABEL = "tenant_intent"  # what extracting an empty carrier gives: a root span, not the batch's
 
 
 class RouterMetrics:
@@ -138,6 +139,14 @@ class RouterService:
         self._routing_cache: dict[str, tuple[int, TenantRouting]] = {}
         self._tracer = rt.tracer_provider.get_tracer("parley.router")
         self._carriers: dict[str, dict[str, Any]] = {}
+        self._builtin: frozenset[str] | None = None
+
+    @property
+    def builtin_intents(self) -> frozenset[str]:
+        """The default model's intents: the only intent names used as metric labels."""
+        if self._builtin is None:
+            self._builtin = frozenset(self.router.model_for(None).intents)
+        return self._builtin
 
     def routing_of(self, tenant: Tenant) -> TenantRouting:
         cached = self._routing_cache.get(tenant.tenant_id)
@@ -197,22 +206,27 @@ class RouterService:
         if self.store:
             if await self.store.mark_routed_with_deliveries(decisions) and self.dispatcher is not None:
                 self.dispatcher.wake()
+        # Tenant intent names are tenant data, not a bounded label set: they count as one label.
+        builtin = self.builtin_intents
         per_label = collections.Counter(
-            (d.routed.intent, d.routed.destination.kind, d.routed.signal) for d in decisions)
+            (d.routed.intent if d.routed.intent in builtin else TENANT_INTENT_LABEL,
+             d.routed.destination.kind, d.routed.signal) for d in decisions)
         for labels, count in per_label.items():
             self.metrics.routed.labels(*labels).inc(count)
         return decisions
 
     async def _route(self, messages: list[InboundMessage]) -> list[RoutingDecision]:
         """Route the batch; if that fails, route one by one and dead-letter the messages that fail."""
+        # Classification (the sentence encoder above all) runs in a worker thread: the event loop
+        # keeps fetching, producing and answering HTTP meanwhile.
         try:
-            return self.router.route([(m, self.context_for(m)) for m in messages])
+            return await asyncio.to_thread(self.router.route, [(m, self.context_for(m)) for m in messages])
         except Exception:
             log.exception("routing a batch failed; routing its messages one by one")
         decisions: list[RoutingDecision] = []
         for m in messages:
             try:
-                decisions.extend(self.router.route([(m, self.context_for(m))]))
+                decisions.extend(await asyncio.to_thread(self.router.route, [(m, self.context_for(m))]))
             except Exception as exc:
                 await self._dead_letter(m.model_dump_json().encode(), m.phone_number_id.encode(), exc)
         return decisions

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from parley_router.corpora import Example, load_examples
 from parley_router.domain.classifier import FORMAT_VERSION, ClassifierConfig, IntentClassifier
+from parley_router.domain.language import LanguageIdentifier
 
 log = logging.getLogger("parley.router.models")
 
@@ -37,12 +38,18 @@ def examples_fingerprint(examples: Iterable[Example], extra: Mapping[str, list[s
 
 def train_from_examples(examples: list[Example], extra: Mapping[str, list[str]] | None = None,
                         config: ClassifierConfig = DEFAULT_CONFIG) -> IntentClassifier:
+    """Train on shipped examples (their languages are known) and a tenant's own intents (whose
+    languages are detected, so a language without examples of every intent consults the encoder)."""
     texts = [e.text for e in examples]
     labels = [e.intent for e in examples]
+    languages: list[str | None] = [e.language for e in examples]
+    extra_texts = [t for utterances in (extra or {}).values() for t in utterances]
+    if extra_texts:
+        languages.extend(LanguageIdentifier().detect_many(extra_texts))
     for intent, utterances in (extra or {}).items():
         texts.extend(utterances)
         labels.extend([intent] * len(utterances))
-    return IntentClassifier.train(texts, labels, config,
+    return IntentClassifier.train(texts, labels, config, languages=languages,
                                   fingerprint=examples_fingerprint(examples, extra, config))
 
 
@@ -58,7 +65,7 @@ def default_model(cache_dir: Path | None, examples_dir: Path | None = None) -> I
     """The default multilingual model: from the cache, or trained now and cached."""
     examples = load_examples(examples_dir)
     fp = examples_fingerprint(examples)
-    path = cache_dir / f"default-{fp}.pkl" if cache_dir else None
+    path = cache_dir / f"default-{fp}.npz" if cache_dir else None
     if path is not None and path.exists():
         try:
             return IntentClassifier.loads(path.read_bytes())
@@ -68,6 +75,9 @@ def default_model(cache_dir: Path | None, examples_dir: Path | None = None) -> I
     if path is not None:
         try:
             _atomic_write(path, model.dumps())
+            for old in path.parent.glob("default-*"):  # models of other examples or versions
+                if old != path:
+                    old.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("cannot cache the default model", extra={"error": str(exc)})
     return model

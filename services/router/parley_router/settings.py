@@ -15,12 +15,17 @@ class RouterSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="PARLEY_ROUTER_", extra="ignore")
 
     http_port: int = 8082
-    # Public benchmarks (BANKING77, CLINC150) in the formats of ../shared/datasets/.
-    datasets_dir: Path = REPO_ROOT.parent / "shared" / "datasets"
+    # Public benchmarks for `parley-router eval` and the benchmark, not shipped: BANKING77
+    # (banking77/train.csv and test.csv, columns text,category) and CLINC150
+    # (clinc150/data_full.json, the "full" split of the oos-eval release).
+    datasets_dir: Path = REPO_ROOT / ".parley" / "datasets"
     # Where the default model trained from the shipped examples is cached.
     model_cache_dir: Path = REPO_ROOT / ".parley" / "router-models"
     # Below this confidence the classifier's answer is not trusted: the message goes to a human.
     confidence_threshold: float = 0.45
+    # The sentence encoder is consulted when the TF-IDF answer's probability is below this
+    # (1.0: every message; 0.0: only languages without examples of every intent). ADR 0020.
+    encoder_gate: float = Field(default=0.7, ge=0.0, le=1.0)
     # Batch consumption of wa.messages.in.
     batch_max_records: int = 1000
     batch_timeout_ms: int = 20
