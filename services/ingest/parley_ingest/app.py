@@ -17,7 +17,7 @@ from parley_common.runtime import build_runtime, make_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley_ingest.api import api_router, request_validation_handler
-from parley_ingest.flows import flows_router, seats_api_router
+from parley_ingest.flows import FlowRoute, flow_handler, flows_router, seats_api_router
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.services import IngestServices
@@ -85,6 +85,7 @@ class IngestApp(FastAPI):
     """
 
     webhook_route: WebhookRoute | None = None
+    flow_route: FlowRoute | None = None  # POST /flows/{phone_number_id}, the same way (ADR 0112)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.webhook_route
@@ -93,6 +94,10 @@ class IngestApp(FastAPI):
             if serves:
                 await route(scope, receive, send, app_id)
                 return
+        flows = self.flow_route
+        if flows is not None and (number := flows.match(scope)) is not None:
+            await flows(scope, receive, send, number)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -148,13 +153,15 @@ def create_app(
     rt.on_start.append(start_store)
     rt.on_stop.append(stop_store)
     intake = WebhookIntake(svc)
+    flows = flow_handler(svc)
     app = make_app(rt, title="Parley ingest",
-                   routers=[webhook_router(svc, intake), api_router(svc), flows_router(svc), seats_api_router(svc)],
+                   routers=[webhook_router(svc, intake), api_router(svc), flows_router(flows), seats_api_router(svc)],
                    app_class=IngestApp)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes)
     ingest_app = cast(IngestApp, app)
     ingest_app.webhook_route = WebhookRoute(intake)
+    ingest_app.flow_route = FlowRoute(flows)
     ingest_app.state.ingest = svc
     return ingest_app
 

@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol
 
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, HTTPException, Path, Request, Response
+from opentelemetry.trace import SpanKind
 from parley_common.meta.signature import signature_matches
 from parley_common.runtime import TenantDep
 from parley_common.tenancy.models import SecretError, Tenant, resolve_secret
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
 from parley_ingest.domain.flows import (
     BACKEND_ACTIONS,
@@ -87,8 +89,11 @@ def _load_key(ref: str) -> rsa.RSAPrivateKey:
     return key
 
 
-def flows_router(svc: IngestServices, *, backend: FlowBackend | None = None) -> APIRouter:
-    router = APIRouter(tags=["Meta"])
+FlowHandler = Callable[[str, Request], Awaitable[Response]]
+
+
+def flow_handler(svc: IngestServices, *, backend: FlowBackend | None = None) -> FlowHandler:
+    """The endpoint itself, independent of the HTTP layer (FastAPI route or bare ASGI route)."""
     keyring = FlowKeyring()
     m_requests = Counter("parley_ingest_flow_requests", "Flow endpoint requests, by outcome", ["outcome"],
                          registry=svc.rt.registry)
@@ -109,15 +114,16 @@ def flows_router(svc: IngestServices, *, backend: FlowBackend | None = None) -> 
         m_requests.labels(outcome).inc()
         return Response(body, status_code=status, media_type=media_type)
 
-    @router.post("/flows/{phone_number_id}", summary="WhatsApp Flows data endpoint (Meta; encrypted)",
-                 responses={421: {"description": "cannot decrypt"}, 427: {"description": "flow token invalid"},
-                            432: {"description": "bad X-Hub-Signature-256"}})
     async def flow_endpoint(phone_number_id: str, request: Request) -> Response:
         started = time.perf_counter()
-        try:
-            return await _serve(phone_number_id, request)
-        finally:
-            m_seconds.observe(time.perf_counter() - started)
+        with svc.tracer.start_as_current_span("flow request", kind=SpanKind.SERVER,
+                                              attributes={"http.route": "/flows/{phone_number_id}"}) as span:
+            try:
+                response = await _serve(phone_number_id, request)
+                span.set_attribute("http.response.status_code", response.status_code)
+                return response
+            finally:
+                m_seconds.observe(time.perf_counter() - started)
 
     async def _serve(phone_number_id: str, request: Request) -> Response:
         directory = svc.tenants
@@ -156,7 +162,42 @@ def flows_router(svc: IngestServices, *, backend: FlowBackend | None = None) -> 
             outcome = "answered"
         return answer(outcome, 200, encrypt_response(response, decrypted.aes_key, decrypted.iv))
 
+    return flow_endpoint
+
+
+def flows_router(handler: FlowHandler) -> APIRouter:
+    """The endpoint as a FastAPI route: documents it in OpenAPI and serves it wherever the bare
+    route below is not in front."""
+    router = APIRouter(tags=["Meta"])
+
+    @router.post("/flows/{phone_number_id}", summary="WhatsApp Flows data endpoint (Meta; encrypted)",
+                 responses={421: {"description": "cannot decrypt"}, 427: {"description": "flow token invalid"},
+                            432: {"description": "bad X-Hub-Signature-256"}})
+    async def flow_endpoint(phone_number_id: str, request: Request) -> Response:
+        return await handler(phone_number_id, request)
+
     return router
+
+
+class FlowRoute:
+    """``POST /flows/{phone_number_id}`` as a bare ASGI handler in front of FastAPI (as the webhook
+    route, ADR 0010): Meta waits for every screen, and FastAPI's routing, dependencies and
+    per-message ASGI spans cost about as much CPU as the decryption."""
+
+    PREFIX = "/flows/"
+
+    def __init__(self, handler: FlowHandler) -> None:
+        self.handler = handler
+
+    def match(self, scope: Scope) -> str | None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(self.PREFIX):
+            return None
+        number = scope["path"][len(self.PREFIX):]
+        return number if number and "/" not in number else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, phone_number_id: str) -> None:
+        response = await self.handler(phone_number_id, Request(scope, receive))
+        await response(scope, receive, send)
 
 
 class SellRequest(BaseModel):
