@@ -70,6 +70,9 @@ async def test_no_answer_in_time_is_in_doubt(server: tuple[str, list[dict[str, o
         await client.aclose()
     assert resp.in_doubt and not resp.accepted
     assert len(seen) == 1  # it did reach the server: never to be re-sent blindly
+    # pyreqwest raises ConnectTimeoutError for this read timeout: the record says what happened.
+    assert resp.error_message is not None
+    assert resp.error_message.startswith("no answer in time after the request was sent")
 
 
 async def test_connection_dropped_after_the_request_went_out_is_in_doubt(
@@ -95,3 +98,4 @@ async def test_nothing_listening_is_not_sent_and_not_in_doubt() -> None:
     finally:
         await client.aclose()
     assert not resp.accepted and not resp.in_doubt and resp.error_message
+    assert resp.error_message.startswith("could not connect")

@@ -38,14 +38,10 @@ from parley_sender.cloudapi import CloudApiClient, SendResponse
 from parley_sender.domain.consent import ConsentState
 from parley_sender.domain.governor import MessagingLimit, priority_rank
 from parley_sender.domain.outcomes import (
-    Kind,
     MessageState,
     Redelivery,
-    Throttle,
     backoff_s,
-    interpret,
     on_redelivery,
-    plan_retry,
 )
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide
 from parley_sender.domain.storable import unstorable_reason
@@ -53,6 +49,7 @@ from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
 from parley_sender.effects import Effects, Outcome
 from parley_sender.journal import RowJournal
+from parley_sender.outcome_builder import OutcomeBuilder
 from parley_sender.pacing import Gate, NumberPacer, NumberStates
 from parley_sender.results import now_utc
 from parley_sender.settings import SenderSettings
@@ -176,6 +173,7 @@ class Sender:
     numbers: NumberStates = field(default_factory=NumberStates)
     tracer: Tracer = field(default_factory=lambda: trace.get_tracer("parley.sender"))
     journal: RowJournal = field(init=False)
+    outcomes: OutcomeBuilder = field(init=False)
     limits: dict[str, tuple[float, MessagingLimit]] = field(default_factory=dict)
     catalogues: dict[str, tuple[float, TemplateCatalogue]] = field(default_factory=dict)
     # Trace context of each request being sent (from its Kafka headers), so that the Cloud API
@@ -188,6 +186,7 @@ class Sender:
 
     def __post_init__(self) -> None:
         self.journal = RowJournal(lambda rows: self.store.record_outcomes(rows))
+        self.outcomes = OutcomeBuilder(self.settings, self.metrics, self.numbers, self.pacer)
 
     # --- state kept with the process ------------------------------------------------------
     def directory(self) -> TenantDirectory:
@@ -407,7 +406,7 @@ class Sender:
             tenant = tenants[m.message_id]
             if tenant is None:
                 refusal = Refusal("unknown_phone_number", "no tenant owns this phone_number_id")
-                outcomes.append(self._refused(m, None, refusal))
+                outcomes.append(self.outcomes.refused(m, None, refusal))
                 continue
             ctx = SendContext(
                 now=now,
@@ -422,11 +421,11 @@ class Sender:
                 decision = decide(m, ctx)
             except Exception as exc:  # a bug or a malformed record: dead-letter it, keep the partition moving
                 outcomes.append(
-                    self._failed(m, tenant.tenant_id, None, f"invalid request: {exc}"[:500], None, dead=True)
+                    self.outcomes.failed(m, tenant.tenant_id, None, f"invalid request: {exc}"[:500], None, dead=True)
                 )
                 continue
             if isinstance(decision, Refusal):
-                outcomes.append(self._refused(m, tenant.tenant_id, decision))
+                outcomes.append(self.outcomes.refused(m, tenant.tenant_id, decision))
             else:
                 plans.append((m, decision, tenant))
         outcomes.extend(await self._dispatch(plans, gate, raw))
@@ -462,27 +461,27 @@ class Sender:
         pairs = self.numbers.pair(number)
         while True:
             if gate is not None and gate.closed:
-                return self._released(m, plan, tenant)
+                return self.outcomes.released(m, plan, tenant)
             wait = pairs.reserve(m.recipient, time.monotonic())
             if wait == 0.0:
                 break
             if wait > self.settings.max_inline_wait_s:
-                return self._retry(m, plan, tenant.tenant_id, "pair_rate", None, wait, counts_as_attempt=False)
+                return self.outcomes.retry(m, plan, tenant.tenant_id, "pair_rate", None, wait, counts_as_attempt=False)
             await asyncio.sleep(wait)
         granted = await self.pacer(number).acquire(priority_rank(m.priority), gate)
         if not granted or (gate is not None and gate.closed):
-            return self._released(m, plan, tenant)
+            return self.outcomes.released(m, plan, tenant)
         # From here until its outcome is written, and only here, the row says "sending".
         try:
-            await self.journal.write(self._row(m, plan, tenant.tenant_id, S.SENDING, request_json=raw))
+            await self.journal.write(self.outcomes.row(m, plan, tenant.tenant_id, S.SENDING, request_json=raw))
         except Exception as exc:
-            return self._not_recorded(m, plan, tenant, raw, exc)
+            return self.outcomes.not_recorded(m, plan, tenant, raw, exc)
         send_span = None
         try:
             resp, send_span = await self._call(m, plan, tenant)
         except Exception as exc:  # a fault while handling the call: it may have been sent
             resp = SendResponse(error_message=f"unexpected {type(exc).__name__} during the call", in_doubt=True)
-        outcome = self._conclude(m, plan, tenant, resp)
+        outcome = self.outcomes.conclude(m, plan, tenant, resp)
         outcome.send_span = send_span
         await self._write_outcome(outcome)
         return outcome
@@ -537,153 +536,3 @@ class Sender:
                 await asyncio.sleep(
                     backoff_s(failures, initial_s=s.backoff_initial_s, max_s=s.backoff_max_s, jitter=random.random())
                 )
-
-    def _not_recorded(
-        self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, raw: bytes | None, exc: Exception
-    ) -> Outcome:
-        """Its 'sending' row could not be written, so no call was made."""
-        if is_transient(exc):  # the database is away: not sent, read again from this offset later
-            return self._released(m, plan, tenant)
-        reason = f"the database refused the request ({type(exc).__name__})"
-        self.metrics.sends.labels("failed", "unstorable").inc()
-        row = self._row(m, plan, tenant.tenant_id, S.DEAD, reason=reason)
-        return Outcome(row, written=True, dead_letter_reason=reason, dead_letter_value=raw)
-
-    def _conclude(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant, resp: SendResponse) -> Outcome:
-        verdict = interpret(
-            accepted=resp.accepted,
-            in_doubt=resp.in_doubt,
-            error_code=resp.error_code,
-            http_status=resp.http_status,
-            has_fallback_template=m.fallback_template is not None and m.type != "template",
-        )
-        tid, number = tenant.tenant_id, m.phone_number_id
-        if verdict.kind is Kind.ACCEPTED:
-            self.numbers.pair(number).on_success(m.recipient)
-            self.metrics.accepted(plan.category).inc()
-            self.metrics.accepted_on(number)
-            status = None if resp.message_status in (None, "accepted") else resp.message_status
-            row = self._row(m, plan, tid, S.ACCEPTED, wamid=resp.wamid, reason=status)
-            return Outcome(row, reached=plan.business_initiated, fep_started=plan.free_window == "free_entry_point")
-        if verdict.kind is Kind.IN_DOUBT:
-            self.metrics.sends.labels("in_doubt", "in_doubt").inc()  # the error text is no label
-            row = self._row(m, plan, tid, S.IN_DOUBT, reason=f"in doubt: {resp.error_message}")
-            return Outcome(row, publish_result=False)
-        code = resp.error_code
-        reason = f"{verdict.meaning} ({resp.error_details or resp.error_message or ''})"[:500]
-        if verdict.kind is Kind.RETRY:
-            delay = verdict.delay_s
-            if verdict.throttle is not Throttle.NONE:
-                self.metrics.throttled.labels(number, str(code)).inc()
-            if verdict.throttle is Throttle.NUMBER:
-                self.pacer(number).on_throttled()
-            elif verdict.throttle is Throttle.PAIR:
-                delay = self.numbers.pair(number).on_throttled(m.recipient, time.monotonic())
-            elif verdict.throttle is Throttle.PAUSE:
-                self.pacer(number).pause(verdict.delay_s)
-            return self._retry(m, plan, tid, reason, code, delay)
-        if verdict.kind is Kind.SWITCH_TO_TEMPLATE:
-            nxt = m.model_copy(
-                update={
-                    "type": "template",
-                    "template": m.fallback_template,
-                    "fallback_template": None,
-                    "attempt": m.attempt + 1,
-                    "not_before": None,
-                }
-            )
-            row = self._row(nxt, plan, tid, S.RETRYING, reason=reason, error_code=code)
-            return Outcome(row, publish_result=False, retry=nxt)
-        failed = self._failed(m, tid, plan, reason, code)
-        failed.consent_stop = verdict.consent_stop
-        return failed
-
-    # --- outcomes ---------------------------------------------------------------------------
-    def _row(
-        self,
-        m: OutboundMessage,
-        plan: SendPlan | None,
-        tenant_id: str | None,
-        state: MessageState,
-        *,
-        request_json: bytes | None = None,
-        keep_request: bool = False,
-        **kw: Any,
-    ) -> MessageRow:
-        """``request_json``: the request as received (its record's value), stored as is;
-        ``keep_request``: store this (changed) request instead (a retry's next attempt)."""
-        return MessageRow(
-            message_id=m.message_id,
-            tenant_id=tenant_id,
-            phone_number_id=m.phone_number_id,
-            recipient=m.recipient,
-            state=state.value,
-            attempt=m.attempt,
-            callback_data=m.message_id,
-            is_template=plan.is_template if plan else m.type == "template",
-            template_name=plan.template_name if plan else (m.template.name if m.template else None),
-            category=plan.category if plan else None,
-            free_window=plan.free_window if plan else None,
-            business_initiated=plan.business_initiated if plan else False,
-            request=m.model_dump(mode="json") if keep_request else None,
-            request_json=request_json.decode() if request_json is not None else None,
-            **kw,
-        )
-
-    def _refused(self, m: OutboundMessage, tenant_id: str | None, refusal: Refusal) -> Outcome:
-        self.metrics.sends.labels("refused", refusal.reason).inc()
-        reason = f"{refusal.reason}: {refusal.detail}"
-        return Outcome(self._row(m, None, tenant_id, S.REFUSED, reason=reason, error_code=refusal.error_code))
-
-    def _failed(
-        self,
-        m: OutboundMessage,
-        tenant_id: str | None,
-        plan: SendPlan | None,
-        reason: str,
-        code: int | None,
-        *,
-        dead: bool = False,
-    ) -> Outcome:
-        self.metrics.sends.labels("failed", str(code or "none")).inc()
-        row = self._row(
-            m, plan, tenant_id, S.DEAD if dead else S.FAILED, reason=reason, error_code=code, keep_request=dead
-        )
-        return Outcome(row, dead_letter_reason=reason if dead else None)
-
-    def _retry(
-        self,
-        m: OutboundMessage,
-        plan: SendPlan | None,
-        tenant_id: str,
-        reason: str,
-        code: int | None,
-        min_delay: float,
-        *,
-        counts_as_attempt: bool = True,
-    ) -> Outcome:
-        s = self.settings
-        retry = plan_retry(
-            m.attempt,
-            min_delay_s=min_delay,
-            max_attempts=s.max_attempts,
-            initial_s=s.retry_initial_s,
-            max_s=s.retry_max_s,
-            jitter=random.random(),
-            counts_as_attempt=counts_as_attempt,
-        )
-        if retry.exhausted:
-            return self._failed(m, tenant_id, plan, f"attempts exhausted: {reason}", code, dead=True)
-        nxt = m.model_copy(
-            update={"attempt": retry.attempt, "not_before": now_utc() + timedelta(seconds=retry.delay_s)}
-        )
-        self.metrics.sends.labels("retrying", str(code or "none")).inc()
-        row = self._row(nxt, plan, tenant_id, S.RETRYING, reason=reason, error_code=code, keep_request=True)
-        return Outcome(row, publish_result=False, retry=nxt)
-
-    def _released(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant) -> Outcome:
-        """Not sent: the partition went to another consumer (or the process is stopping, or the
-        database could not record the call) first. Recorded as ``retrying`` at the same attempt,
-        so the next reader of the partition, from the committed offset, sends it normally."""
-        row = self._row(m, plan, tenant.tenant_id, S.RETRYING, reason="released: not sent")
-        return Outcome(row, publish_result=False, released=True)

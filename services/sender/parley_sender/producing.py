@@ -1,8 +1,8 @@
 """The sender's hot-path producer: one long-lived aiokafka producer, records handed over without
 waiting and their acknowledgements gathered once per batch.
 
-FastStream's ``broker.publish`` awaits each record and runs the telemetry middlewares per record
-(~0.2 ms of CPU each, measured); a batch of results goes out here in one gather instead. Same
+FastStream's ``broker.publish`` awaits each record and runs the telemetry middlewares per record;
+a batch of results goes out here in one gather instead (docs/adr/0030-sender-throughput.md). Same
 producer settings as :func:`parley_common.broker.make_broker`: ``acks=all``, idempotent, lz4.
 """
 
