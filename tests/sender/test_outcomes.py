@@ -176,21 +176,23 @@ def test_transient_backoff_grows_with_jitter_and_a_ceiling(failures: int, jitter
 
 STORABLE = [
     (b'{"content": {"body": "hello"}}', None),
-    (b'{"content": {"body": "a\\\\u0000b"}}', None),  # an escaped backslash: the text "\u0000"
-    (b'{"content": {"body": "a\\u0000b"}}', "content.body holds a NUL character (U+0000)"),
-    (b'{"biz_opaque_callback_data": "x\\u0000"}', "biz_opaque_callback_data holds a NUL character (U+0000)"),
-    (
-        b'{"template": {"components": [{"parameters": [{"text": "\\ud800"}]}]}}',
-        "template.components[0].parameters[0].text holds a lone surrogate (U+D800-U+DFFF)",
-    ),
+    (b'{"content": {"body": "a\\\\u0000b"}}', None),  # an escaped backslash: the text "\\u0000"
+    (b'{"content": {"body": "a\\u0000b"}}', "content.body contains NUL (U+0000)"),
+    (b'{"biz_opaque_callback_data": "x\\u0000"}', "biz_opaque_callback_data contains NUL (U+0000)"),
+    (b'{"template": {"components": [{"parameters": [{"text": "\\ud800"}]}]}}',
+     "template.components.0.parameters.0.text contains a lone UTF-16 surrogate"),
     (b'{"content": {"body": "\\ud83d\\ude00"}}', None),  # a pair is an emoji
-    (b'{"a\\u0000": 1}', "a key in the request holds a NUL character (U+0000)"),
+    (b'{"a\\u0000": 1}', "<key> an object key contains NUL (U+0000)"),
 ]
 
 
 @pytest.mark.parametrize(("raw", "reason"), STORABLE)
 def test_unstorable_values_are_named_by_field(raw: bytes, reason: str | None) -> None:
-    assert unstorable_reason(raw) == reason
+    found = unstorable_reason(raw)
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(reason)
 
 
 # --- reading Meta's answer --------------------------------------------------------------------

@@ -104,7 +104,7 @@ async def test_a_request_postgresql_cannot_store_is_dead_lettered_and_the_partit
     letters = [le for le in await read_dead_letters(env.kafka) if poison in le.payload]
     assert len(letters) >= 1
     expected = "content.body" if field == "text" else "biz_opaque_callback_data"
-    assert f"{expected} holds a NUL character" in letters[0].reason
+    assert f"{expected} contains NUL (U+0000)" in letters[0].reason
     assert "\x00" not in letters[0].reason
     assert await env.state(poison) is None and await sim_count(env.sim_url, poison) == 0
 
