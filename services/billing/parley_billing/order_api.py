@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 from parley_common.contracts import OutboundMessage
 from parley_common.runtime import Runtime, TenantDep
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from parley_billing import order_store
 from parley_billing.domain.orders import ORDER_STATES, Money, OrderError, OrderView, refund_notice
@@ -24,7 +24,15 @@ class MetaAmount(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     value: int = Field(gt=0, le=10**15, description="amount in units of 1/offset")
-    offset: int = Field(default=100, gt=0, le=10**6)
+    offset: int = Field(default=100, gt=0, le=10**6, description="a power of ten (Meta uses 100 or 1000)")
+
+    @field_validator("offset")
+    @classmethod
+    def _power_of_ten(cls, v: int) -> int:
+        # value/offset must be an exact decimal amount: 1/3 or 1/999999 would be rounded.
+        if 10 ** (len(str(v)) - 1) != v:
+            raise ValueError("offset must be a power of ten (1, 10, 100, …)")
+        return v
 
 
 class RefundRequest(BaseModel):

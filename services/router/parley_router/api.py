@@ -43,6 +43,8 @@ class IntentExamples(BaseModel):
             t = text.strip()
             if len(t) > MAX_EXAMPLE_CHARS:
                 raise ValueError(f"an example is longer than {MAX_EXAMPLE_CHARS} characters")
+            if "\x00" in t or (not t.isascii() and _has_lone_surrogate(t)):
+                raise ValueError("an example contains NUL or an unpaired surrogate, which cannot be stored")
             if t and t not in out:
                 out.append(t)
         if not out:
@@ -50,6 +52,14 @@ class IntentExamples(BaseModel):
         return out
 
 
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _model(status: ModelStatus) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 Another tenant's message or template is answered 404, exactly as a missing one.
 """
 
-from typing import Any
+from typing import Any, Self
 
+import orjson
 from fastapi import APIRouter, HTTPException
 from parley_common.runtime import TenantDep
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from parley_sender.catalogue import create_template, sync_templates
 from parley_sender.cloudapi import GraphApiError
@@ -15,7 +17,19 @@ from parley_sender.delivery import Sender
 from parley_sender.domain.templates import TemplateProblem, validate_send
 
 
-class TemplateCreate(BaseModel):
+class _JsonEncodable(BaseModel):
+    @model_validator(mode="after")
+    def _encodable(self) -> Self:
+        """Free-form components go to Meta as JSON: no integers beyond 64 bits, no lone surrogates."""
+        try:
+            orjson.dumps(self.model_dump(mode="json"))
+        except TypeError as exc:
+            raise PydanticCustomError("not_encodable", "contains a value JSON cannot carry: {reason}",
+                                      {"reason": str(exc)}) from exc
+        return self
+
+
+class TemplateCreate(_JsonEncodable):
     name: str = Field(pattern=r"^[a-z0-9_]{1,512}$")
     language: str
     category: str
@@ -24,7 +38,7 @@ class TemplateCreate(BaseModel):
     waba_id: str | None = None
 
 
-class TemplatePreview(BaseModel):
+class TemplatePreview(_JsonEncodable):
     name: str
     language: str
     components: list[dict[str, Any]] = Field(default_factory=list)
