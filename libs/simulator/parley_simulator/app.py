@@ -176,6 +176,15 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
             await asyncio.sleep(outcome.hang_s)
         return _json(outcome.body, outcome.http_status)
 
+    @app.get("/{version}/{phone_number_id}/payments/{configuration}/{reference_id}")
+    async def lookup_payment(version: str, phone_number_id: str, configuration: str, reference_id: str,
+                             request: Request) -> Response:
+        try:
+            return _json(sim.lookup_payment(phone_number_id, configuration, reference_id,
+                                            request.headers.get("authorization")))
+        except GraphError as err:
+            return _graph_error(err)
+
     @app.get("/{version}/{waba_id}/message_templates")
     async def list_templates(version: str, waba_id: str, request: Request) -> Response:
         try:

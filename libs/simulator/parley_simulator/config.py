@@ -140,6 +140,8 @@ class Behaviour(_Model):
     payment_fail_ratio: float = 0.1
     payment_pending_delay_ms: float = 200.0
     payment_outcome_delay_ms: float = 500.0
+    # Share of payment outcomes whose webhook Meta never delivers (only the lookup API tells).
+    payment_webhook_loss_ratio: float = 0.0
     # The simulated clock: when set, "now" starts at this instant and runs in real time.
     clock_start: datetime | None = None
 

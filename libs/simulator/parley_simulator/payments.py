@@ -27,6 +27,7 @@ class SimulatedPayment:
     gateway: str
     accepted_at: float
     outcome: str = "pending"  # pending | captured | failed
+    settled_at: float | None = None  # when the outcome happened (its webhook may be lost)
     transaction_id: str = ""
     refunds: list[dict[str, Any]] = field(default_factory=list)
 
@@ -109,3 +110,13 @@ def add_refund(p: SimulatedPayment, value: int | None, now: float, rng: random.R
               "created_timestamp": int(now), "updated_timestamp": int(now)}
     p.refunds.append(refund)
     return refund
+
+
+def lookup_entry(p: SimulatedPayment, now: float) -> dict[str, Any]:
+    """One payment as Meta's lookup API answers it (the outcome once it has happened)."""
+    status = p.outcome if p.settled_at is not None and now >= p.settled_at else "pending"
+    settled = status != "pending" and p.settled_at is not None
+    obj = payment_status(p, status, (p.settled_at - p.accepted_at) if settled and p.settled_at else 0.0)
+    return {"reference_id": p.reference_id, "status": status, "amount": dict(p.amount), "currency": p.currency,
+            "created_timestamp": int(p.accepted_at), "updated_timestamp": int(obj["timestamp"]),
+            "transactions": [obj["payment"]["transaction"]]}

@@ -475,7 +475,24 @@ class CloudApiSimulator:
         p.outcome = payments.decide_outcome(self.rng, b.payment_capture_ratio, b.payment_fail_ratio)
         if p.outcome != "pending":
             done_s = pending_s + b.payment_outcome_delay_ms / 1000
-            self._schedule_payment(number, done_s, payments.payment_status(p, p.outcome, done_s))
+            p.settled_at = p.accepted_at + done_s
+            if b.payment_webhook_loss_ratio and self.rng.random() < b.payment_webhook_loss_ratio:
+                self.stats["payment_webhook_lost"] += 1
+            else:
+                self._schedule_payment(number, done_s, payments.payment_status(p, p.outcome, done_s))
+
+    def lookup_payment(self, phone_number_id: str, configuration: str, reference_id: str,
+                       authorization: str | None) -> dict[str, Any]:
+        """Meta's payment lookup (``GET /{phone_number_id}/payments/{configuration}/{reference_id}``):
+        the source of truth, whether or not its webhooks arrived."""
+        number = self.numbers.get(phone_number_id)
+        if number is None:
+            raise self._unknown_object(phone_number_id)
+        self._check_token(authorization, self._number_tokens_scope(number))
+        p = self.payments.get((phone_number_id, reference_id))
+        if p is None:
+            raise GraphError(100, f"no payment with reference_id {reference_id}")
+        return {"payments": [payments.lookup_entry(p, self.clock.now())]}
 
     def refund_payment(self, phone_number_id: str, reference_id: str, value: int | None) -> dict[str, Any]:
         """A refund through the gateway: recorded on the payment, reported by a payment update."""

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -26,7 +28,7 @@ from parley_common.topics import COMMERCE, MESSAGES_OUT
 from prometheus_client import CollectorRegistry, Counter
 
 from parley_billing import order_store
-from parley_billing.domain.orders import OrderError, fulfilment_fact, payment_fact, requested_fact
+from parley_billing.domain.orders import OrderError, fulfilment_fact, lookup_fact, payment_fact, requested_fact
 
 log = logging.getLogger("parley.billing.orders")
 GROUP = "parley-billing"
@@ -43,7 +45,8 @@ async def _raw_batch(msg: Any) -> None:
     return None
 
 
-def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int, batch_timeout_ms: int) -> None:
+def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int, batch_timeout_ms: int,
+             lookup_interval_s: float = 60.0, lookup_after_s: float = 900.0) -> None:
     broker: KafkaBroker = rt.broker
     facts = Counter("parley_billing_order_facts", "New order facts stored, by kind", ["kind"], registry=registry)
     orphans = Counter("parley_billing_orphan_payments",
@@ -126,6 +129,9 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
 
     async def start_sweep() -> None:
         tasks.append(asyncio.create_task(_publish_notices_forever(rt)))
+        if lookup_interval_s > 0:
+            tasks.append(asyncio.create_task(_settle_forever(rt, interval_s=lookup_interval_s,
+                                                             pending_for_s=lookup_after_s)))
 
     async def stop_sweep() -> None:
         for t in tasks:
@@ -135,6 +141,52 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
 
     rt.on_start.append(start_sweep)
     rt.on_stop.append(stop_sweep)
+
+
+GRAPH_API = "https://graph.facebook.com"
+
+
+async def settle_pending_orders(rt: Runtime, client: httpx.AsyncClient, *, pending_for_s: float) -> int:
+    """Orders pending past the deadline are looked up with Meta's payment lookup API (the source
+    of truth) and what it answers is folded in like a payment update. Returns new facts stored."""
+    stored = 0
+    for row in await order_store.orders_to_look_up(rt.require_pool(), pending_for_s=pending_for_s):
+        app = rt.tenants.app_for_tenant(row["tenant_id"])
+        if app is None or not app.access_token or not row["configuration"] or not row["phone_number_id"]:
+            continue
+        url = (f"{(app.graph_api_base or GRAPH_API).rstrip('/')}/{app.graph_api_version}/{row['phone_number_id']}"
+               f"/payments/{row['configuration']}/{row['reference_id']}")
+        try:
+            r = await client.get(url, headers={"Authorization": f"Bearer {app.access_token}"})
+        except httpx.HTTPError as exc:
+            log.warning("payment lookup failed", extra={"tenant_id": row["tenant_id"],
+                                                        "reference_id": row["reference_id"],
+                                                        "error": type(exc).__name__})
+            continue
+        if r.status_code != 200:
+            log.warning("payment lookup refused", extra={"tenant_id": row["tenant_id"],
+                                                         "reference_id": row["reference_id"], "status": r.status_code})
+            continue
+        for payment in r.json().get("payments") or []:
+            if isinstance(payment, dict) and payment.get("reference_id") == row["reference_id"]:
+                fact = lookup_fact(row["reference_id"], payment, datetime.now(UTC))
+                result = await order_store.record_fact(rt.require_pool(), row["tenant_id"], row["reference_id"], fact)
+                stored += result.new
+    return stored
+
+
+async def _settle_forever(rt: Runtime, *, interval_s: float, pending_for_s: float) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                settled = await settle_pending_orders(rt, client, pending_for_s=pending_for_s)
+                if settled:
+                    log.info("pending orders settled by Meta's payment lookup", extra={"facts": settled})
+            except (asyncpg.PostgresError, OSError, RuntimeError) as exc:
+                log.warning("payment lookups postponed", extra={"error": type(exc).__name__})
+            except Exception:
+                log.exception("payment lookups failed")
 
 
 async def publish_notice(rt: Runtime, tenant_id: str, reference_id: str, key: str, notice: dict[str, Any]) -> None:

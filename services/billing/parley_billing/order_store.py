@@ -286,3 +286,15 @@ async def unpublished_notices(pool: asyncpg.Pool, limit: int = 500) -> Sequence[
     return await pool.fetch(
         "SELECT tenant_id, reference_id, idempotency_key, notice FROM billing.order_refunds"
         " WHERE notice IS NOT NULL AND notice_published IS NULL ORDER BY created_at LIMIT $1", limit)
+
+
+async def orders_to_look_up(pool: asyncpg.Pool, *, pending_for_s: float, limit: int = 200) -> list[asyncpg.Record]:
+    """Orders requested or pending longer than ``pending_for_s`` (and younger than a week), with
+    the payment configuration their order_details named."""
+    return await pool.fetch(
+        "SELECT o.tenant_id, o.reference_id, o.phone_number_id, f.body->>'payment_configuration' AS configuration"
+        " FROM billing.orders o JOIN billing.order_facts f ON f.tenant_id = o.tenant_id"
+        " AND f.reference_id = o.reference_id AND f.kind = 'requested'"
+        " WHERE o.state IN ('requested', 'payment_pending')"
+        " AND o.updated_at < now() - make_interval(secs => $1) AND o.first_at > now() - interval '7 days'"
+        " ORDER BY o.updated_at LIMIT $2", pending_for_s, limit)

@@ -23,3 +23,7 @@ class BillingSettings(CommonSettings):
     order_batch_max_records: int = 500
     # How often the month's amount, unpriced and disagreeing messages per tenant are read for /metrics.
     month_metrics_interval_s: float = 60.0
+    # Orders requested or pending longer than this are looked up with Meta's payment lookup API,
+    # every interval (0 turns the lookups off).
+    order_lookup_after_s: float = 900.0
+    order_lookup_interval_s: float = 60.0

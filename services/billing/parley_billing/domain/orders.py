@@ -333,6 +333,7 @@ def requested_fact(message: Mapping[str, Any]) -> tuple[str, OrderFact] | None:
     body = {
         "currency": total.currency,
         "total": total.as_meta(),
+        "payment_configuration": _payment_configuration(params),
         "items": items,
         "customer": message.get("to") or message.get("to_user_id"),
         "phone_number_id": message.get("phone_number_id"),
@@ -341,6 +342,31 @@ def requested_fact(message: Mapping[str, Any]) -> tuple[str, OrderFact] | None:
     }
     return reference_id, OrderFact(f"requested:{message.get('message_id')}", "requested",
                                    _time(message.get("occurred_at")), body)
+
+
+def _payment_configuration(params: Mapping[str, Any]) -> str | None:
+    """The payment configuration an order is paid through (needed for Meta's payment lookup)."""
+    settings = params.get("payment_settings")
+    if isinstance(settings, list):
+        for s in settings:
+            gateway = s.get("payment_gateway") if isinstance(s, Mapping) else None
+            if isinstance(gateway, Mapping) and _str(gateway.get("configuration_name")):
+                return str(gateway["configuration_name"])
+    return _str(params.get("payment_configuration"))
+
+
+def lookup_fact(reference_id: str, payment: Mapping[str, Any], looked_up_at: datetime) -> OrderFact:
+    """What Meta's payment lookup answered (the source of truth when webhooks went missing).
+
+    Its id is a hash of the answer, so the same answer looked up twice is one fact; its time is
+    Meta's ``updated_timestamp`` when given."""
+    from parley_common.contracts import body_hash
+
+    updated = payment.get("updated_timestamp")
+    at = datetime.fromtimestamp(int(updated), tz=looked_up_at.tzinfo) if isinstance(updated, int) else looked_up_at
+    body = {"status": payment.get("status"), "amount": payment.get("amount"), "currency": payment.get("currency"),
+            "source": "lookup", "transactions": list(payment.get("transactions") or [])}
+    return OrderFact(f"lookup:{body_hash(reference_id, dict(payment))}", "payment", at, body)
 
 
 def fulfilment_fact(message: Mapping[str, Any]) -> tuple[str, OrderFact] | None:
