@@ -24,10 +24,9 @@ DASHBOARDS = HERE / "dashboards"
 ALERTS = HERE / "alerts"
 K8S_RULES = REPO / "deploy" / "k8s" / "base" / "prometheus-rules.yaml"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-WEBHOOK = 'job="parley-ingest", route="/webhooks/meta/{app_id}", method="POST"'
 HTTP_SECONDS = "parley_http_request_duration_seconds"
 HANDLED = "faststream_received_processed_messages"
-DEAD_LETTERS = 'faststream_published_messages_total{destination=~"(.*\\\\.)?wa\\\\.deadletter"}'
+DEAD_LETTERS = 'parley_topic_end_offset{topic=~"(.*\\\\.)?wa\\\\.deadletter"}'
 
 
 class Board:
@@ -82,17 +81,17 @@ def overview() -> Board:
     b = Board("parley-overview", "Parley: overview",
               "Is the pipeline healthy? Webhooks answered in time, records flowing, lag, sends, dead letters.")
     b.row("Meta's webhooks (ingest)")
-    b.panel("Webhook answers by status", "POSTs from Meta per second, by HTTP status.",
-            [(f"sum by (status) (rate(parley_http_requests_total{{{WEBHOOK}}}[5m]))", "{{status}}")], unit="reqps")
-    b.panel("Webhook answer time: median and p99", "Meta's guidance: median ≤ 250 ms, under 1 % over 1 s.",
-            [(f"histogram_quantile(0.5, sum by (le) (rate({HTTP_SECONDS}_bucket{{{WEBHOOK}}}[5m])))",
-              "median"),
-             (f"histogram_quantile(0.99, sum by (le) (rate({HTTP_SECONDS}_bucket{{{WEBHOOK}}}[5m])))",
-              "p99")], unit="s")
+    b.panel("Webhook answers by outcome", "POSTs from Meta per second: accepted, kafka_unavailable (503), "
+            "bad_signature (401), invalid_json (400), too_large (413).",
+            [("sum by (outcome) (rate(parley_ingest_webhook_requests_total[5m]))", "{{outcome}}")], unit="reqps")
+    b.panel("Webhook answer time: median and p99", "Accepted webhooks; Meta's guidance: median ≤ 250 ms, "
+            "under 1 % over 1 s.",
+            [("histogram_quantile(0.5, sum by (le) (rate(parley_ingest_webhook_seconds_bucket[5m])))", "median"),
+             ("histogram_quantile(0.99, sum by (le) (rate(parley_ingest_webhook_seconds_bucket[5m])))", "p99")],
+            unit="s")
     b.panel("Webhook answers over 1 s", "Share of webhook answers slower than 1 s (alert over 1 %).",
-            [(f'1 - sum(rate({HTTP_SECONDS}_bucket{{{WEBHOOK}, le="1.0"}}[5m])) / '
-              f"sum(rate({HTTP_SECONDS}_count{{{WEBHOOK}}}[5m]))", "over 1 s")],
-            unit="percentunit")
+            [('1 - sum(rate(parley_ingest_webhook_seconds_bucket{le="1.0"}[5m])) / '
+              "sum(rate(parley_ingest_webhook_seconds_count[5m]))", "over 1 s")], unit="percentunit")
     b.panel("Services up and ready", "1 when the service answers its scrape and reaches Kafka and PostgreSQL.",
             [('min by (job) (up{job=~"parley-.*"})', "{{job}} up"),
              ("min by (job) (parley_ready)", "{{job}} ready")])
@@ -102,8 +101,8 @@ def overview() -> Board:
     b.panel("Records handled per second by handler", "FastStream's handlers, by service and topic.",
             [(f"sum by (job, handler) (rate({HANDLED}_total[5m]))",
               "{{job}} {{handler}}")], unit="ops")
-    b.panel("Dead letters", "Records sent to wa.deadletter per minute, by service; ingest's are shape problems.",
-            [(f"sum by (job) (rate({DEAD_LETTERS}[5m])) * 60", "{{job}}"),
+    b.panel("Dead letters", "Records written to wa.deadletter per minute (any service); ingest's shape problems.",
+            [(f"sum(max by (topic, partition) (delta({DEAD_LETTERS}[5m]))) / 5", "dead letters"),
              ("sum(rate(parley_ingest_shape_problems_total[5m])) * 60", "ingest shape problems")])
     b.row("Sending and billing")
     b.panel("Send outcomes", "Cloud API sends per second by outcome.",
@@ -135,17 +134,16 @@ def per_service() -> Board:
     b.panel("Records by handler and status", "Per second; status error means the handler raised.",
             [(f"sum by (handler, status) (rate({HANDLED}_total{{{job}}}[5m]))",
               "{{handler}} {{status}}")], unit="ops")
-    b.panel("Handler exceptions", "Per second, by exception type.",
-            [(f"sum by (handler, exception_type) (rate({HANDLED}_exceptions_total{{{job}}}[5m]))",
-              "{{handler}} {{exception_type}}")], unit="ops")
+    b.panel("Handler errors", "Records (or batches) whose handler raised, per second.",
+            [(f'sum by (handler) (rate({HANDLED}_total{{{job}, status="error"}}[5m]))', "{{handler}}")],
+            unit="ops")
     b.panel("p95 handler duration", "Per batch for batch handlers.",
             [(f"histogram_quantile(0.95, sum by (handler, le) (rate({HANDLED}_duration_seconds_bucket{{{job}}}[5m])))",
               "{{handler}}")], unit="s")
     b.panel("Consumer lag by partition", "Of the groups this service consumes in.",
             [(f"max by (group, topic, partition) (parley_consumer_lag{{{job}}})", "{{group}} {{topic}}/{{partition}}")])
-    b.panel("Published records by topic", "Per second, by destination and status.",
-            [(f"sum by (destination, status) (rate(faststream_published_messages_total{{{job}}}[5m]))",
-              "{{destination}} {{status}}")], unit="ops")
+    b.panel("Records in flight per handler", "Records (or batches) being handled right now.",
+            [(f"sum by (handler) (faststream_received_messages_in_process{{{job}}})", "{{handler}}")])
     return b
 
 

@@ -37,6 +37,7 @@ from parley_common.settings import CommonSettings, redaction_key_of
 from parley_common.telemetry import HttpMetrics, OpsMonitor, configure_logging, make_registry, make_tracer_provider
 from parley_common.tenancy.directory import LiveTenantDirectory, TenantDirectory
 from parley_common.tenancy.models import Tenant
+from parley_common.topics import DEAD_LETTERS
 
 log = logging.getLogger("parley.runtime")
 
@@ -87,6 +88,7 @@ def build_runtime(
     rt = Runtime(service, settings, broker, registry, tp, redactor, migrations)
     rt.ops = OpsMonitor(registry, settings.kafka_bootstrap, readiness=lambda: readiness(rt),
                         **kafka_client_options(settings))
+    rt.ops.watch_end(DEAD_LETTERS.name)
     return rt
 
 

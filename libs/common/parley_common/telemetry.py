@@ -205,10 +205,11 @@ class HttpMetrics:
 
 
 class OpsMonitor:
-    """A background task that keeps two gauges current for alerts that must fire when nothing
-    else moves: ``parley_consumer_lag`` (committed offsets of each consumer group behind the end of
-    each partition, read from Kafka as KEDA does, so a stuck or dead consumer still shows) and
-    ``parley_ready`` (the /readyz checks, by check)."""
+    """A background task that keeps gauges current for alerts that must fire when nothing else
+    moves: ``parley_consumer_lag`` (committed offsets of each consumer group behind the end of each
+    partition, read from Kafka as KEDA does, so a stuck or dead consumer still shows),
+    ``parley_ready`` (the /readyz checks, by check) and ``parley_topic_end_offset`` of the
+    dead-letter topic (whoever wrote to it: services, replays, ingest's own producer)."""
 
     def __init__(self, registry: CollectorRegistry, bootstrap: str, *, interval_s: float = 10.0,
                  readiness: Callable[[], Awaitable[Mapping[str, bool]]] | None = None,
@@ -218,9 +219,12 @@ class OpsMonitor:
         self.readiness = readiness
         self.kafka_options = kafka_options
         self.groups: dict[str, list[str]] = {}  # group -> topics (names read when registered)
+        self.ends: list[str] = []  # topics whose end offsets are shown (the dead-letter topic)
         self.lag = Gauge("parley_consumer_lag", "Records of a partition not yet committed by a group",
                          ["group", "topic", "partition"], registry=registry)
         self.ready = Gauge("parley_ready", "Readiness checks (1 ready, 0 not)", ["check"], registry=registry)
+        self.end_offset = Gauge("parley_topic_end_offset", "End offset of a partition (records ever written)",
+                                ["topic", "partition"], registry=registry)
         self.lag_errors = Counter("parley_consumer_lag_errors_total", "Consumer lag reads that failed",
                                   registry=registry)
         self._task: asyncio.Task[None] | None = None
@@ -228,6 +232,10 @@ class OpsMonitor:
     def watch(self, group: str, topics: Sequence[str]) -> None:
         known = self.groups.setdefault(group, [])
         known.extend(t for t in topics if t not in known)
+
+    def watch_end(self, topic: str) -> None:
+        if topic not in self.ends:
+            self.ends.append(topic)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="parley-ops-monitor")
@@ -249,7 +257,7 @@ class OpsMonitor:
                     with contextlib.suppress(Exception):
                         for check, ok in (await self.readiness()).items():
                             self.ready.labels(check).set(1 if ok else 0)
-                if self.groups:
+                if self.groups or self.ends:
                     try:
                         if admin is None or consumer is None:
                             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.kafka_options)
@@ -272,18 +280,27 @@ class OpsMonitor:
                 with contextlib.suppress(Exception):
                     await admin.close()
 
+    async def _partitions(self, consumer: Any, topic: str) -> list[Any]:
+        from aiokafka import TopicPartition
+
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        return [TopicPartition(topic, p) for p in sorted(parts)]
+
     async def read_lag(self, admin: Any, consumer: Any) -> None:
         from aiokafka import TopicPartition
 
+        watched: list[TopicPartition] = [tp for topic in self.ends for tp in await self._partitions(consumer, topic)]
+        if watched:
+            for tp, end in (await consumer.end_offsets(watched)).items():
+                self.end_offset.labels(tp.topic, str(tp.partition)).set(end)
         for group, topics in self.groups.items():
             committed = await admin.list_consumer_group_offsets(group)
             tps: list[TopicPartition] = []
             for topic in topics:
-                parts = consumer.partitions_for_topic(topic)
-                if not parts:
-                    await consumer._client.force_metadata_update()
-                    parts = consumer.partitions_for_topic(topic) or set()
-                tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+                tps.extend(await self._partitions(consumer, topic))
             if not tps:
                 continue
             ends = await consumer.end_offsets(tps)

@@ -103,7 +103,7 @@ def register(sender: Sender) -> None:
     async def on_account_events(msg: KafkaMessage) -> None:
         events = await _decode(sender, _records(msg), _account_event)
         await track_account_events(sender, events)
-        observe_number_health(sender.metrics, events)
+        observe_number_health(sender.metrics, events, sender.directory())
 
 
 async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> None:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from parley_common.contracts import AccountEvent, ConsentChange
+from parley_common.tenancy.directory import TenantDirectory
 
 from parley_sender.delivery import Metrics
 from parley_sender.store import SenderStore
@@ -24,13 +25,16 @@ TIERS = {"TIER_50": 50, "TIER_250": 250, "TIER_1K": 1_000, "TIER_2K": 2_000, "TI
 QUALITY_EVENTS = frozenset({"FLAGGED", "UNFLAGGED", "UPGRADE", "DOWNGRADE", "THROUGHPUT_UPGRADE", "ONBOARDING"})
 
 
-def observe_number_health(metrics: Metrics, events: Sequence[AccountEvent | ConsentChange]) -> None:
+def observe_number_health(metrics: Metrics, events: Sequence[AccountEvent | ConsentChange],
+                          directory: TenantDirectory | None = None) -> None:
     if metrics.number_quality is None or metrics.number_messaging_limit is None:
         return
     for ev in events:
         if not isinstance(ev, AccountEvent) or ev.kind != "phone_number_quality_update":
             continue
-        number = ev.phone_number_id
+        number = _number_of(ev, directory)
+        if number is None:
+            continue
         event = str(ev.value.get("event") or "").upper()
         event = event if event in QUALITY_EVENTS else "OTHER"
         for known in (*QUALITY_EVENTS, "OTHER"):
@@ -38,6 +42,20 @@ def observe_number_health(metrics: Metrics, events: Sequence[AccountEvent | Cons
         tier = TIERS.get(str(ev.value.get("current_limit") or "").upper())
         if tier is not None:
             metrics.number_messaging_limit.labels(number).set(tier)
+
+
+def _number_of(ev: AccountEvent, directory: TenantDirectory | None) -> str | None:
+    """The business number a quality update is about: Meta names it by its display number in a
+    change keyed by the WABA, so it is looked up among the WABA's numbers; None when unknown
+    (the label set stays the registered numbers)."""
+    if directory is None or ev.phone_number_id in directory.numbers:
+        return ev.phone_number_id
+    display = "".join(ch for ch in str(ev.value.get("display_phone_number") or "") if ch.isdigit())
+    for number in directory.numbers.values():
+        if number.waba_id == ev.waba_id and "".join(ch for ch in number.display_phone_number if ch.isdigit()) \
+                == display:
+            return number.phone_number_id
+    return None
 
 
 async def watch_in_doubt(metrics: Metrics, store: SenderStore, interval_s: float = 10.0) -> None:
