@@ -241,3 +241,57 @@ async def test_an_estimate_body_that_is_not_json_is_422(client: httpx.AsyncClien
     r = await client.post("/v1/estimates", content=b"{not json",
                           headers={**bearer(tenant_keys[TENANT_IN]), "Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_usage_shows_what_will_be_invoiced_with_volume_tiers_applied_and_unpriced_lines_counted(
+        client: httpx.AsyncClient, billing_app: FastAPI, billing_pool: Any, tenant_keys: dict[str, str]) -> None:
+    from parley_billing.ratecards import import_rate_card, import_tiers
+
+    from .billing_scenario import C_IN, PN_IN, WABA_IN, Builder, meta
+
+    async with billing_pool.acquire() as conn:
+        await import_tiers(conn, "effective_from,market,category,from_volume,to_volume,rate\n"
+                                 "2026-10-01,India,utility,1,1,0.0014\n2026-10-01,India,utility,2,,0.0010\n")
+        # Turkey has no service rate on this card: a charged reply there is unpriced, never 0.
+        await import_rate_card(conn, "effective_from,market,currency,marketing,utility,authentication,"
+                                     "authentication_international,service\n2026-11-01,Turkey,USD,0.0109,0.0009,"
+                                     "0.0009,,\n")
+    b = Builder(TENANT_IN, PN_IN, WABA_IN)
+    b.outbound("wamid.t1", C_IN, "2026-11-03T10:00:00", category="utility", pricing=meta(True, "regular", "utility"))
+    b.outbound("wamid.t2", C_IN, "2026-11-25T10:00:00", category="utility", pricing=meta(True, "regular", "utility"))
+    b.inbound("wamid.tr-in", "905321234567", "2026-11-04T09:00:00")
+    b.outbound("wamid.tr", "905321234567", "2026-11-04T09:10:00", category=None,
+               pricing=meta(True, "regular", "service"))
+    await feed(billing_app.state.metering, as_events(b.records))
+    r = await client.get("/v1/usage", params={"from": "2026-11-20", "to": "2026-11-30"},
+                         headers=bearer(tenant_keys[TENANT_IN]))
+    assert r.status_code == 200, r.text
+    [group] = r.json()["groups"]  # t2 only: the second charged utility message of November in India
+    assert (group["category"], Decimal(group["list_amount"]), Decimal(group["amount"])) == (
+        "utility", Decimal("0.0014"), Decimal("0.0010"))
+    november = (await client.get("/v1/usage", params={"from": "2026-11-01", "to": "2026-11-30"},
+                                 headers=bearer(tenant_keys[TENANT_IN]))).json()["groups"]
+    by_cat = {g["category"]: g for g in november}
+    assert Decimal(by_cat["utility"]["amount"]) == Decimal("0.0024")
+    assert (by_cat["service"]["market"], by_cat["service"]["billable"], by_cat["service"]["unpriced"],
+            Decimal(by_cat["service"]["amount"])) == ("Turkey", 1, 1, 0)
+    invoice = (await client.get("/v1/invoices/2026-11", headers=bearer(tenant_keys[TENANT_IN]))).json()
+    assert sum(Decimal(x["amount"]) for x in invoice["lines"]) == Decimal("0.0024")
+    assert [x["unpriced"] for x in invoice["lines"] if x["category"] == "service"] == [1]
+
+
+async def test_estimates_use_the_rules_of_the_send_date_replies_in_windows_included(
+        client: httpx.AsyncClient, tenant_keys: dict[str, str]) -> None:
+    items = [{"country": "IN", "category": "service", "recipients": 1000},
+             {"country": "IN", "category": "utility", "recipients": 100, "in_service_window": True}]
+    key = bearer(tenant_keys[TENANT_IN])
+    sept = (await client.post("/v1/estimates", json={"send_on": "2026-09-30", "items": items}, headers=key)).json()
+    assert sept["rules"]["name"] == "PMP-2026-08" and sept["totals"] == {"USD": "0"}
+    assert [(x["type"], x["billable"]) for x in sept["lines"]] == [("free_customer_service", False)] * 2
+    octo = (await client.post("/v1/estimates", json={"send_on": "2026-10-01", "items": items}, headers=key)).json()
+    assert octo["rules"]["name"] == "PMP-2026-10"
+    assert [(x["type"], x["billable"], Decimal(x["amount"])) for x in octo["lines"]] == [
+        ("regular", True, Decimal("1.4")), ("regular", True, Decimal("0.14"))]
+    # Without send_on the billing app's clock gives the day (2026-11-20 in these tests).
+    today = (await client.post("/v1/estimates", json={"items": items}, headers=key)).json()
+    assert (today["send_on"], today["rules"]["name"]) == ("2026-11-20", "PMP-2026-10")
