@@ -240,6 +240,11 @@ def test_what_the_dashboards_and_alerts_query_is_exported_and_the_logs_are_clean
     assert run.prometheus.targets_health() == {f"parley-{s}": "up" for s in SERVICES}
     assert not missing(), "queried but never exported after the run:\n" + "\n".join(
         f"  {name}: {sorted(wanted[name])}" for name in sorted(missing()))
+    # Consumer lag of every group of every service (read from the committed offsets).
+    groups = {s["metric"]["group"] for s in run.prometheus.query("max by (group) (parley_consumer_lag)")}
+    assert groups >= {"parley-router", "parley-sender", "parley-sender-windows", "parley-sender-statuses",
+                      "parley-sender-accounts", "parley-billing"}, groups
+    assert float(run.prometheus.query("sum(parley_consumer_lag_errors_total)")[0]["value"][1]) == 0
     # The series the run must have produced, by label: the throttled number, the flagged one.
     throttled = run.prometheus.query('sum by (phone_number_id, code) (parley_sender_throttled_total)')
     assert {(s["metric"]["phone_number_id"], s["metric"]["code"]) for s in throttled} >= {(PN2, "130429")}

@@ -99,9 +99,9 @@ def _watch_subscribers(rt: Runtime) -> None:
         return
     for sub in getattr(rt.broker, "subscribers", ()):
         group = getattr(sub, "group_id", None)
-        topics = getattr(sub, "topics", None) or ()
+        topics = [t if isinstance(t, str) else str(getattr(t, "name", t)) for t in getattr(sub, "topics", None) or ()]
         if group and topics:
-            rt.ops.watch(group, list(topics))
+            rt.ops.watch(group, topics)
 
 
 async def readiness(rt: Runtime) -> dict[str, bool]:
