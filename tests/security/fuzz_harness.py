@@ -2,8 +2,9 @@
 loop, like production), so schemathesis's blocking calls reach a live server.
 
 A Parley service is started with its runtime (database pool, migrations, tenant directory, its
-start hooks) but without its Kafka consumers: the HTTP APIs under test never consume, and four
-consumer groups joining one after another would cost tens of seconds of rebalancing."""
+start hooks) and, unless told otherwise, without its broker: the HTTP APIs under test never
+consume, and four consumer groups joining one after another would cost tens of seconds of
+rebalancing. Ingest, which only produces, is started with it."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from parley_common.runtime import start_runtime, stop_runtime
 
 
 class ThreadServed:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, start_broker: bool = False) -> None:
         self.app = app
+        self.start_broker = start_broker
         self.runtime = getattr(app.state, "runtime", None)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -32,7 +34,7 @@ class ThreadServed:
     async def _main(self) -> None:
         try:
             if self.runtime is not None:
-                await start_runtime(self.runtime, start_broker=False)
+                await start_runtime(self.runtime, start_broker=self.start_broker)
             try:
                 await self.server.serve(sockets=[self.sock])
             finally:
