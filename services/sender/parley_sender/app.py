@@ -19,7 +19,7 @@ from parley_sender.consuming import SendConsumer
 from parley_sender.delivery import Metrics, Sender
 from parley_sender.effects import Effects
 from parley_sender.handlers import register
-from parley_sender.observed import watch_in_doubt
+from parley_sender.observed import show_in_doubt_deadline, watch_in_doubt
 from parley_sender.pacing import NumberStates
 from parley_sender.producing import RecordProducer
 from parley_sender.settings import SenderSettings
@@ -61,6 +61,7 @@ def create_app(
     )
     register(sender)
     sweeper = InDoubtSweeper(sender)
+    show_in_doubt_deadline(rt.registry, settings.in_doubt_deadline_s)
 
     watching: list[asyncio.Task[None]] = []
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from parley_common.contracts import AccountEvent, ConsentChange
 from parley_common.tenancy.directory import TenantDirectory
+from prometheus_client import CollectorRegistry, Gauge
 
 from parley_sender.delivery import Metrics
 from parley_sender.store import SenderStore
@@ -56,6 +57,13 @@ def _number_of(ev: AccountEvent, directory: TenantDirectory | None) -> str | Non
                 == display:
             return number.phone_number_id
     return None
+
+
+def show_in_doubt_deadline(registry: CollectorRegistry, deadline_s: float) -> None:
+    """The deadline after which the sweep reports a send in doubt as unresolved, so that the alert
+    on overdue sends compares against this deployment's setting."""
+    Gauge("parley_sender_in_doubt_deadline_seconds", "How long a send may stay in doubt before it is swept",
+          registry=registry).set(deadline_s)
 
 
 async def watch_in_doubt(metrics: Metrics, store: SenderStore, interval_s: float = 10.0) -> None:
