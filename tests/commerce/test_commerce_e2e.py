@@ -4,6 +4,7 @@ sender and billing (orders), driven by the demo's own commerce script (deploy/lo
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from e2e.conftest import Served  # tests/ is on sys.path (rootdir package layout)
 
@@ -149,3 +151,54 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(shopfro
         lines = await demo_commerce.commerce_summary(client, shops=[shop], ingest_url=shopfront.ingest.url,
                                                      billing_url=shopfront.billing.url, result=result)
         assert any("sold twice: 0" in line for line in lines)
+
+
+async def test_the_simulator_plays_metas_side_of_a_flow_and_sends_the_completion(
+        shopfront: Shopfront, database_url: str, kafka_bootstrap: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from parley_common.topics import MESSAGES_IN
+
+    from .conftest import STRANGER_KEY, eventually, read_topic
+
+    await demo_commerce.add_trips(database_url, [shopfront.shop], "sim")
+    public = FLOW_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    endpoint = f"{shopfront.ingest.url}/flows/{PN}"
+    customer = "919845099999"
+    trip = "BLR-MYS-sim"
+
+    async def screen(client: httpx.AsyncClient, payload: dict[str, Any], key: str = public) -> dict[str, Any]:
+        r = await client.post(f"{shopfront.simulator.url}/_sim/flows/{PN}/exchange",
+                              json={"endpoint": endpoint, "public_key_pem": key, "payload": payload,
+                                    "customer": customer})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    base = {"version": "3.0", "flow_token": "sim-flow-1"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        ping = await screen(client, {"version": "3.0", "action": "ping"})
+        assert ping["problem"] is None and ping["response"] == {"data": {"status": "active"}}
+        stranger = STRANGER_KEY.public_key().public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        assert (await screen(client, {"version": "3.0", "action": "ping"}, stranger))["http_status"] == 421
+        init = await screen(client, {**base, "action": "INIT"})
+        assert init["problem"] is None and init["response"]["screen"] == "TRIPS"
+        await screen(client, {**base, "action": "data_exchange", "screen": "TRIPS", "data": {"trip_id": trip}})
+        held = await screen(client, {**base, "action": "data_exchange", "screen": "SEATS",
+                                     "data": {"trip_id": trip, "seat_id": "3C"}})
+        assert held["response"]["screen"] == "CONFIRM"
+        done = await screen(client, {**base, "action": "data_exchange", "screen": "CONFIRM",
+                                     "data": {"trip_id": trip, "seat_id": "3C"}})
+        assert done["completed"] is True and done["nfm_reply_wamid"]
+
+    async def completion() -> dict[str, Any] | None:
+        for r in await read_topic(kafka_bootstrap, MESSAGES_IN.name):
+            msg = orjson.loads(r.value)
+            if msg.get("wamid") == done["nfm_reply_wamid"]:
+                return dict(msg)
+        return None
+
+    msg = await eventually(completion, "the nfm_reply completion on wa.messages.in")
+    assert msg["type"] == "interactive" and msg["customer_wa_id"] == customer
+    params = json.loads(msg["payload"]["nfm_reply"]["response_json"])
+    assert params["seat_id"] == "3C" and params["trip_id"] == trip and params["flow_token"] == "sim-flow-1"

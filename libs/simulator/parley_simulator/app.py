@@ -13,6 +13,7 @@ Control API (tests and demos; not part of Meta's API):
 - ``GET|POST /_sim/clock``        read or set the simulated clock
 - ``GET|PATCH /_sim/behaviour``   latency, 5xx/timeout rates, ratios, ...
 - ``PATCH /_sim/numbers/{phone_number_id}``  throughput
+- ``POST /_sim/flows/{phone_number_id}/exchange``  one Flow screen played as Meta against an endpoint
 - ``GET /_sim/payments``, ``POST /_sim/payments/{phone_number_id}/{reference_id}/refunds``
 - ``GET /_sim/stats``, ``GET /_sim/messages``, ``GET /_sim/webhooks``, ``POST /_sim/drain``,
   ``POST /_sim/reset``, ``GET /healthz``
@@ -28,11 +29,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import flows
 from .config import SimulatorConfig, TemplateConfig
 from .errors import GraphError
 from .simulator import CloudApiSimulator
@@ -69,6 +72,13 @@ class InboundRequest(BaseModel):
 
 class RefundRequest(BaseModel):
     value: int | None = Field(default=None, gt=0, description="in units of the payment's offset; all when omitted")
+
+
+class FlowExchangeRequest(BaseModel):
+    endpoint: str = Field(description="the business's Flows data endpoint URL")
+    public_key_pem: str = Field(description="the number's Flows public key (PEM)")
+    payload: dict[str, Any] = Field(description="the decrypted request: version, action, flow_token, screen, data")
+    customer: str | None = Field(default=None, description="wa_id to send the nfm_reply from when the Flow closes")
 
 
 class WindowRequest(BaseModel):
@@ -399,6 +409,34 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
             raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
+
+    @app.post("/_sim/flows/{phone_number_id}/exchange")
+    async def flow_exchange(phone_number_id: str, req: FlowExchangeRequest) -> dict[str, Any]:
+        """One screen of a customer's Flow, played as Meta does against the business's endpoint;
+        on the SUCCESS screen the nfm_reply completion is posted as an inbound webhook."""
+        number = sim.numbers.get(phone_number_id)
+        if number is None:
+            raise HTTPException(404, "unknown phone_number_id")
+        app_id = sim.wabas[number.waba_id].app_id
+        try:
+            key = flows.public_key_from_pem(req.public_key_pem)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        async with httpx.AsyncClient(timeout=10) as client:
+            result = await flows.exchange(client, endpoint=req.endpoint, public_key=key,
+                                          app_secret=sim.apps[app_id].secret(), payload=req.payload)
+        sim.stats["flow_requests"] += 1
+        completion = None
+        if result.completed and result.response is not None and req.customer:
+            params = flows.completion_params(result.response)
+            number_view = sim.business_numbers([phone_number_id])[0]
+            hook = custom_webhook(number_view, [{"from": req.customer, "nfm_reply": {
+                "name": "flow", "body": "Sent", "response_json": json.dumps(params)}}],
+                clock=sim.clock.now, rng=sim.rng)
+            sim.post_inbound(hook)
+            completion = hook.records[0].wamid
+        return {"http_status": result.http_status, "response": result.response, "problem": result.problem,
+                "completed": result.completed, "nfm_reply_wamid": completion}
 
     @app.post("/_sim/drain")
     async def drain(timeout_s: float = 30.0) -> dict[str, Any]:
