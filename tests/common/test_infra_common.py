@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from parley_common.broker import CONSUMER_DEFAULTS, make_broker
 from parley_common.contracts import DeadLetter, InboundMessage
 from parley_common.db import connect, migrate
-from parley_common.deadletter import with_dead_letter
+from parley_common.deadletter import ConsumerGuard
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN
@@ -33,16 +33,16 @@ async def test_record_round_trip_carries_trace_context_and_dead_letters_poison(k
     letters: list[DeadLetter] = []
     done = asyncio.Event()
 
+    guard = ConsumerGuard(broker, service="commontest", consumer="commontest:messages.in")
+
     @broker.subscriber(MESSAGES_IN.name, group_id="commontest", **CONSUMER_DEFAULTS)
     async def on_message(msg: KafkaMessage) -> None:
-        async def handle() -> None:
+        async def handle(records: object) -> None:
             event = InboundMessage.model_validate_json(msg.body)  # poison records raise here
             if event.event_id == "wamid.rt1":
                 got.append((event, dict(msg.headers)))
 
-        await with_dead_letter(broker, service="commontest", topic=MESSAGES_IN.name, value=msg.body,
-                               key=msg.raw_message.key, handle=handle, backoff_s=0.01,
-                               partition=msg.raw_message.partition, offset=msg.raw_message.offset)
+        await guard.run([msg.raw_message], handle)
         if got and letters:
             done.set()
 
@@ -64,7 +64,8 @@ async def test_record_round_trip_carries_trace_context_and_dead_letters_poison(k
     assert got[0][0] == event
     assert "traceparent" in got[0][1]
     assert letters[0].source_topic == MESSAGES_IN.name and letters[0].payload == "{not json"
-    assert letters[0].attempts == 3 and letters[0].key == "555"
+    assert letters[0].attempts == 1 and letters[0].key == "555"  # permanent: no retry
+    assert letters[0].reason.startswith("ValidationError: ") and letters[0].error_type == "ValidationError"
     names = {s.name for s in exporter.get_finished_spans()}
     assert f"{MESSAGES_IN.name} process" in names and f"{MESSAGES_IN.name} publish" in names
 

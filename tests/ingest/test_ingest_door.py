@@ -135,3 +135,52 @@ async def test_a_signed_webhook_with_nul_in_a_message_id_is_refused_alone(ingest
     letters = _letters([r for r in dead if marker.encode() in r.value])
     assert [d.reason for d in letters] == [
         "entry[0].changes[0].value.messages[0].id: contains NUL (U+0000), which PostgreSQL cannot store"]
+
+
+async def test_request_bodies_in_flight_are_bounded_in_bytes_and_given_back(
+    kafka_bootstrap: str, database_url: str, ingest_registry: dict[str, str]
+) -> None:
+    """Memory under any traffic: over ``max_inflight_body_bytes`` of bodies held at once, a request
+    is a 503 with Retry-After (Meta and clients retry), and every byte is given back after."""
+    import asyncio
+
+    import httpx
+    from parley_ingest.app import create_app
+    from parley_ingest.settings import IngestSettings
+
+    mb = 1024 * 1024
+    app = create_app(IngestSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url,
+                                    api_rate_limit="1000/second", max_inflight_body_bytes=4 * mb))
+    svc = app.state.ingest
+    slow = b'{"object": "not-meta", "pad": "' + b"p" * (3 * mb - 1000) + b'"}'
+    other = b'{"object": "not-meta", "pad": "' + b"q" * (2 * mb) + b'"}'
+    gate = asyncio.Event()
+
+    async def slow_body():  # the first 3 MB arrive, the rest waits
+        yield slow[:-10]
+        await gate.wait()
+        yield slow[-10:]
+
+    def headers(body: bytes) -> dict[str, str]:
+        return {"X-Hub-Signature-256": sign(body, APP1_SECRET), "content-type": "application/json"}
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest", timeout=60) as client:
+            first = asyncio.create_task(client.post(f"/webhooks/meta/{APP_1}", content=slow_body(),
+                                                    headers=headers(slow)))
+            for _ in range(200):
+                if svc.bodies.held >= len(slow) - 10:
+                    break
+                await asyncio.sleep(0.01)
+            assert svc.bodies.held == len(slow) - 10
+            busy = await client.post(f"/webhooks/meta/{APP_1}", content=other, headers=headers(other))
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            api = await client.post("/v1/messages", content=other, headers={
+                "Authorization": f"Bearer {ingest_registry['ingest-acme']}", "content-type": "application/json"})
+            assert api.status_code == 503
+            gate.set()
+            assert (await first).status_code == 200
+            assert svc.bodies.held == 0
+            again = await client.post(f"/webhooks/meta/{APP_1}", content=other, headers=headers(other))
+            assert again.status_code == 200 and svc.bodies.held == 0

@@ -78,4 +78,4 @@ def test_fuzzed_requests_never_get_a_server_error(
 def test_ops_routes_answer(live_ingest: str) -> None:
     assert httpx.get(live_ingest + "/healthz").status_code == 200
     ready = httpx.get(live_ingest + "/readyz", timeout=10)
-    assert ready.status_code == 200 and ready.json()["checks"] == {"kafka": True, "database": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"kafka": True, "database": True, "consumers": True}

@@ -58,6 +58,8 @@ class Runtime:
     ops: OpsMonitor | None = None
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: consumers backing off from a transient failure (parley_common.deadletter.ConsumerGuard)
+    not_ready: set[str] = field(default_factory=set)
 
     @property
     def tenants(self) -> TenantDirectory:
@@ -105,8 +107,8 @@ def _watch_subscribers(rt: Runtime) -> None:
 
 
 async def readiness(rt: Runtime) -> dict[str, bool]:
-    """The checks of /readyz: the broker and the database answer."""
-    checks: dict[str, bool] = {}
+    """The checks of /readyz: the broker and the database answer, no consumer is backing off."""
+    checks: dict[str, bool] = {"consumers": not rt.not_ready}
     try:
         checks["kafka"] = bool(await asyncio.wait_for(rt.broker.ping(timeout=2.0), 3.0))
     except Exception:

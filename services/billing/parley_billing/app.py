@@ -54,7 +54,7 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
 
     rt.on_start.append(attach_pool)
     rt.on_stop.append(stop)
-    handlers.register(rt.broker, metering, settings, rt.registry, links)
+    guards = handlers.register(rt.broker, metering, settings, rt.registry, links, not_ready=rt.not_ready)
     order_handlers.register(rt, rt.registry, batch_max_records=settings.order_batch_max_records,
                             batch_timeout_ms=settings.batch_timeout_ms,
                             lookup_interval_s=settings.order_lookup_interval_s,
@@ -62,4 +62,5 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
     app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup, clock),
                                                         order_api.build_router(rt)])
     app.state.metering = metering
+    app.state.consumer_guards = guards  # failure counters of the Kafka consumers (tests, diagnostics)
     return app

@@ -2,22 +2,25 @@
 
 Each subscriber takes a batch of records; the batch is metered in one database transaction and
 the offsets are committed by FastStream only after the handler returned (NACK_ON_ERROR): a crash
-before the commit replays the batch, which the idempotent store absorbs. A record that cannot be
-a fact goes to the dead-letter topic on its own; the rest of the batch is metered.
+before the commit replays the batch, which the idempotent store absorbs. Failures go through
+``parley_common.deadletter.ConsumerGuard`` (ADR 0075): an unreachable database is retried with
+backoff (readiness false meanwhile); a record that cannot be a fact, or that the database
+refuses, goes to the dead-letter topic on its own and the rest of the batch is metered.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
 
 import orjson
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
-from parley_common.deadletter import dead_letter_record, publish_dead_letter
-from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES
+from parley_common.deadletter import ConsumerGuard
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, Topic
 from prometheus_client import CollectorRegistry, Counter
 
 from parley_billing.domain.facts import FactError, inbound_record, send_fact, status_fact
@@ -28,6 +31,7 @@ from parley_billing.trace_links import SendSpanLinks, StatusRef, status_ref
 
 log = logging.getLogger("parley.billing")
 GROUP = "parley-billing"
+Rec: TypeAlias = ConsumerRecord[Any, Any]
 
 
 async def _raw_batch(msg: Any) -> None:
@@ -37,44 +41,52 @@ async def _raw_batch(msg: Any) -> None:
 
 
 def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings, registry: CollectorRegistry,
-             links: SendSpanLinks | None = None) -> None:
+             links: SendSpanLinks | None = None, *, not_ready: set[str] | None = None
+             ) -> dict[str, ConsumerGuard]:
+    """The subscribers, each under a failure guard; returns the guards by topic base name."""
     events = Counter("parley_billing_events", "Records metered, by topic", ["topic"], registry=registry)
     priced = Counter("parley_billing_ledger_writes", "Ledger rows written or re-priced", registry=registry)
     bad = Counter("parley_billing_bad_records", "Records dead-lettered, by topic", ["topic"], registry=registry)
     batch = {"batch": True, "max_records": settings.batch_max_records,
              "batch_timeout_ms": settings.batch_timeout_ms, "decoder": _raw_batch, **CONSUMER_DEFAULTS}
+    guards = {t.base: ConsumerGuard(broker, service="billing", consumer=f"billing:{t.base}", not_ready=not_ready)
+              for t in (STATUSES, SENDS, MESSAGES_IN, ACCOUNT_EVENTS)}
 
-    async def decode(topic: str, msg: Any, make: Callable[[dict[str, Any]], Any],
-                     seen: Callable[[dict[str, Any], Any], None] | None = None) -> list[Any]:
-        """The batch's raw record values, parsed with orjson (FastStream's body decoding is skipped);
-        ``seen`` is shown each decoded record with its Kafka record (for the span links)."""
+    async def guarded(topic: Topic, msg: Any, handle: Callable[[Sequence[Rec]], Awaitable[None]]) -> None:
+        """``handle`` of the batch's raw records under the topic's guard (ADR 0075)."""
         raw = msg.raw_message
         records = raw if isinstance(raw, tuple) else (raw,)
+        guard = guards[topic.base]
+        dead_before = guard.dead_lettered
+        await guard.run(records, handle)
+        events.labels(topic.name).inc(len(records))
+        if guard.dead_lettered > dead_before:
+            bad.labels(topic.name).inc(guard.dead_lettered - dead_before)
+
+    async def decode(topic: str, records: Sequence[Rec], make: Callable[[dict[str, Any]], Any],
+                     seen: Callable[[dict[str, Any], Any], None] | None = None) -> list[Any]:
+        """The records' values, parsed with orjson (FastStream's body decoding is skipped); a record
+        that cannot be a fact raises, and the guard narrows the batch down to it. ``seen`` is
+        shown each decoded record with its Kafka record (for the span links)."""
         facts = []
         for rec in records:
-            body = rec.value
-            try:
-                record = orjson.loads(body)
-                if type(record) is not dict:
-                    raise FactError("record is not a JSON object")
-                fact = make(record)
-            except (FactError, orjson.JSONDecodeError, TypeError, KeyError) as exc:
-                bad.labels(topic).inc()
-                await publish_dead_letter(broker, dead_letter_record(
-                    service="billing", topic=topic, value=body if isinstance(body, bytes) else b"",
-                    key=rec.key, exc=exc, attempts=1, partition=rec.partition, offset=rec.offset))
-                continue
+            record = orjson.loads(rec.value)
+            if type(record) is not dict:
+                raise FactError("record is not a JSON object")
+            fact = make(record)
             if fact is not None:
                 facts.append(fact)
                 if seen is not None:
                     seen(record, rec)
-        events.labels(topic).inc(len(records))
         return facts
 
     @broker.subscriber(STATUSES.name, group_id=GROUP, **batch)
     async def on_statuses(msg: KafkaMessage) -> None:
+        await guarded(STATUSES, msg, statuses)
+
+    async def statuses(records: Sequence[Rec]) -> None:
         if links is None or not links.tracing():
-            priced.inc(await metering.record_statuses(await decode(STATUSES.name, msg, status_fact)))
+            priced.inc(await metering.record_statuses(await decode(STATUSES.name, records, status_fact)))
             return
         refs: list[StatusRef] = []
 
@@ -83,7 +95,7 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
             if ref is not None:
                 refs.append(ref)
 
-        facts = await decode(STATUSES.name, msg, status_fact, keep)
+        facts = await decode(STATUSES.name, records, status_fact, keep)
         spans = await links.spans_of([r.wamid for r in refs])
         if not spans:
             priced.inc(await metering.record_statuses(facts))
@@ -94,13 +106,16 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
 
     @broker.subscriber(SENDS.name, group_id=GROUP, **batch)
     async def on_sends(msg: KafkaMessage) -> None:
+        await guarded(SENDS, msg, sends)
+
+    async def sends(records: Sequence[Rec]) -> None:
         send_spans: list[tuple[str, str]] = []
 
         def keep(record: dict[str, Any], _: Any) -> None:
             if record.get("send_span") and record.get("wamid"):
                 send_spans.append((str(record["wamid"]), str(record["send_span"])))
 
-        facts = await decode(SENDS.name, msg, send_fact, keep)
+        facts = await decode(SENDS.name, records, send_fact, keep)
         if links is None or not send_spans:
             priced.inc(await metering.record_sends(facts))
             return
@@ -114,9 +129,17 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
 
     @broker.subscriber(MESSAGES_IN.name, group_id=GROUP, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
-        priced.inc(await metering.record_inbound(await decode(MESSAGES_IN.name, msg, inbound_record)))
+        await guarded(MESSAGES_IN, msg, inbound)
+
+    async def inbound(records: Sequence[Rec]) -> None:
+        priced.inc(await metering.record_inbound(await decode(MESSAGES_IN.name, records, inbound_record)))
 
     @broker.subscriber(ACCOUNT_EVENTS.name, group_id=GROUP, **batch)
     async def on_account_events(msg: KafkaMessage) -> None:
+        await guarded(ACCOUNT_EVENTS, msg, account_events)
+
+    async def account_events(records: Sequence[Rec]) -> None:
         # Only Meta's volume-tier updates concern billing; every other account event is skipped.
-        await metering.record_tier_updates(await decode(ACCOUNT_EVENTS.name, msg, tier_update))
+        await metering.record_tier_updates(await decode(ACCOUNT_EVENTS.name, records, tier_update))
+
+    return guards

@@ -66,6 +66,8 @@ class TenantRateLimits:
         if not isinstance(spec, str):
             return self._default
         if spec not in self._parsed:
+            if len(self._parsed) >= 1024:  # one entry per distinct setting: bounded even if settings churn
+                self._parsed.clear()
             try:
                 self._parsed[spec] = parse(spec)
             except ValueError:

@@ -20,7 +20,7 @@ from parley_ingest.api import api_router, request_validation_handler
 from parley_ingest.flows import FlowRoute, flow_handler, flows_router, seats_api_router
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
-from parley_ingest.services import IngestServices
+from parley_ingest.services import BodyBudget, IngestServices
 from parley_ingest.settings import IngestSettings
 from parley_ingest.store import IdempotencyStore
 from parley_ingest.webhooks import WebhookIntake, WebhookRoute, webhook_router
@@ -32,34 +32,50 @@ PURGE_INTERVAL_S = 600.0
 
 
 class ApiBodyLimit:
-    """413 for send-API bodies over the limit, by Content-Length or while streaming.
+    """413 for send-API bodies over the limit, by Content-Length or while streaming; 503 when the
+    process already holds ``budget``'s worth of request bodies (given back when the request ends).
 
-    (The webhook route checks its own 3 MB limit on the stream it reads.)
+    (The webhook route checks its own 3 MB limit on the stream it reads, from the same budget.)
     """
 
-    def __init__(self, app: ASGIApp, *, limit: int, prefix: str = "/v1/") -> None:
+    def __init__(self, app: ASGIApp, *, limit: int, budget: BodyBudget, prefix: str = "/v1/") -> None:
         self.app = app
         self.limit = limit
+        self.budget = budget
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
+        declared: int | None = None
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await _send_413(send)
-                return
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await _send_413(send)
+                    return
+                declared = int(value)
         seen = 0
         started = False
+        held = 0
+        if declared is not None:  # held as a whole before the app reads any of it
+            if not self.budget.take(declared):
+                await _send_busy(send)
+                return
+            held = declared
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, held
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                seen += size
                 if seen > self.limit:
                     raise _BodyTooLarge
+                if declared is None:  # a streamed body: held as it arrives
+                    if not self.budget.take(size):
+                        raise _Busy
+                    held += size
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -72,6 +88,11 @@ class ApiBodyLimit:
         except _BodyTooLarge:
             if not started:
                 await _send_413(send)
+        except _Busy:
+            if not started:
+                await _send_busy(send)
+        finally:
+            self.budget.give(held)
 
 
 class IngestApp(FastAPI):
@@ -105,13 +126,25 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _Busy(Exception):
+    pass
+
+
 async def _send_413(send: Send) -> None:
-    body = b'{"detail":"body too large"}'
+    await _send_json(send, 413, b'{"detail":"body too large"}')
+
+
+async def _send_busy(send: Send) -> None:
+    await _send_json(send, 503, b'{"detail":"too many request bytes in flight, retry"}', [(b"retry-after", b"1")])
+
+
+async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        *(headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -136,6 +169,7 @@ def create_app(
             rt.broker, timeout_s=settings.produce_timeout_s, breaker_s=settings.kafka_breaker_s
         ),
         tracer=rt.tracer_provider.get_tracer("parley.ingest"),
+        bodies=BodyBudget(settings.max_inflight_body_bytes),
     )
     tasks: list[asyncio.Task[None]] = []
 
@@ -158,7 +192,7 @@ def create_app(
                    routers=[webhook_router(svc, intake), api_router(svc), flows_router(flows), seats_api_router(svc)],
                    app_class=IngestApp)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
-    app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes)
+    app.add_middleware(ApiBodyLimit, limit=settings.max_api_bytes, budget=svc.bodies)
     ingest_app = cast(IngestApp, app)
     ingest_app.webhook_route = WebhookRoute(intake)
     ingest_app.flow_route = FlowRoute(flows)

@@ -14,6 +14,24 @@ from parley_ingest.settings import IngestSettings
 from parley_ingest.store import IdempotencyStore
 
 
+class BodyBudget:
+    """Bytes of request bodies held in memory at once, across all requests of the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        """Hold ``n`` more bytes if the budget allows (then the caller must ``give`` them back)."""
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
 @dataclass
 class IngestServices:
     rt: Runtime
@@ -22,6 +40,7 @@ class IngestServices:
     writer: RecordWriter
     tracer: Tracer
     store: IdempotencyStore | None = field(default=None)
+    bodies: BodyBudget = field(default_factory=lambda: BodyBudget(64 * 1024 * 1024))
 
     @property
     def tenants(self) -> TenantDirectory:

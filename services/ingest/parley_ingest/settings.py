@@ -16,6 +16,10 @@ class IngestSettings(CommonSettings):
     # Meta's payload limit is 3 MB; larger bodies get 413 without being read whole.
     max_webhook_bytes: int = 3 * MB
     max_api_bytes: int = 8 * MB
+    # Request bodies held in memory at once, webhooks and send API together: over it a request is
+    # answered 503 + Retry-After (Meta and clients retry) instead of growing the process without
+    # bound under a burst of large bodies. Each body also costs its parsed and normalised copies.
+    max_inflight_body_bytes: int = Field(default=64 * MB, ge=4 * MB)
     # How long a request may wait for Kafka's acknowledgement before answering 503.
     produce_timeout_s: float = Field(default=5.0, gt=0)
     # After Kafka failed, answer 503 at once for this long (then let one request probe again).

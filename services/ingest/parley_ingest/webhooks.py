@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from parley_ingest.domain.records import webhook_records
 from parley_ingest.publishing import KafkaUnavailable, RecordTooLarge
-from parley_ingest.services import DirectoryTenants, IngestServices
+from parley_ingest.services import BodyBudget, DirectoryTenants, IngestServices
 
 log = logging.getLogger("parley.ingest.webhooks")
 
@@ -93,6 +93,10 @@ class _Disconnected(Exception):
     pass
 
 
+class _Busy(Exception):
+    """The process holds as many request bytes as it may (``max_inflight_body_bytes``)."""
+
+
 @dataclass(frozen=True)
 class WebhookAnswer:
     """What a webhook POST is answered with, whichever HTTP layer carries it."""
@@ -114,18 +118,26 @@ class WebhookAnswer:
                         media_type=self.content_type.decode())
 
 
-async def _read_body(declared: str | None, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+async def _read_body(declared: str | None, chunks: AsyncIterator[bytes], limit: int, budget: BodyBudget) -> bytes:
     """The whole body, or ``_TooLarge`` as soon as it is known to exceed ``limit`` (by its
-    Content-Length before reading anything, else while counting the stream)."""
+    Content-Length before reading anything, else while counting the stream). Every byte read is
+    taken from ``budget`` (``_Busy`` when it is spent); the caller gives back ``len(body)``."""
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise _TooLarge
     parts: list[bytes] = []
     size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        parts.append(chunk)
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            if not budget.take(len(chunk)):
+                size -= len(chunk)
+                raise _Busy
+            parts.append(chunk)
+    except BaseException:
+        budget.give(size)
+        raise
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -156,56 +168,66 @@ class WebhookIntake:
             attributes=_SPAN_ATTRIBUTES if app_id is not None else _SPAN_ATTRIBUTES_ANY_APP,
         ) as span:
             try:
-                raw = await _read_body(content_length, chunks, svc.settings.max_webhook_bytes)
+                raw = await _read_body(content_length, chunks, svc.settings.max_webhook_bytes, svc.bodies)
             except _TooLarge:
                 return self._answer(span, "too_large", 413, b"payload too large")
-            directory = svc.tenants
-            verified: str | None
-            if app_id is not None:
-                app = directory.apps.get(app_id)
-                verified = app_id if app and signature_matches(raw, signature, app.app_secrets) else None
-            else:
-                verified = find_signing_app(
-                    raw, signature, {a.app_id: a.app_secrets for a in directory.apps.values()}
-                )
-            if verified is None:
-                return self._answer(span, "bad_signature", 401, b"invalid signature")
-            span.set_attribute("parley.meta_app_id", verified)
-            received_at = datetime.now(UTC)
+            except _Busy:
+                return self._answer(span, "busy", 503, b"too many request bytes in flight, retry", retry_after=True)
             try:
-                document = decode_webhook(raw)
-            except InvalidWebhookJson:
-                return self._answer(span, "invalid_json", 400, b"body is not valid JSON")
-            normalised = normalise_webhook(
-                document, received_at=received_at, tenants=DirectoryTenants(directory, verified)
+                return await self._accept(span, app_id, signature, raw, started)
+            finally:
+                svc.bodies.give(len(raw))
+
+    async def _accept(self, span: Span, app_id: str | None, signature: str | None, raw: bytes,
+                      started: float) -> WebhookAnswer:
+        svc = self.svc
+        directory = svc.tenants
+        verified: str | None
+        if app_id is not None:
+            app = directory.apps.get(app_id)
+            verified = app_id if app and signature_matches(raw, signature, app.app_secrets) else None
+        else:
+            verified = find_signing_app(
+                raw, signature, {a.app_id: a.app_secrets for a in directory.apps.values()}
             )
-            records = webhook_records(raw, normalised, app_id=verified, received_at=received_at)
-            try:
-                await svc.writer.write_all(records)
-            except RecordTooLarge:
-                # webhook_records keeps every record within Kafka's limit; should a producer or
-                # broker still refuse one for its size, that is this request's fault, not an outage
-                return self._answer(span, "too_large", 413, b"a record of this webhook is too large for Kafka")
-            except KafkaUnavailable as exc:
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                log.warning(
-                    "webhook not acknowledged by Kafka", extra={"app_id": verified, "error": str(exc)}
-                )
-                return self._answer(
-                    span, "kafka_unavailable", 503, b"Kafka unavailable, retry", retry_after=True
-                )
-            _count(svc, normalised, directory)
-            span.set_attribute("parley.events", normalised.event_count)
-            span.set_attribute("parley.shape_problems", len(normalised.problems))
-            answer = self._answer(
-                span,
-                "accepted",
-                200,
-                orjson.dumps({"events": normalised.event_count, "problems": len(normalised.problems)}),
-                content_type=APPLICATION_JSON,
+        if verified is None:
+            return self._answer(span, "bad_signature", 401, b"invalid signature")
+        span.set_attribute("parley.meta_app_id", verified)
+        received_at = datetime.now(UTC)
+        try:
+            document = decode_webhook(raw)
+        except InvalidWebhookJson:
+            return self._answer(span, "invalid_json", 400, b"body is not valid JSON")
+        normalised = normalise_webhook(
+            document, received_at=received_at, tenants=DirectoryTenants(directory, verified)
+        )
+        records = webhook_records(raw, normalised, app_id=verified, received_at=received_at)
+        try:
+            await svc.writer.write_all(records)
+        except RecordTooLarge:
+            # webhook_records keeps every record within Kafka's limit; should a producer or
+            # broker still refuse one for its size, that is this request's fault, not an outage
+            return self._answer(span, "too_large", 413, b"a record of this webhook is too large for Kafka")
+        except KafkaUnavailable as exc:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            log.warning(
+                "webhook not acknowledged by Kafka", extra={"app_id": verified, "error": str(exc)}
             )
-            svc.metrics.webhook_seconds.observe(time.perf_counter() - started)
-            return answer
+            return self._answer(
+                span, "kafka_unavailable", 503, b"Kafka unavailable, retry", retry_after=True
+            )
+        _count(svc, normalised, directory)
+        span.set_attribute("parley.events", normalised.event_count)
+        span.set_attribute("parley.shape_problems", len(normalised.problems))
+        answer = self._answer(
+            span,
+            "accepted",
+            200,
+            orjson.dumps({"events": normalised.event_count, "problems": len(normalised.problems)}),
+            content_type=APPLICATION_JSON,
+        )
+        svc.metrics.webhook_seconds.observe(time.perf_counter() - started)
+        return answer
 
 
 class WebhookRoute:

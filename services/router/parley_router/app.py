@@ -58,7 +58,7 @@ def create_app(settings: RouterSettings | None = None, *,
     @subscriber
     async def on_inbound(msg: KafkaMessage) -> None:
         raw = msg.raw_message
-        await service.handle_batch(raw if isinstance(raw, tuple) else (raw,))
+        await service.consume(raw if isinstance(raw, tuple) else (raw,))
 
     async def sync_models_forever() -> None:
         while True:

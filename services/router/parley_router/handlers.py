@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, set_span_in_context
 from parley_common.broker import MAX_REQUEST_BYTES
 from parley_common.contracts import InboundMessage
-from parley_common.deadletter import dead_letter_record, publish_dead_letter
+from parley_common.deadletter import ConsumerGuard, dead_letter_record, publish_dead_letter
 from parley_common.runtime import Runtime
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import ACCOUNT_EVENTS, AGENT_QUEUE, MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED
@@ -140,6 +140,10 @@ class RouterService:
         self._tracer = rt.tracer_provider.get_tracer("parley.router")
         self._carriers: dict[str, dict[str, Any]] = {}
         self._builtin: frozenset[str] | None = None
+        # An unreachable database or broker is retried with backoff (readiness false meanwhile);
+        # a batch that fails otherwise is narrowed to the records that fail alone, dead-lettered.
+        self.guard = ConsumerGuard(rt.broker, service=SERVICE, consumer="router:messages.in",
+                                   not_ready=rt.not_ready)
 
     @property
     def builtin_intents(self) -> frozenset[str]:
@@ -167,9 +171,15 @@ class RouterService:
             return TenantContext(msg.tenant_id, None, TenantRouting())
         return TenantContext(tenant.tenant_id, tenant.time_zone, self.routing_of(tenant))
 
-    async def _dead_letter(self, raw: bytes, key: bytes | None, exc: BaseException) -> None:
+    async def consume(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """The subscriber's entry point: ``handle_batch`` under the consumer's failure guard."""
+        await self.guard.run(records, self.handle_batch)
+
+    async def _dead_letter(self, raw: bytes, key: bytes | None, exc: BaseException,
+                           rec: ConsumerRecord[Any, Any] | None = None) -> None:
         await publish_dead_letter(self.rt.broker, dead_letter_record(
-            service=SERVICE, topic=MESSAGES_IN.name, value=raw, key=key, exc=exc, attempts=1))
+            service=SERVICE, topic=MESSAGES_IN.name, value=raw, key=key, exc=exc, attempts=1,
+            partition=rec.partition if rec else None, offset=rec.offset if rec else None))
 
     async def handle_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[RoutingDecision]:
         """Route one batch of raw records; a record that is not an inbound message is dead-lettered
@@ -182,7 +192,7 @@ class RouterService:
             try:
                 m = InboundMessage.model_validate_json(rec.value or b"")
             except ValidationError as exc:
-                await self._dead_letter(rec.value or b"", rec.key, exc)
+                await self._dead_letter(rec.value or b"", rec.key, exc, rec)
                 continue
             messages.append(m)
             self._carriers[m.wamid] = {

@@ -59,7 +59,7 @@ def create_app(
         numbers=NumberStates(idle_s=settings.number_idle_s),
         tracer=rt.tracer_provider.get_tracer("parley.sender"),
     )
-    register(sender)
+    register(sender, not_ready=rt.not_ready)
     sweeper = InDoubtSweeper(sender)
     show_in_doubt_deadline(rt.registry, settings.in_doubt_deadline_s)
 

@@ -27,7 +27,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.contracts import AccountEvent, ConsentChange, InboundMessage, MessageStatus, from_unix
-from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
+from parley_common.deadletter import ConsumerGuard, dead_letter_record, is_transient, publish_dead_letter
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
 from pydantic import BaseModel
 
@@ -82,7 +82,10 @@ async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], p
     return out
 
 
-def register(sender: Sender) -> None:
+def register(sender: Sender, *, not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
+    """The three subscribers, each under a failure guard (parley_common.deadletter, ADR 0075): an
+    unreachable database is retried with backoff (``not_ready`` lists the consumer meanwhile), a
+    record the database refuses is dead-lettered alone. Returns the guards, by consumer."""
     broker = sender.effects.broker
     s = sender.settings
     batch: dict[str, Any] = {
@@ -90,20 +93,33 @@ def register(sender: Sender) -> None:
         "batch_timeout_ms": s.batch_timeout_ms,
         **CONSUMER_DEFAULTS,
     }
+    guards = {name: ConsumerGuard(broker, service=SERVICE, consumer=f"sender:{name}", not_ready=not_ready)
+              for name in ("windows", "statuses", "accounts")}
+
+    async def windows(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        await track_windows(sender, await _decode(sender, records, InboundMessage.model_validate_json))
+
+    async def statuses(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        await track_statuses(sender, await _decode(sender, records, MessageStatus.model_validate_json))
+
+    async def accounts(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        events = await _decode(sender, records, _account_event)
+        await track_account_events(sender, events)
+        observe_number_health(sender.metrics, events, sender.directory())
 
     @broker.subscriber(MESSAGES_IN.name, group_id="parley-sender-windows", batch=True, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
-        await track_windows(sender, await _decode(sender, _records(msg), InboundMessage.model_validate_json))
+        await guards["windows"].run(_records(msg), windows)
 
     @broker.subscriber(STATUSES.name, group_id="parley-sender-statuses", batch=True, **batch)
     async def on_statuses(msg: KafkaMessage) -> None:
-        await track_statuses(sender, await _decode(sender, _records(msg), MessageStatus.model_validate_json))
+        await guards["statuses"].run(_records(msg), statuses)
 
     @broker.subscriber(ACCOUNT_EVENTS.name, group_id="parley-sender-accounts", batch=True, **batch)
     async def on_account_events(msg: KafkaMessage) -> None:
-        events = await _decode(sender, _records(msg), _account_event)
-        await track_account_events(sender, events)
-        observe_number_health(sender.metrics, events, sender.directory())
+        await guards["accounts"].run(_records(msg), accounts)
+
+    return guards
 
 
 async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> None:
