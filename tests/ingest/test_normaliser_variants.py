@@ -197,3 +197,22 @@ def test_nul_in_a_message_id_is_refused_alone_naming_the_field() -> None:
         ("entry[0].changes[0].value.messages[2].text.body",
          "contains NUL (U+0000), which PostgreSQL cannot store"),
     ]
+
+
+def test_nul_deep_inside_a_nested_value_is_found_without_recursion() -> None:
+    """Hostile nesting (hundreds of levels, as the fuzz run sends) is walked, and the dead letter
+    of such a fragment is written without copying it (orjson stops at 255 levels)."""
+    from parley_ingest.domain.records import webhook_records
+
+    deep: Any = "a\x00b"
+    for _ in range(900):
+        deep = [deep]
+    msg = _text("wamid.IN.DEEP", x_unknown=deep)
+    doc = _webhook({"messages": [msg, _text("wamid.IN.SHALLOW")]})
+    out = normalise_webhook(doc, received_at=RECEIVED, tenants=CORPUS_TENANTS)
+    assert [m.wamid for m in out.messages] == ["wamid.IN.SHALLOW"]
+    [problem] = out.problems
+    assert problem.where == "entry[0].changes[0].value.messages[0].x_unknown" + ".0" * 900
+    records = webhook_records(b"{}", out, app_id="app", received_at=RECEIVED)
+    [letter] = [r for r in records if r.topic.endswith("wa.deadletter")]
+    assert b"nested too deep" in letter.value

@@ -29,23 +29,28 @@ def unstorable_fields(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(dotted path, reason) of every string, or object key, in ``value`` that cannot be stored.
 
     Lists are addressed by index (``messages.3.text.body``). Only the path and the reason are
-    reported: the value itself may be personal data.
+    reported: the value itself may be personal data. Iterative, so any nesting depth a JSON
+    parser accepts is walked without recursion.
     """
-    if isinstance(value, str):
-        reason = string_problem(value)
-        if reason is not None:
-            yield (path or "$", reason)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            key = str(k)
-            key_problem = string_problem(key)
-            if key_problem is not None:
-                yield (_join(path, "<key>"), "an object key " + key_problem)
-                continue
-            yield from unstorable_fields(v, _join(path, key))
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            yield from unstorable_fields(v, _join(path, str(i)))
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            reason = string_problem(v)
+            if reason is not None:
+                yield (where or "$", reason)
+        elif isinstance(v, dict):
+            children = []
+            for k, child in v.items():
+                key = str(k)
+                key_problem = string_problem(key)
+                if key_problem is not None:
+                    yield (_join(where, "<key>"), "an object key " + key_problem)
+                    continue
+                children.append((_join(where, key), child))
+            stack.extend(reversed(children))  # depth first, in document order
+        elif isinstance(v, list | tuple):
+            stack.extend(reversed([(_join(where, str(i)), child) for i, child in enumerate(v)]))
 
 
 def _join(path: str, part: str) -> str:

@@ -86,8 +86,12 @@ def dead_letter_record(raw: bytes, problem: ShapeProblem, *, app_id: str, receiv
     """A webhook part that does not match Meta's shape, for wa.deadletter (the raw archive has
     the whole body; the record points at it by app id, receive time and body hash)."""
     body_sha = hashlib.sha256(raw).hexdigest()
-    fragment = problem.fragment_json()
     reason = f"{problem.where}: {problem.reason}"
+    try:
+        fragment = problem.fragment_json()
+    except TypeError:  # nested deeper than JSON serialisers go (orjson: 255 levels)
+        reason += "; the fragment (nested too deep to copy) is not copied: the raw archive holds it"
+        fragment = b""
     if len(fragment) > MAX_FRAGMENT_BYTES:
         reason += f"; the fragment ({len(fragment)} bytes) is not copied: the raw archive holds it"
         fragment = b""
