@@ -99,7 +99,7 @@ class MetaFlows:
         r = await self.client.post(f"{self.url}/flows/{self.shop.phone_number_id}", content=raw,
                                    headers={"x-hub-signature-256": sig, "content-type": "application/json"})
         r.raise_for_status()
-        return decrypt_response(r.content, aes_key, iv)
+        return dict(decrypt_response(r.content, aes_key, iv))
 
 
 async def sell_tickets(*, client: httpx.AsyncClient, shops: list[Shop], customers: dict[str, list[str]],

@@ -191,6 +191,14 @@ async def test_orders_list_and_bad_queries(billing: tuple[FastAPI, httpx.AsyncCl
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "state"]
     r = await client.get("/v1/orders", headers=bearer(commerce_keys[OTHER]))
     assert r.status_code == 200 and r.json()["orders"] == []
+    december = (await client.get("/v1/orders", params={"month": "2026-12"}, headers=bearer(commerce_keys[SHOP]))).json()
+    assert {"bus-0001", "bus-0002"} <= {o["reference_id"] for o in december["orders"]}
+    earned = {(x["state"], x["currency"]): Decimal(x["earned"]) for x in december["summary"]}
+    assert earned[("refunded_fully", "INR")] == 0 and earned[("captured", "INR")] == Decimal("450")
+    november = (await client.get("/v1/orders", params={"month": "2026-11"}, headers=bearer(commerce_keys[SHOP]))).json()
+    assert november["orders"] == [] and november["summary"] == []
+    bad = await client.get("/v1/orders", params={"month": "2026-13"}, headers=bearer(commerce_keys[SHOP]))
+    assert bad.status_code == 422
 
 
 async def test_an_order_shows_what_its_conversation_cost_in_whatsapp_fees(

@@ -6,6 +6,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Response
 from parley_common.contracts import OutboundMessage
@@ -54,15 +55,27 @@ def build_router(rt: Runtime) -> APIRouter:
         state: Annotated[str | None, Query(description=" | ".join(ORDER_STATES))] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before: Annotated[datetime | None, Query(description="orders that started before this time")] = None,
+        month: Annotated[str | None, Query(pattern=r"^20\d\d-(0[1-9]|1[0-2])$",
+                                           description="YYYY-MM in the tenant's time zone")] = None,
     ) -> dict[str, Any]:
         if state is not None and state not in ORDER_STATES:
             raise HTTPException(422, [{"type": "value_error", "loc": ["query", "state"],
                                        "msg": f"state must be one of {', '.join(ORDER_STATES)}", "input": state}])
+        since = until = None
+        if month is not None:
+            try:
+                tz = ZoneInfo(tenant.time_zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                tz = ZoneInfo("UTC")
+            year, mon = int(month[:4]), int(month[5:])
+            since = datetime(year, mon, 1, tzinfo=tz)
+            until = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=tz)
+            before = min(before, until) if before else until
         pool = rt.require_pool()
-        return {"tenant_id": tenant.tenant_id,
+        return {"tenant_id": tenant.tenant_id, "month": month,
                 "orders": await order_store.list_orders(pool, tenant.tenant_id, state=state, limit=limit,
-                                                        before=before),
-                "summary": await order_store.order_summary(pool, tenant.tenant_id)}
+                                                        before=before, since=since),
+                "summary": await order_store.order_summary(pool, tenant.tenant_id, since=since, before=until)}
 
     @router.get("/{reference_id}", summary="One order: items, exact amounts, customer, ad referral, history")
     async def get_order(tenant: TenantDep, reference_id: ReferenceId) -> dict[str, Any]:

@@ -188,12 +188,13 @@ async def order_fees(pool: asyncpg.Pool, tenant_id: str, phone_number_id: str | 
 
 
 async def list_orders(pool: asyncpg.Pool, tenant_id: str, *, state: str | None, limit: int,
-                      before: datetime | None) -> list[dict[str, Any]]:
+                      before: datetime | None, since: datetime | None = None) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT reference_id, state, currency, total, captured, refunded, customer, phone_number_id,"
         " ctwa_clid, first_at, updated_at FROM billing.orders"
         " WHERE tenant_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::timestamptz IS NULL OR first_at < $3)"
-        " ORDER BY first_at DESC, reference_id LIMIT $4", tenant_id, state, before, limit)
+        " AND ($5::timestamptz IS NULL OR first_at >= $5)"
+        " ORDER BY first_at DESC, reference_id LIMIT $4", tenant_id, state, before, limit, since)
     return [
         {"reference_id": r["reference_id"], "state": r["state"], "currency": r["currency"],
          **{k: None if r[k] is None else str(r[k]) for k in ("total", "captured", "refunded")},
@@ -203,13 +204,18 @@ async def list_orders(pool: asyncpg.Pool, tenant_id: str, *, state: str | None, 
     ]
 
 
-async def order_summary(pool: asyncpg.Pool, tenant_id: str) -> list[dict[str, Any]]:
+async def order_summary(pool: asyncpg.Pool, tenant_id: str, *, since: datetime | None = None,
+                        before: datetime | None = None) -> list[dict[str, Any]]:
+    """Orders per state and currency: how many, captured, refunded and earned (captured - refunded)."""
     rows = await pool.fetch(
         "SELECT state, currency, count(*) AS orders, sum(captured) AS captured, sum(refunded) AS refunded"
-        " FROM billing.orders WHERE tenant_id = $1 GROUP BY state, currency ORDER BY state, currency", tenant_id)
+        " FROM billing.orders WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR first_at >= $2)"
+        " AND ($3::timestamptz IS NULL OR first_at < $3)"
+        " GROUP BY state, currency ORDER BY state, currency", tenant_id, since, before)
     return [{"state": r["state"], "currency": r["currency"], "orders": r["orders"],
              "captured": None if r["captured"] is None else str(r["captured"]),
-             "refunded": None if r["refunded"] is None else str(r["refunded"])} for r in rows]
+             "refunded": None if r["refunded"] is None else str(r["refunded"]),
+             "earned": str((r["captured"] or Decimal(0)) - (r["refunded"] or Decimal(0)))} for r in rows]
 
 
 # --- refunds -------------------------------------------------------------------------------
