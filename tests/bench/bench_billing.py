@@ -5,7 +5,8 @@
 One synthetic stream (sends, inbound messages, statuses), three runs, each into a fresh database.
 Two fifths of the customers talk in November 2026, where free-form replies (service messages) and
 utility templates inside the customer-service window are charged; the result counts them
-(``charged_service_replies``, ``charged_in_window_utility``).
+(``charged_service_replies``, ``charged_utility_after_2026_10``). Statuses carry the customer's
+BSUID beside the number, as Meta's do since 2026 (billing keeps the pair for BSUID-only statuses).
 
 1. **raw bytes → PostgreSQL** (``events_per_s``): the sends and inbound messages are pre-loaded,
    then the status events alone are timed as the batch subscriber handles them: raw JSON bytes →
@@ -157,7 +158,8 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
 
 async def main(customers: int, batch: int, with_kafka: bool) -> dict[str, object]:
     events = generate(customers=customers, messages_per_customer=6, seed=42,
-                      numbers=[f"1000{i:02d}" for i in range(24)], late_start=datetime(2026, 11, 2, tzinfo=UTC))
+                      numbers=[f"1000{i:02d}" for i in range(24)], late_start=datetime(2026, 11, 2, tzinfo=UTC),
+                      with_bsuids=True)
     status_records = [r for t, r in events if t == "statuses"]
     statuses = [orjson.dumps(r) for r in status_records]
     keys = [r["phone_number_id"].encode() for r in status_records]

@@ -45,6 +45,7 @@ from parley_billing.domain.tiers import TierUpdate
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_CLASS = 0x5042  # "PB": Parley billing
 LOCK_BUCKETS = 1 << 12
+KNOWN_CONTACTS_MAX = 500_000
 NEG_INF = datetime.min.replace(tzinfo=UTC)
 # Re-pricing after a fact at time f: messages delivered from f on are re-priced (no PMP price
 # depends on a later fact than its own delivery: windows open at an inbound message or at a
@@ -124,6 +125,19 @@ class Metering:
         # many connections, run concurrently: while PostgreSQL works on one part, this process
         # prices another. The parts lock disjoint buckets, so they never wait on each other.
         self.parallel = max(1, parallel)
+        # BSUIDs whose number is already in billing.contacts (committed): statuses carry both on
+        # every message, so without this every batch would upsert thousands of known pairs.
+        self._known_contacts: dict[str, None] = {}
+
+    def _unknown_contacts(self, facts: Iterable[StatusFact | InboundRecord]) -> dict[str, str]:
+        return {f.user_id: f.customer for f in facts if f.user_id and f.user_id not in self._known_contacts}
+
+    def _remember_contacts(self, contacts: dict[str, str]) -> None:
+        """Called after the transaction that stored ``contacts`` committed."""
+        for bsuid in contacts:
+            self._known_contacts[bsuid] = None
+        while len(self._known_contacts) > KNOWN_CONTACTS_MAX:
+            del self._known_contacts[next(iter(self._known_contacts))]
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -154,6 +168,7 @@ class Metering:
         return sum(r for r in done if isinstance(r, int))
 
     async def _record_statuses(self, facts: list[StatusFact]) -> int:
+        contacts = self._unknown_contacts(facts)
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_numbers(conn, (f.phone_number_id for f in facts))
             await _copy_in(conn, "_deliveries_in", facts)  # facts are rows in column order
@@ -184,8 +199,10 @@ class Metering:
             for r in changed:
                 if r["delivered_at"] is not None:
                     _touch(affected, (r["phone_number_id"], r["customer"]), r["delivered_at"])
-            await _learn_contacts(conn, {f.user_id: f.customer for f in facts if f.user_id}, affected)
-            return await self._reprice(conn, affected)
+            await _learn_contacts(conn, contacts, affected)
+            written = await self._reprice(conn, affected)
+        self._remember_contacts(contacts)
+        return written
 
     async def record_sends(self, facts: Sequence[SendFact]) -> int:
         if not facts:
@@ -216,6 +233,7 @@ class Metering:
         if not facts:
             return 0
         unique = list({f.wamid: f for f in facts}.values())
+        contacts = self._unknown_contacts(unique)
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_numbers(conn, (f.phone_number_id for f in unique))
             inserted = await conn.fetch(
@@ -228,8 +246,10 @@ class Metering:
             affected: dict[Key, datetime] = {}
             for r in inserted:
                 _touch(affected, (r["phone_number_id"], r["customer"]), r["received_at"])
-            await _learn_contacts(conn, {f.user_id: f.customer for f in unique if f.user_id}, affected)
-            return await self._reprice(conn, affected)
+            await _learn_contacts(conn, contacts, affected)
+            written = await self._reprice(conn, affected)
+        self._remember_contacts(contacts)
+        return written
 
     async def record_tier_updates(self, updates: Sequence[TierUpdate]) -> int:
         """Keep Meta's volume-tier events (idempotent on their event id); returns how many were new."""

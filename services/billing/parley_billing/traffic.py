@@ -29,11 +29,12 @@ def _iso(t: datetime) -> str:
 def generate(*, seed: int = 7, customers: int = 200, messages_per_customer: int = 5,
              numbers: Sequence[str] = ("100001", "100002"), tenant_id: str = "acme",
              start: datetime = datetime(2026, 1, 10, tzinfo=UTC), with_cbp: bool = True,
-             late_start: datetime | None = None) -> list[Event]:
+             late_start: datetime | None = None, with_bsuids: bool = False) -> list[Event]:
     """Inbound messages (some from ads), sends and statuses (sent, delivered, read; sometimes no
     delivered), spread over a few days per customer; with ``with_cbp`` a fifth of the customers
     talk before 2025-07-01; with ``late_start`` two fifths start then instead of at ``start`` (e.g.
-    after 2026-10-01, where free-form replies and in-window utility templates are charged)."""
+    after 2026-10-01, where free-form replies and in-window utility templates are charged); with
+    ``with_bsuids`` statuses also carry the customer's business-scoped user id, as Meta's do since 2026."""
     rnd = random.Random(seed)
     events: list[Event] = []
     for c in range(customers):
@@ -65,6 +66,8 @@ def generate(*, seed: int = 7, customers: int = 200, messages_per_customer: int 
                     "type": "regular" if charged else "free_customer_service", "category": category or "service"}
             base_status = {"tenant_id": tenant_id, "phone_number_id": pnid, "waba_id": "waba-" + pnid,
                            "wamid": wamid, "recipient_id": customer}
+            if with_bsuids:
+                base_status["recipient_user_id"] = f"ZZ.{customer}"
             events.append(("statuses", {**base_status, "event_id": f"{wamid}:sent", "status": "sent",
                                         "occurred_at": _iso(sent), "pricing": meta}))
             delivered = sent + timedelta(seconds=rnd.randrange(1, 120))
