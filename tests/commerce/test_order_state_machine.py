@@ -35,8 +35,10 @@ def fulfilment(fid: str, status: str, at: int) -> OrderFact:
     return OrderFact(fid, "fulfilment", T0 + timedelta(seconds=at), {"status": status})
 
 
-def refund(fid: str, value: int, at: int) -> OrderFact:
-    return refund_fact(fid, Money(Decimal(value) / 100, "INR"), T0 + timedelta(seconds=at), None)
+def refund(fid: str, value: int, at: int, seq: int | None = None) -> OrderFact:
+    """A refund recorded through Parley; by default recorded in the order of its id (r1 before r2)."""
+    order = seq if seq is not None else int(fid.lstrip("r")) if fid.lstrip("r").isdigit() else 0
+    return refund_fact(fid, Money(Decimal(value) / 100, "INR"), T0 + timedelta(seconds=at), None, order)
 
 
 def test_requested_then_captured_then_partly_and_fully_refunded() -> None:
@@ -48,6 +50,16 @@ def test_requested_then_captured_then_partly_and_fully_refunded() -> None:
     assert order.state == "refunded_partly" and order.refunded == Money(Decimal("150"), "INR")
     order = fold_order(REF, [*facts, refund("r1", 15000, 30), refund("r2", 30000, 40)])
     assert order.state == "refunded_fully" and order.refundable == 0
+
+
+def test_a_refund_recorded_later_never_displaces_an_earlier_one_whatever_the_clocks() -> None:
+    facts = [requested(), payment("p", "captured", 5), refund("r1", 40000, 100, seq=0)]
+    # the second refund's clock says it came first; it was recorded second: r1 stays counted
+    order = fold_order(REF, [*facts, refund("r2", 5000, 50, seq=1)])
+    assert order.refunded == Money(Decimal("450"), "INR")
+    order = fold_order(REF, [*facts, refund("r2", 5001, 50, seq=1)])
+    assert [(h.fact_id, h.status) for h in order.history if h.kind == "refund"] == [
+        ("refund:r2", "refused"), ("refund:r1", "recorded")]
 
 
 def test_a_refund_beyond_what_was_captured_is_refused_and_not_counted() -> None:
@@ -169,6 +181,7 @@ def test_an_accepted_refund_is_counted_exactly_and_a_refused_one_never(facts: li
     before = fold_order(REF, facts)
     amount = Money(Decimal(value) / 100, "INR")
     decision = decide_refund(before, amount)
-    after = fold_order(REF, [*facts, refund("new", value, 55)])
+    # recorded after every refund before it, at any clock time (a replica's clock may be behind)
+    after = fold_order(REF, [*facts, refund("new", value, -30, seq=100)])
     gained = (after.refunded.amount if after.refunded else 0) - (before.refunded.amount if before.refunded else 0)
     assert gained == (amount.amount if decision.accepted else 0)

@@ -267,7 +267,10 @@ async def request_refund(
         decision: RefundDecision = decide_refund(order, amount)
         if not decision.accepted or decision.amount is None:
             return RefundOutcome("refused", decision.reason, view_json(order))
-        fact = refund_fact(key, decision.amount, now, reason)
+        seq = await conn.fetchval(
+            "SELECT count(*) FROM billing.order_facts WHERE tenant_id = $1 AND reference_id = $2 AND kind = 'refund'",
+            tenant_id, reference_id)
+        fact = refund_fact(key, decision.amount, now, reason, int(seq))
         await conn.execute(
             "INSERT INTO billing.order_facts (tenant_id, reference_id, fact_id, kind, occurred_at, body)"
             " VALUES ($1, $2, $3, $4, $5, $6)",

@@ -15,9 +15,10 @@ currency than the order's are never added up.
 Rules that decide (pure):
 - a payment counts as captured once any captured update exists (money moved; a later pending or
   failed update of a retried attempt does not undo it); otherwise the latest update decides;
-- refunds are counted in canonical order and never beyond the captured amount: a refund that
-  would exceed it is kept in the history as refused and not counted (``decide_refund`` refuses it
-  before it is ever recorded);
+- refunds are counted in the order they were recorded (their ``seq``) and never beyond the
+  captured amount: a refund that would exceed it is kept in the history as refused and not
+  counted (``decide_refund`` refuses it before it is ever recorded), and a later refund never
+  displaces an earlier one, whatever the clocks say;
 - the state is the furthest thing that happened: refunded (fully or partly) over canceled over
   completed over shipped over captured / failed / pending over requested; an order with payments
   but no request is ``unknown`` (the payment is kept and reported, not dropped).
@@ -167,7 +168,22 @@ def fold_order(reference_id: str, facts: Iterable[OrderFact]) -> OrderView:
                 break
     latest_payment: OrderFact | None = None
     fulfilment: OrderFact | None = None
+    # Refunds count in the order they were recorded (``seq``, taken under the order's lock), not
+    # by their clocks: a refund recorded later never displaces one already paid out.
     refunded = Decimal(0)
+    refund_outcome: dict[str, tuple[str, Money | None, str | None]] = {}
+    limit = captured.amount if captured else Decimal(0)
+    for f in sorted((f for f in ordered if f.kind == "refund"), key=_refund_order):
+        amount = _money_or_none(f.body.get("amount"), f.body.get("currency") or currency)
+        if requested is None:
+            refund_outcome[f.fact_id] = ("refused", amount, "no order_details was sent for this reference_id")
+        elif amount is None or (currency is not None and amount.currency != currency):
+            refund_outcome[f.fact_id] = ("refused", amount, "not in the order's currency")
+        elif refunded + amount.amount > limit:
+            refund_outcome[f.fact_id] = ("refused", amount, "more than was captured")
+        else:
+            refunded += amount.amount
+            refund_outcome[f.fact_id] = ("recorded", amount, _str(f.body.get("reason")))
 
     for f in ordered:
         status = str(f.body.get("status", ""))
@@ -188,21 +204,8 @@ def fold_order(reference_id: str, facts: Iterable[OrderFact]) -> OrderView:
             history.append(HistoryEntry(f.occurred_at, "fulfilment", status, f.fact_id, None,
                                         _str(f.body.get("description"))))
         elif f.kind == "refund":
-            amount = _money_or_none(f.body.get("amount"), f.body.get("currency") or currency)
-            limit = captured.amount if captured else Decimal(0)
-            if requested is None:
-                history.append(HistoryEntry(f.occurred_at, "refund", "refused", f.fact_id, amount,
-                                            "no order_details was sent for this reference_id"))
-            elif amount is None or (currency is not None and amount.currency != currency):
-                history.append(HistoryEntry(f.occurred_at, "refund", "refused", f.fact_id, amount,
-                                            "not in the order's currency"))
-            elif refunded + amount.amount > limit:
-                history.append(HistoryEntry(f.occurred_at, "refund", "refused", f.fact_id, amount,
-                                            "more than was captured"))
-            else:
-                refunded += amount.amount
-                history.append(HistoryEntry(f.occurred_at, "refund", "recorded", f.fact_id, amount,
-                                            _str(f.body.get("reason"))))
+            outcome, amount, note = refund_outcome[f.fact_id]
+            history.append(HistoryEntry(f.occurred_at, "refund", outcome, f.fact_id, amount, note))
 
     payment_status = None
     if captured is not None:
@@ -275,6 +278,11 @@ def _state(requested: bool, payment: str | None, fulfilment: str | None, capture
     if payment is not None:
         return "payment_pending"
     return "requested"
+
+
+def _refund_order(f: OrderFact) -> tuple[int, str]:
+    seq = f.body.get("seq")
+    return (seq if isinstance(seq, int) and not isinstance(seq, bool) else 0, f.fact_id)
 
 
 def _later_payment(a: OrderFact, b: OrderFact) -> bool:
@@ -404,9 +412,10 @@ def payment_fact(update: Mapping[str, Any]) -> tuple[str, OrderFact]:
     return reference_id, OrderFact(str(update["event_id"]), "payment", _time(update.get("occurred_at")), body)
 
 
-def refund_fact(refund_id: str, amount: Money, at: datetime, reason: str | None) -> OrderFact:
+def refund_fact(refund_id: str, amount: Money, at: datetime, reason: str | None, seq: int) -> OrderFact:
+    """A refund recorded through Parley; ``seq`` is how many refunds the order had before it."""
     return OrderFact(f"refund:{refund_id}", "refund", at,
-                     {"amount": amount.as_meta(), "currency": amount.currency, "reason": reason})
+                     {"amount": amount.as_meta(), "currency": amount.currency, "reason": reason, "seq": seq})
 
 
 def _interactive_params(message: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
