@@ -199,7 +199,7 @@ async def throughput(results: dict[str, object], n: int, profile: str | None = N
         async with app.router.lifespan_context(app):
             first = None
             done = 0
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 900
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
                 done = await pool.fetchval("SELECT count(*) FROM router.routed")

@@ -111,13 +111,22 @@ async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kaf
             assert more.status_code == 202 and more.json()["model"]["state"] == "training"
             task = registry.training_task("router-api")
             assert task is not None
-            await asyncio.wait_for(task, 120)
+            await asyncio.wait_for(task, 300)
             assert (await http.get("/v1/intents", headers=auth)).json()["model"]["state"] == "ready"
+            # Only the model in use is kept: the one it replaced was deleted.
+            kept = await pool.fetch("SELECT fingerprint FROM router.tenant_models WHERE tenant_id='router-api'")
+            assert [r["fingerprint"] for r in kept] == [registry.fingerprint("router-api")] != [fp]
 
             gone = await http.delete("/v1/intents/baggage?wait=true", headers=auth)
             assert gone.status_code == 200 and gone.json()["model"]["state"] == "default"
             assert "baggage" not in registry.for_tenant("router-api").intents
             assert (await http.delete("/v1/intents/baggage", headers=auth)).status_code == 404
+            # No own intents any more: no stored model either.
+            for _ in range(100):
+                if not await pool.fetchval("SELECT count(*) FROM router.tenant_models WHERE tenant_id='router-api'"):
+                    break
+                await asyncio.sleep(0.05)
+            assert await pool.fetchval("SELECT count(*) FROM router.tenant_models WHERE tenant_id='router-api'") == 0
 
         # The dedupe table is pruned on a schedule: old wamids go, recent ones stay.
         await pool.execute(
@@ -131,3 +140,39 @@ async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kaf
         rows = {r["wamid"] for r in await pool.fetch(
             "SELECT wamid FROM router.routed WHERE wamid IN ('wamid.old', 'wamid.new')")}
         assert rows == {"wamid.new"}
+
+
+async def test_tenant_intent_quotas_are_422s_naming_the_limit(kafka_bootstrap: str, database_url: str) -> None:
+    key, other_key = await _setup(database_url)
+    from parley_router.app import create_app
+    from parley_router.settings import RouterSettings
+
+    app = create_app(RouterSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url, prune_interval_s=0,
+                                    max_tenant_intents=2, max_examples_per_intent=3, max_examples_per_tenant=5))
+    auth, other = {"Authorization": f"Bearer {key}"}, {"Authorization": f"Bearer {other_key}"}
+    async with app.router.lifespan_context(app):
+        pool = app.state.runtime.require_pool()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as http:
+            too_many = await http.put("/v1/intents/bags", headers=auth, json={"examples": ["a", "b", "c", "d"]})
+            assert too_many.status_code == 422 and "at most 3 are allowed per intent" in too_many.text
+            too_long = await http.put("/v1/intents/bags", headers=auth, json={"examples": ["x" * 501]})
+            assert too_long.status_code == 422 and "longer than 500 characters" in too_long.text
+            for name, examples in (("bags", ["a", "b", "c"]), ("pets", ["d", "e"])):
+                assert (await http.put(f"/v1/intents/{name}", headers=auth,
+                                       json={"examples": examples})).status_code == 202
+            third = await http.put("/v1/intents/seats", headers=auth, json={"examples": ["f"]})
+            assert third.status_code == 422 and "at most 2 are allowed" in third.text
+            grown = await http.put("/v1/intents/pets", headers=auth, json={"examples": ["d", "e", "g"]})
+            assert grown.status_code == 422 and "would have 6 examples; at most 5" in grown.text
+            # Replacing an intent within the quota is fine; refused requests stored nothing.
+            assert (await http.put("/v1/intents/pets", headers=auth, json={"examples": ["d", "e2"]})).status_code == 202
+            rows = await pool.fetch("SELECT name, examples FROM router.tenant_intents WHERE tenant_id='router-api'"
+                                    " ORDER BY name")
+            assert [(r["name"], json.loads(r["examples"]) if isinstance(r["examples"], str) else r["examples"])
+                    for r in rows] == [("bags", ["a", "b", "c"]), ("pets", ["d", "e2"])]
+            # Concurrent requests cannot pass the intent quota together.
+            answers = await asyncio.gather(*(http.put(f"/v1/intents/i{n}", headers=other, json={"examples": ["z"]})
+                                             for n in range(6)))
+            assert sorted(a.status_code for a in answers) == [202, 202, 422, 422, 422, 422]
+            assert await pool.fetchval(
+                "SELECT count(*) FROM router.tenant_intents WHERE tenant_id='router-api-other'") == 2

