@@ -83,8 +83,14 @@ async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kaf
             assert before.intent != "baggage"
 
             put = await http.put("/v1/intents/baggage?wait=true", headers=auth, json={"examples": BAGGAGE})
-            assert put.status_code == 200, put.text
-            assert put.json()["model"]["state"] == "ready" and "baggage" in put.json()["model"]["intents"]
+            assert put.status_code in (200, 202), put.text
+            put_model = put.json()["model"]
+            if put.status_code == 202:  # the server waits 120 s at most; a loaded machine trains longer
+                task = registry.training_task("router-api")
+                assert task is not None and put_model["state"] == "training"
+                await asyncio.wait_for(task, 600)
+                put_model = (await http.get("/v1/intents", headers=auth)).json()["model"]
+            assert put_model["state"] == "ready" and "baggage" in put_model["intents"]
 
             # The live router classifies the tenant's messages with the new model, no restart.
             after = service.router.understand([(msg, service.context_for(msg))])[0]
@@ -101,7 +107,7 @@ async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kaf
             assert (await http.delete("/v1/intents/baggage", headers=other)).status_code == 404
 
             # The model is stored for other replicas, under the fingerprint of the intents.
-            fp = put.json()["model"]["fingerprint"]
+            fp = put_model["fingerprint"]
             stored = await pool.fetchval(
                 "SELECT count(*) FROM router.tenant_models WHERE tenant_id='router-api' AND fingerprint=$1", fp)
             assert stored == 1
@@ -111,7 +117,7 @@ async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kaf
             assert more.status_code == 202 and more.json()["model"]["state"] == "training"
             task = registry.training_task("router-api")
             assert task is not None
-            await asyncio.wait_for(task, 300)
+            await asyncio.wait_for(task, 600)
             assert (await http.get("/v1/intents", headers=auth)).json()["model"]["state"] == "ready"
             # Only the model in use is kept: the one it replaced was deleted.
             kept = await pool.fetch("SELECT fingerprint FROM router.tenant_models WHERE tenant_id='router-api'")
