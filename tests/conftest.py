@@ -1,4 +1,4 @@
-"""Infrastructure for tests, chosen in this order (DESIGN.md, "Running it"):
+"""Infrastructure for tests, chosen in this order (docs/ARCHITECTURE.md, "Running and testing"):
 
 1. ``PARLEY_KAFKA_BOOTSTRAP`` / ``PARLEY_DATABASE_URL`` when set;
 2. testcontainers (Kafka KRaft, PostgreSQL) when a Docker engine answers;

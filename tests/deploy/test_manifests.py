@@ -35,7 +35,7 @@ K8S_VERSION = "1.31.0"
 
 Doc = dict[str, Any]
 
-# Deployment -> the consumer groups its KEDA triggers must cover (DESIGN.md, the services' group ids).
+# Deployment -> the consumer groups its KEDA triggers must cover (docs/ARCHITECTURE.md, the services' group ids).
 CONSUMER_GROUPS: dict[str, set[str]] = {
     "parley-router": {"parley-router"},
     "parley-sender": {"parley-sender", "parley-sender-windows"},

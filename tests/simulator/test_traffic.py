@@ -1,4 +1,4 @@
-"""Inbound traffic: realistic, deterministic, in Meta's webhook structure (whatsapp-platform.md §1)."""
+"""Inbound traffic: realistic, deterministic, in Meta's webhook structure (Meta's webhooks reference)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Event contracts of every Kafka topic (see DESIGN.md, "Contracts").
+"""Event contracts of every Kafka topic (docs/ARCHITECTURE.md, "Contracts").
 
 Every record is one pydantic model with a ``schema_version``, a deterministic ``event_id``
 (Meta's wamid for a message, ``wamid:status`` for a status, a hash of the body otherwise),

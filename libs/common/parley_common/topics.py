@@ -1,7 +1,7 @@
 """The topic registry: names, partition counts, keys and retention of every topic.
 
 Everything about one business phone number goes to one partition: the key is the
-``phone_number_id`` (DESIGN.md). Dead letters are keyed by the original key.
+``phone_number_id`` (docs/ARCHITECTURE.md, "Topics"). Dead letters are keyed by the original key.
 """
 
 from __future__ import annotations

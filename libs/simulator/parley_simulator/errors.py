@@ -1,4 +1,5 @@
-"""Meta's Graph API errors as the simulator answers them (whatsapp-platform.md §2).
+"""Meta's Graph API errors as the simulator answers them (Meta's Cloud API error codes:
+https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes).
 
 Two shapes: the synchronous answer to a send (``{"error": {...}}`` with an HTTP status) and the
 ``errors[]`` item of a failed status webhook.
