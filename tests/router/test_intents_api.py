@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 import asyncpg
 import httpx
 import pytest
+from aiokafka import ConsumerRecord
 from parley_common.contracts import InboundMessage
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from prometheus_client import generate_latest
 
 pytestmark = pytest.mark.infra
 
@@ -95,6 +97,13 @@ async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kaf
             # The live router classifies the tenant's messages with the new model, no restart.
             after = service.router.understand([(msg, service.context_for(msg))])[0]
             assert after.intent == "baggage"
+            # Routed through the handler: the tenant's intent name is not a metric label.
+            record = ConsumerRecord("in", 0, 0, 0, 0, NUMBER.encode(), msg.model_dump_json().encode(), None,
+                                    len(NUMBER), 0, [])
+            [decision] = await service.handle_batch([record])
+            assert decision.routed.intent == "baggage"
+            metrics = generate_latest(app.state.runtime.registry).decode()
+            assert 'intent="tenant_intent"' in metrics and "baggage" not in metrics
             assert "baggage" not in registry.for_tenant("router-api-other").intents
 
             got = (await http.get("/v1/intents/baggage", headers=auth)).json()
