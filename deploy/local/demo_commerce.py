@@ -128,7 +128,7 @@ async def sell_tickets(*, client: httpx.AsyncClient, shops: list[Shop], customer
             await inbound(shop, {"from": customer, "text": WANT_TICKET[lang], "language": lang,
                                  "intent": "buy_ticket", "referral": n % 3 == 0})
             stats["asked"] += 1
-    await asyncio.sleep(3)  # the sender learns the customer service windows from wa.messages.in
+    await asyncio.sleep(5)  # the sender learns the customer service windows from wa.messages.in
 
     async def one(shop: Shop, n: int, customer: str) -> None:
         async with sem:

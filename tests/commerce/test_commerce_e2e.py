@@ -112,11 +112,11 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(shopfro
             billing_url=shopfront.billing.url, sim_url=shopfront.simulator.url, public_key=FLOW_KEY.public_key(),
             run="e2e", rng=rng)
         stats = result["stats"]
-        assert stats["asked"] == 14 and stats.get("sends_refused_422", 0) == 0
+        assert stats["asked"] == 14 and stats.get("sends_refused_422", 0) == 0, stats
         paid = stats.get("payment_captured", 0)
-        assert paid + stats.get("payment_payment_failed", 0) == len(result["orders"]) > 0
-        assert stats.get("payment_pending", 0) == 0, "every payment settled"
-        assert paid > 0 and stats.get("payment_payment_failed", 0) > 0
+        assert paid + stats.get("payment_payment_failed", 0) == len(result["orders"]) > 0, stats
+        assert stats.get("payment_pending", 0) == 0, f"every payment settled: {stats}"
+        assert paid > 0 and stats.get("payment_payment_failed", 0) > 0, stats
         sold = result["seats_sold"]
         assert len(sold) == len(set(sold)) == paid, "every paid order sold its seat; no seat sold twice"
 
