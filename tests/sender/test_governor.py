@@ -114,6 +114,13 @@ def test_messaging_limit_counts_unique_customers_in_rolling_24h() -> None:
     assert lim.allows("c", 10.0 + 24 * 3600)
 
 
+def test_reserve_takes_places_in_order_and_a_customer_counted_already_always_fits() -> None:
+    lim = MessagingLimit(limit=2)
+    assert [lim.reserve(c, 0.0) for c in ("a", "b", "c", "a", "d")] == [True, True, False, True, False]
+    assert lim.count(0.0) == 2
+    assert lim.reserve("c", 24 * 3600 + 1.0)  # the places of a day ago are free again
+
+
 def test_unlimited_tier() -> None:
     lim = MessagingLimit(limit=None)
     for i in range(10_000):

@@ -3,7 +3,6 @@ from typing import Any
 
 from parley_common.contracts import OutboundMessage
 from parley_sender.domain.consent import ConsentState
-from parley_sender.domain.governor import MessagingLimit
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide
 from parley_sender.domain.templates import Template, TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
@@ -140,13 +139,20 @@ def test_marketing_to_us_numbers_is_refused() -> None:
     assert isinstance(decide(_template("shipping", to=US), _ctx()), SendPlan)
 
 
-def test_messaging_limit_refuses_new_customers_outside_a_window_only() -> None:
-    limit = MessagingLimit(limit=1)
-    limit.record("someone-else", NOW.timestamp())
-    out = decide(_template("shipping"), _ctx(CLOSED, messaging_limit=limit))
-    assert isinstance(out, Refusal) and out.reason == "messaging_limit_reached"
+def test_only_templates_outside_a_window_count_against_the_messaging_limit() -> None:
+    closed = decide(_template("shipping"), _ctx(CLOSED))
+    assert isinstance(closed, SendPlan) and closed.business_initiated
     # Inside the customer's window the message is not business-initiated: no limit applies.
-    assert isinstance(decide(_template("shipping"), _ctx(OPEN, messaging_limit=limit)), SendPlan)
+    inside = decide(_template("shipping"), _ctx(OPEN))
+    assert isinstance(inside, SendPlan) and not inside.business_initiated
+
+
+def test_a_reply_reference_the_tracker_has_not_seen_does_not_exempt_a_template_from_the_limit() -> None:
+    # The reference may be invented: the reply goes out (Meta judges the window), and counts.
+    plan = decide(
+        _template("shipping", reply_to_wamid="wamid.unseen"), _ctx(CLOSED, unseen_reply_reference=True)
+    )
+    assert isinstance(plan, SendPlan) and plan.window_from_reply_reference and plan.business_initiated
 
 
 def test_invalid_free_form_content_is_refused() -> None:

@@ -47,7 +47,6 @@ def create_app(
         broker=rt.broker,
         store=lambda: sender.store,
         producer=producer,
-        limits=lambda tenant_id: sender.known_limit(tenant_id),
     )
     sender = Sender(
         settings=settings,

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -36,14 +36,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from parley_sender.cloudapi import CloudApiClient, SendResponse
 from parley_sender.domain.consent import ConsentState
-from parley_sender.domain.governor import MessagingLimit, priority_rank
+from parley_sender.domain.governor import priority_rank
 from parley_sender.domain.outcomes import (
     MessageState,
     Redelivery,
     backoff_s,
     on_redelivery,
 )
-from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide
+from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide, messaging_limit_reached
 from parley_sender.domain.storable import unstorable_reason
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
@@ -174,7 +174,6 @@ class Sender:
     tracer: Tracer = field(default_factory=lambda: trace.get_tracer("parley.sender"))
     journal: RowJournal = field(init=False)
     outcomes: OutcomeBuilder = field(init=False)
-    limits: dict[str, tuple[float, MessagingLimit]] = field(default_factory=dict)
     catalogues: dict[str, tuple[float, TemplateCatalogue]] = field(default_factory=dict)
     # Trace context of each request being sent (from its Kafka headers), so that the Cloud API
     # call joins the trace of the customer message or API request that caused it.
@@ -209,20 +208,6 @@ class Sender:
 
     def invalidate_catalogue(self, tenant_id: str) -> None:
         self.catalogues.pop(tenant_id, None)
-
-    async def messaging_limit(self, tenant: Tenant) -> MessagingLimit:
-        """Reloaded from the database now and then: other replicas reach customers too."""
-        cached = self.limits.get(tenant.tenant_id)
-        if cached is None or time.monotonic() - cached[0] >= self.settings.messaging_limit_ttl_s:
-            reached = await self.store.reached(tenant.tenant_id, now_utc() - timedelta(hours=24))
-            lim = MessagingLimit(limit=tenant.messaging_limit, reached=reached if tenant.messaging_limit else {})
-            cached = self.limits[tenant.tenant_id] = (time.monotonic(), lim)
-        cached[1].limit = tenant.messaging_limit
-        return cached[1]
-
-    def known_limit(self, tenant_id: str) -> MessagingLimit | None:
-        cached = self.limits.get(tenant_id)
-        return cached[1] if cached else None
 
     def forget_numbers(self, numbers: set[str]) -> None:
         """Their partition was revoked: whatever happens there next is not seen by this process."""
@@ -414,7 +399,6 @@ class Sender:
                 unseen_reply_reference=bool(m.reply_to_wamid and m.reply_to_wamid not in known),
                 catalogue=catalogues[tenant.tenant_id],
                 consent=consent.get((tenant.tenant_id, m.recipient), ConsentState()),
-                messaging_limit=await self.messaging_limit(tenant),
                 language_fallbacks=self.settings.template_language_fallbacks,
             )
             try:
@@ -428,8 +412,33 @@ class Sender:
                 outcomes.append(self.outcomes.refused(m, tenant.tenant_id, decision))
             else:
                 plans.append((m, decision, tenant))
+        plans = await self._reserve_reach(plans, outcomes, now)
         outcomes.extend(await self._dispatch(plans, gate, raw))
         return outcomes
+
+    async def _reserve_reach(self, plans: list[Plan], outcomes: list[Outcome], now: datetime) -> list[Plan]:
+        """Business-initiated sends take their customer's place in the portfolio's messaging limit
+        before any call, in one transaction per portfolio shared with every replica; the ones left
+        without a place are refused (docs/adr/0115-portfolio-messaging-limit.md)."""
+        wanted: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        limits: dict[str, int] = {}
+        for m, plan, tenant in plans:
+            if plan.business_initiated and tenant.messaging_limit is not None:
+                wanted[tenant.tenant_id].append((m.message_id, m.recipient))
+                limits[tenant.tenant_id] = tenant.messaging_limit
+        if not wanted:
+            return plans
+        granted: set[str] = set()
+        for tid, items in wanted.items():
+            granted |= await self.store.reserve_reach(tid, limits[tid], items, now)
+        kept: list[Plan] = []
+        for m, plan, tenant in plans:
+            if tenant.tenant_id in wanted and plan.business_initiated and m.message_id not in granted:
+                refusal = messaging_limit_reached(limits[tenant.tenant_id])
+                outcomes.append(self.outcomes.refused(m, tenant.tenant_id, refusal))
+            else:
+                kept.append((m, plan, tenant))
+        return kept
 
     async def _dispatch(self, plans: list[Plan], gate: Gate | None, raw: dict[str, bytes]) -> list[Outcome]:
         """Per number, per customer: one chain each (order kept per customer). Each number's chains

@@ -21,8 +21,7 @@ from parley_common.contracts import ConsentChange, OutboundMessage, body_hash
 from parley_common.deadletter import dead_letter_record, publish_dead_letter
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS
 
-from parley_sender.domain.governor import MessagingLimit
-from parley_sender.domain.outcomes import FINAL, MessageState, stops_consent
+from parley_sender.domain.outcomes import FINAL, NOT_SENT, MessageState, stops_consent
 from parley_sender.producing import RecordProducer
 from parley_sender.results import now_utc, result_json
 from parley_sender.store import MessageRow, SenderStore
@@ -55,12 +54,10 @@ class Effects:
         broker: KafkaBroker,
         store: Callable[[], SenderStore],
         producer: RecordProducer | None,
-        limits: Callable[[str], MessagingLimit | None],
     ) -> None:
         self.broker = broker
         self._store = store
         self.producer = producer
-        self._limits = limits
 
     @property
     def store(self) -> SenderStore:
@@ -94,11 +91,15 @@ class Effects:
             for o in outcomes
             if o.reached and o.row.tenant_id and o.row.recipient
         ]
-        for tid, customer, at in reached:
-            lim = self._limits(tid)
-            if lim is not None:
-                lim.record(customer, at.timestamp())
         await self.store.record_reached(reached)
+        # Places in the messaging limit held by sends that did not leave (docs/adr/0115).
+        await self.store.release_reach(
+            [
+                (o.row.tenant_id, o.row.recipient, o.row.message_id)
+                for o in outcomes
+                if o.row.business_initiated and o.row.tenant_id and o.row.recipient and o.row.state in NOT_SENT
+            ]
+        )
         await self.store.start_free_entry_points(
             [(o.row.phone_number_id, o.row.recipient, now) for o in outcomes if o.fep_started and o.row.recipient]
         )

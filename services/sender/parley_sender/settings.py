@@ -43,10 +43,8 @@ class SenderSettings(CommonSettings):
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
 
-    # Memory: a number's pacing state is forgotten after this long unused; the messaging limit's
-    # reached customers are reloaded from the database this often (other replicas add to them).
+    # Memory: a number's pacing state is forgotten after this long unused.
     number_idle_s: float = 300.0
-    messaging_limit_ttl_s: float = 60.0
 
     # Retries through wa.messages.out.retry, then the dead-letter topic.
     max_attempts: int = 6

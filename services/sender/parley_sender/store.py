@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import orjson
 from parley_common.contracts import STATUS_ORDER, MessageStatus
 
 from parley_sender.domain.consent import ConsentState
+from parley_sender.domain.governor import MessagingLimit
 from parley_sender.domain.outcomes import RESOLVABLE, SETTLED, MessageState, sql_states
 from parley_sender.domain.templates import Template, TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows, CustomerServiceWindow, FreeEntryPointWindow
@@ -447,19 +448,68 @@ class SenderStore:
             source,
         )
 
-    async def reached(self, tenant_id: str, since: datetime) -> dict[str, float]:
-        rows = await self.pool.fetch(
-            "SELECT customer_id, reached_at FROM sender.reached WHERE tenant_id = $1 AND reached_at > $2",
-            tenant_id,
-            since,
-        )
-        return {r["customer_id"]: r["reached_at"].timestamp() for r in rows}
+    # --- the portfolio's messaging limit (docs/adr/0115-portfolio-messaging-limit.md) ---------
+    async def reserve_reach(
+        self, tenant_id: str, limit: int, wanted: Sequence[tuple[str, str]], now: datetime
+    ) -> set[str]:
+        """Places in the portfolio's messaging limit for ``(message_id, customer)`` pairs, taken in
+        order under the portfolio's row lock (every replica counts the same rows); returns the
+        message ids granted. A new customer's place is held by its requests until one is accepted
+        (:meth:`record_reached`) or all are released (:meth:`release_reach`)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO sender.portfolios VALUES ($1) ON CONFLICT DO NOTHING", tenant_id)
+            await conn.execute("SELECT 1 FROM sender.portfolios WHERE tenant_id = $1 FOR UPDATE", tenant_id)
+            rows = await conn.fetch(
+                "SELECT customer_id, reached_at FROM sender.reached WHERE tenant_id = $1 AND reached_at > $2",
+                tenant_id,
+                now - timedelta(hours=24),
+            )
+            counted = MessagingLimit(limit, reached={r["customer_id"]: r["reached_at"].timestamp() for r in rows})
+            granted: list[tuple[str, str, datetime, str]] = []
+            at = now.timestamp()
+            for message_id, customer in wanted:
+                if counted.reserve(customer, at):
+                    granted.append((tenant_id, customer, now, message_id))
+            # A customer counted already is kept 24 hours from now (even if this send then fails:
+            # the count errs on the safe side); a row older than the window is taken afresh.
+            await conn.executemany(
+                """INSERT INTO sender.reached AS r (tenant_id, customer_id, reached_at, confirmed, pending)
+                   VALUES ($1, $2, $3, false, ARRAY[$4::text])
+                   ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
+                     confirmed = r.confirmed AND r.reached_at > $3::timestamptz - interval '24 hours',
+                     pending = CASE
+                       WHEN r.reached_at <= $3::timestamptz - interval '24 hours' THEN EXCLUDED.pending
+                       WHEN r.confirmed THEN r.pending
+                       ELSE array_append(r.pending, $4::text) END,
+                     reached_at = GREATEST(r.reached_at, EXCLUDED.reached_at)""",
+                granted,
+            )
+        return {g[3] for g in granted}
+
+    async def release_reach(self, items: Sequence[tuple[str, str, str]]) -> None:
+        """``(tenant_id, customer, message_id)`` of sends refused or failed before leaving: the
+        place they held goes when no other request holds it and none was accepted."""
+        if not items:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                """DELETE FROM sender.reached WHERE tenant_id = $1 AND customer_id = $2 AND NOT confirmed
+                     AND $3::text = ANY(pending) AND cardinality(array_remove(pending, $3::text)) = 0""",
+                items,
+            )
+            await conn.executemany(
+                """UPDATE sender.reached SET pending = array_remove(pending, $3::text)
+                   WHERE tenant_id = $1 AND customer_id = $2 AND $3::text = ANY(pending)""",
+                items,
+            )
 
     async def record_reached(self, items: Sequence[tuple[str, str, datetime]]) -> None:
+        """Accepted business-initiated sends: their customers are reached (the place is final)."""
         if items:
             await self.pool.executemany(
-                """INSERT INTO sender.reached VALUES ($1,$2,$3) ON CONFLICT (tenant_id, customer_id)
-                   DO UPDATE SET reached_at = GREATEST(sender.reached.reached_at, EXCLUDED.reached_at)""",
+                """INSERT INTO sender.reached AS r (tenant_id, customer_id, reached_at) VALUES ($1,$2,$3)
+                   ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
+                     reached_at = GREATEST(r.reached_at, EXCLUDED.reached_at), confirmed = true, pending = '{}'""",
                 items,
             )
 

@@ -10,8 +10,9 @@ Meta's limits (whatsapp-platform.md §4):
 - pair rate: about one message per 6 s to one customer, bursts up to 45 borrowed from the future
   (a 20-message burst needs about two minutes of rest).
   131056 blocks the customer for 4^x seconds, x counting consecutive 131056s.
-- messaging limit: unique customers reached *outside* a customer-service window in a rolling
-  24 hours, per business portfolio (the tenant); ``None`` is unlimited.
+- messaging limit: unique customers reached with business-initiated templates in a rolling 24
+  hours, per business portfolio (the tenant); ``None`` is unlimited. Every replica takes its
+  places under the portfolio's lock in PostgreSQL (docs/adr/0115-portfolio-messaging-limit.md).
 - priority: replies first, then authentication, utility, marketing.
 
 The async adapter (:mod:`parley_sender.pacing`) sleeps for the waits this module computes.
@@ -189,7 +190,8 @@ DAY_S = 24 * 3600.0
 
 @dataclass
 class MessagingLimit:
-    """Unique customers a portfolio reached outside a window in the rolling 24 hours."""
+    """Unique customers a portfolio reached with business-initiated templates in the rolling 24
+    hours (reserved places included)."""
 
     limit: int | None = 250
     window_s: float = DAY_S
@@ -219,6 +221,13 @@ class MessagingLimit:
         if customer not in self.reached and len(self.reached) >= self.limit:
             self._prune(now)
         self.reached[customer] = now
+
+    def reserve(self, customer: str, now: float) -> bool:
+        """Take a place for ``customer`` if one is free (a customer counted already always fits)."""
+        if not self.allows(customer, now):
+            return False
+        self.record(customer, now)
+        return True
 
     def room_at(self, now: float) -> float:
         """When the next new customer fits (epoch s); ``now`` if there is room."""

@@ -48,6 +48,8 @@ RESTARTABLE: frozenset[MessageState] = frozenset({S.DEAD, S.UNRESOLVED})
 SETTLED: frozenset[MessageState] = FINAL - RESTARTABLE
 # A status webhook carrying the request's identifier turns these into ``accepted``.
 RESOLVABLE: frozenset[MessageState] = frozenset({S.IN_DOUBT, S.UNRESOLVED})
+# Certainly not sent (this attempt): a place it held in the messaging limit is given back.
+NOT_SENT: frozenset[MessageState] = frozenset({S.RETRYING, S.REFUSED, S.FAILED, S.DEAD})
 
 
 def sql_states(states: frozenset[MessageState]) -> str:

@@ -1,6 +1,8 @@
 """The decision taken before any HTTP call: send what, in which category, or refuse and why.
 
-Pure: every input (windows, catalogue, consent, messaging limit, the clock) is passed in.
+Pure: every input (windows, catalogue, consent, the clock) is passed in. Whether a send counts
+against the portfolio's messaging limit is decided here (``business_initiated``); the count
+itself is shared by every replica and taken just after (docs/adr/0115-portfolio-messaging-limit.md).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any
 from parley_common.contracts import OutboundMessage, TemplateRef
 
 from parley_sender.domain.consent import ConsentState, marketing_undeliverable_to
-from parley_sender.domain.governor import MessagingLimit
 from parley_sender.domain.templates import TemplateCatalogue, TemplateProblem, validate_send
 from parley_sender.domain.windows import CUSTOMER_SERVICE, FREE_ENTRY_POINT, ConversationWindows
 
@@ -69,7 +70,6 @@ class SendContext:
     unseen_reply_reference: bool = False
     catalogue: TemplateCatalogue = field(default_factory=TemplateCatalogue)
     consent: ConsentState = field(default_factory=ConsentState)
-    messaging_limit: MessagingLimit | None = None
     language_fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
@@ -114,6 +114,13 @@ def decide(msg: OutboundMessage, ctx: SendContext) -> SendPlan | Refusal:
         return Refusal("template_missing", "type is template but no template is named", 100)
     return _template_plan(
         msg, msg.template, ctx, recipient, csw_open=csw_open, fep_open=fep_open, from_reference=from_reference
+    )
+
+
+def messaging_limit_reached(limit: int) -> Refusal:
+    return Refusal(
+        "messaging_limit_reached",
+        f"the portfolio reached {limit} unique customers with business-initiated templates in 24 hours",
     )
 
 
@@ -163,19 +170,14 @@ def _template_plan(
     except TemplateProblem as problem:
         return Refusal(problem.reason, problem.detail, problem.code)
     category = template.pricing_category
-    customer = msg.recipient
     if category == "marketing":
         if ctx.consent.marketing_stopped:
             return Refusal("marketing_opted_out", "the customer stopped marketing from this business", 131050)
         if marketing_undeliverable_to(recipient):
             return Refusal("marketing_not_delivered_to_us", "Meta does not deliver marketing to US numbers")
-    business_initiated = not csw_open
-    limit = ctx.messaging_limit
-    if business_initiated and limit is not None and not limit.allows(customer, ctx.now.timestamp()):
-        return Refusal(
-            "messaging_limit_reached",
-            f"the portfolio reached {limit.limit} unique customers outside a window in 24 hours",
-        )
+    # A reference the window tracker has not seen may be invented: it lets a reply through
+    # (Meta judges the window), but only a known inbound message exempts it from the limit.
+    business_initiated = not csw_open or from_reference
     template_obj: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
     if components:
         template_obj["components"] = components

@@ -1,0 +1,224 @@
+"""The portfolio messaging limit on real Kafka, PostgreSQL and the simulator (ADR 0115).
+
+The limit: unique customers a portfolio reaches with business-initiated templates in a rolling
+24 hours. Shown here:
+
+- one batch of 10 templates to 10 new customers with a limit of 5: exactly 5 go out (the count
+  was once updated only after a batch's outcomes, so all 10 did);
+- a template naming an invented ``reply_to_wamid`` is not exempt (it once skipped the check);
+- two sender processes sharing one portfolio, one killed with SIGKILL mid-stream: the portfolio
+  never reaches more than its limit, and every request ends in a final state;
+- a place held by a request that did not leave is given back, and only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from parley_common.db import create_pool, migrate
+from parley_common.topics import MESSAGES_OUT, SENDS
+from parley_sender.store import MIGRATIONS, SenderStore
+from parley_simulator.app import create_app as create_simulator
+from parley_simulator.config import SimulatorConfig
+
+from .harness import (
+    Producer,
+    RunningSender,
+    collect,
+    free_port,
+    new_id,
+    outbound,
+    seed_tenants,
+    sender_settings,
+    serve_http,
+    simulator_config,
+    start_sender,
+    sync_catalogue,
+)
+
+pytestmark = pytest.mark.infra
+LIMIT = 5
+ONE = "8501"
+ONE_WABA = "waba-pl1"
+PAIR_NUMBERS = {"8511": 1000, "8512": 1000, "8513": 1000, "8514": 1000}
+PAIR_WABA = "waba-pl2"
+
+
+async def results(kafka: str, ids: set[str], timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
+    def done(rs: list[dict[str, Any]]) -> bool:
+        return ids <= {r["message_id"] for r in rs}
+
+    found = await collect(kafka, SENDS.name, done, timeout_s)
+    return {r["message_id"]: r for r in found if r["message_id"] in ids}
+
+
+async def customers_reached(sim_url: str, numbers: set[str]) -> set[str]:
+    """Who the simulator (Meta's side) received a message for, from these numbers."""
+    async with httpx.AsyncClient(base_url=sim_url) as sim:
+        data = (await sim.get("/_sim/messages", params={"compact": "true", "limit": 100000})).json()["data"]
+    return {m["to"] for m in data if m["phone_number_id"] in numbers}
+
+
+@pytest.fixture(scope="module")
+async def one(kafka_bootstrap: str, database_url: str) -> AsyncIterator[tuple[str, RunningSender]]:
+    await seed_tenants(
+        database_url, {ONE: 1000}, tenant="limit-one", other_tenant="limit-one-other", messaging_limit=LIMIT,
+        waba=ONE_WABA,
+    )
+    port = free_port()
+    sim_url = f"http://127.0.0.1:{port}"
+    async with serve_http(create_simulator(simulator_config({ONE: 1000}, waba=ONE_WABA)), port):
+        assert (await sync_catalogue(database_url, sim_url, "limit-one"))["synced"] == 2
+        sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim_url))
+        try:
+            yield sim_url, sender
+        finally:
+            await sender.shutdown()
+
+
+async def test_one_batch_of_ten_new_customers_sends_five_then_an_invented_reply_reference_is_not_exempt(
+    kafka_bootstrap: str, one: tuple[str, RunningSender]
+) -> None:
+    sim_url, _ = one
+    run = new_id("pl")
+    ids = [f"{run}-{i}" for i in range(10)]
+    async with Producer(kafka_bootstrap) as p:
+        for i, mid in enumerate(ids):
+            await p.send(MESSAGES_OUT.name, outbound(mid, ONE, f"4478{i:08d}"), ONE)
+    got = await results(kafka_bootstrap, set(ids))
+    outcomes = sorted(r["outcome"] for r in got.values())
+    assert outcomes == ["accepted"] * LIMIT + ["refused"] * (10 - LIMIT)
+    assert all("messaging_limit_reached" in (r.get("reason") or "") for r in got.values() if r["outcome"] == "refused")
+    assert len(await customers_reached(sim_url, {ONE})) == LIMIT
+
+    # A customer reached already is not new: a second template to them goes out.
+    again = f"{run}-again"
+    reached = sorted(await customers_reached(sim_url, {ONE}))[0]
+    # A new customer, with a reply reference nobody ever received: still business-initiated.
+    invented = f"{run}-invented"
+    async with Producer(kafka_bootstrap) as p:
+        await p.send(MESSAGES_OUT.name, outbound(again, ONE, reached), ONE)
+        await p.send(
+            MESSAGES_OUT.name,
+            outbound(invented, ONE, "447899999999", reply_to_wamid="wamid.invented-by-the-caller"),
+            ONE,
+        )
+    got = await results(kafka_bootstrap, {again, invented})
+    assert got[again]["outcome"] == "accepted"
+    assert got[invented]["outcome"] == "refused"
+    assert "messaging_limit_reached" in got[invented]["reason"]
+    assert len(await customers_reached(sim_url, {ONE})) == LIMIT
+
+
+def sender_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "parley_sender.cli", "run"], env=env)
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as c:
+        for _ in range(600):
+            assert proc.poll() is None, f"sender exited with {proc.returncode}"
+            try:
+                if (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("sender not ready")
+
+
+async def test_two_sender_processes_share_one_portfolio_limit_and_lose_nothing_when_one_is_killed(
+    kafka_bootstrap: str, database_url: str
+) -> None:
+    await seed_tenants(
+        database_url, PAIR_NUMBERS, tenant="limit-two", other_tenant="limit-two-other", messaging_limit=LIMIT,
+        waba=PAIR_WABA,
+    )
+    port = free_port()
+    sim_url = f"http://127.0.0.1:{port}"
+    config = simulator_config(PAIR_NUMBERS, waba=PAIR_WABA).model_dump()
+    config["behaviour"] |= {"latency_ms": 150.0}  # calls are in flight when the kill comes
+    run = new_id("pl2")
+    numbers = list(PAIR_NUMBERS)
+    # 40 requests, 20 customers (each written to twice, from two numbers), spread over 4 numbers.
+    reqs = [(f"{run}-{i}", numbers[i % 4], f"4477{i % 20:08d}") for i in range(40)]
+    ids = [mid for mid, _, _ in reqs]
+    base = os.environ | {
+        "PARLEY_DATABASE_URL": database_url,
+        "PARLEY_LOG_LEVEL": "WARNING",
+        "PARLEY_SENDER_GRAPH_API_BASE": sim_url,
+        "PARLEY_SENDER_HTTP_TIMEOUT_S": "5",
+        "PARLEY_SENDER_IN_DOUBT_DEADLINE_S": "15",
+        "PARLEY_SENDER_IN_DOUBT_SWEEP_S": "1",
+    }
+    async with serve_http(create_simulator(SimulatorConfig.model_validate(config)), port):
+        assert (await sync_catalogue(database_url, sim_url, "limit-two"))["synced"] == 2
+        ports = [free_port(), free_port()]
+        procs = [sender_process(base | {"PARLEY_SENDER_HTTP_PORT": str(p)}) for p in ports]
+        try:
+            for p, proc in zip(ports, procs, strict=True):
+                await wait_ready(p, proc)
+            async with Producer(kafka_bootstrap) as producer:
+                for mid, number, customer in reqs:
+                    await producer.send(MESSAGES_OUT.name, outbound(mid, number, customer), number)
+            async with httpx.AsyncClient(base_url=sim_url) as sim:
+                for _ in range(3000):
+                    if (await sim.get("/_sim/stats")).json()["requests"]["accepted"] >= 1:
+                        break
+                    await asyncio.sleep(0.01)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(10)
+            got = await results(kafka_bootstrap, set(ids), timeout_s=120)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(30)
+        reached = await customers_reached(sim_url, set(PAIR_NUMBERS))
+    assert len(reached) <= LIMIT, f"the portfolio reached {len(reached)} customers, limit {LIMIT}"
+    assert set(got) == set(ids), f"{len(set(ids) - set(got))} requests without a result"
+    accepted = {r["message_id"] for r in got.values() if r["outcome"] == "accepted"}
+    assert accepted, "nothing was sent"
+    by_id = {mid: customer for mid, _, customer in reqs}
+    assert {by_id[mid] for mid in accepted} <= reached
+    conn = await asyncpg.connect(database_url)
+    try:
+        counted = await conn.fetchval(
+            "SELECT count(*) FROM sender.reached"
+            " WHERE tenant_id = 'limit-two' AND reached_at > now() - interval '1 day'"
+        )
+    finally:
+        await conn.close()
+    assert counted <= LIMIT
+
+
+async def test_a_place_is_given_back_only_when_no_request_holding_it_left(database_url: str) -> None:
+    pool = await create_pool(database_url)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, "sender", MIGRATIONS)
+        store, tid, now = SenderStore(pool), new_id("portfolio"), datetime.now(UTC)
+        assert await store.reserve_reach(tid, 2, [("m1", "a"), ("m2", "a"), ("m3", "b"), ("m4", "c")], now) == {
+            "m1",
+            "m2",
+            "m3",
+        }
+        await store.release_reach([(tid, "a", "m1")])  # m2 still holds a's place
+        assert await store.reserve_reach(tid, 2, [("m5", "c")], now) == set()
+        await store.release_reach([(tid, "a", "m2")])  # nobody holds it: free
+        assert await store.reserve_reach(tid, 2, [("m5", "c")], now) == {"m5"}
+        await store.record_reached([(tid, "c", now)])  # c was reached: releasing c's request changes nothing
+        await store.release_reach([(tid, "c", "m5"), (tid, "b", "m3")])
+        assert await store.reserve_reach(tid, 2, [("m6", "d"), ("m7", "e")], now) == {"m6"}
+    finally:
+        await pool.close()
