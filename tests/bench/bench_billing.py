@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -43,8 +44,10 @@ from parley_billing.domain.facts import status_fact
 from parley_billing.ratecards import import_rate_card
 from parley_billing.settings import BillingSettings
 from parley_billing.store import MIGRATIONS, Metering, TenantInfo, ledger_fingerprint, ledger_totals
-from parley_billing.traffic import chaos, feed, generate
 from parley_common.db import create_pool, migrate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.billing.traffic import chaos, feed, generate
 
 os.environ.setdefault("PARLEY_DEMO", "true")  # a local measurement: the demo redaction key will do
 

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from parley_billing.traffic import feed
 
 from .billing_scenario import (
     OCT_IN_LIST,
@@ -23,6 +22,7 @@ from .billing_scenario import (
     late_and_october,
     september,
 )
+from .traffic import feed
 
 pytestmark = pytest.mark.infra
 

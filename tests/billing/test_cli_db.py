@@ -17,11 +17,11 @@ import pytest
 from parley_billing.cli import _tenant_lookup, app
 from parley_billing.domain.rates import parse_rate_card
 from parley_billing.store import MIGRATIONS, Metering
-from parley_billing.traffic import feed
 from parley_common.db import create_pool, migrate
 from typer.testing import CliRunner
 
 from .billing_scenario import SEPT_IN_TOTAL, TENANT_BR, TENANT_IN, as_events, import_tenants, september
+from .traffic import feed
 
 pytestmark = pytest.mark.infra
 

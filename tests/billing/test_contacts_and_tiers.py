@@ -10,7 +10,8 @@ from parley_billing.domain.engine import PricedMessage
 from parley_billing.domain.facts import FactError
 from parley_billing.domain.tiers import compare_tiers, tier_update
 from parley_billing.store import Metering
-from parley_billing.traffic import feed
+
+from .traffic import feed
 
 T = datetime(2026, 11, 12, 12, tzinfo=UTC)
 BSUID = "BR.55120000000000000009"

@@ -7,7 +7,8 @@ from importlib import resources
 import asyncpg
 import pytest
 from parley_billing.store import Metering, ledger_fingerprint, ledger_totals
-from parley_billing.traffic import chaos, feed, generate
+
+from .traffic import chaos, feed, generate
 
 pytestmark = pytest.mark.infra
 

@@ -21,7 +21,6 @@ from parley_billing.app import create_app
 from parley_billing.handlers import GROUP
 from parley_billing.settings import BillingSettings
 from parley_billing.store import ledger_fingerprint, ledger_totals
-from parley_billing.traffic import Event, feed, generate
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, SENDS, STATUSES
 
 from .billing_scenario import (
@@ -34,6 +33,7 @@ from .billing_scenario import (
     late_and_october,
     september,
 )
+from .traffic import Event, feed, generate
 
 pytestmark = pytest.mark.infra
 

@@ -416,11 +416,6 @@ class DeadLetter(BaseModel):
 
 # --- helpers shared by producers -----------------------------------------------------------
 
-def money(value: str | int | Decimal) -> Decimal:
-    """Money is decimal, never float."""
-    return Decimal(str(value))
-
-
 def from_unix(ts: str | int | float | None) -> datetime:
     if ts is None or ts == "":
         return utcnow()

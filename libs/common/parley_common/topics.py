@@ -58,7 +58,3 @@ ALL_TOPICS: tuple[Topic, ...] = (
     WEBHOOKS_RAW, MESSAGES_IN, STATUSES, ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY,
     MESSAGES_ROUTED, SENDS, AGENT_QUEUE, DEAD_LETTERS, COMMERCE,
 )
-
-
-def by_name(name: str) -> Topic | None:
-    return next((t for t in ALL_TOPICS if t.name == name), None)
