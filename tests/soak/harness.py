@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import phonenumbers
 
@@ -207,8 +208,21 @@ async def wait_recovered(stack: Stack, rate: float, timeout_s: float) -> float |
     return None
 
 
+async def unsettled_requests(database_url: str) -> int:
+    """Send requests the sender has not settled yet (its call in flight, waiting to retry, or in
+    doubt before its deadline): the only states from which it still acts on its own."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM sender.messages WHERE state IN ('sending', 'retrying', 'in_doubt')")
+        return count
+    finally:
+        await conn.close()
+
+
 async def drain(stack: Stack, timeout_s: float) -> bool:
-    """Until the simulator has posted every webhook and no consumer group has lag."""
+    """Until the simulator has posted every webhook, the sender has settled every request (in doubt
+    ones included, by their deadline) and no consumer group has lag."""
     t0 = time.monotonic()
     bootstrap = stack.infra["PARLEY_KAFKA_BOOTSTRAP"]
     quiet_since: float | None = None
@@ -216,7 +230,8 @@ async def drain(stack: Stack, timeout_s: float) -> bool:
         with contextlib.suppress(Exception):
             pending = (await stack.sim("POST", "/_sim/drain", params={"timeout_s": 5}))["pending"]
             lag = await consumer_lag(bootstrap, stack.namespace, GROUPS)
-            if pending == 0 and all(v == 0 for v in lag.values()):
+            unsettled = await unsettled_requests(stack.database_url)
+            if pending == 0 and unsettled == 0 and all(v == 0 for v in lag.values()):
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= 5:
                     return True

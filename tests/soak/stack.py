@@ -223,6 +223,10 @@ class Stack:
             "PARLEY_REDACTION_KEY": secrets.token_hex(16),
             "SOAK_APP_SECRET": self.secret, "SOAK_TOKEN": self.token, "SOAK_VERIFY": "soak-verify",
             "PARLEY_LOG_LEVEL": "WARNING",
+            # A request in doubt is reported as such after this deadline (the sender's crash
+            # semantics), short here so that a run's counts include every in-doubt verdict.
+            "PARLEY_SENDER_IN_DOUBT_DEADLINE_S": "40",
+            "PARLEY_SENDER_IN_DOUBT_SWEEP_S": "2",
         }
         self.sim_port = free_port()
 
