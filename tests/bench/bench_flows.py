@@ -209,6 +209,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def clean_up() -> None:
+    """Leave nothing behind on the shared servers: this benchmark's database and topics."""
+    from cleanup import delete_namespace_topics, drop_database  # tests/bench/cleanup.py
+    from parley_common.settings import CommonSettings
+
+    common = CommonSettings()
+    await drop_database(common.database_url, BENCH_DB)
+    await delete_namespace_topics(common.kafka_bootstrap, NAMESPACE)
+    KEY_FILE.unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -220,7 +231,10 @@ def main() -> None:
     if args.command == "serve":
         serve(args.port)
         return
-    result = asyncio.run(bench(args))
+    try:
+        result = asyncio.run(bench(args))
+    finally:
+        asyncio.run(clean_up())
     out = REPO / "bench-results" / "flows.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -561,6 +561,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def clean_up() -> None:
+    """Leave nothing behind on the shared servers: this benchmark's database and topics."""
+    from cleanup import delete_namespace_topics, drop_database  # tests/bench/cleanup.py
+    from parley_common.settings import CommonSettings
+
+    common = CommonSettings()
+    await drop_database(common.database_url, BENCH_DB)
+    await delete_namespace_topics(common.kafka_bootstrap, NAMESPACE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", nargs="?", default="run", choices=["run", "serve"])
@@ -577,7 +587,10 @@ def main() -> None:
         return
     if args.pin:
         os.sched_setaffinity(0, {1})
-    figures = asyncio.run(bench(args))
+    try:
+        figures = asyncio.run(bench(args))
+    finally:
+        asyncio.run(clean_up())
     out = REPO / "bench-results" / ("ingest-pinned.json" if args.pin else "ingest.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -233,9 +233,10 @@ async def throughput(results: dict[str, object], n: int, profile: str | None = N
         results["encoded_messages" + suffix] = encoded
         results["throughput_messages"] = n
     finally:
-        admin = await asyncpg.connect(server_db)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{ns}" WITH (FORCE)')
-        await admin.close()
+        from cleanup import delete_namespace_topics, drop_database  # tests/bench/cleanup.py
+
+        await drop_database(server_db, ns)
+        await delete_namespace_topics(kafka, ns + ".")
 
 
 def main() -> None:

@@ -262,9 +262,10 @@ async def throughput(kafka: str, server_db: str) -> dict[str, float]:
     finally:
         stop(sender)
         stop(sim)
-        admin = await asyncpg.connect(server_db)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{ns}" WITH (FORCE)')
-        await admin.close()
+        from cleanup import delete_namespace_topics, drop_database  # tests/bench/cleanup.py
+
+        await drop_database(server_db, ns)
+        await delete_namespace_topics(kafka, f"{ns}.")
 
 
 async def main() -> None:
