@@ -252,6 +252,51 @@ async def print_service_charges(statuses: list[dict[str, Any]], sends: list[dict
           + ("" if not disagree else "  (MISMATCH)"))
 
 
+async def stage_spans(bootstrap: str, before: dict[str, dict[int, int]], after: dict[str, dict[int, int]]
+                      ) -> dict[str, tuple[float, float]]:
+    """Per topic, the Kafka timestamps (s) of the first and the last record it received this run:
+    the time that stage was busy. Reads two records per partition, not the whole range."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    spans: dict[str, tuple[float, float]] = {}
+    try:
+        for topic, end in after.items():
+            start = before.get(topic, {})
+            tps = [TopicPartition(topic, p) for p in end if end[p] > start.get(p, 0)]
+            if not tps:
+                continue
+            consumer.assign(tps)
+            stamps: list[int] = []
+            for tp in tps:
+                for offset in (start.get(tp.partition, 0), end[tp.partition] - 1):
+                    consumer.seek(tp, offset)
+                    got = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+                    stamps += [r.timestamp for r in got.get(tp, [])]
+            if stamps:
+                spans[topic] = (min(stamps) / 1000, max(stamps) / 1000)
+        return spans
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+
+
+def print_stage_speeds(counts: dict[str, int], spans: dict[str, tuple[float, float]], took_s: float) -> None:
+    """How long the demo took and how fast each stage went while it was busy."""
+    print(f"\nThe demo took {took_s:.1f} s (from starting the services until the pipeline was quiet).")
+    if spans:
+        first, last = min(s[0] for s in spans.values()), max(s[1] for s in spans.values())
+        print(f"Records flowed for {last - first:.1f} s, from the first webhook to the last record of any stage.")
+    print("Records per stage (this run; Kafka records, duplicates included) and how fast each went\n"
+          "(its records / the time between its first and last record):")
+    for topic, n in counts.items():
+        if topic not in spans or n == 0:
+            print(f"  {topic:<26} {n:>8} records")
+            continue
+        busy = spans[topic][1] - spans[topic][0]
+        rate = f"{n / busy:>8,.0f} records/s" if busy > 0 else "       - (one instant)"
+        print(f"  {topic:<26} {n:>8} records in {busy:>6.1f} s = {rate}")
+
+
 def delta(before: dict[int, int], after: dict[int, int]) -> int:
     return sum(after.get(p, 0) - before.get(p, 0) for p in after)
 
@@ -433,9 +478,8 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
     print("Parley demo summary")
     print("=" * 72)
     print("Driven:", ", ".join(f"{k}={v}" for k, v in driven.items()))
-    print("\nRecords per stage (this run; Kafka records, duplicates included):")
-    for topic, n in counts.items():
-        print(f"  {topic:<26} {n:>8}")
+    print_stage_speeds(counts, await stage_spans(bootstrap, before, after),
+                       (datetime.now(UTC) - since).total_seconds())
     intents = Counter(r["intent"] for r in routed)
     languages = Counter(r.get("language") or "?" for r in routed)
     print("\nIntents:   " + ", ".join(f"{k}={v}" for k, v in intents.most_common()))
