@@ -171,7 +171,9 @@ def create_app(config: SimulatorConfig, *, simulator: CloudApiSimulator | None =
     )
     app.state.simulator = sim
     _routes_graph(app, sim)
-    _routes_control(app, sim)
+    for routes in (_routes_inbound, _routes_customers, _routes_setup, _routes_observe, _routes_commerce,
+                   _routes_lifecycle):
+        routes(app, sim)
     app.add_middleware(FastSendPath, sim=sim)
     return app
 
@@ -216,10 +218,8 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
             return _graph_error(err)
 
 
-def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+def _routes_inbound(app: FastAPI, sim: CloudApiSimulator) -> None:
+    """Inbound traffic: what customers write, as Meta would post it."""
 
     @app.post("/_sim/inbound")
     async def inbound(req: InboundRequest) -> dict[str, Any]:
@@ -285,6 +285,10 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
         sim.stats["inbound_messages"] += recorded
         return {"recorded": recorded}
 
+
+def _routes_customers(app: FastAPI, sim: CloudApiSimulator) -> None:
+    """Windows and marketing preferences of the simulated customers."""
+
     @app.post("/_sim/windows")
     async def open_window(req: WindowRequest) -> dict[str, Any]:
         at = sim.clock.now() if req.last_inbound_at is None else _instant(req.last_inbound_at)
@@ -299,6 +303,10 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
             raise HTTPException(404, "unknown phone_number_id")
         sim.set_marketing_preference(req.phone_number_id, req.customer, req.value, notify=req.notify)
         return {"value": req.value}
+
+
+def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:
+    """Templates, the clock, behaviour and numbers: what tests change while the simulator runs."""
 
     @app.post("/_sim/templates/{waba_id}/{name}/{language}/status")
     async def template_status(
@@ -348,6 +356,10 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
             number.throughput = req.throughput
         return {"id": number.id, "throughput": number.throughput}
 
+
+def _routes_observe(app: FastAPI, sim: CloudApiSimulator) -> None:
+    """What the simulator received and posted, for tests to count."""
+
     @app.get("/_sim/stats")
     async def stats() -> Response:
         return _json(sim.stats_snapshot())
@@ -393,6 +405,10 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
             }
         )
 
+
+def _routes_commerce(app: FastAPI, sim: CloudApiSimulator) -> None:
+    """Payments, refunds and Flows: Meta's side of in-chat commerce."""
+
     @app.get("/_sim/payments")
     async def list_payments() -> dict[str, Any]:
         return {"payments": [
@@ -437,6 +453,14 @@ def _routes_control(app: FastAPI, sim: CloudApiSimulator) -> None:
             completion = hook.records[0].wamid
         return {"http_status": result.http_status, "response": result.response, "problem": result.problem,
                 "completed": result.completed, "nfm_reply_wamid": completion}
+
+
+def _routes_lifecycle(app: FastAPI, sim: CloudApiSimulator) -> None:
+    """Health, draining the webhook queue and resetting state."""
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.post("/_sim/drain")
     async def drain(timeout_s: float = 30.0) -> dict[str, Any]:
