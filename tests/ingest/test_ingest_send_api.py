@@ -80,6 +80,12 @@ async def test_template_media_interactive_and_bsuid_recipients_are_accepted(inge
         },
         {
             "from": ACME_NUMBER,
+            "to_user_id": "US.ENT.99887766554433221100",
+            "type": "text",
+            "text": {"body": "hello"},
+        },
+        {
+            "from": ACME_NUMBER,
             "to": "+16505551234",
             "type": "interactive",
             "interactive": {
@@ -96,7 +102,8 @@ async def test_template_media_interactive_and_bsuid_recipients_are_accepted(inge
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
     out = {o.message_id: o for o in await _outbound(ingest, set(ids))}
-    tpl, img, inter = (out[i] for i in ids)
+    tpl, img, parent, inter = (out[i] for i in ids)
+    assert parent.to is None and parent.to_user_id == "US.ENT.99887766554433221100"
     assert tpl.template is not None and tpl.template.language == "de" and tpl.priority == "marketing"
     assert tpl.template.components[0].parameters == [{"type": "text", "text": "Anna"}]
     assert img.to is None and img.to_user_id == "US.13491208655302741918"
@@ -143,6 +150,9 @@ async def test_validation_errors_are_422_with_field_and_reason(ingest: IngestEnv
     cases = [
         (_text(to="12"), "to"),
         ({**_text(), "to_user_id": "US.123"}, "to"),
+        ({"from": ACME_NUMBER, "to_user_id": "US-13491208655302741918", "type": "text", "text": {"body": "hi"}},
+         "to_user_id"),
+        ({"from": ACME_NUMBER, "to_user_id": "US.ENT.", "type": "text", "text": {"body": "hi"}}, "to_user_id"),
         ({"from": ACME_NUMBER, "to": "+16505551234", "type": "text"}, "text"),
         ({**_text(), "image": {"link": "https://x.test/a.png"}}, "image"),
         ({"from": ACME_NUMBER, "to": "+16505551234", "type": "image", "image": {}}, "image"),

@@ -61,6 +61,7 @@ EXPECTED = {
     131049: Action.FAIL,
     131050: Action.SUPPRESS_CONTACT,
     130472: Action.FAIL,
+    131062: Action.FAIL,
     131051: Action.FAIL,
     131052: Action.FAIL,
     131053: Action.FAIL,
@@ -99,3 +100,8 @@ def test_server_errors_and_transport_failures_retry_other_4xx_fail() -> None:
     assert action_for(None, None).action == Action.RETRY
     assert action_for(999999, 500).action == Action.RETRY
     assert action_for(999999, 400).action == Action.FAIL
+
+
+def test_131062_a_bsuid_recipient_not_supported_for_the_message_fails_it() -> None:
+    rule = action_for(131062, 400)
+    assert rule.code == 131062 and rule.action == Action.FAIL and "phone number" in rule.meaning

@@ -23,9 +23,30 @@ def _tpl(name: str, category: str) -> Template:
     )
 
 
+def _otp(name: str, otp_type: str) -> Template:
+    return Template(
+        name=name,
+        language="en",
+        category="AUTHENTICATION",
+        status="APPROVED",
+        components=(
+            {"type": "BODY", "text": "{{1}} is your code"},
+            {"type": "BUTTONS", "buttons": [{"type": "OTP", "otp_type": otp_type, "text": "Copy"}]},
+        ),
+    )
+
+
 CATALOGUE = TemplateCatalogue.of(
-    [_tpl("promo", "MARKETING"), _tpl("shipping", "UTILITY"), _tpl("login", "AUTHENTICATION")]
+    [
+        _tpl("promo", "MARKETING"),
+        _tpl("shipping", "UTILITY"),
+        _tpl("login", "AUTHENTICATION"),
+        _otp("copy_code", "COPY_CODE"),
+        _otp("one_tap", "ONE_TAP"),
+        _otp("zero_tap", "ZERO_TAP"),
+    ]
 )
+BSUID = "GB.13491208655302741918"
 PARAMS = [{"type": "body", "parameters": [{"type": "text", "text": "Ann"}]}]
 OPEN = ConversationWindows().observe_inbound(NOW - 2 * H, from_referral=False)
 CLOSED = ConversationWindows().observe_inbound(NOW - 30 * H, from_referral=False)
@@ -176,3 +197,23 @@ def test_invalid_free_form_content_is_refused() -> None:
     )
     out = decide(no_recipient, _ctx())
     assert isinstance(out, Refusal) and out.reason == "no_recipient"
+
+
+def test_a_customer_known_by_phone_number_is_addressed_with_to_and_by_bsuid_only_with_recipient() -> None:
+    by_phone = decide(_text(), _ctx())
+    assert isinstance(by_phone, SendPlan) and by_phone.body["to"] == UK and "recipient" not in by_phone.body
+    by_bsuid = decide(_text(to=None, to_user_id=BSUID), _ctx())
+    assert isinstance(by_bsuid, SendPlan) and by_bsuid.body["recipient"] == BSUID and "to" not in by_bsuid.body
+    parent = "GB.ENT.99887766554433221100"
+    tpl = decide(_template("shipping", to=None, to_user_id=parent), _ctx(CLOSED))
+    assert isinstance(tpl, SendPlan) and tpl.body["recipient"] == parent and "to" not in tpl.body
+
+
+def test_authentication_templates_that_need_a_phone_number_are_refused_for_bsuid_only_customers() -> None:
+    for name in ("copy_code", "one_tap", "zero_tap"):
+        out = decide(_template(name, to=None, to_user_id=BSUID), _ctx(CLOSED))
+        assert isinstance(out, Refusal), name
+        assert (out.reason, out.error_code) == ("phone_number_required", 131062)
+        assert isinstance(decide(_template(name), _ctx(CLOSED)), SendPlan)  # with the phone number
+    # An authentication template without a one-tap, zero-tap or copy-code button goes out.
+    assert isinstance(decide(_template("login", to=None, to_user_id=BSUID), _ctx(CLOSED)), SendPlan)

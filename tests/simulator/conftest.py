@@ -85,6 +85,15 @@ TEMPLATES = [
         ],
     },
     {
+        "name": "otp_code",
+        "language": "en",
+        "category": "AUTHENTICATION",
+        "components": [
+            {"type": "BODY", "text": "{{1}} is your verification code."},
+            {"type": "BUTTONS", "buttons": [{"type": "OTP", "otp_type": "COPY_CODE", "text": "Copy code"}]},
+        ],
+    },
+    {
         "name": "paused_promo",
         "language": "en",
         "category": "MARKETING",

@@ -33,6 +33,36 @@ async def test_text_inside_window_is_accepted_in_metas_response_shape(make_sim: 
     assert message["id"].startswith("wamid.") and message["message_status"] == "accepted"
 
 
+BSUID = "GB.13491208655302741918"
+PARENT_BSUID = "GB.ENT.99887766554433221100"
+
+
+async def test_a_bsuid_is_addressed_with_recipient_and_answered_with_user_id(make_sim: SimFactory) -> None:
+    h = await make_sim()
+    for user_id in (BSUID, PARENT_BSUID):
+        body = template("ticket_confirmation", ["A1", "Friday"])
+        del body["to"]
+        r = await h.send(body | {"recipient": user_id})
+        assert r.status_code == 200, r.text
+        assert r.json()["contacts"] == [{"input": user_id, "user_id": user_id}]
+
+
+async def test_a_bsuid_in_to_is_not_a_phone_number(make_sim: SimFactory) -> None:
+    h = await make_sim()
+    r = await h.send(template("ticket_confirmation", ["A1", "Friday"], to=BSUID))
+    assert r.status_code == 400 and error_code(r) == 100
+
+
+async def test_a_copy_code_authentication_template_to_a_bsuid_is_131062(make_sim: SimFactory) -> None:
+    h = await make_sim()
+    body = template("otp_code", ["123456"])
+    del body["to"]
+    r = await h.send(body | {"recipient": BSUID})
+    assert r.status_code == 400 and error_code(r) == 131062
+    # The same template to a phone number goes out.
+    assert (await h.send(template("otp_code", ["123456"]))).status_code == 200
+
+
 async def test_every_wamid_is_unique(make_sim: SimFactory) -> None:
     h = await make_sim()
     await h.open_window()

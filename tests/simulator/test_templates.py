@@ -52,9 +52,9 @@ async def test_list_pages_with_cursors_and_filters(make_sim: SimFactory) -> None
         if "next" not in page.get("paging", {}):
             break
         params = {"limit": "3", "after": page["paging"]["cursors"]["after"]}
-    assert len(seen) == len(set(seen)) == 8
+    assert len(seen) == len(set(seen)) == 9
     approved = (await h.http.get(url, params={"status": "APPROVED"}, headers=auth)).json()["data"]
-    assert {t["status"] for t in approved} == {"APPROVED"} and len(approved) == 5
+    assert {t["status"] for t in approved} == {"APPROVED"} and len(approved) == 6
     marketing = (await h.http.get(url, params={"category": "MARKETING"}, headers=auth)).json()["data"]
     assert {t["category"] for t in marketing} == {"MARKETING"}
 

@@ -149,7 +149,9 @@ async def test_sim_inbound_accepts_explicit_messages(make_sim: SimFactory, recei
     assert msgs[0]["from"] == CUSTOMER and msgs[0]["referral"]["source_type"] == "ad"
     assert msgs[1]["from_user_id"] == "US.13491208655302741918" and "from" not in msgs[1]
     assert (await h.send(text())).status_code == 200
-    assert (await h.send(text(to="US.13491208655302741918"))).status_code == 200
+    by_user_id = text()
+    del by_user_id["to"]
+    assert (await h.send(by_user_id | {"recipient": "US.13491208655302741918"})).status_code == 200
 
 
 async def test_drive_cli_posts_signed_traffic_and_records_windows_at_the_simulator(

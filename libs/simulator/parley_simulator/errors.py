@@ -48,6 +48,12 @@ CATALOGUE: dict[int, MetaErrorSpec] = {
             "User has stopped marketing messages",
         ),
         MetaErrorSpec(
+            131062,
+            400,
+            "Business-scoped user ID recipients not supported",
+            "Business-scoped user ID recipients not supported",
+        ),
+        MetaErrorSpec(
             131056,
             429,
             "(Business Account, Consumer Account) pair rate limit hit",

@@ -23,7 +23,7 @@ from .limits import PairRateLimiter, ThroughputLimiter
 from .pricing import PricedMessage, PricingEngine
 from .templates import StoredTemplate, TemplateCatalogue, parse_new_template
 from .traffic import BusinessNumber, InboundWebhook
-from .validation import SendRequest, check_template_parameters, normalise_recipient, parse_send
+from .validation import SendRequest, check_template_parameters, needs_phone_number, normalise_recipient, parse_send
 from .webhooks import PendingStatus, WebhookDispatcher
 from .windows import CustomerWindows, MarketingConsent
 
@@ -259,6 +259,8 @@ class CloudApiSimulator:
             category = stored.template.category.lower()
             if stored.status == "PAUSED":
                 problem(132015, f"template {req.template_name} is paused")
+            if req.by_user_id and needs_phone_number(list(stored.template.components)):
+                problem(131062, "Business-scoped user ID recipients are not supported for this message.")
         in_window = self.windows.in_service_window(number.id, wa_id, now)
         if not req.is_template and not in_window:
             problem(
@@ -348,7 +350,7 @@ class CloudApiSimulator:
             200,
             {
                 "messaging_product": "whatsapp",
-                "contacts": [{"input": req.to, "wa_id": wa_id}],
+                "contacts": [{"input": req.to, "user_id" if req.by_user_id else "wa_id": wa_id}],
                 "messages": [{"id": wamid, "message_status": "accepted"}],
             },
         )

@@ -40,7 +40,8 @@ INTERACTIVE_TYPES = (
 _BODY_REQUIRED = ("button", "list", "order_details", "order_status", "product_list", "catalog_message")
 
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
-_BSUID = re.compile(r"[A-Z]{2}\.[A-Za-z0-9]{1,128}")
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")  # a parent BSUID has ENT.
+PHONE_ONLY_OTP = frozenset({"ONE_TAP", "ZERO_TAP", "COPY_CODE"})
 _NON_DIGITS = re.compile(r"\D")
 
 
@@ -56,6 +57,7 @@ class SendRequest:
     template_components: list[dict[str, Any]] = field(default_factory=list)
     biz_opaque_callback_data: str | None = None
     context_message_id: str | None = None
+    by_user_id: bool = False  # addressed with ``recipient`` (a BSUID), not ``to``
 
     @property
     def is_template(self) -> bool:
@@ -88,6 +90,16 @@ def normalise_recipient(to: str) -> str:
     return _NON_DIGITS.sub("", to)
 
 
+def needs_phone_number(components: list[dict[str, Any]]) -> bool:
+    """One-tap, zero-tap and copy-code authentication templates cannot go to a BSUID (131062)."""
+    for c in components:
+        if str(c.get("type", "")).upper() == "BUTTONS":
+            for b in c.get("buttons") or []:
+                if str(b.get("type", "")).upper() == "OTP" and str(b.get("otp_type", "")).upper() in PHONE_ONLY_OTP:
+                    return True
+    return False
+
+
 def parse_send(body: Any) -> SendRequest:
     body = _require_dict(body, "body")
     if body.get("messaging_product") != "whatsapp":
@@ -95,10 +107,14 @@ def parse_send(body: Any) -> SendRequest:
     recipient_type = body.get("recipient_type", "individual")
     if recipient_type not in ("individual", "group"):
         raise _invalid("Param recipient_type must be one of {INDIVIDUAL, GROUP}")
-    to = body.get("to", body.get("recipient"))
+    # ``to`` takes a phone number, ``recipient`` a business-scoped user id; with both, ``to`` wins.
+    by_user_id = "to" not in body and "recipient" in body
+    to = body.get("recipient") if by_user_id else body.get("to")
     if not isinstance(to, str) or not to.strip():
         raise _invalid("The parameter to is required.")
-    if not normalise_recipient(to):
+    if by_user_id and not _BSUID.fullmatch(to):
+        raise _invalid("Param recipient is not a business-scoped user id")
+    if not by_user_id and (_BSUID.fullmatch(to) or not normalise_recipient(to)):
         raise _invalid("Param to is not a valid phone number")
     msg_type = body.get("type", "text")
     if msg_type not in SUPPORTED_TYPES:
@@ -150,9 +166,15 @@ def parse_send(body: Any) -> SendRequest:
             template_components=components,
             biz_opaque_callback_data=opaque,
             context_message_id=context_id,
+            by_user_id=by_user_id,
         )
     return SendRequest(
-        to=to, type=msg_type, body=body, biz_opaque_callback_data=opaque, context_message_id=context_id
+        to=to,
+        type=msg_type,
+        body=body,
+        biz_opaque_callback_data=opaque,
+        context_message_id=context_id,
+        by_user_id=by_user_id,
     )
 
 

@@ -9,6 +9,7 @@ is checked here, so a bad request gets a 422 naming the field and the reason.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -41,7 +42,10 @@ Priority = Literal["reply", "authentication", "utility", "marketing"]
 assert set(Priority.__args__) == set(SEND_PRIORITIES)  # type: ignore[attr-defined]
 
 PhoneNumberId = Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="the tenant's phone_number_id")]
-BSUID_PATTERN = r"^[A-Z]{2}\.[A-Za-z0-9]{1,128}$"
+# A business-scoped user id (BSUID): a country code, a dot, up to 128 letters or digits; a parent
+# BSUID (one user across the portfolios of a managed business) has ``ENT.`` after the dot.
+BSUID_PATTERN = r"^[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}$"
+_BSUID = re.compile(BSUID_PATTERN)
 
 
 class _PassThrough(BaseModel):
@@ -123,7 +127,9 @@ class SendMessageRequest(BaseModel):
     from_: PhoneNumberId = Field(alias="from")
     to: str | None = Field(default=None, max_length=32, description="customer phone number, E.164")
     to_user_id: str | None = Field(
-        default=None, pattern=BSUID_PATTERN, description="customer's business-scoped user id (BSUID)"
+        default=None,
+        description="customer's business-scoped user id (BSUID) or parent BSUID, exactly as Meta sent it",
+        json_schema_extra={"pattern": BSUID_PATTERN},
     )
     type: SendType
     text: TextObject | None = None
@@ -157,6 +163,17 @@ class SendMessageRequest(BaseModel):
         if not phonenumbers.is_valid_number(number):
             raise PydanticCustomError("phone_number", "not a valid phone number")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+
+    @field_validator("to_user_id")
+    @classmethod
+    def _bsuid(cls, v: str | None) -> str | None:
+        if v is not None and _BSUID.fullmatch(v) is None:
+            raise PydanticCustomError(
+                "bsuid",
+                "not a business-scoped user id: a country code, a dot and up to 128 letters or digits "
+                "(a parent id: CC.ENT.<id>)",
+            )
+        return v
 
     @model_validator(mode="after")
     def _encodable(self) -> SendMessageRequest:

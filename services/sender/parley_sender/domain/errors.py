@@ -1,6 +1,7 @@
 """Meta's error codes mapped to what the sender does about them: one table, as data.
 
-Sources: whatsapp-platform.md §2 (error table) and §4 (limits). An error from the Cloud API
+Sources: Meta's error codes page (§2 of the platform notes), its limits, and its business-scoped
+user id page (131062). An error from the Cloud API
 call is looked up by code; codes not in the table fall back on the HTTP status (5xx and timeouts
 are retried, other 4xx fail the message).
 """
@@ -46,6 +47,7 @@ ERROR_ACTIONS: tuple[ErrorRule, ...] = (
     ErrorRule(131049, Action.FAIL, "per-user marketing limit; retrying within 24 h gets blocked"),
     ErrorRule(131050, Action.SUPPRESS_CONTACT, "the customer stopped marketing messages from this business"),
     ErrorRule(130472, Action.FAIL, "the customer is part of a Meta experiment"),
+    ErrorRule(131062, Action.FAIL, "this message cannot go to a business-scoped user id; it needs a phone number"),
     ErrorRule(131051, Action.FAIL, "unsupported message type"),
     ErrorRule(131052, Action.FAIL, "media download failed"),
     ErrorRule(131053, Action.FAIL, "media upload failed"),

@@ -141,12 +141,14 @@ def _free_form_problem(msg: OutboundMessage) -> Refusal | None:
 
 
 def _base_body(msg: OutboundMessage, recipient: str) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": recipient,
-        "type": msg.type,
-    }
+    """Meta takes ``to`` for a phone number and ``recipient`` for a business-scoped user id (or a
+    parent one); with both, ``to`` wins, so only one is sent."""
+    body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
+    if msg.to:
+        body["to"] = msg.to
+    else:
+        body["recipient"] = recipient
+    body["type"] = msg.type
     if msg.reply_to_wamid:
         body["context"] = {"message_id": msg.reply_to_wamid}
     return body
@@ -170,6 +172,13 @@ def _template_plan(
     except TemplateProblem as problem:
         return Refusal(problem.reason, problem.detail, problem.code)
     category = template.pricing_category
+    if not msg.to and template.needs_phone_number:
+        return Refusal(
+            "phone_number_required",
+            "one-tap, zero-tap and copy-code authentication templates need the customer's phone number; "
+            "this customer is known only by their business-scoped user id",
+            131062,
+        )
     if category == "marketing":
         if ctx.consent.marketing_stopped:
             return Refusal("marketing_opted_out", "the customer stopped marketing from this business", 131050)

@@ -73,6 +73,18 @@ class Template:
         comp = self.component("BUTTONS")
         return list(comp.get("buttons") or []) if comp else []
 
+    @property
+    def needs_phone_number(self) -> bool:
+        """One-tap, zero-tap and copy-code authentication templates cannot go to a business-scoped
+        user id (Meta answers 131062)."""
+        return any(
+            str(b.get("type", "")).upper() == "OTP" and str(b.get("otp_type", "")).upper() in PHONE_ONLY_OTP
+            for b in self.buttons()
+        )
+
+
+PHONE_ONLY_OTP = frozenset({"ONE_TAP", "ZERO_TAP", "COPY_CODE"})
+
 
 class TemplateProblem(ValueError):
     """Why a template send would be refused; ``code`` is the Meta error it would otherwise cause."""
