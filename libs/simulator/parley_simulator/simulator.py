@@ -20,6 +20,13 @@ from .clock import SimClock
 from .config import Behaviour, PhoneNumberConfig, SimulatorConfig, TemplateConfig, WabaConfig
 from .errors import GraphError
 from .limits import PairRateLimiter, ThroughputLimiter
+from .payloads import (
+    planned_statuses,
+    status_object,
+    template_status_webhook,
+    templates_page,
+    user_preferences_webhook,
+)
 from .pricing import PricedMessage, PricingEngine
 from .templates import StoredTemplate, TemplateCatalogue, parse_new_template
 from .traffic import BusinessNumber, InboundWebhook
@@ -30,7 +37,6 @@ from .windows import CustomerWindows, MarketingConsent
 # Failures Meta reports by a status webhook after answering "accepted" (unless configured sync).
 ASYNC_BY_DEFAULT = frozenset({131026, 131047, 131049, 131050, 132015})
 _VERSION = re.compile(r"^v(\d+)(?:\.\d+)?$")
-_BSUID = re.compile(r"[A-Z]{2}\..+")
 
 
 @dataclass
@@ -375,21 +381,6 @@ class CloudApiSimulator:
 
     # --- statuses -------------------------------------------------------------------------
 
-    def _status(self, msg: SentMessage, status: str, offset_s: float, **extra: Any) -> dict[str, Any]:
-        obj: dict[str, Any] = {
-            "id": msg.wamid,
-            "status": status,
-            "timestamp": str(int(msg.accepted_at + offset_s)),
-        }
-        if _BSUID.fullmatch(msg.wa_id):
-            obj["recipient_user_id"] = msg.wa_id
-        else:
-            obj["recipient_id"] = msg.wa_id
-        if msg.biz_opaque_callback_data is not None:
-            obj["biz_opaque_callback_data"] = msg.biz_opaque_callback_data
-        obj.update({k: v for k, v in extra.items() if v is not None})
-        return obj
-
     def _schedule(
         self, msg: SentMessage, number: PhoneNumberConfig, delay_s: float, status: dict[str, Any]
     ) -> None:
@@ -416,53 +407,12 @@ class CloudApiSimulator:
         self.per_number[number.id][f"failed_{code}"] += 1
         delay = self.behaviour.sent_delay_ms / 1000
         self._schedule(
-            msg, number, delay, self._status(msg, "failed", delay, errors=[status_error(code, details)])
+            msg, number, delay, status_object(msg, "failed", delay, errors=[status_error(code, details)])
         )
 
     def _plan_statuses(self, msg: SentMessage, number: PhoneNumberConfig, priced: PricedMessage) -> None:
-        b = self.behaviour
-        sent_s = b.sent_delay_ms / 1000
-        self._schedule(
-            msg,
-            number,
-            sent_s,
-            self._status(
-                msg, "sent", sent_s, conversation=priced.conversation_for("sent"), pricing=priced.pricing
-            ),
-        )
-        if self.rng.random() >= b.delivered_ratio:
-            return
-        read = self.rng.random() < b.read_ratio
-        skip_delivered = read and self.rng.random() < b.skip_delivered_ratio
-        priced_on = "read" if skip_delivered else "delivered"
-        if not skip_delivered:
-            d = max(sent_s, b.delivered_delay_ms / 1000)
-            self._schedule(
-                msg,
-                number,
-                d,
-                self._status(
-                    msg,
-                    "delivered",
-                    d,
-                    conversation=priced.conversation_for("delivered"),
-                    pricing=priced.pricing if priced_on == "delivered" else None,
-                ),
-            )
-        if read:
-            r = max(sent_s, b.delivered_delay_ms / 1000, b.read_delay_ms / 1000)
-            self._schedule(
-                msg,
-                number,
-                r,
-                self._status(
-                    msg,
-                    "read",
-                    r,
-                    conversation=priced.conversation_for("read") if priced_on == "read" else None,
-                    pricing=priced.pricing if priced_on == "read" else None,
-                ),
-            )
+        for delay_s, status in planned_statuses(msg, priced, self.behaviour, self.rng):
+            self._schedule(msg, number, delay_s, status)
 
     # --- payments (payments.py) -------------------------------------------------------------
 
@@ -557,36 +507,9 @@ class CloudApiSimulator:
             self.consent.resume(number.waba_id, wa_id)
         if notify:
             waba = self.wabas[number.waba_id]
-            ts = str(int(self.clock.now()))
-            value_obj = {
-                "messaging_product": "whatsapp",
-                "metadata": {
-                    "display_phone_number": number.display_phone_number,
-                    "phone_number_id": number.id,
-                },
-                "contacts": [{"wa_id": wa_id}],
-                "user_preferences": [
-                    {
-                        "wa_id": wa_id,
-                        "category": "marketing_messages",
-                        "value": value,
-                        "timestamp": ts,
-                        "detail": "User requested to stop marketing messages"
-                        if value == "stop"
-                        else "User requested to resume marketing messages",
-                    }
-                ],
-            }
-            self.dispatcher.post_payload(
-                waba.app_id,
-                {
-                    "object": "whatsapp_business_account",
-                    "entry": [
-                        {"id": waba.id, "changes": [{"value": value_obj, "field": "user_preferences"}]}
-                    ],
-                },
-                kind="user_preferences",
-            )
+            self.dispatcher.post_payload(waba.app_id,
+                                         user_preferences_webhook(number, waba, wa_id, value, self.clock.now()),
+                                         kind="user_preferences")
 
     # --- templates ------------------------------------------------------------------------
 
@@ -601,21 +524,7 @@ class CloudApiSimulator:
             category=query.get("category"),
             language=query.get("language"),
         )
-        limit = max(1, min(int(query.get("limit", "25")), 1000))
-        after = query.get("after")
-        start = _decode_cursor(after) if after else 0
-        page = items[start : start + limit]
-        out: dict[str, Any] = {"data": [t.listing() for t in page]}
-        if items:
-            paging: dict[str, Any] = {
-                "cursors": {"before": _encode_cursor(start), "after": _encode_cursor(start + len(page))}
-            }
-            if start + len(page) < len(items):
-                paging["next"] = (
-                    f"/{waba_id}/message_templates?limit={limit}&after={_encode_cursor(start + len(page))}"
-                )
-            out["paging"] = paging
-        return out
+        return templates_page(items, waba_id, query)
 
     def create_template(self, waba_id: str, authorization: str | None, body: Any) -> dict[str, Any]:
         self._check_waba(waba_id, authorization)
@@ -647,36 +556,9 @@ class CloudApiSimulator:
         self.templates.set_status(stored, status)
         self.stats[f"template_status_{status}"] += 1
         waba = self.wabas[stored.waba_id]
-        value: dict[str, Any] = {
-            "event": status,
-            "message_template_id": int(stored.id),
-            "message_template_name": stored.template.name,
-            "message_template_language": stored.template.language,
-            "message_template_category": stored.template.category,
-            "reason": reason if reason is not None else "NONE",
-        }
-        if status == "PAUSED":
-            value["other_info"] = {
-                "title": title or "FIRST_PAUSE",
-                "description": "Your message template has been paused because of low quality.",
-            }
-        elif status == "DISABLED":
-            value["other_info"] = {
-                "title": title or "DISABLED",
-                "description": "Your message template has been disabled because of continued low quality.",
-            }
         self.dispatcher.post_payload(
             waba.app_id,
-            {
-                "object": "whatsapp_business_account",
-                "entry": [
-                    {
-                        "id": waba.id,
-                        "time": int(self.clock.now()),
-                        "changes": [{"value": value, "field": "message_template_status_update"}],
-                    }
-                ],
-            },
+            template_status_webhook(stored, waba, status, reason=reason, title=title, now=self.clock.now()),
             kind="template_status",
         )
 
@@ -733,13 +615,3 @@ def _version_number(version: str) -> int:
     m = _VERSION.match(version)
     return int(m.group(1)) if m else 99
 
-
-def _encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(str(offset).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-    except ValueError as exc:
-        raise GraphError(100, "Invalid paging cursor") from exc
