@@ -60,6 +60,9 @@ class Env:
         finally:
             await conn.close()
 
+    def api(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.sender.app), base_url="http://sender")
+
     async def state(self, mid: str) -> asyncpg.Record | None:
         rows = await self.sql("SELECT state, wamid, attempt FROM sender.messages WHERE message_id = $1", mid)
         return rows[0] if rows else None
@@ -73,7 +76,15 @@ async def env(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Env]:
     async with serve_http(create_simulator(simulator_config({PN: 200}, waba="waba-f")), port):
         assert (await sync_catalogue(database_url, sim_url, "faults"))["synced"] == 2
         # Retries far off: a retried request stays 'retrying' while a test looks at it.
-        settings = sender_settings(kafka_bootstrap, database_url, sim_url, retry_initial_s=30.0, retry_max_s=60.0)
+        settings = sender_settings(
+            kafka_bootstrap,
+            database_url,
+            sim_url,
+            retry_initial_s=30.0,
+            retry_max_s=60.0,
+            in_doubt_deadline_s=60.0,
+            in_doubt_sweep_s=0.5,
+        )
         sender = await start_sender(settings)
         try:
             yield Env(kafka_bootstrap, database_url, sim_url, keys, sender)
@@ -239,3 +250,45 @@ async def test_a_request_another_replica_finished_is_read_from_the_database(env:
     assert result["outcome"] == "accepted" and result["wamid"] == wamid
     await asyncio.sleep(1.0)
     assert await sim_count(env.sim_url, mid) == 1
+
+
+async def test_in_doubt_past_the_deadline_is_reported_and_a_recorded_status_resolves_it(env: Env) -> None:
+    """The sweep: a request in doubt for longer than the deadline (60 s here) is reported
+    ``in_doubt`` on wa.sends and shown so to the tenant, who may resend; one whose status webhook
+    was recorded before it was in doubt is accepted with that wamid."""
+    old, known = new_id("overdue"), new_id("known")
+    w_known = f"wamid.{known}"
+    await insert_row(env, old, "in_doubt", old)
+    await env.sql(
+        "UPDATE sender.messages SET updated_at = now() - interval '1 hour', request = $2::jsonb WHERE message_id = $1",
+        old,
+        orjson.dumps(outbound(old, PN, "442071239999", biz_opaque_callback_data="tenant-ref-9")).decode(),
+    )
+    await env.sql(
+        "INSERT INTO sender.deliveries (wamid, phone_number_id, status, status_rank, callback_data) "
+        "VALUES ($1, $2, 'sent', 1, $3)",
+        w_known,
+        PN,
+        known,
+    )
+    await insert_row(env, known, "in_doubt", known)
+    results = await env.results({old, known})
+    assert results[old]["outcome"] == "in_doubt" and "send it again" in results[old]["reason"]
+    assert results[known]["outcome"] == "accepted" and results[known]["wamid"] == w_known
+    row = await env.state(old)
+    assert row is not None and row["state"] == "unresolved"
+    async with env.api() as api:
+        r = await api.get(f"/v1/messages/{old}", headers={"Authorization": f"Bearer {env.keys['faults']}"})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["state"], body["send_state"], body["may_resend"]) == ("in_doubt", "unresolved", True)
+    assert body["biz_opaque_callback_data"] == "tenant-ref-9"
+    # A status that names it later still counts: Meta did accept it after all.
+    async with Producer(env.kafka) as p:
+        await p.send(STATUSES.name, status(f"wamid.{old}", old, "delivered"), PN)
+    for _ in range(100):
+        row = await env.state(old)
+        if row is not None and row["state"] == "accepted":
+            break
+        await asyncio.sleep(0.1)
+    assert row is not None and row["state"] == "accepted" and row["wamid"] == f"wamid.{old}"

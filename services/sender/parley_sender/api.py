@@ -14,6 +14,7 @@ from pydantic_core import PydanticCustomError
 from parley_sender.catalogue import create_template, sync_templates
 from parley_sender.cloudapi import GraphApiError
 from parley_sender.delivery import Sender
+from parley_sender.domain.outcomes import MessageState
 from parley_sender.domain.templates import TemplateProblem, validate_send
 
 
@@ -54,10 +55,20 @@ def router(sender: Sender) -> APIRouter:
         if row is None:
             raise HTTPException(404, "no such message")
         delivery = row.get("delivery_status")
+        send_state = MessageState(row["state"])
+        request = row.get("request") if isinstance(row.get("request"), dict) else {}
+        if send_state is MessageState.ACCEPTED and delivery:
+            state = delivery
+        elif send_state in (MessageState.IN_DOUBT, MessageState.UNRESOLVED):
+            state = "in_doubt"  # maybe sent; "unresolved": the deadline passed, the tenant may resend
+        else:
+            state = send_state.value
         return {
             "message_id": row["message_id"],
-            "state": delivery if row["state"] == "accepted" and delivery else row["state"],
-            "send_state": row["state"],
+            "state": state,
+            "send_state": send_state.value,
+            "may_resend": send_state is MessageState.UNRESOLVED,
+            "biz_opaque_callback_data": request.get("biz_opaque_callback_data"),
             "delivery_status": delivery,
             "wamid": row["wamid"],
             "attempt": row["attempt"],
