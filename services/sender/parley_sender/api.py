@@ -56,7 +56,8 @@ def router(sender: Sender) -> APIRouter:
             raise HTTPException(404, "no such message")
         delivery = row.get("delivery_status")
         send_state = MessageState(row["state"])
-        request = row.get("request") if isinstance(row.get("request"), dict) else {}
+        stored = row.get("request")
+        request: dict[str, Any] = stored if isinstance(stored, dict) else {}
         if send_state is MessageState.ACCEPTED and delivery:
             state = delivery
         elif send_state in (MessageState.IN_DOUBT, MessageState.UNRESOLVED):

@@ -75,7 +75,7 @@ class Effects:
             publish_result=st in FINAL,
             dead_letter_reason=(row.reason or "dead") if dead else None,
             dead_letter_value=orjson.dumps(request) if dead and request is not None else None,
-            consent_stop=st is MessageState.FAILED and stops_consent([row.error_code]),
+            consent_stop=st is MessageState.FAILED and stops_consent([row.error_code]) is not None,
             reached=accepted and row.business_initiated,
             fep_started=accepted and row.free_window == "free_entry_point",
         )
@@ -116,7 +116,11 @@ class Effects:
             if o.consent_stop and o.row.tenant_id and o.row.recipient:
                 jobs.append(
                     self.stop_marketing(
-                        o.row.tenant_id, o.row.phone_number_id, o.row.recipient, "error_131050", o.row.message_id
+                        o.row.tenant_id,
+                        o.row.phone_number_id,
+                        o.row.recipient,
+                        f"error_{o.row.error_code}",
+                        o.row.message_id,
                     )
                 )
         jobs.append(self.produce(records))

@@ -157,12 +157,13 @@ async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> N
                 row = None  # another status (or the sweep) gave that wamid to the message first
             if row is not None:
                 resolved.append(row)
-        if st.status == "failed" and stops_consent([e.code for e in st.errors]):
+        stop_code = stops_consent([e.code for e in st.errors]) if st.status == "failed" else None
+        if stop_code is not None:
             tenant = directory.tenants.get(st.tenant_id or "") or directory.tenant_for_number(st.phone_number_id)
             customer = st.recipient_id or st.recipient_user_id
             if tenant is not None and customer:
                 await sender.effects.stop_marketing(
-                    tenant.tenant_id, st.phone_number_id, customer, "error_131050", st.event_id
+                    tenant.tenant_id, st.phone_number_id, customer, f"error_{stop_code}", st.event_id
                 )
     await sender.effects.publish_results(resolved)
 

@@ -43,6 +43,12 @@ class RowJournal:
             del self._pending[: self._max_rows]
             try:
                 await self._write([row for row, _ in group])
+            except asyncio.CancelledError:  # stopping: nobody may wait for a write that will not come
+                for _, fut in group + self._pending:
+                    if not fut.done():
+                        fut.cancel()
+                self._pending.clear()
+                raise
             except Exception as exc:
                 if is_transient(exc) or len(group) == 1:
                     for _, fut in group:

@@ -138,10 +138,10 @@ def interpret(
     return Verdict(Kind.FAILED, rule.meaning, consent_stop=rule.action == Action.SUPPRESS_CONTACT)
 
 
-def stops_consent(error_codes: list[int | None]) -> bool:
-    """Does any of these error codes (of a send answer or a failed status) mean the customer
-    stopped marketing from the business? The error table decides (131050 today)."""
-    return any(c is not None and action_for(c).action == Action.SUPPRESS_CONTACT for c in error_codes)
+def stops_consent(error_codes: list[int | None]) -> int | None:
+    """The first of these error codes (of a send answer or a failed status) that means the
+    customer stopped marketing from the business, or None. The error table decides (131050 today)."""
+    return next((c for c in error_codes if c is not None and action_for(c).action == Action.SUPPRESS_CONTACT), None)
 
 
 # --- retries --------------------------------------------------------------------------------
