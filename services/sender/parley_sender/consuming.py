@@ -255,6 +255,11 @@ class PartitionWorker:
                 self._finishing.cancel()
             with contextlib.suppress(BaseException):
                 await self.task
+        except Exception as exc:  # it had stopped on its own: what is done is committed
+            log.info(
+                "sender worker had stopped before its partition was released",
+                extra={"partition": self.tp.partition, "error_type": type(exc).__name__},
+            )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
