@@ -292,3 +292,19 @@ async def test_in_doubt_past_the_deadline_is_reported_and_a_recorded_status_reso
             break
         await asyncio.sleep(0.1)
     assert row is not None and row["state"] == "accepted" and row["wamid"] == f"wamid.{old}"
+
+
+async def test_a_status_postgresql_cannot_store_is_dead_lettered_and_later_statuses_flow(env: Env) -> None:
+    bad, good = f"wamid.{new_id('nulst')}", f"wamid.{new_id('after')}"
+    raw = orjson.dumps(status(bad + "NUL-HERE", "x")).replace(b"NUL-HERE", b"\\u0000")
+    async with Producer(env.kafka) as p:
+        await p.send(STATUSES.name, raw, PN)
+        await p.send(STATUSES.name, status(good, "y"), PN)
+    for _ in range(150):
+        if await env.sql("SELECT 1 FROM sender.deliveries WHERE wamid = $1", good):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the statuses consumer is stuck")
+    letters = [le for le in await read_dead_letters(env.kafka) if bad in le.payload]
+    assert letters and "contains NUL (U+0000)" in letters[0].reason

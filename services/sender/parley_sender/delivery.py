@@ -44,7 +44,7 @@ from parley_sender.domain.outcomes import (
     on_redelivery,
 )
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide, messaging_limit_reached
-from parley_sender.domain.storable import unstorable_reason
+from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
 from parley_sender.effects import Effects, Outcome
@@ -59,10 +59,6 @@ log = logging.getLogger("parley.sender")
 ROOT = Context()  # a request without trace headers starts its own trace
 S = MessageState
 Plan = tuple[OutboundMessage, SendPlan, Tenant]
-
-
-class UnstorableRequest(ValueError):
-    """A send request holding a value PostgreSQL refuses (the reason names the field)."""
 
 
 @dataclass
@@ -270,7 +266,7 @@ class Sender:
                 msg = OutboundMessage.model_validate_json(value)
                 reason = unstorable_reason(value)
                 if reason is not None:
-                    raise UnstorableRequest(f"a value PostgreSQL cannot store: {reason}")
+                    raise UnstorableRecord(f"a value PostgreSQL cannot store: {reason}")
             except Exception as exc:
                 await self.effects.dead_letter_record(rec, exc)
                 continue

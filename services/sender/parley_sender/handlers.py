@@ -10,8 +10,8 @@
   category; user preferences; consent changes.
 
 Every subscriber consumes batches (one database round trip per batch, not per record) and
-commits only after its effects are durable. An undecodable record goes to the dead-letter topic
-and never blocks its partition.
+commits only after its effects are durable. An undecodable record, or one holding what PostgreSQL
+cannot store, goes to the dead-letter topic and never blocks its partition.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from parley_sender.delivery import Sender
 from parley_sender.domain.outcomes import stops_consent
+from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.windows import ConversationWindows
 from parley_sender.effects import SERVICE
 from parley_sender.observed import observe_number_health
@@ -62,7 +63,11 @@ async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], p
     out: list[M] = []
     for rec in records:
         try:
-            out.append(parse(rec.value or b""))
+            value = rec.value or b""
+            reason = unstorable_reason(value)
+            if reason is not None:  # PostgreSQL would refuse it on every try: never retried forever
+                raise UnstorableRecord(f"a value PostgreSQL cannot store: {reason}")
+            out.append(parse(value))
         except Exception as exc:
             if is_transient(exc):
                 raise

@@ -17,6 +17,10 @@ from parley_common.storable import unstorable_fields
 _SUSPECT = re.compile(rb"\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
+class UnstorableRecord(ValueError):
+    """A record holding a value PostgreSQL refuses (the message names the field)."""
+
+
 def unstorable_reason(raw: bytes) -> str | None:
     """Why PostgreSQL could not store this JSON record (the field, never its value), or None."""
     if not _SUSPECT.search(raw):
