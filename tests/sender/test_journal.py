@@ -20,7 +20,7 @@ class Database:
         self.stored: list[str] = []
         self.refuse, self.down = refuse, down
 
-    async def write(self, rows: Sequence[MessageRow]) -> None:
+    async def write(self, rows: Sequence[MessageRow], conn: object = None) -> None:
         self.statements.append([r.message_id for r in rows])
         await asyncio.sleep(0.01)  # one round trip
         if self.down:
@@ -52,3 +52,23 @@ async def test_an_unreachable_database_fails_the_whole_group_for_a_retry() -> No
     with pytest.raises(OSError):
         await asyncio.gather(journal.write(row("a")), journal.write(row("b")))
     assert db.statements == [["a", "b"]]
+
+
+async def test_a_row_arriving_while_the_connection_is_returned_is_still_written() -> None:
+    db = Database()
+    returned = asyncio.Event()
+
+    class Lend:
+        async def __aenter__(self) -> None:
+            return None
+
+        async def __aexit__(self, *exc: object) -> None:
+            returned.set()
+            await asyncio.sleep(0.01)  # returning the connection takes a moment
+
+    journal = RowJournal(db.write, connect=Lend)
+    first = asyncio.create_task(journal.write(row("a")))
+    await returned.wait()
+    await asyncio.wait_for(journal.write(row("b")), 2)
+    await first
+    assert db.stored == ["a", "b"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
@@ -40,7 +39,6 @@ from parley_sender.domain.governor import priority_rank
 from parley_sender.domain.outcomes import (
     MessageState,
     Redelivery,
-    backoff_s,
     on_redelivery,
 )
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide, messaging_limit_reached
@@ -180,7 +178,9 @@ class Sender:
     inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.journal = RowJournal(lambda rows: self.store.record_outcomes(rows))
+        self.journal = RowJournal(
+            lambda rows, conn: self.store.record_outcomes(rows, conn), connect=lambda: self.store.pool.acquire()
+        )
         self.outcomes = OutcomeBuilder(self.settings, self.metrics, self.numbers, self.pacer)
 
     # --- state kept with the process ------------------------------------------------------
@@ -242,6 +242,7 @@ class Sender:
 
     async def complete(self, batch: Batch) -> None:
         """Apply the batch's effects (durable when this returns) and let its requests go."""
+        await self._outcomes_written(batch.outcomes)
         await self.effects.apply(batch.outcomes)
         self.settle(batch)
 
@@ -488,7 +489,9 @@ class Sender:
             resp = SendResponse(error_message=f"unexpected {type(exc).__name__} during the call", in_doubt=True)
         outcome = self.outcomes.conclude(m, plan, tenant, resp)
         outcome.send_span = send_span
-        await self._write_outcome(outcome)
+        # Queued, not awaited: the next request's "sending" row goes in the same statement, and
+        # :meth:`complete` waits for it before any effect (or offset) follows.
+        outcome.pending = self.journal.submit(outcome.row)
         return outcome
 
     async def _call(self, m: OutboundMessage, plan: SendPlan, tenant: Tenant) -> tuple[SendResponse, str | None]:
@@ -521,23 +524,21 @@ class Sender:
         ctx = span.get_span_context()
         return resp, traceparent_of(ctx) if ctx.trace_flags.sampled else None
 
-    async def _write_outcome(self, outcome: Outcome) -> None:
-        """The answer exists only in memory until this returns: retried while the database is
-        unreachable (with backoff); a row refused for good stays 'sending' and is reported in
-        doubt by the deadline sweep."""
-        failures = 0
-        while True:
+    async def _outcomes_written(self, outcomes: Sequence[Outcome]) -> None:
+        """Wait for the rows written right after the calls. A row whose write failed is written
+        again with the batch's effects (retried with backoff while the database is away); one the
+        database refuses for good stays 'sending' and is reported in doubt by the deadline sweep."""
+        for o in outcomes:
+            if o.pending is None:
+                continue
             try:
-                await self.journal.write(outcome.row)
-                outcome.written = True
-                return
+                await o.pending
+                o.written = True
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
                 if not is_transient(exc):
                     log.error("outcome refused by the database", extra={"error_type": type(exc).__name__})
-                    outcome.written = True  # nothing more to write; the effects still follow
-                    return
-                failures += 1
-                s = self.settings
-                await asyncio.sleep(
-                    backoff_s(failures, initial_s=s.backoff_initial_s, max_s=s.backoff_max_s, jitter=random.random())
-                )
+                    o.written = True  # nothing more to write; the effects still follow
+            o.pending = None
+

@@ -45,6 +45,7 @@ class Outcome:
     fep_started: bool = False
     released: bool = False  # not sent: its partition was revoked (or the process stopped) first
     send_span: str | None = None  # traceparent of the Cloud API call's span, for links by wamid
+    pending: asyncio.Future[None] | None = None  # its row's write, queued right after the call
 
 
 class Effects:

@@ -9,8 +9,10 @@ the statements per send stay few without holding a request longer than one datab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 from parley_common.deadletter import is_transient
 
@@ -18,12 +20,27 @@ from parley_sender.store import MessageRow
 
 log = logging.getLogger("parley.sender.journal")
 
-Write = Callable[[Sequence[MessageRow]], Awaitable[None]]
+Write = Callable[[Sequence[MessageRow], Any], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def _no_connection() -> AsyncIterator[None]:
+    yield None
 
 
 class RowJournal:
-    def __init__(self, write: Write, *, max_rows: int = 500) -> None:
+    """``write(rows, connection)`` stores a group; ``connect()`` lends a connection for as long as
+    rows keep coming (one pool checkout per busy spell, not per group)."""
+
+    def __init__(
+        self,
+        write: Write,
+        *,
+        connect: Callable[[], contextlib.AbstractAsyncContextManager[Any]] = _no_connection,
+        max_rows: int = 500,
+    ) -> None:
         self._write = write
+        self._connect = connect
         self._max_rows = max_rows
         self._pending: list[tuple[MessageRow, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -31,41 +48,67 @@ class RowJournal:
     async def write(self, row: MessageRow) -> None:
         """Returns once ``row`` is durable; raises what its write raised (a row PostgreSQL refuses
         fails alone, not its group)."""
+        await self.submit(row)
+
+    def submit(self, row: MessageRow) -> asyncio.Future[None]:
+        """Queue ``row``; the future is done once it is durable (or its write failed)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="sender-journal")
-        await fut
+        return fut
 
     async def _flush(self) -> None:
+        try:
+            # Rows may arrive while the connection is being returned: look again before ending
+            # (this task is the only one that writes; no await between the last look and the end).
+            while self._pending:
+                async with self._connect() as conn:
+                    await self._drain(conn)
+        except asyncio.CancelledError:  # stopping: nobody may wait for a write that will not come
+            for _, fut in self._pending:
+                if not fut.done():
+                    fut.cancel()
+            self._pending.clear()
+            raise
+        except Exception as exc:  # no connection: every waiting row fails (the callers retry)
+            for _, fut in self._pending:
+                if not fut.done():
+                    fut.set_exception(exc)
+            self._pending.clear()
+
+    async def _drain(self, conn: Any) -> None:
         while self._pending:
             group = self._pending[: self._max_rows]
             del self._pending[: self._max_rows]
             try:
-                await self._write([row for row, _ in group])
-            except asyncio.CancelledError:  # stopping: nobody may wait for a write that will not come
-                for _, fut in group + self._pending:
+                await self._write([row for row, _ in group], conn)
+            except asyncio.CancelledError:
+                for _, fut in group:
                     if not fut.done():
                         fut.cancel()
-                self._pending.clear()
                 raise
             except Exception as exc:
-                if is_transient(exc) or len(group) == 1:
+                if is_transient(exc):  # the connection is gone: fail these, a later flush reconnects
                     for _, fut in group:
                         if not fut.done():
                             fut.set_exception(exc)
+                    raise
+                if len(group) == 1:
+                    if not group[0][1].done():
+                        group[0][1].set_exception(exc)
                     continue
-                await self._one_by_one(group)
+                await self._one_by_one(group, conn)
                 continue
             for _, fut in group:
                 if not fut.done():
                     fut.set_result(None)
 
-    async def _one_by_one(self, group: list[tuple[MessageRow, asyncio.Future[None]]]) -> None:
+    async def _one_by_one(self, group: list[tuple[MessageRow, asyncio.Future[None]]], conn: Any) -> None:
         """A group refused as a whole: find the row(s) at fault, write the others."""
         for row, fut in group:
             try:
-                await self._write([row])
+                await self._write([row], conn)
             except Exception as exc:
                 if not fut.done():
                     fut.set_exception(exc)

@@ -136,10 +136,11 @@ class SenderStore:
             [r.values() for r in rows],
         )
 
-    async def record_outcomes(self, rows: Sequence[MessageRow]) -> None:
+    async def record_outcomes(self, rows: Sequence[MessageRow], conn: asyncpg.Connection | None = None) -> None:
+        """Upsert these rows (``conn``: a connection the caller holds, else one from the pool)."""
         if not rows:
             return
-        await self.pool.executemany(
+        await (conn or self.pool).executemany(
             f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES})
                 ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
                   wamid = COALESCE(EXCLUDED.wamid, sender.messages.wamid),
