@@ -365,7 +365,9 @@ def report(result: dict[str, Any]) -> str:
         f"  simulator accepted {result['simulator_accepted']}; duplicated sends {result['duplicated_sends']}",
         f"  delivered messages Meta charged {result['delivered_billable_by_meta']}, ledger rows "
         f"{result['ledger_rows']}, misbilled {result['misbilled']}, unpriced {result['unpriced']}",
-        f"  LOST {result['lost']}  DUPLICATED {result['duplicated_sends']}  MISBILLED {result['misbilled']}",
+        f"  LOST {result['lost']}  DUPLICATED {result['duplicated_sends']}  MISBILLED {result['misbilled']}"
+        + ("" if result["drained"] else "  (NOT DRAINED: the simulator still had webhooks to post or the sender "
+           "requests to settle; lost statuses and final states are not final counts)"),
         "", f"Throughput {result['throughput_per_s']}/s (offered {result['offered_per_s']}/s); webhook to "
         f"Cloud API p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; "
         f"CPU {result['cpu_ms_per_conversation']} ms per conversation ({result['cpu_s']})",

@@ -33,7 +33,8 @@ async def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the soak's database and topics")
     args = parser.parse_args()
 
-    result = await run_soak(duration_s=args.duration, rate=args.rate, faults=args.faults, keep=args.keep)
+    result = await run_soak(duration_s=args.duration, rate=args.rate, faults=args.faults, keep=args.keep,
+                            drain_timeout_s=max(300.0, args.duration))
     if args.compare:
         print("same pipeline without faults ...", flush=True)
         calm = await run_soak(duration_s=args.compare_duration, rate=args.rate, faults="none")
