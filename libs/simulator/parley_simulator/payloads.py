@@ -9,15 +9,13 @@ from __future__ import annotations
 import base64
 import random
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import Behaviour, PhoneNumberConfig, WabaConfig
 from .errors import GraphError
 from .pricing import PricedMessage
+from .sent import SentMessage
 from .templates import StoredTemplate
-
-if TYPE_CHECKING:
-    from .simulator import SentMessage
 
 _BSUID = re.compile(r"[A-Z]{2}\..+")
 WABA_OBJECT = "whatsapp_business_account"

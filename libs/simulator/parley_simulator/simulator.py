@@ -10,12 +10,12 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
 from . import payments
+from .auth import AccessTokens, unknown_object
 from .clock import SimClock
 from .config import Behaviour, PhoneNumberConfig, SimulatorConfig, TemplateConfig, WabaConfig
 from .errors import GraphError
@@ -28,6 +28,7 @@ from .payloads import (
     user_preferences_webhook,
 )
 from .pricing import PricedMessage, PricingEngine
+from .sent import SentLog, SentMessage
 from .templates import StoredTemplate, TemplateCatalogue, parse_new_template
 from .traffic import BusinessNumber, InboundWebhook
 from .validation import SendRequest, check_template_parameters, needs_phone_number, normalise_recipient, parse_send
@@ -37,32 +38,6 @@ from .windows import CustomerWindows, MarketingConsent
 # Failures Meta reports by a status webhook after answering "accepted" (unless configured sync).
 ASYNC_BY_DEFAULT = frozenset({131026, 131047, 131049, 131050, 132015})
 _VERSION = re.compile(r"^v(\d+)(?:\.\d+)?$")
-
-
-@dataclass
-class SentMessage:
-    """A message the simulator accepted, with the statuses it planned for it."""
-
-    wamid: str
-    phone_number_id: str
-    waba_id: str
-    to: str
-    wa_id: str
-    type: str
-    category: str  # marketing | utility | authentication | service
-    template_name: str | None
-    template_language: str | None
-    biz_opaque_callback_data: str | None
-    api_version: str
-    accepted_at: float  # simulated unix time
-    free_entry_point: bool
-    in_service_window: bool
-    failure_code: int | None = None
-    statuses: list[dict[str, Any]] = field(default_factory=list)
-    request: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class SendOutcome:
@@ -90,22 +65,13 @@ class CloudApiSimulator:
         self.unknown_recipients: set[str] = {
             normalise_recipient(r) for r in self.behaviour.unknown_recipients
         }
-        self._tokens: dict[str, set[str]] = defaultdict(set)  # phone number or WABA id -> tokens
-        for w in config.wabas:
-            tok = w.access_token()
-            if tok:
-                self._tokens[w.id].add(tok)
-        for p in config.phone_numbers:
-            tok = p.access_token()
-            if tok:
-                self._tokens[p.id].add(tok)
-        self._all_tokens = set().union(*self._tokens.values()) if self._tokens else set()
+        self.tokens = AccessTokens(config.wabas, config.phone_numbers)
         for w in config.wabas:
             for t in w.templates:
                 self.templates.add(w.id, t)
-        self.messages: dict[str, SentMessage] = {}
+        self.sent = SentLog(config.max_messages_kept)
+        self.messages = self.sent.messages  # the same dict: tests read it
         self.payments: dict[tuple[str, str], payments.SimulatedPayment] = {}
-        self._by_opaque: dict[str, list[str]] = defaultdict(list)
         self.stats: Counter[str] = Counter()
         self.errors_by_code: Counter[int] = Counter()
         self.per_number: dict[str, Counter[str]] = defaultdict(Counter)
@@ -151,37 +117,14 @@ class CloudApiSimulator:
         self.pricing.reset()
         self.throughput.reset()
         self.pair_rate.reset()
-        self.messages.clear()
+        self.sent.clear()
         self.payments.clear()
-        self._by_opaque.clear()
         self.stats.clear()
         self.errors_by_code.clear()
         self.per_number.clear()
         self.dispatcher.reset()
 
     # --- auth -----------------------------------------------------------------------------
-
-    def _check_token(self, authorization: str | None, object_ids: tuple[str, ...]) -> None:
-        token = None
-        if authorization and authorization.lower().startswith("bearer "):
-            token = authorization[7:].strip()
-        if not token or token not in self._all_tokens:
-            raise GraphError(190, "Invalid OAuth access token")
-        if object_ids and not any(token in self._tokens.get(oid, ()) for oid in object_ids):
-            raise GraphError(
-                190,
-                "The access token is not valid for this object",
-                message="Invalid OAuth access token - the token has no access to this object",
-            )
-
-    @staticmethod
-    def _unknown_object(object_id: str) -> GraphError:
-        return GraphError(
-            100,
-            f"Unsupported post request. Object with ID '{object_id}' does not exist, "
-            "cannot be loaded due to missing permissions, or does not support this operation.",
-            error_type="GraphMethodException",
-        )
 
     def _number_tokens_scope(self, number: PhoneNumberConfig) -> tuple[str, ...]:
         return (number.id, number.waba_id)
@@ -208,9 +151,9 @@ class CloudApiSimulator:
             await asyncio.sleep(delay / 1000)
         try:
             number = self.numbers.get(phone_number_id)
-            self._check_token(authorization, self._number_tokens_scope(number) if number else ())
+            self.tokens.check(authorization, self._number_tokens_scope(number) if number else ())
             if number is None:
-                raise self._unknown_object(phone_number_id)
+                raise unknown_object(phone_number_id)
         except GraphError as err:
             return self._fail(phone_number_id, err)
         if b.timeout_rate and self.rng.random() < b.timeout_rate:
@@ -333,7 +276,7 @@ class CloudApiSimulator:
             failure_code=async_failure[0] if async_failure else None,
             request=req.body,
         )
-        self._remember(msg)
+        self.sent.remember(msg)
         self.stats["requests_accepted"] += 1
         self.per_number[number.id]["accepted"] += 1
         if async_failure:
@@ -361,20 +304,6 @@ class CloudApiSimulator:
             },
         )
 
-    def _remember(self, msg: SentMessage) -> None:
-        self.messages[msg.wamid] = msg
-        if msg.biz_opaque_callback_data is not None:
-            self._by_opaque[msg.biz_opaque_callback_data].append(msg.wamid)
-        while len(self.messages) > self.config.max_messages_kept:
-            oldest = self.messages.pop(next(iter(self.messages)))
-            key = oldest.biz_opaque_callback_data
-            if key is not None:
-                kept = [w for w in self._by_opaque.get(key, []) if w != oldest.wamid]
-                if kept:
-                    self._by_opaque[key] = kept
-                else:
-                    self._by_opaque.pop(key, None)
-
     def _new_wamid(self, wa_id: str) -> str:
         raw = f"{wa_id}:{next(self._wamid_seq)}:{self.rng.getrandbits(64):016x}".encode()
         return "wamid." + base64.b64encode(b"\x15\x02\x00\x11\x18\x12" + raw).decode()
@@ -386,18 +315,16 @@ class CloudApiSimulator:
     ) -> None:
         msg.statuses.append(status)
         self.stats[f"status_{status['status']}"] += 1
+        self._post_status(number, delay_s, status)
+
+    def _post_status(self, number: PhoneNumberConfig, delay_s: float, status: dict[str, Any]) -> None:
         if self.dispatcher.url_template is None:
             return  # nowhere to post: the statuses stay observable through /_sim/messages
         waba = self.wabas[number.waba_id]
-        self.dispatcher.schedule_status(
-            delay_s,
-            PendingStatus(
-                app_id=waba.app_id,
-                waba_id=waba.id,
-                metadata={"display_phone_number": number.display_phone_number, "phone_number_id": number.id},
-                status=status,
-            ),
-        )
+        self.dispatcher.schedule_status(delay_s, PendingStatus(
+            app_id=waba.app_id, waba_id=waba.id,
+            metadata={"display_phone_number": number.display_phone_number, "phone_number_id": number.id},
+            status=status))
 
     def _plan_failure(self, msg: SentMessage, number: PhoneNumberConfig, code: int, details: str) -> None:
         from .errors import status_error
@@ -439,8 +366,8 @@ class CloudApiSimulator:
         the source of truth, whether or not its webhooks arrived."""
         number = self.numbers.get(phone_number_id)
         if number is None:
-            raise self._unknown_object(phone_number_id)
-        self._check_token(authorization, self._number_tokens_scope(number))
+            raise unknown_object(phone_number_id)
+        self.tokens.check(authorization, self._number_tokens_scope(number))
         p = self.payments.get((phone_number_id, reference_id))
         if p is None:
             raise GraphError(100, f"no payment with reference_id {reference_id}")
@@ -459,13 +386,7 @@ class CloudApiSimulator:
 
     def _schedule_payment(self, number: PhoneNumberConfig, delay_s: float, status: dict[str, Any]) -> None:
         self.stats[f"payment_{status['status']}"] += 1
-        if self.dispatcher.url_template is None:
-            return
-        waba = self.wabas[number.waba_id]
-        self.dispatcher.schedule_status(delay_s, PendingStatus(
-            app_id=waba.app_id, waba_id=waba.id,
-            metadata={"display_phone_number": number.display_phone_number, "phone_number_id": number.id},
-            status=status))
+        self._post_status(number, delay_s, status)
 
     # --- inbound --------------------------------------------------------------------------
 
@@ -546,9 +467,9 @@ class CloudApiSimulator:
             self.set_template_status(stored, "APPROVED")
 
     def _check_waba(self, waba_id: str, authorization: str | None) -> None:
-        self._check_token(authorization, self._waba_scope(waba_id))
+        self.tokens.check(authorization, self._waba_scope(waba_id))
         if waba_id not in self.wabas:
-            raise self._unknown_object(waba_id)
+            raise unknown_object(waba_id)
 
     def set_template_status(
         self, stored: StoredTemplate, status: str, *, reason: str | None = None, title: str | None = None
@@ -567,29 +488,12 @@ class CloudApiSimulator:
 
     # --- queries --------------------------------------------------------------------------
 
-    def find_messages(
-        self,
-        *,
-        wamid: str | None = None,
-        biz_opaque_callback_data: str | None = None,
-        phone_number_id: str | None = None,
-        to: str | None = None,
-    ) -> list[SentMessage]:
-        if wamid is not None:
-            found = [self.messages[wamid]] if wamid in self.messages else []
-        elif biz_opaque_callback_data is not None:
-            found = [self.messages[w] for w in self._by_opaque.get(biz_opaque_callback_data, [])]
-        else:
-            found = list(self.messages.values())
-        if phone_number_id is not None:
-            found = [m for m in found if m.phone_number_id == phone_number_id]
-        if to is not None:
-            wa_id = normalise_recipient(to)
-            found = [m for m in found if m.wa_id == wa_id]
-        return found
+    def find_messages(self, *, wamid: str | None = None, biz_opaque_callback_data: str | None = None,
+                      phone_number_id: str | None = None, to: str | None = None) -> list[SentMessage]:
+        return self.sent.find(wamid=wamid, biz_opaque_callback_data=biz_opaque_callback_data,
+                              phone_number_id=phone_number_id, to=to)
 
     def stats_snapshot(self) -> dict[str, Any]:
-        duplicates = {k: len(v) for k, v in self._by_opaque.items() if len(v) > 1}
         return {
             "requests": {
                 "total": self.stats["requests"],
@@ -607,7 +511,7 @@ class CloudApiSimulator:
             },
             "templates": {k: v for k, v in self.stats.items() if k.startswith("template")},
             "webhooks": dict(self.dispatcher.stats) | {"pending": self.dispatcher.pending},
-            "duplicate_biz_opaque_callback_data": len(duplicates),
+            "duplicate_biz_opaque_callback_data": self.sent.duplicated_callback_data(),
         }
 
 
