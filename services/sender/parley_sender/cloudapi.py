@@ -2,7 +2,7 @@
 (Meta's Graph API or the simulator: configuration only).
 
 Two HTTP clients, each with its own connection pool: sends (the hot path) go through pyreqwest
-(Rust reqwest/hyper), chosen for its CPU cost per request (docs/adr/0030-sender-throughput.md);
+(Rust reqwest/hyper), chosen for its CPU cost per request (docs/adr/0033-sender-throughput.md);
 management calls (templates: list, create) go through aiohttp, retried with tenacity.
 """
 

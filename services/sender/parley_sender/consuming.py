@@ -2,7 +2,7 @@
 
 FastStream hands a batch subscriber one batch at a time and commits after it, so nothing is sent
 while a batch's outcomes are written, and it ignores ``max_workers`` for batch subscribers
-(docs/adr/0030-sender-throughput.md). Here, on raw aiokafka:
+(docs/adr/0033-sender-throughput.md). Here, on raw aiokafka:
 
 - ONE consumer (group ``parley-sender``) subscribes to ``wa.messages.out`` and
   ``wa.messages.out.retry``: one group member per process, so a process joining or leaving causes

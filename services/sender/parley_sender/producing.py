@@ -2,7 +2,7 @@
 waiting and their acknowledgements gathered once per batch.
 
 FastStream's ``broker.publish`` awaits each record and runs the telemetry middlewares per record;
-a batch of results goes out here in one gather instead (docs/adr/0030-sender-throughput.md). Same
+a batch of results goes out here in one gather instead (docs/adr/0033-sender-throughput.md). Same
 producer settings as :func:`parley_common.broker.make_broker`: ``acks=all``, idempotent, lz4.
 """
 

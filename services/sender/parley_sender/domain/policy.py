@@ -86,7 +86,7 @@ def decide(msg: OutboundMessage, ctx: SendContext) -> SendPlan | Refusal:
     from_reference = False
     if not csw_open and msg.reply_to_wamid and ctx.unseen_reply_reference:
         # The customer's message exists (the request names it) but the tracker is behind:
-        # the reference is the proof (docs/adr/0030-sender-reply-window.md).
+        # the reference is the proof (docs/adr/0032-sender-reply-window.md).
         csw_open, from_reference = True, True
     fep_open = ctx.windows.fep.is_open(at)
 
