@@ -3,7 +3,7 @@
 Opt-outs arrive from the router (keywords, "Stop promotions" taps), from Meta's
 ``user_preferences`` webhooks and from error 131050. They suppress *marketing* only; utility and
 authentication templates are unaffected. Marketing to US numbers is refused outright: Meta has
-not delivered it since 2025-04-01 (whatsapp-platform.md §5).
+not delivered it since 2025-04-01 (Meta: per-user marketing template limits).
 """
 
 from __future__ import annotations

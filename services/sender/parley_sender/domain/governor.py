@@ -1,6 +1,6 @@
 """The rate governor of one business number, as pure arithmetic over an injected clock.
 
-Meta's limits (whatsapp-platform.md §4):
+Meta's limits (Cloud API throughput and pair-rate documentation):
 
 - throughput: 80 messages/s per number by default, up to 1,000; above it Meta answers 130429.
   :class:`ThroughputLimit` grants at most ``limit`` sends in any window of one second (a sliding

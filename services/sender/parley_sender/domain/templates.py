@@ -1,6 +1,6 @@
 """Message templates: the per-tenant catalogue, validation of a send against it, and a preview.
 
-Shapes follow Meta's template API (whatsapp-platform.md §3): a template has a name, a language,
+Shapes follow Meta's message template API: a template has a name, a language,
 a category (MARKETING, UTILITY, AUTHENTICATION), a status (only APPROVED may be sent), a
 ``parameter_format`` (POSITIONAL ``{{1}}`` or NAMED ``{{first_name}}``) and components (HEADER,
 BODY, FOOTER, BUTTONS). A send names the template and gives parameters per component.

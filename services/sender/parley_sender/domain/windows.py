@@ -4,7 +4,7 @@ A customer's message opens (or resets) the customer-service window (CSW) of that
 number for 24 hours from the message's own timestamp (Meta's, not the time Parley saw it).
 A message from a click-to-WhatsApp ad (``referral``) additionally offers a free entry point
 (FEP): if the business replies within 24 hours, every message is free for 72 hours from that
-reply (whatsapp-platform.md §5). The CSW still governs free-form sends inside an FEP.
+reply (Meta's pricing documentation). The CSW still governs free-form sends inside an FEP.
 """
 
 from __future__ import annotations
