@@ -1,6 +1,12 @@
 import asyncio
 
-from parley_sender.domain.governor import MessagingLimit, PairRateLimit, ThroughputLimit, priority_rank
+from parley_sender.domain.governor import (
+    MessagingLimit,
+    PairRateLimit,
+    ThroughputLimit,
+    priority_rank,
+    reported_messaging_limit,
+)
 from parley_sender.pacing import Gate, NumberPacer
 
 
@@ -119,6 +125,13 @@ def test_reserve_takes_places_in_order_and_a_customer_counted_already_always_fit
     assert [lim.reserve(c, 0.0) for c in ("a", "b", "c", "a", "d")] == [True, True, False, True, False]
     assert lim.count(0.0) == 2
     assert lim.reserve("c", 24 * 3600 + 1.0)  # the places of a day ago are free again
+
+
+def test_the_limit_meta_reports_is_read_from_numbers_and_tier_names() -> None:
+    assert [reported_messaging_limit(v) for v in (2000, "10000", -1, "-1", "TIER_2K", "TIER_UNLIMITED")] == [
+        2000, 10_000, -1, -1, 2000, -1
+    ]
+    assert [reported_messaging_limit(v) for v in (None, "", "soon", 0, True)] == [None] * 5
 
 
 def test_unlimited_tier() -> None:

@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 import pytest
 from parley_common.db import create_pool, migrate
-from parley_common.topics import MESSAGES_OUT, SENDS
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, SENDS
 from parley_sender.store import MIGRATIONS, SenderStore
 from parley_simulator.app import create_app as create_simulator
 from parley_simulator.config import SimulatorConfig
@@ -118,6 +118,46 @@ async def test_one_batch_of_ten_new_customers_sends_five_then_an_invented_reply_
     assert got[invented]["outcome"] == "refused"
     assert "messaging_limit_reached" in got[invented]["reason"]
     assert len(await customers_reached(sim_url, {ONE})) == LIMIT
+
+
+async def test_the_limit_meta_reports_replaces_the_registry_value(
+    kafka_bootstrap: str, database_url: str, one: tuple[str, RunningSender]
+) -> None:
+    """After the first test the portfolio has reached its 5; Meta then reports 7 (and later an
+    older report of 6 arrives, which changes nothing): two of three new customers get through."""
+    sim_url, _ = one
+    run = new_id("plr")
+    now = datetime.now(UTC)
+    events = [
+        {"event_id": f"{run}-cap", "phone_number_id": ONE_WABA, "waba_id": ONE_WABA, "occurred_at": now.isoformat(),
+         "kind": "business_capability_update", "value": {"max_daily_conversations_per_business": 7}},
+        {"event_id": f"{run}-old", "phone_number_id": ONE, "waba_id": ONE_WABA,
+         "occurred_at": now.replace(year=now.year - 1).isoformat(),
+         "kind": "phone_number_quality_update", "value": {"max_daily_conversations_per_business": "6"}},
+    ]
+    async with Producer(kafka_bootstrap) as p:
+        for ev in events:
+            await p.send(ACCOUNT_EVENTS.name, ev, ev["phone_number_id"])
+    conn = await asyncpg.connect(database_url)
+    try:
+        for _ in range(300):
+            reported = await conn.fetchval(
+                "SELECT reported_limit FROM sender.portfolios WHERE tenant_id = 'limit-one'"
+            )
+            if reported == 7:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    assert reported == 7
+    await asyncio.sleep(1.0)  # the older report, on another partition, is read too
+    ids = [f"{run}-{i}" for i in range(3)]
+    async with Producer(kafka_bootstrap) as p:
+        for i, mid in enumerate(ids):
+            await p.send(MESSAGES_OUT.name, outbound(mid, ONE, f"4476{i:08d}"), ONE)
+    got = await results(kafka_bootstrap, set(ids))
+    assert sorted(r["outcome"] for r in got.values()) == ["accepted", "accepted", "refused"]
+    assert len(await customers_reached(sim_url, {ONE})) == 7
 
 
 def sender_process(env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from parley_sender.cloudapi import CloudApiClient, SendResponse
 from parley_sender.domain.consent import ConsentState
-from parley_sender.domain.governor import priority_rank
+from parley_sender.domain.governor import UNLIMITED, priority_rank
 from parley_sender.domain.outcomes import (
     MessageState,
     Redelivery,
@@ -417,12 +417,20 @@ class Sender:
         """Business-initiated sends take their customer's place in the portfolio's messaging limit
         before any call, in one transaction per portfolio shared with every replica; the ones left
         without a place are refused (docs/adr/0115-portfolio-messaging-limit.md)."""
-        wanted: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        initiating = {t.tenant_id: t for _, plan, t in plans if plan.business_initiated}
+        if not initiating:
+            return plans
+        # Meta's latest report of the portfolio's limit, else the registry's starting value.
+        reported = await self.store.reported_limits(list(initiating))
         limits: dict[str, int] = {}
+        for tid, tenant in initiating.items():
+            limit = reported.get(tid, tenant.messaging_limit)
+            if limit is not None and limit != UNLIMITED:
+                limits[tid] = limit
+        wanted: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for m, plan, tenant in plans:
-            if plan.business_initiated and tenant.messaging_limit is not None:
+            if plan.business_initiated and tenant.tenant_id in limits:
                 wanted[tenant.tenant_id].append((m.message_id, m.recipient))
-                limits[tenant.tenant_id] = tenant.messaging_limit
         if not wanted:
             return plans
         granted: set[str] = set()

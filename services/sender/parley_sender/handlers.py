@@ -32,6 +32,7 @@ from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
 from pydantic import BaseModel
 
 from parley_sender.delivery import Sender
+from parley_sender.domain.governor import reported_messaging_limit
 from parley_sender.domain.outcomes import stops_consent
 from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.windows import ConversationWindows
@@ -173,6 +174,8 @@ async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> N
     await sender.effects.publish_results(resolved)
 
 
+# Events that report the portfolio's messaging limit (docs/adr/0115-portfolio-messaging-limit.md).
+LIMIT_KINDS = frozenset({"business_capability_update", "phone_number_quality_update", "account_update"})
 TEMPLATE_KINDS = frozenset(
     {"message_template_status_update", "message_template_quality_update", "template_category_update"}
 )
@@ -191,6 +194,10 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
             continue
         tid = tenant.tenant_id
         v = ev.value if isinstance(ev, AccountEvent) else {}
+        if isinstance(ev, AccountEvent) and ev.kind in LIMIT_KINDS:
+            reported = reported_messaging_limit(v.get("max_daily_conversations_per_business"))
+            if reported is not None:
+                await sender.store.set_reported_limit(tid, reported, ev.occurred_at)
         if isinstance(ev, AccountEvent) and ev.kind in TEMPLATE_KINDS:
             changes: dict[str, str] = {}
             if ev.kind == "message_template_status_update" and v.get("event"):

@@ -487,6 +487,28 @@ class SenderStore:
             )
         return {g[3] for g in granted}
 
+    async def set_reported_limit(self, tenant_id: str, limit: int, at: datetime) -> None:
+        """Meta reported the portfolio's messaging limit (-1: unlimited); an older report never
+        replaces a newer one."""
+        await self.pool.execute(
+            """INSERT INTO sender.portfolios AS p (tenant_id, reported_limit, reported_at) VALUES ($1, $2, $3)
+               ON CONFLICT (tenant_id) DO UPDATE SET reported_limit = EXCLUDED.reported_limit,
+                 reported_at = EXCLUDED.reported_at
+               WHERE p.reported_at IS NULL OR p.reported_at <= EXCLUDED.reported_at""",
+            tenant_id,
+            limit,
+            at,
+        )
+
+    async def reported_limits(self, tenant_ids: Sequence[str]) -> dict[str, int]:
+        """The limits Meta reported for these portfolios (-1: unlimited); absent when none."""
+        rows = await self.pool.fetch(
+            "SELECT tenant_id, reported_limit FROM sender.portfolios WHERE tenant_id = ANY($1)"
+            " AND reported_limit IS NOT NULL",
+            list(tenant_ids),
+        )
+        return {r["tenant_id"]: r["reported_limit"] for r in rows}
+
     async def release_reach(self, items: Sequence[tuple[str, str, str]]) -> None:
         """``(tenant_id, customer, message_id)`` of sends refused or failed before leaving: the
         place they held goes when no other request holds it and none was accepted."""

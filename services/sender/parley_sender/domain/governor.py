@@ -235,3 +235,27 @@ class MessagingLimit:
             return now
         oldest = sorted(self.reached.values())[len(self.reached) - self.limit]
         return oldest + self.window_s
+
+
+UNLIMITED = -1  # how Meta reports an unlimited portfolio
+
+# Meta's limit names in older events (``current_limit``), and -1 for unlimited.
+_LIMIT_NAMES = {"TIER_50": 50, "TIER_250": 250, "TIER_1K": 1_000, "TIER_2K": 2_000, "TIER_10K": 10_000,
+                "TIER_100K": 100_000, "TIER_UNLIMITED": -1, "UNLIMITED": -1}
+
+
+def reported_messaging_limit(value: object) -> int | None:
+    """The portfolio limit an event reports (``max_daily_conversations_per_business``: an
+    integer, -1 for unlimited, or a tier name); None when it reports none."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if value == -1 or value > 0 else None
+    text = str(value).strip().upper()
+    if text in _LIMIT_NAMES:
+        return _LIMIT_NAMES[text]
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if number == -1 or number > 0 else None
