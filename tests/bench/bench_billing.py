@@ -79,6 +79,22 @@ async def _fresh_pool(name: str) -> asyncpg.Pool:
     return pool
 
 
+async def _register_tenant(conn: asyncpg.Connection, numbers: list[str]) -> None:
+    """Tenant ``acme`` owning the traffic's numbers: the billing app meters a status only for the
+    tenant it was bound to, on that tenant's own number (ADR 0100)."""
+    from parley_common.runtime import TENANCY_MIGRATIONS
+    from parley_common.tenancy.cli import RegistryFile, import_registry
+
+    os.environ.setdefault("PARLEY_BENCH_APP_SECRET", "bench-secret")
+    await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+    await import_registry(conn, RegistryFile.model_validate({
+        "apps": [{"app_id": "bench-app", "app_secret_refs": ["env:PARLEY_BENCH_APP_SECRET"]}],
+        "tenants": [{"tenant_id": "acme", "name": "Acme", "app_id": "bench-app", "business_country": "IN",
+                     "time_zone": "Asia/Kolkata", "wabas": [f"waba-{n}" for n in numbers],
+                     "phone_numbers": [{"phone_number_id": n, "display_phone_number": "91" + n,
+                                        "waba_id": f"waba-{n}"} for n in numbers]}]}))
+
+
 async def _drop(name: str) -> None:
     admin = await asyncpg.connect(SERVER_URL)
     try:
@@ -140,6 +156,8 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
         pool = await _fresh_pool(name)
         try:
             await feed(Metering(pool, lookup), others, batch=batch)
+            async with pool.acquire() as conn:
+                await _register_tenant(conn, sorted({k.decode() for k in keys}))
         finally:
             await pool.close()
         app = create_app(BillingSettings(database_url=_db_url(name), kafka_bootstrap=KAFKA,

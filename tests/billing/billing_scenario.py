@@ -40,6 +40,12 @@ REGISTRY = {
          "time_zone": "America/Sao_Paulo", "wabas": [WABA_BR],
          "phone_numbers": [{"phone_number_id": PN_BR, "display_phone_number": "551100000001",
                             "waba_id": WABA_BR}]},
+        # the generated traffic's tenant (parley_billing.traffic): billing meters a fact only for
+        # the tenant it is bound to, on one of that tenant's numbers
+        {"tenant_id": "bill-gen", "name": "Billing generated", "app_id": "bill-app", "business_country": "IN",
+         "time_zone": "Asia/Kolkata", "wabas": ["waba-bill-gen-1", "waba-bill-gen-2"],
+         "phone_numbers": [{"phone_number_id": f"bill-gen-{i}", "display_phone_number": f"91110000010{i}",
+                            "waba_id": f"waba-bill-gen-{i}"} for i in (1, 2)]},
     ],
 }
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from parley_common.contracts import InboundMessage
+from parley_common.contracts import DeadLetter, InboundMessage
 from parley_common.meta.signature import sign
-from parley_common.topics import MESSAGES_IN
+from parley_common.topics import DEAD_LETTERS, MESSAGES_IN
 
 from .conftest import IngestEnv, read_topic
 from .ingest_support import APP1_SECRET, APP_1, corpus_cases
@@ -85,6 +85,14 @@ async def test_replay_of_the_raw_archive_republishes_the_same_event_ids(
         if marker.encode() in rec.value
     ]
     per_id = Counter(e.event_id for e in events)
-    assert len(per_id) == 4 and set(per_id.values()) == {2}  # live + replay, same ids
+    assert len(per_id) == 3 and set(per_id.values()) == {2}  # live + replay, same ids
     tenants = {e.event_id.rsplit(".", 1)[1]: e.tenant_id for e in events}
-    assert tenants == {"B1": "ingest-acme", "B2": "ingest-acme", "B5": "ingest-globex", "B6": None}
+    assert tenants == {"B1": "ingest-acme", "B2": "ingest-acme", "B5": "ingest-globex"}
+    # B6 is for a number nobody registered: kept as a dead letter (live and replay), never published
+    unbound = [
+        DeadLetter.model_validate_json(rec.value)
+        for rec in await read_topic(ingest.kafka_bootstrap, DEAD_LETTERS.name)
+        if f"wamid.{marker}.B6".encode() in rec.value
+    ]
+    assert [d.error_type for d in unbound] == ["UnboundTenant", "UnboundTenant"]
+    assert {d.event_id for d in unbound} == {f"ingest:unbound:wamid.{marker}.B6"}

@@ -67,6 +67,7 @@ async def test_every_corpus_event_reaches_its_topic_keyed_by_number_with_tenant(
 
     marker = uuid.uuid4().hex[:8]
     expected: Counter[tuple[str, str]] = Counter()
+    unbound: Counter[str] = Counter()
     for name, case in corpus_cases():
         webhook = case["webhook"]
         if "entry" in webhook and isinstance(webhook["entry"], list):
@@ -93,7 +94,13 @@ async def test_every_corpus_event_reaches_its_topic_keyed_by_number_with_tenant(
             (STATUSES.base, local.statuses),
             (ACCOUNT_EVENTS.base, local.account_events),
         ):
-            expected.update((topic, e.event_id) for e in events)
+            for e in events:
+                # the event's own key (its number, or the WABA of an account event without one)
+                # must be registered; a number nobody registered is no tenant's (ADR 0100)
+                if CORPUS_TENANTS.numbers.get(e.phone_number_id) or CORPUS_TENANTS.wabas.get(e.phone_number_id):
+                    expected[(topic, e.event_id)] += 1
+                else:
+                    unbound["ingest:unbound:" + e.event_id] += 1
     found = await _events(ingest, marker)
     seen: Counter[tuple[str, str]] = Counter()
     for topic, items in found.items():
@@ -104,10 +111,11 @@ async def test_every_corpus_event_reaches_its_topic_keyed_by_number_with_tenant(
             if event.phone_number_id.startswith("8800000000") or event.waba_id in CORPUS_TENANTS.wabas:
                 assert event.tenant_id is not None, event.event_id
     assert seen == expected
+    assert Counter(d.event_id for d in await _unbound_letters(ingest, marker)) == unbound
     in_corpus = sum(
         len(c["expect"][k]) for _, c in corpus_cases() for k in ("messages_in", "statuses", "account_events")
     )
-    assert sum(seen.values()) == in_corpus
+    assert sum(seen.values()) + sum(unbound.values()) == in_corpus
 
 
 def _marked(value: dict, marker: str) -> dict:
@@ -128,11 +136,12 @@ async def test_same_batch_three_times_gives_the_same_event_ids_and_raw_copies(in
         assert await _post(ingest, body) == 200
     found = await _events(ingest, marker)
     per_id = Counter(e.event_id for items in found.values() for _, e in items)
-    assert len(per_id) == 6  # 4 messages + 2 statuses
+    assert len(per_id) == 5  # 3 messages + 2 statuses (B6's number is nobody's: dead-lettered)
     assert set(per_id.values()) == {3}
     # after dedupe on event id, downstream holds exactly one event per distinct id
     distinct = {e.event_id: e for items in found.values() for _, e in items}
-    assert len(distinct) == 6
+    assert len(distinct) == 5
+    assert {d.event_id for d in await _unbound_letters(ingest, marker)} == {f"ingest:unbound:wamid.{marker}.B6"}
     raws = [
         r
         for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name)
@@ -182,8 +191,19 @@ async def test_webhook_of_another_app_does_not_speak_for_this_apps_tenants(inges
     marker = uuid.uuid4().hex[:8]
     body = _unique(dict(corpus_cases())["message_text"]["webhook"], marker)  # acme's number, app 1's tenant
     assert await _post(ingest, body, secret=APP2_SECRET, app=APP_2) == 200
-    ((_, event),) = (await _events(ingest, marker))[MESSAGES_IN.base]
-    assert event.tenant_id is None
+    assert (await _events(ingest, marker))[MESSAGES_IN.base] == []  # nothing a consumer would act on
+    (letter,) = await _unbound_letters(ingest, marker)
+    assert letter.source_topic == MESSAGES_IN.name and letter.headers["x-parley-app-id"] == APP_2
+    assert InboundMessage.model_validate_json(letter.payload).tenant_id is None
+
+
+async def _unbound_letters(env: IngestEnv, marker: str) -> list[DeadLetter]:
+    return [
+        letter
+        for r in await read_topic(env.kafka_bootstrap, DEAD_LETTERS.name)
+        if marker.encode() in r.value
+        and (letter := DeadLetter.model_validate_json(r.value)).error_type == "UnboundTenant"
+    ]
 
 
 async def test_body_over_3_mb_is_413_and_invalid_json_is_400(ingest: IngestEnv) -> None:
@@ -229,13 +249,13 @@ async def test_valid_signature_unknown_shape_is_200_kept_raw_and_dead_lettered(i
     assert "parley_ingest_shape_problems_total" in metrics
 
 
-async def test_unknown_number_is_published_and_counted(ingest: IngestEnv) -> None:
+async def test_unknown_number_is_dead_lettered_and_counted_never_published(ingest: IngestEnv) -> None:
     marker = uuid.uuid4().hex[:8]
     webhook = dict(corpus_cases())["message_text"]["webhook"]
     before = _metric(
         await ingest.client.get("/metrics"), 'parley_ingest_unknown_number_events_total{kind="message"}'
     )
-    # a number not registered, under a registered WABA: the WABA's tenant, still counted as unknown number
+    # a number not registered, under a registered WABA: no tenant's number, so no tenant (ADR 0100)
     new_number = _unique(webhook, marker + "a").replace(b"880000000001", b"889999999998")
     # neither number nor WABA registered: no tenant
     nobody = (
@@ -245,10 +265,10 @@ async def test_unknown_number_is_published_and_counted(ingest: IngestEnv) -> Non
     )
     assert await _post(ingest, new_number) == 200
     assert await _post(ingest, nobody) == 200
-    events = {e.event_id: e for _, e in (await _events(ingest, marker))[MESSAGES_IN.base]}
-    assert events[f"wamid.{marker}a.TEXT1"].tenant_id == "ingest-acme"
-    assert events[f"wamid.{marker}b.TEXT1"].tenant_id is None
-    assert {e.phone_number_id for e in events.values()} == {"889999999998"}
+    assert (await _events(ingest, marker))[MESSAGES_IN.base] == []
+    letters = {d.event_id: d for d in await _unbound_letters(ingest, marker)}
+    assert set(letters) == {f"ingest:unbound:wamid.{marker}a.TEXT1", f"ingest:unbound:wamid.{marker}b.TEXT1"}
+    assert {d.key for d in letters.values()} == {"889999999998"}
     after = _metric(
         await ingest.client.get("/metrics"), 'parley_ingest_unknown_number_events_total{kind="message"}'
     )

@@ -79,7 +79,8 @@ async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kaf
 
             msg = InboundMessage.model_validate({
                 "event_id": "wamid.api1", "wamid": "wamid.api1", "phone_number_id": NUMBER,
-                "occurred_at": datetime.now(UTC), "customer_wa_id": "905551112233", "type": "text",
+                "tenant_id": "router-api", "occurred_at": datetime.now(UTC), "customer_wa_id": "905551112233",
+                "type": "text",
                 "text": "how many suitcases can I take"})
             before = service.router.understand([(msg, service.context_for(msg))])[0]
             assert before.intent != "baggage"

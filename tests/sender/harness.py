@@ -82,6 +82,10 @@ def simulator_config(numbers: dict[str, int], waba: str = WABA) -> SimulatorConf
     )
 
 
+# phone number id -> its tenant, as seeded: ``outbound`` stamps a request's tenant as ingest would
+TENANT_OF_NUMBER: dict[str, str] = {}
+
+
 async def seed_tenants(
     database_url: str,
     numbers: dict[str, int],
@@ -137,6 +141,7 @@ async def seed_tenants(
             }
         )
         await import_registry(conn, reg)
+        TENANT_OF_NUMBER.update(dict.fromkeys(numbers, tenant))
         _, key = await add_api_key(conn, tenant)
         _, other_key = await add_api_key(conn, other_tenant)
         return {tenant: key, other_tenant: other_key}
@@ -239,6 +244,7 @@ def outbound(
     base: dict[str, Any] = {
         "event_id": message_id,
         "message_id": message_id,
+        "tenant_id": TENANT_OF_NUMBER.get(pn),
         "phone_number_id": pn,
         "occurred_at": datetime.now(UTC).isoformat(),
         "to": to,

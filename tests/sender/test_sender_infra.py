@@ -114,6 +114,7 @@ async def test_free_form_window_rules_against_real_streams(env: Env) -> None:
                 "event_id": "wamid.in-b",
                 "wamid": "wamid.in-b",
                 "phone_number_id": PN,
+                "tenant_id": "acme",  # bound by ingest from the verified app
                 "occurred_at": now,
                 "customer_wa_id": customer_b,
                 "type": "text",
@@ -148,6 +149,7 @@ async def test_statuses_only_move_forward_and_early_status_is_kept(env: Env) -> 
             "wamid": wamid,
             "status": s,
             "phone_number_id": PN,
+            "tenant_id": "acme",  # bound by ingest from the verified app
             "occurred_at": now,
             "recipient_id": CUSTOMER,
         }
@@ -179,6 +181,7 @@ async def test_131050_status_suppresses_marketing_but_not_utility(env: Env) -> N
                 "wamid": "wamid.x-" + promo,
                 "status": "failed",
                 "phone_number_id": PN,
+                "tenant_id": "acme",  # bound by ingest from the verified app
                 "occurred_at": now,
                 "recipient_id": customer,
                 "errors": [{"code": 131050, "title": "stopped"}],
@@ -207,6 +210,7 @@ async def test_paused_template_webhook_refuses_sends(env: Env) -> None:
             {
                 "event_id": new_id("acct"),
                 "phone_number_id": "waba-s1",
+                "tenant_id": "acme",  # bound by ingest from the verified app
                 "waba_id": "waba-s1",
                 "occurred_at": datetime.now(UTC).isoformat(),
                 "kind": "message_template_status_update",

@@ -31,7 +31,15 @@ def body_hash(*parts: object) -> str:
 
 
 class Event(BaseModel):
-    """Fields every record carries."""
+    """Fields every record carries.
+
+    ``tenant_id`` is decided once, where the event enters Parley, by what was verified: the Meta
+    app whose secret matched the webhook's signature (a number of a tenant of that app), or the
+    API key of a send request. ``tenant_source`` says which (``meta_app:<app id>``,
+    ``api_key:<key id>``); records derived from an event carry the tenant and source of the
+    event they came from. Consumers act on ``tenant_id`` as given and never re-derive a tenant
+    from a phone number or WABA (``TenantDirectory.resolve``; docs/adr/0100-tenant-binding.md).
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -41,6 +49,20 @@ class Event(BaseModel):
     phone_number_id: str
     occurred_at: datetime
     received_at: datetime = Field(default_factory=utcnow)
+    tenant_source: str | None = None
+
+    @property
+    def event_time(self) -> datetime:
+        """``occurred_at`` as far as it can be believed (``believable_time``); rules that order
+        events by time ("the later consent wins", windows) use this."""
+        return believable_time(self.occurred_at, self.received_at)
+
+
+def believable_time(claimed: datetime, received_at: datetime) -> datetime:
+    """A timestamp someone else wrote, never later than when Parley received it: a time in the
+    future (a STOP dated 2100) must not win every "later one wins" comparison. No allowance for
+    clock skew: a sender's clock ahead of ours only makes its event count as of its receipt."""
+    return received_at if claimed > received_at else claimed
 
 
 class MetaShape(BaseModel):

@@ -128,7 +128,8 @@ async def start_runtime(rt: Runtime, *, start_broker: bool = True) -> None:
         await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
         for schema, directory in rt.migrations:
             await migrate(conn, schema, directory)
-    rt.live_tenants = LiveTenantDirectory(rt.pool)
+    rt.live_tenants = LiveTenantDirectory(rt.pool, check_interval=rt.settings.tenants_check_interval_s,
+                                          max_staleness=rt.settings.tenants_max_staleness_s)
     await rt.live_tenants.start()
     for hook in rt.on_start:
         await hook()
@@ -161,14 +162,21 @@ _bearer = HTTPBearer(auto_error=False, description="A tenant API key (parley-ten
 async def current_tenant(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Tenant:
-    """The tenant whose API key is the request's Bearer token (compared in constant time), else 401.
+    """The tenant whose API key is the request's Bearer token (compared in constant time), else 401;
+    503 while the registry cannot be re-read (fail closed, ``LiveTenantDirectory.fresh``).
     Every per-tenant route of every service depends on this, so one tenant's key never acts on
-    another tenant's data."""
+    another tenant's data, and a revoked key stops working on every replica within a second."""
     rt: Runtime = request.app.state.runtime
-    tenant = rt.tenants.tenant_for_api_key(credentials.credentials) if credentials else None
-    if tenant is None:
+    if rt.live_tenants is not None and not rt.live_tenants.fresh:
+        # The registry could not be re-read for a while: a key revoked meanwhile must not work.
+        raise HTTPException(503, "tenant registry unavailable, retry", headers={"Retry-After": "1"})
+    directory = rt.tenants
+    holder = directory.api_key_holder(credentials.credentials) if credentials else None
+    tenant = directory.tenants.get(holder.tenant_id) if holder else None
+    if holder is None or tenant is None:
         raise HTTPException(401, "a valid tenant API key is required (Authorization: Bearer <key>)",
                             headers={"WWW-Authenticate": "Bearer"})
+    request.state.api_key_id = holder.key_id  # what verified the tenant (Event.tenant_source)
     return tenant
 
 

@@ -54,6 +54,10 @@ class CommonSettings(BaseSettings):
     ops_port: int | None = None
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # The tenant registry is re-checked this often (API-key revocation reaches every replica within
+    # about this long); with no successful check for tenants_max_staleness_s, API keys fail closed.
+    tenants_check_interval_s: float = Field(default=0.5, gt=0, le=5)
+    tenants_max_staleness_s: float = Field(default=5.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _kafka_transport(self) -> CommonSettings:

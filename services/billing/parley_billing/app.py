@@ -18,8 +18,9 @@ from parley_billing.trace_links import SendSpanLinks
 
 def tenant_lookup(rt: Runtime) -> TenantLookup:
     def lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:
-        d = rt.tenants
-        tenant = d.tenants.get(tenant_id or "") or d.tenant_for_number(phone_number_id)
+        # the fact's own tenant (bound where the event entered Parley), never the number's
+        # owner looked up again; unbound facts never get here (handlers dead-letter them)
+        tenant = rt.tenants.tenants.get(tenant_id or "")
         if tenant is None:
             return TenantInfo(tenant_id, None, UNKNOWN_TENANT.tz)
         try:
@@ -54,7 +55,8 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
 
     rt.on_start.append(attach_pool)
     rt.on_stop.append(stop)
-    guards = handlers.register(rt.broker, metering, settings, rt.registry, links, not_ready=rt.not_ready)
+    guards = handlers.register(rt.broker, metering, settings, rt.registry, links, tenants=lambda: rt.tenants,
+                               not_ready=rt.not_ready)
     order_handlers.register(rt, rt.registry, batch_max_records=settings.order_batch_max_records,
                             batch_timeout_ms=settings.batch_timeout_ms,
                             lookup_interval_s=settings.order_lookup_interval_s,

@@ -157,7 +157,7 @@ async def _tenant_lookup(pool: asyncpg.Pool) -> Any:
         directory = TenantDirectory()
 
     def lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:
-        t = directory.tenants.get(tenant_id or "") or directory.tenant_for_number(phone_number_id)
+        t = directory.tenants.get(tenant_id or "")  # the fact's own tenant, never the number's (ADR 0100)
         if t is None:
             return TenantInfo(tenant_id, None, UNKNOWN_TENANT.tz)
         return TenantInfo(t.tenant_id, t.business_country, ZoneInfo(t.time_zone))

@@ -20,6 +20,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.deadletter import ConsumerGuard
+from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, Topic
 from prometheus_client import CollectorRegistry, Counter
 
@@ -41,9 +42,14 @@ async def _raw_batch(msg: Any) -> None:
 
 
 def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings, registry: CollectorRegistry,
-             links: SendSpanLinks | None = None, *, not_ready: set[str] | None = None
-             ) -> dict[str, ConsumerGuard]:
-    """The subscribers, each under a failure guard; returns the guards by topic base name."""
+             links: SendSpanLinks | None = None, *, tenants: Callable[[], TenantDirectory],
+             not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
+    """The subscribers, each under a failure guard; returns the guards by topic base name.
+
+    ``tenants`` gives the current tenant directory: a fact is metered only for the tenant it was
+    bound to where it entered Parley, and only on that tenant's number
+    (``TenantDirectory.resolve``, ADR 0100); any other raises ``UnboundEvent`` and is
+    dead-lettered with that reason, never billed."""
     events = Counter("parley_billing_events", "Records metered, by topic", ["topic"], registry=registry)
     priced = Counter("parley_billing_ledger_writes", "Ledger rows written or re-priced", registry=registry)
     bad = Counter("parley_billing_bad_records", "Records dead-lettered, by topic", ["topic"], registry=registry)
@@ -69,12 +75,16 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
         that cannot be a fact raises, and the guard narrows the batch down to it. ``seen`` is
         shown each decoded record with its Kafka record (for the span links)."""
         facts = []
+        directory = tenants()
         for rec in records:
             record = orjson.loads(rec.value)
             if type(record) is not dict:
                 raise FactError("record is not a JSON object")
             fact = make(record)
             if fact is not None:
+                tenant_id, number = record.get("tenant_id"), record.get("phone_number_id")
+                directory.resolve(tenant_id if isinstance(tenant_id, str) else None,
+                                  number if isinstance(number, str) else "")
                 facts.append(fact)
                 if seen is not None:
                     seen(record, rec)

@@ -37,10 +37,6 @@ NOTICE_SWEEP_S = 15.0
 _ORDER_MARKERS = (b'"order_details"', b'"order_status"')
 
 
-class NoTenant(ValueError):
-    """The record names no tenant and its number belongs to none."""
-
-
 async def _raw_batch(msg: Any) -> None:
     return None
 
@@ -58,13 +54,11 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
              "decoder": _raw_batch, **CONSUMER_DEFAULTS}
 
     def tenant_of(record: dict[str, Any]) -> str:
-        tenant = record.get("tenant_id")
-        if isinstance(tenant, str) and tenant:
-            return tenant
-        found = rt.tenants.tenant_for_number(record.get("phone_number_id"))
-        if found is None:
-            raise NoTenant(f"no tenant owns phone number id {record.get('phone_number_id')!r}")
-        return found.tenant_id
+        """The record's own tenant, bound where it entered Parley and owning its number
+        (``TenantDirectory.resolve``, ADR 0100); else ``UnboundEvent``: dead-lettered, never stored."""
+        tenant_id, number = record.get("tenant_id"), record.get("phone_number_id")
+        return rt.tenants.resolve(tenant_id if isinstance(tenant_id, str) else None,
+                                  number if isinstance(number, str) else "").tenant_id
 
     async def each(topic: str, msg: Any, handle: Callable[[dict[str, Any]], Any],
                    wanted: Callable[[bytes], bool] = lambda _: True) -> None:

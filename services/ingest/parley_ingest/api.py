@@ -143,6 +143,7 @@ def api_router(svc: IngestServices) -> APIRouter:
         endpoint: str,
         origin: str,
         answer: Any,
+        request: Request,
     ) -> JSONResponse:
         if problems:
             return validation_failed(problems)
@@ -166,12 +167,14 @@ def api_router(svc: IngestServices) -> APIRouter:
                     stored.response, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"}
                 )
         now = datetime.now(UTC)
+        source = f"api_key:{request.state.api_key_id}"
         outbound = [
             m.to_outbound(
                 tenant_id=tenant.tenant_id,
                 message_id=new_message_id(tenant.tenant_id, key, i),
                 now=now,
                 origin=origin,
+                tenant_source=source,
             )
             for i, m in enumerate(messages)
         ]
@@ -219,6 +222,7 @@ def api_router(svc: IngestServices) -> APIRouter:
         summary="Send one message",
     )
     async def send_message(
+        request: Request,
         message: SendMessageRequest,
         tenant: Annotated[Tenant, Depends(authenticated_tenant)],
         idempotency_key: IdempotencyKey = None,
@@ -233,6 +237,7 @@ def api_router(svc: IngestServices) -> APIRouter:
             endpoint="messages",
             origin="api",
             answer=lambda ids: Accepted(id=ids[0]).model_dump(),
+            request=request,
         )
         svc.metrics.api_requests.labels("messages", str(response.status_code)).inc()
         return response
@@ -245,6 +250,7 @@ def api_router(svc: IngestServices) -> APIRouter:
         summary="Send up to 1,000 messages, all or none",
     )
     async def send_batch(
+        request: Request,
         batch: SendBatchRequest,
         tenant: Annotated[Tenant, Depends(authenticated_tenant)],
         idempotency_key: IdempotencyKey = None,
@@ -261,6 +267,7 @@ def api_router(svc: IngestServices) -> APIRouter:
             endpoint="batch",
             origin="campaign",
             answer=lambda ids: BatchAccepted(ids=ids).model_dump(),
+            request=request,
         )
         svc.metrics.api_requests.labels("batch", str(response.status_code)).inc()
         return response

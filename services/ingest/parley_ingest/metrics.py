@@ -28,7 +28,7 @@ class IngestMetrics:
             ),
             unknown_number_events=Counter(
                 "parley_ingest_unknown_number_events",
-                "Events for a phone number or WABA not in the tenant registry (published with no tenant)",
+                "Events that no tenant of the verifying Meta app owns (dead-lettered, never published)",
                 ["kind"],
                 registry=registry,
             ),

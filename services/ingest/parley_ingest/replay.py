@@ -125,7 +125,7 @@ def _records_of(
     report.webhooks += 1
     report.events += normalised.event_count
     report.problems += len(normalised.problems)
-    return event_records(normalised) + [
+    return event_records(normalised, app_id=app_id) + [
         dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems
     ]
 

@@ -54,17 +54,13 @@ class IngestServices:
 
 @dataclass(frozen=True)
 class DirectoryTenants:
-    """Tenant resolution for a webhook verified with ``app_id``'s secret.
-
-    A number or WABA resolves only to a tenant of that same Meta app: a webhook signed by one
-    app never speaks for another app's tenants (it is still published, with no tenant).
-    """
+    """Tenant resolution for a webhook verified with ``app_id``'s secret
+    (``TenantDirectory.tenant_verified_by_app``): a webhook signed by one app never speaks for
+    another app's tenants, nor for a number nobody registered. Its events get no tenant and are
+    dead-lettered instead of published (``domain.records``; ADR 0100)."""
 
     directory: TenantDirectory
     app_id: str
 
     def tenant_for(self, phone_number_id: str | None, waba_id: str | None) -> str | None:
-        tenant = self.directory.tenant_for_number(phone_number_id) or self.directory.tenant_for_waba(waba_id)
-        if tenant is None or tenant.app_id != self.app_id:
-            return None
-        return tenant.tenant_id
+        return self.directory.tenant_verified_by_app(self.app_id, phone_number_id, waba_id)

@@ -2,8 +2,9 @@
 
 Order of checks: size (413, without reading a body over the limit), signature on the raw bytes
 (401; nothing reaches Kafka), JSON (400), then everything goes to Kafka: the raw bytes, every
-event, and a dead letter for each part that does not match Meta's shape (still 200: Meta must
-not retry a payload that will never parse). 503 when Kafka does not acknowledge, so Meta retries.
+event bound to a tenant of the verifying app, and a dead letter for each event no such tenant
+owns (ADR 0100) and each part that does not match Meta's shape (still 200: Meta must not retry a
+payload that will never parse). 503 when Kafka does not acknowledge, so Meta retries.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from parley_common.meta import InvalidWebhookJson, NormalisedWebhook, decode_webhook, normalise_webhook
 from parley_common.meta.signature import find_signing_app, signature_matches
-from parley_common.tenancy.directory import TenantDirectory
 from starlette.types import Receive, Scope, Send
 
 from parley_ingest.domain.records import webhook_records
@@ -216,7 +216,7 @@ class WebhookIntake:
             return self._answer(
                 span, "kafka_unavailable", 503, b"Kafka unavailable, retry", retry_after=True
             )
-        _count(svc, normalised, directory)
+        _count(svc, normalised)
         span.set_attribute("parley.events", normalised.event_count)
         span.set_attribute("parley.shape_problems", len(normalised.problems))
         answer = self._answer(
@@ -370,22 +370,18 @@ def webhook_router(svc: IngestServices, intake: WebhookIntake | None = None) -> 
     return router
 
 
-def _count(svc: IngestServices, normalised: NormalisedWebhook, directory: TenantDirectory) -> None:
-    """Events per kind; events whose number is not registered (or, for account events, whose
-    number and WABA are not) are published anyway and counted as unknown."""
+def _count(svc: IngestServices, normalised: NormalisedWebhook) -> None:
+    """Events per kind; events that no tenant of the verifying app owns (dead-lettered, not
+    published: ADR 0100) are counted as unknown."""
     m = svc.metrics
     for kind, events in (("message", normalised.messages), ("status", normalised.statuses),
-                         ("payment", normalised.payments), ("cart", normalised.carts)):
+                         ("account_event", normalised.account_events), ("payment", normalised.payments),
+                         ("cart", normalised.carts)):
         if events:
             m.webhook_events.labels(kind).inc(len(events))
-            unknown = sum(1 for e in events if e.phone_number_id not in directory.numbers)
+            unknown = sum(1 for e in events if e.tenant_id is None)
             if unknown:
                 m.unknown_number_events.labels(kind).inc(unknown)
-    if normalised.account_events:
-        m.webhook_events.labels("account_event").inc(len(normalised.account_events))
-        unknown = sum(1 for e in normalised.account_events if e.tenant_id is None)
-        if unknown:
-            m.unknown_number_events.labels("account_event").inc(unknown)
     if normalised.problems:
         m.shape_problems.inc(len(normalised.problems))
         for p in normalised.problems:

@@ -26,6 +26,7 @@ from parley_common.broker import MAX_REQUEST_BYTES
 from parley_common.contracts import InboundMessage
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, publish_dead_letter
 from parley_common.runtime import Runtime
+from parley_common.tenancy.directory import UnboundEvent
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import ACCOUNT_EVENTS, AGENT_QUEUE, MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -166,9 +167,9 @@ class RouterService:
         return cfg
 
     def context_for(self, msg: InboundMessage) -> TenantContext:
-        tenant = self.rt.tenants.tenant_for_number(msg.phone_number_id)
-        if tenant is None:
-            return TenantContext(msg.tenant_id, None, TenantRouting())
+        """The message's own tenant (bound by ingest from the verified app), never the number's
+        owner looked up again; ``UnboundEvent`` when it has none or the number is not its."""
+        tenant = self.rt.tenants.resolve(msg.tenant_id, msg.phone_number_id)
         return TenantContext(tenant.tenant_id, tenant.time_zone, self.routing_of(tenant))
 
     async def consume(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
@@ -188,10 +189,12 @@ class RouterService:
         # Each record's own trace context (W3C traceparent from ingest), so that one customer
         # message stays one trace even though the router consumes in batches.
         self._carriers = {}
+        directory = self.rt.tenants
         for rec in records:
             try:
                 m = InboundMessage.model_validate_json(rec.value or b"")
-            except ValidationError as exc:
+                directory.resolve(m.tenant_id, m.phone_number_id)
+            except (ValidationError, UnboundEvent) as exc:  # kept and reported, never routed
                 await self._dead_letter(rec.value or b"", rec.key, exc, rec)
                 continue
             messages.append(m)

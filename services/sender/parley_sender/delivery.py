@@ -354,7 +354,9 @@ class Sender:
 
     # --- deciding ---------------------------------------------------------------------------
     def _tenant_of(self, d: TenantDirectory, m: OutboundMessage) -> Tenant | None:
-        return d.tenants.get(m.tenant_id or "") or d.tenant_for_number(m.phone_number_id)
+        # the request's own tenant, and only for one of its numbers: a tenant's access token is
+        # never used for a number it does not own (ADR 0100)
+        return d.bound_tenant(m.tenant_id, m.phone_number_id)
 
     async def _send_all(
         self, to_send: list[OutboundMessage], gate: Gate | None, raw: dict[str, bytes]
@@ -387,7 +389,7 @@ class Sender:
         for m in to_send:
             tenant = tenants[m.message_id]
             if tenant is None:
-                refusal = Refusal("unknown_phone_number", "no tenant owns this phone_number_id")
+                refusal = Refusal("not_tenants_number", "the request's tenant does not own this phone_number_id")
                 outcomes.append(self.outcomes.refused(m, None, refusal))
                 continue
             ctx = SendContext(

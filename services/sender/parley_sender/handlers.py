@@ -26,10 +26,17 @@ import orjson
 from aiokafka import ConsumerRecord
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
-from parley_common.contracts import AccountEvent, ConsentChange, InboundMessage, MessageStatus, from_unix
+from parley_common.contracts import (
+    AccountEvent,
+    ConsentChange,
+    Event,
+    InboundMessage,
+    MessageStatus,
+    believable_time,
+    from_unix,
+)
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, is_transient, publish_dead_letter
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
-from pydantic import BaseModel
 
 from parley_sender.delivery import Sender
 from parley_sender.domain.governor import reported_messaging_limit
@@ -50,7 +57,7 @@ def _records(msg: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
     return raw if isinstance(raw, tuple) else (raw,)
 
 
-M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", bound=Event)
 
 
 def _account_event(raw: bytes) -> AccountEvent | ConsentChange:
@@ -60,15 +67,21 @@ def _account_event(raw: bytes) -> AccountEvent | ConsentChange:
     return AccountEvent.model_validate(data)
 
 
-async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], parse: Callable[[bytes], M]) -> list[M]:
-    out: list[M] = []
+async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], parse: Callable[[bytes], E]) -> list[E]:
+    """The records' events that are bound to a tenant owning their number; an undecodable or
+    unbound record (``TenantDirectory.resolve``, ADR 0100) is dead-lettered with the reason, never
+    acted on."""
+    out: list[E] = []
+    directory = sender.directory()
     for rec in records:
         try:
             value = rec.value or b""
             reason = unstorable_reason(value)
             if reason is not None:  # PostgreSQL would refuse it on every try: never retried forever
                 raise UnstorableRecord(f"a value PostgreSQL cannot store: {reason}")
-            out.append(parse(value))
+            event = parse(value)
+            directory.resolve(event.tenant_id, event.phone_number_id)
+            out.append(event)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -135,17 +148,18 @@ async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> No
     keys = {(m.phone_number_id, m.customer_id) for m in inbound}
     current = await sender.store.windows(keys)
     latest_wamid: dict[tuple[str, str], str] = {}
-    for m in sorted(inbound, key=lambda m: m.occurred_at):
+    # event_time: a message dated in the future does not hold a window open until then
+    for m in sorted(inbound, key=lambda m: m.event_time):
         key = (m.phone_number_id, m.customer_id)
         before = current.get(key, ConversationWindows())
-        after = before.observe_inbound(m.occurred_at, from_referral=m.referral is not None)
+        after = before.observe_inbound(m.event_time, from_referral=m.referral is not None)
         if after.csw.last_inbound_at != before.csw.last_inbound_at:
             latest_wamid[key] = m.wamid
         current[key] = after
     # Windows first, then the wamids: the send path relies on this order (Sender._send_all).
     await sender.store.save_windows([(p, c, current[(p, c)], latest_wamid.get((p, c))) for p, c in keys])
     await sender.store.record_inbound_refs(
-        [(m.wamid, m.phone_number_id, m.customer_id, m.occurred_at) for m in inbound]
+        [(m.wamid, m.phone_number_id, m.customer_id, m.event_time) for m in inbound]
     )
 
 
@@ -165,7 +179,7 @@ async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> N
                 resolved.append(row)
         stop_code = stops_consent([e.code for e in st.errors]) if st.status == "failed" else None
         if stop_code is not None:
-            tenant = directory.tenants.get(st.tenant_id or "") or directory.tenant_for_number(st.phone_number_id)
+            tenant = directory.bound_tenant(st.tenant_id, st.phone_number_id)
             customer = st.recipient_id or st.recipient_user_id
             if tenant is not None and customer:
                 await sender.effects.stop_marketing(
@@ -185,11 +199,9 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
     directory = sender.directory()
     touched: set[str] = set()
     for ev in events:
-        tenant = (
-            directory.tenants.get(ev.tenant_id or "")
-            or directory.tenant_for_waba(getattr(ev, "waba_id", None))
-            or directory.tenant_for_number(ev.phone_number_id)
-        )
+        # the event's own tenant (bound where it entered; _decode dropped unbound ones), never
+        # the owner of its WABA or number looked up again
+        tenant = directory.bound_tenant(ev.tenant_id, ev.phone_number_id)
         if tenant is None:
             continue
         tid = tenant.tenant_id
@@ -223,10 +235,12 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
                 touched.add(tid)
         elif isinstance(ev, ConsentChange):
             if ev.category == "marketing":
-                await sender.store.apply_consent(tid, ev.customer_id, ev.action, ev.occurred_at, ev.source)
+                await sender.store.apply_consent(tid, ev.customer_id, ev.action, ev.event_time, ev.source)
         elif ev.kind == "user_preferences":
-            for pref in _user_preferences(v):
-                await sender.store.apply_consent(tid, pref[0], pref[1], pref[2], "user_preferences")
+            for customer, action, at in _user_preferences(v):
+                await sender.store.apply_consent(
+                    tid, customer, action, believable_time(at, ev.received_at), "user_preferences"
+                )
     for tid in touched:
         sender.invalidate_catalogue(tid)
 

@@ -28,6 +28,7 @@ def result_json(row: MessageRow, send_span: str | None = None) -> bytes:
             "phone_number_id": row.phone_number_id,
             "occurred_at": now,
             "received_at": now,
+            "tenant_source": None,  # the sender's own record: its tenant is the request's, checked
             "message_id": row.message_id,
             "outcome": outcome,
             "wamid": row.wamid,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -58,17 +59,53 @@ def _event_record(topic: str, event: Event) -> OutRecord:
     return OutRecord(topic, event.model_dump_json().encode(), event.phone_number_id.encode(), headers)
 
 
-def event_records(normalised: NormalisedWebhook) -> list[OutRecord]:
-    """Every message, status, account and commerce event, each on its topic, keyed by phone_number_id."""
+UNBOUND_ERROR = "UnboundTenant"
+UNBOUND_REASON = "no tenant of the verifying Meta app owns this phone number (or WABA); not acted on"
+
+
+def unbound_record(topic: str, event: Event, *, app_id: str) -> OutRecord:
+    """An event of a verified webhook that no tenant of the verifying app owns, for
+    wa.deadletter: kept with the reason, never published where a consumer would act on it.
+    Once the registry is right, ``parley-ingest replay-raw`` re-reads it from the raw archive."""
+    letter = DeadLetter(
+        event_id="ingest:unbound:" + event.event_id,
+        service="ingest",
+        source_topic=topic,
+        key=event.phone_number_id,
+        reason=UNBOUND_REASON,
+        error_type=UNBOUND_ERROR,
+        payload=event.model_dump_json(),
+        payload_encoding="utf-8",
+        headers={H_APP_ID: app_id, H_RECEIVED_AT: event.received_at.isoformat()},
+        failed_at=event.received_at,
+    )
+    return OutRecord(
+        DEAD_LETTERS.name,
+        letter.model_dump_json().encode(),
+        event.phone_number_id.encode(),
+        {"content-type": JSON, "x-parley-service": "ingest", "x-parley-source-topic": topic,
+         H_EVENT_ID: letter.event_id},
+    )
+
+
+def event_records(normalised: NormalisedWebhook, *, app_id: str) -> list[OutRecord]:
+    """Every message, status, account and commerce event, each on its topic, keyed by
+    phone_number_id, stamped with the app that verified it; an event with no tenant goes to
+    wa.deadletter instead (ADR 0100)."""
     # each topic name once per webhook (it reads the namespace from the environment)
-    messages_in, statuses, account_events = MESSAGES_IN.name, STATUSES.name, ACCOUNT_EVENTS.name
-    records = [_event_record(messages_in, m) for m in normalised.messages]
-    records += [_event_record(statuses, s) for s in normalised.statuses]
-    records += [_event_record(account_events, a) for a in normalised.account_events]
+    source = f"meta_app:{app_id}"
+    records: list[OutRecord] = []
+    by_topic: list[tuple[str, Sequence[Event]]] = [
+        (MESSAGES_IN.name, normalised.messages), (STATUSES.name, normalised.statuses),
+        (ACCOUNT_EVENTS.name, normalised.account_events)]
     if normalised.payments or normalised.carts:  # payment updates and carts (ADR 0110)
-        commerce = COMMERCE.name
-        records += [_event_record(commerce, p) for p in normalised.payments]
-        records += [_event_record(commerce, c) for c in normalised.carts]
+        by_topic += [(COMMERCE.name, normalised.payments), (COMMERCE.name, normalised.carts)]
+    for topic, events in by_topic:
+        for e in events:
+            if e.tenant_id is None:
+                records.append(unbound_record(topic, e, app_id=app_id))
+            else:
+                records.append(_event_record(topic, e.model_copy(update={"tenant_source": source})))
     return records
 
 
@@ -131,7 +168,7 @@ def webhook_records(
     """
     records = [raw_archive_record(raw, app_id=app_id, received_at=received_at)]
     problems = list(normalised.problems)
-    for record in event_records(normalised):
+    for record in event_records(normalised, app_id=app_id):
         size = record_size(record.key, record.value, record.headers)
         if size <= MAX_RECORD_BYTES:
             records.append(record)

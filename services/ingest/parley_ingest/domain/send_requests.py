@@ -228,12 +228,14 @@ class SendMessageRequest(BaseModel):
         )
         return hashlib.sha256(canonical).hexdigest()
 
-    def to_outbound(self, *, tenant_id: str, message_id: str, now: datetime, origin: str) -> OutboundMessage:
+    def to_outbound(self, *, tenant_id: str, message_id: str, now: datetime, origin: str,
+                    tenant_source: str | None = None) -> OutboundMessage:
         priority = self.priority or ("utility" if self.type == "template" else "reply")
         return OutboundMessage(
             event_id=message_id,
             message_id=message_id,
             tenant_id=tenant_id,
+            tenant_source=tenant_source,
             phone_number_id=self.from_,
             occurred_at=now,
             received_at=now,

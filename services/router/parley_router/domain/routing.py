@@ -97,7 +97,8 @@ class DecisionBuilder:
     def routed(self, rule: str, kind: str, target: str | None) -> RoutedMessage:
         m, u = self.msg, self.u
         return RoutedMessage(
-            event_id=m.wamid, tenant_id=self.tenant_id, phone_number_id=m.phone_number_id,
+            event_id=m.wamid, tenant_id=self.tenant_id, tenant_source=m.tenant_source,
+            phone_number_id=m.phone_number_id,
             occurred_at=m.occurred_at, wamid=m.wamid, customer_id=m.customer_id, intent=u.intent,
             confidence=round(u.confidence, 4), language=u.language, rule=rule,
             destination=RouteDestination(kind=kind, target=target), signal=u.signal)
@@ -107,7 +108,8 @@ class DecisionBuilder:
         m = self.msg
         mid = outbound_message_id(m.wamid, rule)
         return OutboundMessage(
-            event_id=mid, message_id=mid, tenant_id=self.tenant_id, phone_number_id=m.phone_number_id,
+            event_id=mid, message_id=mid, tenant_id=self.tenant_id, tenant_source=m.tenant_source,
+            phone_number_id=m.phone_number_id,
             occurred_at=m.occurred_at, to=m.customer_wa_id,
             to_user_id=None if m.customer_wa_id else m.customer_user_id,
             type="template" if template else "text",
@@ -117,7 +119,8 @@ class DecisionBuilder:
     def agent_task(self, skill: str, reason: str) -> AgentTask:
         m, u = self.msg, self.u
         return AgentTask(
-            event_id=m.wamid, tenant_id=self.tenant_id, phone_number_id=m.phone_number_id,
+            event_id=m.wamid, tenant_id=self.tenant_id, tenant_source=m.tenant_source,
+            phone_number_id=m.phone_number_id,
             occurred_at=m.occurred_at, wamid=m.wamid, customer_id=m.customer_id, skill=skill,
             language=u.language, intent=u.intent, confidence=round(u.confidence, 4), reason=reason,
             text=m.text, profile_name=m.profile_name)
@@ -171,7 +174,8 @@ def decide(
         action = CONSENT_INTENTS[u.intent]
         consent = ConsentChange(
             event_id=body_hash(tenant_id, msg.customer_id, action, msg.wamid), tenant_id=tenant_id,
-            phone_number_id=msg.phone_number_id, occurred_at=msg.occurred_at, customer_id=msg.customer_id,
+            tenant_source=msg.tenant_source, phone_number_id=msg.phone_number_id,
+            occurred_at=msg.occurred_at, received_at=msg.received_at, customer_id=msg.customer_id,
             action=action,
             source="quick_reply" if u.signal == "quick_reply" else "router_keyword")
         texts = {**defaults.confirmations.get(u.intent, {}),
