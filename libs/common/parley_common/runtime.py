@@ -163,11 +163,11 @@ async def current_tenant(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Tenant:
     """The tenant whose API key is the request's Bearer token (compared in constant time), else 401;
-    503 while the registry cannot be re-read (fail closed, ``LiveTenantDirectory.fresh``).
+    503 while the registry cannot be re-read (fail closed, ``LiveTenantDirectory.ensure_fresh``).
     Every per-tenant route of every service depends on this, so one tenant's key never acts on
     another tenant's data, and a revoked key stops working on every replica within a second."""
     rt: Runtime = request.app.state.runtime
-    if rt.live_tenants is not None and not rt.live_tenants.fresh:
+    if rt.live_tenants is not None and not await rt.live_tenants.ensure_fresh():
         # The registry could not be re-read for a while: a key revoked meanwhile must not work.
         raise HTTPException(503, "tenant registry unavailable, retry", headers={"Retry-After": "1"})
     directory = rt.tenants

@@ -9,6 +9,7 @@ OutboundMessage is acknowledged by Kafka on ``wa.messages.out``.
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,8 +18,6 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
 from parley_common.broker import MAX_RECORD_BYTES
 from parley_common.runtime import TenantDep
 from parley_common.tenancy.models import Tenant
@@ -38,6 +37,7 @@ from parley_ingest.domain.send_requests import (
 )
 from parley_ingest.publishing import KafkaUnavailable, RecordTooLarge
 from parley_ingest.services import IngestServices
+from parley_ingest.store import RateWindows
 
 log = logging.getLogger("parley.ingest.api")
 
@@ -54,11 +54,13 @@ IdempotencyKey = Annotated[
 
 
 class TenantRateLimits:
-    """Per-tenant request rates (sliding window counter of the ``limits`` library, per process)."""
+    """Per-tenant request rates, counted in PostgreSQL (``RateWindows``) so that a tenant's limit
+    holds across every ingest replica; ``limits`` notation ("50/second"), a tenant's
+    ``settings.ingest_rate_limit`` overriding the default."""
 
-    def __init__(self, default: str) -> None:
+    def __init__(self, default: str, windows: Callable[[], RateWindows]) -> None:
         self._default = parse(default)
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._windows = windows
         self._parsed: dict[str, RateLimitItem] = {}
 
     def _limit_for(self, tenant: Tenant) -> RateLimitItem:
@@ -75,13 +77,13 @@ class TenantRateLimits:
                 self._parsed[spec] = self._default
         return self._parsed[spec]
 
-    def retry_after(self, tenant: Tenant) -> int | None:
+    async def retry_after(self, tenant: Tenant) -> int | None:
         """None when the request may go ahead (and counts it); else seconds to wait."""
         limit = self._limit_for(tenant)
-        if self._limiter.hit(limit, tenant.tenant_id):
+        window_s, now = limit.get_expiry(), time.time()
+        if await self._windows().take(tenant.tenant_id, limit.amount, window_s, now):
             return None
-        stats = self._limiter.get_window_stats(limit, tenant.tenant_id)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+        return max(1, math.ceil(window_s - now % window_s))
 
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -125,10 +127,13 @@ _COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def api_router(svc: IngestServices) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["send API"])
-    limits = TenantRateLimits(svc.settings.api_rate_limit)
+    limits = TenantRateLimits(svc.settings.api_rate_limit, svc.require_rate_windows)
 
     async def authenticated_tenant(tenant: TenantDep) -> Tenant:
-        wait = limits.retry_after(tenant)
+        try:
+            wait = await limits.retry_after(tenant)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise HTTPException(503, "database unavailable, retry", headers={"Retry-After": "1"}) from exc
         if wait is not None:
             raise HTTPException(429, "request rate limit exceeded", headers={"Retry-After": str(wait)})
         return tenant

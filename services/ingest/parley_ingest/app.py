@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from pathlib import Path
 from typing import cast
 
@@ -22,7 +23,7 @@ from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.services import BodyBudget, IngestServices
 from parley_ingest.settings import IngestSettings
-from parley_ingest.store import IdempotencyStore
+from parley_ingest.store import IdempotencyStore, RateWindows
 from parley_ingest.webhooks import WebhookIntake, WebhookRoute, webhook_router
 
 log = logging.getLogger("parley.ingest")
@@ -175,7 +176,8 @@ def create_app(
 
     async def start_store() -> None:
         svc.store = IdempotencyStore(rt.require_pool(), ttl_hours=settings.idempotency_ttl_hours)
-        tasks.append(asyncio.create_task(_purge_forever(svc.store)))
+        svc.rate_windows = RateWindows(rt.require_pool())
+        tasks.append(asyncio.create_task(_purge_forever(svc.store, svc.rate_windows)))
         tasks.append(asyncio.create_task(_tune_gc_once_started(rt.broker, settings)))
 
     async def stop_store() -> None:
@@ -216,12 +218,13 @@ async def _tune_gc_once_started(broker: KafkaBroker, settings: IngestSettings) -
                                                 "thresholds": gc.get_threshold()})
 
 
-async def _purge_forever(store: IdempotencyStore) -> None:
+async def _purge_forever(store: IdempotencyStore, rate_windows: RateWindows) -> None:
     while True:
         try:
             purged = await store.purge_expired()
             if purged:
                 log.info("purged expired idempotency keys", extra={"count": purged})
+            await rate_windows.purge(time.time())
         except Exception:
-            log.exception("purging idempotency keys failed")
+            log.exception("purging idempotency keys or rate windows failed")
         await asyncio.sleep(PURGE_INTERVAL_S)

@@ -11,7 +11,7 @@ from parley_common.tenancy.directory import TenantDirectory
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.settings import IngestSettings
-from parley_ingest.store import IdempotencyStore
+from parley_ingest.store import IdempotencyStore, RateWindows
 
 
 class BodyBudget:
@@ -41,10 +41,16 @@ class IngestServices:
     tracer: Tracer
     store: IdempotencyStore | None = field(default=None)
     bodies: BodyBudget = field(default_factory=lambda: BodyBudget(64 * 1024 * 1024))
+    rate_windows: RateWindows | None = field(default=None)
 
     @property
     def tenants(self) -> TenantDirectory:
         return self.rt.tenants
+
+    def require_rate_windows(self) -> RateWindows:
+        if self.rate_windows is None:
+            raise RuntimeError("rate windows are not started")
+        return self.rate_windows
 
     def require_store(self) -> IdempotencyStore:
         if self.store is None:

@@ -1,4 +1,5 @@
-"""Idempotency keys of the send API, in ingest's own schema (``ingest.idempotency_keys``).
+"""Ingest's own schema: idempotency keys of the send API (``ingest.idempotency_keys``) and the
+per-tenant request counts behind its rate limits (``ingest.rate_windows``).
 
 ``reserve`` is one atomic upsert: it claims a fresh key, or takes over a key whose answer is
 older than the TTL (or whose first request died in flight), else returns the stored row.
@@ -83,4 +84,37 @@ class IdempotencyStore:
                 "DELETE FROM ingest.idempotency_keys WHERE created_at < now() - make_interval(hours => $1)",
                 self._ttl_hours,
             )
+        return int(result.split()[-1])
+
+
+class RateWindows:
+    """Per-tenant request counts in fixed windows, in PostgreSQL so that a limit holds across every
+    ingest replica. ``take`` is one statement: it counts the request only if the sliding-window
+    estimate (the previous window's count, weighted by how much of it still overlaps the last
+    ``window_s`` seconds, plus the current window's) stays within ``limit``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def take(self, tenant_id: str, limit: int, window_s: int, now: float) -> bool:
+        start = int(now) // window_s * window_s
+        overlap = 1.0 - (now - start) / window_s
+        async with self._pool.acquire() as conn:
+            taken = await conn.fetchval(
+                """WITH prev AS (
+                       SELECT coalesce((SELECT hits FROM ingest.rate_windows
+                                        WHERE tenant_id = $1 AND window_s = $2 AND window_start = $3 - $2), 0)
+                              * $4::float8 AS weighted)
+                   INSERT INTO ingest.rate_windows AS w (tenant_id, window_s, window_start, hits)
+                   SELECT $1, $2, $3, 1 FROM prev WHERE prev.weighted + 1 <= $5
+                   ON CONFLICT (tenant_id, window_s, window_start) DO UPDATE SET hits = w.hits + 1
+                   WHERE (SELECT weighted FROM prev) + w.hits + 1 <= $5
+                   RETURNING hits""",
+                tenant_id, window_s, start, overlap, limit)
+        return taken is not None
+
+    async def purge(self, now: float) -> int:
+        async with self._pool.acquire() as conn:
+            result = await conn.execute(
+                "DELETE FROM ingest.rate_windows WHERE window_start < $1::bigint - 2 * window_s", int(now))
         return int(result.split()[-1])

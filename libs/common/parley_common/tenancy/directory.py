@@ -152,8 +152,9 @@ class LiveTenantDirectory:
     Every ``check_interval`` seconds it reads ``tenancy.registry_version`` (bumped by a trigger
     on every registry write) and reloads when it moved, and in any case every ``interval``
     seconds (secrets read from files may change without a registry write). ``fresh`` is False
-    once no check has succeeded for ``max_staleness`` seconds: API-key authentication then
-    fails closed (503) rather than trusting keys that may have been revoked meanwhile.
+    once no check has succeeded for ``max_staleness`` seconds; ``ensure_fresh`` then checks at
+    once (a busy event loop may simply not have run the poll), and API-key authentication fails
+    closed (503) if that check fails too, rather than trusting keys that may have been revoked.
     """
 
     def __init__(self, pool: asyncpg.Pool, interval: float = 10.0, *, check_interval: float = 0.5,
@@ -167,11 +168,26 @@ class LiveTenantDirectory:
         self._loaded_at = 0.0
         self._confirmed_at = 0.0
         self._failing = False
+        self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def fresh(self) -> bool:
         return time.monotonic() - self._confirmed_at <= self.max_staleness
+
+    async def ensure_fresh(self) -> bool:
+        """True when the directory is fresh or a check made now succeeds (one check at a time:
+        concurrent callers share it)."""
+        if self.fresh:
+            return True
+        async with self._lock:
+            if self.fresh:
+                return True
+            try:
+                await self.check()
+            except Exception:
+                return False
+            return True
 
     async def start(self) -> None:
         await self.refresh()
