@@ -33,8 +33,35 @@ pytestmark = pytest.mark.infra
 NUMBERS = [f"10900000000{i:04d}" for i in range(24)]  # keys over every partition of wa.messages.in
 
 
+TENANT = "failures-shop"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _numbers_registered(database_url: str) -> None:
+    """The numbers belong to one tenant: consumers act only on events bound to the tenant that
+    owns their number (ADR 0100), as ingest binds them."""
+    import os
+
+    from parley_common.db import connect, migrate
+    from parley_common.runtime import TENANCY_MIGRATIONS
+    from parley_common.tenancy.cli import RegistryFile, import_registry
+
+    os.environ.setdefault("FAILURES_APP_SECRET", "failures-secret")
+    conn = await connect(database_url)
+    try:
+        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
+        await import_registry(conn, RegistryFile.model_validate({
+            "apps": [{"app_id": "failures-app", "app_secret_refs": ["env:FAILURES_APP_SECRET"]}],
+            "tenants": [{"tenant_id": TENANT, "name": "Failures", "app_id": "failures-app",
+                         "business_country": "US", "time_zone": "UTC", "wabas": ["failures-waba"],
+                         "phone_numbers": [{"phone_number_id": n, "display_phone_number": n,
+                                            "waba_id": "failures-waba"} for n in NUMBERS]}]}))
+    finally:
+        await conn.close()
+
+
 def _inbound(wamid: str, number: str) -> bytes:
-    return orjson.dumps({"event_id": wamid, "wamid": wamid, "phone_number_id": number,
+    return orjson.dumps({"event_id": wamid, "wamid": wamid, "tenant_id": TENANT, "phone_number_id": number,
                          "occurred_at": datetime.now(UTC).isoformat(), "customer_wa_id": "16505550199",
                          "type": "text", "text": "where is my order?"})
 
