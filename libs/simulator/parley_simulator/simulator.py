@@ -181,6 +181,18 @@ class CloudApiSimulator:
     def _sync(self, code: int) -> bool:
         return code in self.behaviour.sync_error_codes or code not in ASYNC_BY_DEFAULT
 
+    def _sendable_template(self, number: PhoneNumberConfig, req: SendRequest) -> StoredTemplate:
+        """The template a send names, refused as Meta refuses a missing, unapproved or disabled one
+        or parameters that do not fit it."""
+        assert req.template_name is not None and req.template_language is not None
+        stored = self.templates.find(number.waba_id, req.template_name, req.template_language)
+        if stored is None or stored.status in ("PENDING", "REJECTED", "IN_APPEAL", "ARCHIVED"):
+            raise GraphError(132001, f"template name ({req.template_name}) does not exist in {req.template_language}")
+        if stored.status == "DISABLED":
+            raise GraphError(132016, f"template {req.template_name} is disabled")
+        check_template_parameters(stored.template, req.template_components)
+        return stored
+
     def _accept(self, version: str, number: PhoneNumberConfig, req: SendRequest) -> SendOutcome:
         now = self.clock.now()
         wa_id = normalise_recipient(req.to)
@@ -196,15 +208,7 @@ class CloudApiSimulator:
                 async_failure = (code, details)
 
         if req.is_template:
-            assert req.template_name is not None and req.template_language is not None
-            stored = self.templates.find(number.waba_id, req.template_name, req.template_language)
-            if stored is None or stored.status in ("PENDING", "REJECTED", "IN_APPEAL", "ARCHIVED"):
-                raise GraphError(
-                    132001, f"template name ({req.template_name}) does not exist in {req.template_language}"
-                )
-            if stored.status == "DISABLED":
-                raise GraphError(132016, f"template {req.template_name} is disabled")
-            check_template_parameters(stored.template, req.template_components)
+            stored = self._sendable_template(number, req)
             category = stored.template.category.lower()
             if stored.status == "PAUSED":
                 problem(132015, f"template {req.template_name} is paused")
