@@ -465,6 +465,7 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
                         keys: dict[str, str], since: datetime, driven: dict[str, Any]) -> None:
     from parley_common.topics import MESSAGES_ROUTED, SENDS, STATUSES
 
+    took_s = (datetime.now(UTC) - since).total_seconds()  # before reading the topics back
     counts = {t: delta(before.get(t, {}), after[t]) for t in after}
     routed = await read_range(bootstrap, MESSAGES_ROUTED.name, before.get(MESSAGES_ROUTED.name, {}),
                               after[MESSAGES_ROUTED.name])
@@ -478,8 +479,7 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
     print("Parley demo summary")
     print("=" * 72)
     print("Driven:", ", ".join(f"{k}={v}" for k, v in driven.items()))
-    print_stage_speeds(counts, await stage_spans(bootstrap, before, after),
-                       (datetime.now(UTC) - since).total_seconds())
+    print_stage_speeds(counts, await stage_spans(bootstrap, before, after), took_s)
     intents = Counter(r["intent"] for r in routed)
     languages = Counter(r.get("language") or "?" for r in routed)
     print("\nIntents:   " + ", ".join(f"{k}={v}" for k, v in intents.most_common()))
