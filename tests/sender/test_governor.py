@@ -6,6 +6,7 @@ from parley_sender.domain.governor import (
     ThroughputLimit,
     priority_rank,
     reported_messaging_limit,
+    reported_throughput,
 )
 from parley_sender.pacing import Gate, NumberPacer
 
@@ -132,6 +133,12 @@ def test_the_limit_meta_reports_is_read_from_numbers_and_tier_names() -> None:
         2000, 10_000, -1, -1, 2000, -1
     ]
     assert [reported_messaging_limit(v) for v in (None, "", "soon", 0, True)] == [None] * 5
+
+
+def test_a_throughput_upgrade_event_grants_1000_per_second() -> None:
+    assert reported_throughput("phone_number_quality_update", {"event": "THROUGHPUT_UPGRADE"}) == 1000
+    assert reported_throughput("phone_number_quality_update", {"event": "FLAGGED"}) is None
+    assert reported_throughput("account_update", {"event": "THROUGHPUT_UPGRADE"}) is None
 
 
 def test_unlimited_tier() -> None:

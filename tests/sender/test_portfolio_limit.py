@@ -160,6 +160,40 @@ async def test_the_limit_meta_reports_replaces_the_registry_value(
     assert len(await customers_reached(sim_url, {ONE})) == 7
 
 
+async def test_a_throughput_upgrade_from_meta_changes_the_governor_live(
+    kafka_bootstrap: str, database_url: str, one: tuple[str, RunningSender]
+) -> None:
+    """The registry says 1,000/s for this number; Meta first reports nothing, then an upgrade
+    event: the number's governor grants what the event says, read from the database by every
+    replica (here: the running sender, and a reload as another replica would do it)."""
+    _, running = one
+    sender = running.app.state.sender
+    pacer = sender.pacer(ONE)
+    run = new_id("thr")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DELETE FROM sender.number_throughput WHERE phone_number_id = $1", ONE)
+        await sender.reload_throughput(force=True)
+        sender.numbers.pacer(ONE, 80)  # as if the registry had said 80/s
+        assert pacer.limit.limit == 80
+        event = {
+            "event_id": f"{run}-up", "phone_number_id": ONE, "waba_id": ONE_WABA,
+            "occurred_at": datetime.now(UTC).isoformat(), "kind": "phone_number_quality_update",
+            "value": {"event": "THROUGHPUT_UPGRADE", "display_phone_number": f"1555{ONE}"},
+        }
+        async with Producer(kafka_bootstrap) as p:
+            await p.send(ACCOUNT_EVENTS.name, event, ONE)
+        for _ in range(300):
+            if await conn.fetchval("SELECT mps FROM sender.number_throughput WHERE phone_number_id = $1", ONE):
+                break
+            await asyncio.sleep(0.1)
+        assert await conn.fetchval("SELECT mps FROM sender.number_throughput WHERE phone_number_id = $1", ONE) == 1000
+    finally:
+        await conn.close()
+    assert sender.reported_mps[ONE] == 1000
+    assert sender.pacer(ONE).limit.limit == 1000
+
+
 def sender_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "parley_sender.cli", "run"], env=env)
 

@@ -176,6 +176,9 @@ class Sender:
     # concurrently and pipelined): a second copy waits for the first instead of reading a
     # half-done row ("sending") and taking it for a crash.
     inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # Throughput Meta reported per number (docs/adr/0118-throughput-from-meta.md), over the registry's.
+    reported_mps: dict[str, int] = field(default_factory=dict)
+    _mps_read_at: float = float("-inf")
 
     def __post_init__(self) -> None:
         self.journal = RowJournal(
@@ -188,8 +191,10 @@ class Sender:
         return self.tenants()
 
     def pacer(self, phone_number_id: str) -> NumberPacer:
-        number = self.directory().numbers.get(phone_number_id)
-        mps = number.throughput_mps if number else self.settings.default_throughput_mps
+        mps = self.reported_mps.get(phone_number_id)
+        if mps is None:
+            number = self.directory().numbers.get(phone_number_id)
+            mps = number.throughput_mps if number else self.settings.default_throughput_mps
         limit = max(1, int(mps * self.settings.throughput_headroom))
         self.metrics.limit_of(phone_number_id, limit)
         return self.numbers.pacer(phone_number_id, limit)
@@ -201,6 +206,12 @@ class Sender:
         cat = await self.store.catalogue(tenant_id)
         self.catalogues[tenant_id] = (time.monotonic(), cat)
         return cat
+
+    async def reload_throughput(self, *, force: bool = False) -> None:
+        """Re-read the throughput Meta reported (every few seconds: any replica may record it)."""
+        if force or time.monotonic() - self._mps_read_at >= self.settings.throughput_reload_s:
+            self.reported_mps = await self.store.reported_throughputs()
+            self._mps_read_at = time.monotonic()
 
     def invalidate_catalogue(self, tenant_id: str) -> None:
         self.catalogues.pop(tenant_id, None)
@@ -364,6 +375,7 @@ class Sender:
         if not to_send:
             return []
         d = self.directory()
+        await self.reload_throughput()
         now = now_utc()
         tenants = {m.message_id: self._tenant_of(d, m) for m in to_send}
         # Order matters: the window tracker saves a window before it records the inbound wamid, so

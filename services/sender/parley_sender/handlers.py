@@ -39,12 +39,12 @@ from parley_common.deadletter import ConsumerGuard, dead_letter_record, is_trans
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
 
 from parley_sender.delivery import Sender
-from parley_sender.domain.governor import reported_messaging_limit
+from parley_sender.domain.governor import reported_messaging_limit, reported_throughput
 from parley_sender.domain.outcomes import stops_consent
 from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.windows import ConversationWindows
 from parley_sender.effects import SERVICE
-from parley_sender.observed import observe_number_health
+from parley_sender.observed import number_of, observe_number_health
 
 log = logging.getLogger("parley.sender.handlers")
 
@@ -206,6 +206,11 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
             continue
         tid = tenant.tenant_id
         v = ev.value if isinstance(ev, AccountEvent) else {}
+        if isinstance(ev, AccountEvent) and (mps := reported_throughput(ev.kind, v)) is not None:
+            number = number_of(ev, directory)
+            if number is not None:
+                await sender.store.set_throughput(number, mps, ev.occurred_at)
+                await sender.reload_throughput(force=True)
         if isinstance(ev, AccountEvent) and ev.kind in LIMIT_KINDS:
             reported = reported_messaging_limit(v.get("max_daily_conversations_per_business"))
             if reported is not None:

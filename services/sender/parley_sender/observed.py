@@ -33,7 +33,7 @@ def observe_number_health(metrics: Metrics, events: Sequence[AccountEvent | Cons
     for ev in events:
         if not isinstance(ev, AccountEvent) or ev.kind != "phone_number_quality_update":
             continue
-        number = _number_of(ev, directory)
+        number = number_of(ev, directory)
         if number is None:
             continue
         event = str(ev.value.get("event") or "").upper()
@@ -45,7 +45,7 @@ def observe_number_health(metrics: Metrics, events: Sequence[AccountEvent | Cons
             metrics.number_messaging_limit.labels(number).set(tier)
 
 
-def _number_of(ev: AccountEvent, directory: TenantDirectory | None) -> str | None:
+def number_of(ev: AccountEvent, directory: TenantDirectory | None) -> str | None:
     """The business number a quality update is about: Meta names it by its display number in a
     change keyed by the WABA, so it is looked up among the WABA's numbers; None when unknown
     (the label set stays the registered numbers)."""

@@ -45,6 +45,9 @@ class SenderSettings(CommonSettings):
 
     # Memory: a number's pacing state is forgotten after this long unused.
     number_idle_s: float = 300.0
+    # Throughput Meta reported per number (upgrades) is re-read this often: another replica may
+    # have consumed the event.
+    throughput_reload_s: float = 30.0
 
     # Retries through wa.messages.out.retry, then the dead-letter topic.
     max_attempts: int = 6

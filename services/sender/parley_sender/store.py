@@ -509,6 +509,21 @@ class SenderStore:
         )
         return {r["tenant_id"]: r["reported_limit"] for r in rows}
 
+    async def set_throughput(self, phone_number_id: str, mps: int, at: datetime) -> None:
+        """Meta changed a number's throughput; an older report never replaces a newer one."""
+        await self.pool.execute(
+            """INSERT INTO sender.number_throughput AS t VALUES ($1, $2, $3)
+               ON CONFLICT (phone_number_id) DO UPDATE SET mps = EXCLUDED.mps, reported_at = EXCLUDED.reported_at
+               WHERE t.reported_at <= EXCLUDED.reported_at""",
+            phone_number_id,
+            mps,
+            at,
+        )
+
+    async def reported_throughputs(self) -> dict[str, int]:
+        rows = await self.pool.fetch("SELECT phone_number_id, mps FROM sender.number_throughput")
+        return {r["phone_number_id"]: r["mps"] for r in rows}
+
     async def release_reach(self, items: Sequence[tuple[str, str, str]]) -> None:
         """``(tenant_id, customer, message_id)`` of sends refused or failed before leaving: the
         place they held goes when no other request holds it and none was accepted."""

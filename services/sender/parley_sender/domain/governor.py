@@ -239,6 +239,16 @@ class MessagingLimit:
 
 UNLIMITED = -1  # how Meta reports an unlimited portfolio
 
+# A number upgraded by Meta sends up to 1,000 messages per second (from 80).
+UPGRADED_MPS = 1_000
+
+
+def reported_throughput(kind: str, value: dict[str, object]) -> int | None:
+    """The messages per second an account event grants a number; None when it grants nothing."""
+    if kind == "phone_number_quality_update" and str(value.get("event") or "").upper() == "THROUGHPUT_UPGRADE":
+        return UPGRADED_MPS
+    return None
+
 # Meta's limit names in older events (``current_limit``), and -1 for unlimited.
 _LIMIT_NAMES = {"TIER_50": 50, "TIER_250": 250, "TIER_1K": 1_000, "TIER_2K": 2_000, "TIER_10K": 10_000,
                 "TIER_100K": 100_000, "TIER_UNLIMITED": -1, "UNLIMITED": -1}
