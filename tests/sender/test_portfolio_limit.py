@@ -129,9 +129,10 @@ async def test_the_limit_meta_reports_replaces_the_registry_value(
     run = new_id("plr")
     now = datetime.now(UTC)
     events = [
-        {"event_id": f"{run}-cap", "phone_number_id": ONE_WABA, "waba_id": ONE_WABA, "occurred_at": now.isoformat(),
+        {"event_id": f"{run}-cap", "tenant_id": "limit-one", "phone_number_id": ONE_WABA, "waba_id": ONE_WABA,
+         "occurred_at": now.isoformat(),
          "kind": "business_capability_update", "value": {"max_daily_conversations_per_business": 7}},
-        {"event_id": f"{run}-old", "phone_number_id": ONE, "waba_id": ONE_WABA,
+        {"event_id": f"{run}-old", "tenant_id": "limit-one", "phone_number_id": ONE, "waba_id": ONE_WABA,
          "occurred_at": now.replace(year=now.year - 1).isoformat(),
          "kind": "phone_number_quality_update", "value": {"max_daily_conversations_per_business": "6"}},
     ]
@@ -177,7 +178,7 @@ async def test_a_throughput_upgrade_from_meta_changes_the_governor_live(
         sender.numbers.pacer(ONE, 80)  # as if the registry had said 80/s
         assert pacer.limit.limit == 80
         event = {
-            "event_id": f"{run}-up", "phone_number_id": ONE, "waba_id": ONE_WABA,
+            "event_id": f"{run}-up", "tenant_id": "limit-one", "phone_number_id": ONE, "waba_id": ONE_WABA,
             "occurred_at": datetime.now(UTC).isoformat(), "kind": "phone_number_quality_update",
             "value": {"event": "THROUGHPUT_UPGRADE", "display_phone_number": f"1555{ONE}"},
         }
