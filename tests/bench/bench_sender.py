@@ -113,6 +113,8 @@ def bench_request(i: int, pn: str, now: str) -> dict[str, object]:
     return {
         "event_id": mid,
         "message_id": mid,
+        "tenant_id": "bench",  # bound by the API key at ingest (ADR 0100); consumers act only on bound events
+        "tenant_source": "api_key:bench",
         "phone_number_id": pn,
         "occurred_at": now,
         "to": f"44207{i:07d}",
