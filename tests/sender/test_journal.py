@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from parley_sender.journal import RowJournal
+from parley_sender.journal import NotClaimed, RowJournal
 from parley_sender.store import MessageRow
 
 
@@ -15,19 +15,22 @@ def row(mid: str) -> MessageRow:
 
 
 class Database:
-    def __init__(self, refuse: frozenset[str] = frozenset(), down: bool = False) -> None:
+    def __init__(
+        self, refuse: frozenset[str] = frozenset(), down: bool = False, taken: frozenset[str] = frozenset()
+    ) -> None:
         self.statements: list[list[str]] = []
         self.stored: list[str] = []
-        self.refuse, self.down = refuse, down
+        self.refuse, self.down, self.taken = refuse, down, taken
 
-    async def write(self, rows: Sequence[MessageRow], conn: object = None) -> None:
+    async def write(self, rows: Sequence[MessageRow], conn: object = None) -> set[str]:
         self.statements.append([r.message_id for r in rows])
         await asyncio.sleep(0.01)  # one round trip
         if self.down:
             raise OSError("connection refused")
         if any(r.message_id in self.refuse for r in rows):
             raise ValueError("invalid byte sequence")
-        self.stored.extend(r.message_id for r in rows)
+        self.stored.extend(r.message_id for r in rows if r.message_id not in self.taken)
+        return {r.message_id for r in rows} & self.taken  # claims another process holds
 
 
 async def test_rows_arriving_during_a_write_go_together_in_the_next_one() -> None:
@@ -72,3 +75,13 @@ async def test_a_row_arriving_while_the_connection_is_returned_is_still_written(
     await asyncio.wait_for(journal.write(row("b")), 2)
     await first
     assert db.stored == ["a", "b"]
+
+
+async def test_a_row_whose_claim_another_process_holds_fails_alone_as_not_claimed() -> None:
+    db = Database(taken=frozenset({"b"}))
+    journal = RowJournal(db.write)
+    results = await asyncio.gather(*(journal.write(row(m)) for m in "abc"), return_exceptions=True)
+    assert db.statements == [["a", "b", "c"]]
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], NotClaimed)
+    assert db.stored == ["a", "c"]

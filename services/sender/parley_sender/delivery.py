@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,7 +47,7 @@ from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
 from parley_sender.effects import Effects, Outcome
-from parley_sender.journal import RowJournal
+from parley_sender.journal import NotClaimed, RowJournal
 from parley_sender.outcome_builder import OutcomeBuilder
 from parley_sender.pacing import Gate, NumberPacer, NumberStates
 from parley_sender.results import now_utc
@@ -181,8 +182,10 @@ class Sender:
     _mps_read_at: float = float("-inf")
 
     def __post_init__(self) -> None:
+        # Each group's 'sending' rows claim their calls with a token of their own (docs/adr/0030).
         self.journal = RowJournal(
-            lambda rows, conn: self.store.record_outcomes(rows, conn), connect=lambda: self.store.pool.acquire()
+            lambda rows, conn: self.store.record_outcomes(rows, conn, claim=uuid.uuid4().hex),
+            connect=lambda: self.store.pool.acquire(),
         )
         self.outcomes = OutcomeBuilder(self.settings, self.metrics, self.numbers, self.pacer)
 
@@ -500,8 +503,14 @@ class Sender:
         if not granted or (gate is not None and gate.closed):
             return self.outcomes.released(m, plan, tenant)
         # From here until its outcome is written, and only here, the row says "sending".
+        sending = self.outcomes.row(m, plan, tenant.tenant_id, S.SENDING, request_json=raw)
         try:
-            await self.journal.write(self.outcomes.row(m, plan, tenant.tenant_id, S.SENDING, request_json=raw))
+            await self.journal.write(sending)
+        except NotClaimed:
+            # Another process holds this request (it claimed the call first, or settled it): no
+            # call and no effect here; its owner writes and publishes the outcome.
+            log.info("request claimed by another process; not sent", extra={"message_id": m.message_id})
+            return Outcome(sending, written=True, publish_result=False)
         except Exception as exc:
             return self.outcomes.not_recorded(m, plan, tenant, raw, exc)
         send_span = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from parley_common.deadletter import is_transient
@@ -20,7 +20,12 @@ from parley_sender.store import MessageRow
 
 log = logging.getLogger("parley.sender.journal")
 
-Write = Callable[[Sequence[MessageRow], Any], Awaitable[None]]
+# Stores a group; returns the message ids of rows it refused as claims another process holds.
+Write = Callable[[Sequence[MessageRow], Any], Awaitable[Collection[str]]]
+
+
+class NotClaimed(Exception):
+    """The row was a claim (a 'sending' row) and another process holds the request."""
 
 
 @contextlib.asynccontextmanager
@@ -29,8 +34,9 @@ async def _no_connection() -> AsyncIterator[None]:
 
 
 class RowJournal:
-    """``write(rows, connection)`` stores a group; ``connect()`` lends a connection for as long as
-    rows keep coming (one pool checkout per busy spell, not per group)."""
+    """``write(rows, connection)`` stores a group and returns the ids of the rows that lost their
+    claim (their futures fail with :class:`NotClaimed`); ``connect()`` lends a connection for as
+    long as rows keep coming (one pool checkout per busy spell, not per group)."""
 
     def __init__(
         self,
@@ -82,7 +88,7 @@ class RowJournal:
             group = self._pending[: self._max_rows]
             del self._pending[: self._max_rows]
             try:
-                await self._write([row for row, _ in group], conn)
+                lost = await self._write([row for row, _ in group], conn)
             except asyncio.CancelledError:
                 for _, fut in group:
                     if not fut.done():
@@ -100,18 +106,25 @@ class RowJournal:
                     continue
                 await self._one_by_one(group, conn)
                 continue
-            for _, fut in group:
-                if not fut.done():
-                    fut.set_result(None)
+            for row, fut in group:
+                _settle(fut, row, lost)
 
     async def _one_by_one(self, group: list[tuple[MessageRow, asyncio.Future[None]]], conn: Any) -> None:
         """A group refused as a whole: find the row(s) at fault, write the others."""
         for row, fut in group:
             try:
-                await self._write([row], conn)
+                lost = await self._write([row], conn)
             except Exception as exc:
                 if not fut.done():
                     fut.set_exception(exc)
             else:
-                if not fut.done():
-                    fut.set_result(None)
+                _settle(fut, row, lost)
+
+
+def _settle(fut: asyncio.Future[None], row: MessageRow, lost: Collection[str]) -> None:
+    if fut.done():
+        return
+    if row.message_id in lost:
+        fut.set_exception(NotClaimed(row.message_id))
+    else:
+        fut.set_result(None)

@@ -28,6 +28,12 @@ _NOT_SETTLED = (
     f" AND EXCLUDED.state = '{MessageState.IN_DOUBT.value}')"
 )
 _RESOLVABLE = f"state IN ({sql_states(RESOLVABLE)})"
+_SENDING = MessageState.SENDING.value
+# A 'sending' write is a claim: never over a row whose call another process may be making.
+_HELD = (
+    f"(EXCLUDED.state = '{_SENDING}'"
+    f" AND sender.messages.state IN ('{_SENDING}', '{MessageState.IN_DOUBT.value}'))"
+)
 
 
 @dataclass(frozen=True)
@@ -136,12 +142,22 @@ class SenderStore:
             [r.values() for r in rows],
         )
 
-    async def record_outcomes(self, rows: Sequence[MessageRow], conn: asyncpg.Connection | None = None) -> None:
-        """Upsert these rows (``conn``: a connection the caller holds, else one from the pool)."""
+    async def record_outcomes(
+        self, rows: Sequence[MessageRow], conn: asyncpg.Connection | None = None, *, claim: str | None = None
+    ) -> set[str]:
+        """Upsert these rows (``conn``: a connection the caller holds, else one from the pool).
+
+        A 'sending' row is a claim on the request's call: it carries ``claim`` and is not written
+        over a row that another call holds ('sending', 'in_doubt') or that is settled. Returns the
+        message ids of the 'sending' rows that did not win (their call belongs to someone else)."""
         if not rows:
-            return
-        await (conn or self.pool).executemany(
-            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES})
+            return set()
+        sending = [r.message_id for r in rows if r.state == _SENDING]
+        if sending and claim is None:
+            raise ValueError("a 'sending' row needs a claim")
+        db = conn or self.pool
+        await db.executemany(
+            f"""INSERT INTO sender.messages ({_COLUMNS}, claim) VALUES ({_VALUES}, $17)
                 ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
                   wamid = COALESCE(EXCLUDED.wamid, sender.messages.wamid),
                   is_template = EXCLUDED.is_template, template_name = EXCLUDED.template_name,
@@ -149,10 +165,20 @@ class SenderStore:
                   reason = EXCLUDED.reason, error_code = EXCLUDED.error_code,
                   business_initiated = EXCLUDED.business_initiated,
                   callback_data = COALESCE(EXCLUDED.callback_data, sender.messages.callback_data),
-                  request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
-                WHERE {_NOT_SETTLED}""",
-            [r.values() for r in rows],
+                  request = COALESCE(EXCLUDED.request, sender.messages.request),
+                  claim = COALESCE(EXCLUDED.claim, sender.messages.claim), updated_at = now()
+                WHERE {_NOT_SETTLED} AND NOT {_HELD}""",
+            [(*r.values(), claim if r.state == _SENDING else None) for r in rows],
         )
+        if not sending:
+            return set()
+        won = await db.fetch(
+            "SELECT message_id FROM sender.messages WHERE message_id = ANY($1) AND claim = $2 AND state = $3",
+            sending,
+            claim,
+            _SENDING,
+        )
+        return set(sending) - {r["message_id"] for r in won}
 
     async def message_for_tenant(self, tenant_id: str, message_id: str) -> dict[str, Any] | None:
         r = await self.pool.fetchrow(
