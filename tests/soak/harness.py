@@ -98,7 +98,10 @@ def schedule(kind: str, duration_s: float, session_timeout_s: float = 45.0) -> l
     faults: list[tuple[str, Callable[[Stack], Awaitable[str]]]] = []
     if kind == "none":
         return []
-    if kind == "short":
+    if kind == "pause":  # a sender replica stopped past the session timeout, then resumed (zombie)
+        faults = [("SIGSTOP sender past the session timeout", pause("sender-1", session_timeout_s + 10)),
+                  ("SIGSTOP sender past the session timeout", pause("sender-2", session_timeout_s + 10))]
+    elif kind == "short":
         faults = [
             ("kill -9 sender", kill9("sender-1")),
             ("simulator 5xx and timeouts", simulator_misbehaves(8, error_5xx_rate=0.2, timeout_rate=0.05,

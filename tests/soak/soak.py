@@ -26,7 +26,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=900, help="seconds of load (default 900)")
     parser.add_argument("--rate", type=float, default=500, help="conversations per second offered")
-    parser.add_argument("--faults", choices=["all", "short", "none"], default="all")
+    parser.add_argument("--faults", choices=["all", "short", "pause", "none"], default="all")
     parser.add_argument("--compare", action="store_true",
                         help="also run without faults and Kafka's ProducerPerformance alone")
     parser.add_argument("--compare-duration", type=float, default=120, help="seconds of the fault-free run")
