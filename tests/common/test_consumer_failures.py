@@ -30,7 +30,7 @@ from .tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.infra
 
-NUMBERS = [f"10900000000{i:04d}" for i in range(24)]  # keys over every partition of wa.messages.in
+NUMBERS = [f"10700000000{i:04d}" for i in range(24)]  # keys over every partition of wa.messages.in
 
 
 TENANT = "failures-shop"
