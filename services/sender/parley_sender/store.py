@@ -126,22 +126,6 @@ class SenderStore:
         )
         return {r["message_id"]: r["request"] for r in rows}
 
-    async def mark_sending(self, rows: Sequence[MessageRow]) -> None:
-        """Just before their Cloud API calls: state 'sending' for this attempt (never over a
-        settled state), with the request as received."""
-        if not rows:
-            return
-        await self.pool.executemany(
-            f"""INSERT INTO sender.messages ({_COLUMNS}) VALUES ({_VALUES})
-                ON CONFLICT (message_id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
-                  callback_data = EXCLUDED.callback_data, is_template = EXCLUDED.is_template,
-                  template_name = EXCLUDED.template_name, category = EXCLUDED.category,
-                  free_window = EXCLUDED.free_window, business_initiated = EXCLUDED.business_initiated,
-                  request = COALESCE(EXCLUDED.request, sender.messages.request), updated_at = now()
-                WHERE {_NOT_SETTLED}""",
-            [r.values() for r in rows],
-        )
-
     async def record_outcomes(
         self, rows: Sequence[MessageRow], conn: asyncpg.Connection | None = None, *, claim: str | None = None
     ) -> set[str]:
