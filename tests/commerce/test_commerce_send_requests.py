@@ -78,7 +78,8 @@ def test_order_status_product_product_list_and_catalog_messages() -> None:
              {"title": "Morning", "product_items": [{"product_retailer_id": "trip-1"}]}]}},
         {"type": "catalog_message", "body": {"text": "Our trips"},
          "action": {"name": "catalog_message", "parameters": {"thumbnail_product_retailer_id": "trip-1"}}},
-        {"type": "button", "body": {"text": "Yes?"}, "action": {"buttons": []}},  # not commerce: not checked here
+        {"type": "button", "body": {"text": "Yes?"},  # not commerce: its own rules only
+             "action": {"buttons": [{"type": "reply", "reply": {"id": "y", "title": "Yes"}}]}},
     ]
     for interactive in ok:
         assert problems({**base, "interactive": interactive}) == [], interactive["type"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -306,7 +306,22 @@ class OrderCart(Event):
 
 # --- wa.messages.out -----------------------------------------------------------------------
 
-SEND_PRIORITIES = ("reply", "authentication", "utility", "marketing")
+# The send contract: what Parley sends, one home for every service (docs/adr/0007). Ingest
+# refuses anything else at the door; the sender checks requests again (the router's, billing's and
+# replayed ones did not come through ingest) and refuses with Meta's code. The simulator keeps its
+# own copy on purpose: it stands for Meta, and must not agree with Parley by construction.
+SendType = Literal[
+    "text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive",
+    "template", "reaction",
+]
+SEND_TYPES: tuple[str, ...] = get_args(SendType)
+MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
+FREE_FORM_TYPES = frozenset(SEND_TYPES) - {"template"}  # allowed only inside the customer-service window
+TEXT_BODY_MAX = 4096  # characters of a text message's body
+REPLY_BUTTONS_MAX = 3  # reply buttons of an interactive "button" message
+# Served in this order when a number's throughput is short: replies first, marketing last.
+SendPriority = Literal["reply", "authentication", "utility", "marketing"]
+SEND_PRIORITIES: tuple[str, ...] = get_args(SendPriority)
 
 
 class TemplateParameter(MetaShape):
@@ -334,8 +349,7 @@ class OutboundMessage(Event):
     message_id: str
     to: str | None = None  # customer's phone number (E.164 without +) ...
     to_user_id: str | None = None  # ... or BSUID
-    type: str  # text | image | video | audio | document | sticker | location | contacts |
-    # interactive | template | reaction
+    type: str  # one of SEND_TYPES (a string, so a request of another type is refused, not undecodable)
     content: dict[str, Any] = Field(default_factory=dict)  # the type object for Meta
     template: TemplateRef | None = None
     fallback_template: TemplateRef | None = None

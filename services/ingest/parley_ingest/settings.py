@@ -24,17 +24,17 @@ class IngestSettings(CommonSettings):
     produce_timeout_s: float = Field(default=5.0, gt=0)
     # After Kafka failed, answer 503 at once for this long (then let one request probe again).
     kafka_breaker_s: float = Field(default=2.0, ge=0)
-    # Per-tenant request rate of the send API (``limits`` notation); a tenant's
-    # ``settings.ingest_rate_limit`` overrides it.
-    # Measured (ADR 0010): with the idempotent producer, linger 0 beats 1-5 ms for ingest, whose
-    # requests already hand over whole batches and overlap while others are in flight.
+    # 0, not the shared default (ADR 0010, "Linger"): ingest's requests already hand over whole
+    # batches and overlap while others are in flight.
     kafka_linger_ms: int = Field(default=0, ge=0)
-    # Garbage collector (ADR 0010): once the broker runs, everything alive from start-up moves to
-    # the permanent generation (gc.freeze), so a full collection no longer rescans it (that was
-    # a 60-85 ms pause at half load); and gen0 is collected after 10,000 net allocations instead
-    # of 700 (single-message load: GC time per 5 s from ~400 ms to ~10-80 ms). 0 keeps Python's.
+    # Garbage collector (ADR 0010, "Garbage collector", with the figures): once the broker runs,
+    # everything alive from start-up moves to the permanent generation (gc.freeze), so a full
+    # collection no longer rescans it; gen0 is collected after 10,000 net allocations instead of
+    # 700. 0 keeps Python's threshold.
     gc_freeze: bool = True
     gc_gen0_threshold: int = Field(default=10_000, ge=0)
+    # Per-tenant request rate of the send API (``limits`` notation); a tenant's
+    # ``settings.ingest_rate_limit`` overrides it.
     api_rate_limit: str = "50/second"
     idempotency_ttl_hours: int = Field(default=24, ge=1)
     max_batch_messages: int = Field(default=1000, ge=1, le=1000)

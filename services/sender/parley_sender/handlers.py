@@ -145,19 +145,22 @@ async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> No
     inbound = [m for m in inbound if m.type not in NOT_FROM_CUSTOMER]
     if not inbound:
         return
-    keys = {(m.phone_number_id, m.customer_id) for m in inbound}
-    current = await sender.store.windows(keys)
-    latest_wamid: dict[tuple[str, str], str] = {}
+    by_key: dict[tuple[str, str], list[InboundMessage]] = {}
     # event_time: a message dated in the future does not hold a window open until then
     for m in sorted(inbound, key=lambda m: m.event_time):
-        key = (m.phone_number_id, m.customer_id)
-        before = current.get(key, ConversationWindows())
-        after = before.observe_inbound(m.event_time, from_referral=m.referral is not None)
-        if after.csw.last_inbound_at != before.csw.last_inbound_at:
-            latest_wamid[key] = m.wamid
-        current[key] = after
+        by_key.setdefault((m.phone_number_id, m.customer_id), []).append(m)
+
+    def observe(key: tuple[str, str], windows: ConversationWindows) -> tuple[ConversationWindows, str | None]:
+        wamid = None
+        for m in by_key[key]:
+            after = windows.observe_inbound(m.event_time, from_referral=m.referral is not None)
+            if after.csw.last_inbound_at != windows.csw.last_inbound_at:
+                wamid = m.wamid
+            windows = after
+        return windows, wamid
+
     # Windows first, then the wamids: the send path relies on this order (Sender._send_all).
-    await sender.store.save_windows([(p, c, current[(p, c)], latest_wamid.get((p, c))) for p, c in keys])
+    await sender.store.change_windows(by_key, observe)
     await sender.store.record_inbound_refs(
         [(m.wamid, m.phone_number_id, m.customer_id, m.event_time) for m in inbound]
     )

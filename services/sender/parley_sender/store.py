@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,11 @@ from parley_sender.domain.templates import Template, TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows, CustomerServiceWindow, FreeEntryPointWindow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+WindowKey = tuple[str, str]  # (business number, customer)
+# The windows' new value from their current one, and the wamid that set the customer-service window.
+WindowChange = Callable[[WindowKey, ConversationWindows], tuple[ConversationWindows, str | None]]
+# Rows are locked in one order by every writer (byte order, whatever the database's collation).
+_KEY_ORDER = 'k.p COLLATE "C", k.c COLLATE "C"'
 # Built from the states' sets (domain/outcomes.py): no write changes a settled row, and only
 # in-doubt rows are resolved by a status webhook.
 _NOT_SETTLED = (
@@ -309,41 +314,65 @@ class SenderStore:
             [k[0] for k in keys],
             [k[1] for k in keys],
         )
-        return {
-            (r["phone_number_id"], r["customer_id"]): ConversationWindows(
-                CustomerServiceWindow(r["last_inbound_at"]),
-                FreeEntryPointWindow(r["referral_at"], r["fep_started_at"]),
-            )
-            for r in rows
-        }
+        return {(r["phone_number_id"], r["customer_id"]): _windows(r) for r in rows}
 
-    async def save_windows(self, items: Sequence[tuple[str, str, ConversationWindows, str | None]]) -> None:
-        await self.pool.executemany(
-            """INSERT INTO sender.windows AS w (phone_number_id, customer_id, last_inbound_at, last_inbound_wamid,
-                   referral_at, fep_started_at) VALUES ($1,$2,$3,$4,$5,$6)
-               ON CONFLICT (phone_number_id, customer_id) DO UPDATE SET
-                 last_inbound_at = EXCLUDED.last_inbound_at,
-                 last_inbound_wamid = COALESCE(EXCLUDED.last_inbound_wamid, w.last_inbound_wamid),
-                 referral_at = EXCLUDED.referral_at,
-                 fep_started_at = CASE WHEN EXCLUDED.fep_started_at IS NULL AND w.fep_started_at IS NOT NULL
-                                        AND EXCLUDED.referral_at IS DISTINCT FROM w.referral_at
-                                        AND EXCLUDED.referral_at >= w.fep_started_at + interval '72 hours'
-                                   THEN NULL ELSE w.fep_started_at END""",
-            [
-                (p, c, w.csw.last_inbound_at, wamid, w.fep.referral_at, w.fep.started_at)
-                for p, c, w, wamid in items
-            ],
-        )
+    async def change_windows(
+        self, keys: Iterable[WindowKey], change: WindowChange, *, create: bool = True
+    ) -> dict[WindowKey, ConversationWindows]:
+        """Change the windows of these (business number, customer) keys by a rule of
+        ``domain/windows.py``: the rows are locked, ``change`` decides each key's new windows from
+        its current ones (and the wamid of the inbound message that set the customer-service
+        window, if any), and what changed is written. The rule lives only in the domain; this
+        holds no copy of it. ``create``: a key without a row starts from no windows (else it is
+        left alone). Returns the windows as written."""
+        keys = list(set(keys))
+        if not keys:
+            return {}
+        phones, customers = [k[0] for k in keys], [k[1] for k in keys]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if create:  # a row to lock for every key (in one order, so writers never deadlock)
+                await conn.execute(
+                    f"""INSERT INTO sender.windows (phone_number_id, customer_id)
+                        SELECT p, c FROM unnest($1::text[], $2::text[]) AS k(p, c) ORDER BY {_KEY_ORDER}
+                        ON CONFLICT DO NOTHING""",
+                    phones,
+                    customers,
+                )
+            rows = await conn.fetch(
+                f"""SELECT w.* FROM sender.windows w
+                    JOIN unnest($1::text[], $2::text[]) AS k(p, c) ON w.phone_number_id = k.p AND w.customer_id = k.c
+                    ORDER BY {_KEY_ORDER} FOR UPDATE OF w""",
+                phones,
+                customers,
+            )
+            written: dict[WindowKey, ConversationWindows] = {}
+            updates = []
+            for r in rows:
+                key = (r["phone_number_id"], r["customer_id"])
+                before = _windows(r)
+                after, wamid = change(key, before)
+                written[key] = after
+                if after != before or (wamid is not None and wamid != r["last_inbound_wamid"]):
+                    updates.append(
+                        (*key, after.csw.last_inbound_at, wamid, after.fep.referral_at, after.fep.started_at)
+                    )
+            await conn.executemany(
+                """UPDATE sender.windows SET last_inbound_at = $3,
+                     last_inbound_wamid = COALESCE($4, last_inbound_wamid), referral_at = $5, fep_started_at = $6
+                   WHERE phone_number_id = $1 AND customer_id = $2""",
+                updates,
+            )
+        return written
 
     async def start_free_entry_points(self, items: Sequence[tuple[str, str, datetime]]) -> None:
-        """The business replied inside an offered FEP: its 72 hours start (first reply wins)."""
-        if items:
-            await self.pool.executemany(
-                """UPDATE sender.windows SET fep_started_at = $3
-                   WHERE phone_number_id = $1 AND customer_id = $2 AND fep_started_at IS NULL
-                     AND referral_at IS NOT NULL AND referral_at > $3::timestamptz - interval '24 hours'""",
-                items,
-            )
+        """The business replied at these times: an offered free entry point starts its 72 hours
+        where the domain says it does (:meth:`FreeEntryPointWindow.on_send`)."""
+        replied = {(p, c): at for p, c, at in items}
+
+        def reply(key: WindowKey, w: ConversationWindows) -> tuple[ConversationWindows, str | None]:
+            return replace(w, fep=w.fep.on_send(replied[key])), None
+
+        await self.change_windows(replied, reply, create=False)
 
     async def record_inbound_refs(self, refs: Sequence[tuple[str, str, str, datetime]]) -> None:
         if refs:
@@ -440,24 +469,39 @@ class SenderStore:
             tenant_id,
             list(customers),
         )
-        return {
-            r["customer_id"]: ConsentState(r["marketing_stopped"], r["changed_at"], r["source"]) for r in rows
-        }
+        return {r["customer_id"]: _consent(r) for r in rows}
 
     async def apply_consent(
         self, tenant_id: str, customer_id: str, action: str, at: datetime, source: str
-    ) -> None:
-        await self.pool.execute(
-            """INSERT INTO sender.consent AS c VALUES ($1,$2,$3,$4,$5)
-               ON CONFLICT (tenant_id, customer_id) DO UPDATE SET marketing_stopped = EXCLUDED.marketing_stopped,
-                 changed_at = EXCLUDED.changed_at, source = EXCLUDED.source
-               WHERE c.changed_at <= EXCLUDED.changed_at""",
-            tenant_id,
-            customer_id,
-            action == "stop",
-            at,
-            source,
-        )
+    ) -> ConsentState:
+        """A consent change, applied by the domain's rule (:meth:`ConsentState.apply`: the later
+        change wins) to the customer's locked row. Returns the state as it stands."""
+        for _ in range(3):
+            async with self.pool.acquire() as conn, conn.transaction():
+                r = await conn.fetchrow(
+                    "SELECT * FROM sender.consent WHERE tenant_id = $1 AND customer_id = $2 FOR UPDATE",
+                    tenant_id,
+                    customer_id,
+                )
+                before = _consent(r) if r is not None else ConsentState()
+                after = before.apply(action, at, source)
+                if after == before:
+                    return before
+                if r is not None:
+                    await conn.execute(
+                        """UPDATE sender.consent SET marketing_stopped = $3, changed_at = $4, source = $5
+                           WHERE tenant_id = $1 AND customer_id = $2""",
+                        tenant_id, customer_id, after.marketing_stopped, after.changed_at, after.source,
+                    )
+                    return after
+                inserted = await conn.execute(
+                    "INSERT INTO sender.consent VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
+                    tenant_id, customer_id, after.marketing_stopped, after.changed_at, after.source,
+                )
+                if inserted.endswith(" 1"):
+                    return after
+            # another change inserted the customer's first row meanwhile: decide again against it
+        raise RuntimeError("consent row kept changing under a new customer's first change")
 
     # --- the portfolio's messaging limit (docs/adr/0115-portfolio-messaging-limit.md) ---------
     async def reserve_reach(
@@ -569,6 +613,16 @@ class SenderStore:
             " FROM sender.messages WHERE state = 'in_doubt'"
         )
         return (int(row["n"]), float(row["oldest"])) if row is not None else (0, 0.0)
+
+
+def _consent(r: asyncpg.Record) -> ConsentState:
+    return ConsentState(r["marketing_stopped"], r["changed_at"], r["source"])
+
+
+def _windows(r: asyncpg.Record) -> ConversationWindows:
+    return ConversationWindows(
+        CustomerServiceWindow(r["last_inbound_at"]), FreeEntryPointWindow(r["referral_at"], r["fep_started_at"])
+    )
 
 
 def _template(r: asyncpg.Record) -> Template:

@@ -12,34 +12,24 @@ import hashlib
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import phonenumbers
-from parley_common.contracts import SEND_PRIORITIES, OutboundMessage, TemplateRef
+from parley_common.contracts import (
+    REPLY_BUTTONS_MAX,
+    SEND_TYPES,
+    TEXT_BODY_MAX,
+    OutboundMessage,
+    SendPriority,
+    SendType,
+    TemplateRef,
+)
 from parley_common.storable import unstorable_fields
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from parley_ingest.domain.commerce_messages import interactive_problems, template_problems
-
-MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
-SEND_TYPES = ("text", *MEDIA_TYPES, "location", "contacts", "interactive", "template", "reaction")
-SendType = Literal[
-    "text",
-    "image",
-    "video",
-    "audio",
-    "document",
-    "sticker",
-    "location",
-    "contacts",
-    "interactive",
-    "template",
-    "reaction",
-]
-Priority = Literal["reply", "authentication", "utility", "marketing"]
-assert set(Priority.__args__) == set(SEND_PRIORITIES)  # type: ignore[attr-defined]
 
 PhoneNumberId = Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="the tenant's phone_number_id")]
 # A business-scoped user id (BSUID): a country code, a dot, up to 128 letters or digits; a parent
@@ -55,7 +45,7 @@ class _PassThrough(BaseModel):
 
 
 class TextObject(_PassThrough):
-    body: str = Field(min_length=1, max_length=4096)
+    body: str = Field(min_length=1, max_length=TEXT_BODY_MAX)
     preview_url: bool | None = None
 
 
@@ -144,7 +134,7 @@ class SendMessageRequest(BaseModel):
     template: TemplateObject | None = None
     reaction: ReactionObject | None = None
     reply_to: str | None = Field(default=None, min_length=1, max_length=256, description="wamid replied to")
-    priority: Priority | None = None
+    priority: SendPriority | None = None
     biz_opaque_callback_data: str | None = Field(default=None, max_length=512)
     fallback_template: TemplateObject | None = Field(
         default=None, description="sent instead when the customer service window is closed"
@@ -207,6 +197,10 @@ class SendMessageRequest(BaseModel):
             found.append(("fallback_template", "a template message needs no fallback template"))
         # commerce messages (order_details, order_status, product, product_list, catalog_message)
         if self.type == "interactive" and self.interactive is not None:
+            if self.interactive.type == "button":
+                buttons = self.interactive.action.get("buttons")
+                if not isinstance(buttons, list) or not 1 <= len(buttons) <= REPLY_BUTTONS_MAX:
+                    found.append(("interactive.action.buttons", f"reply buttons: 1 to {REPLY_BUTTONS_MAX}"))
             found += interactive_problems(self.interactive.model_dump(mode="json"))
         for name in ("template", "fallback_template"):
             template = getattr(self, name)

@@ -6,8 +6,8 @@ time. A sentence becomes a 512-d unit vector; sentences with the same meaning in
 languages land close together, which is what lets an intent written with English examples
 understand a Turkish customer (docs/adr/0020-router-intent-classifier.md).
 
-It costs about 0.7 ms of CPU per short message (the TF-IDF classifier ~0.1 ms), so callers
-encode each message at most once, in one call per Kafka batch, off the event loop, and only the
+It costs several times the CPU of the TF-IDF classifier per message (figures in ADR 0020), so
+callers encode each message at most once, in one call per Kafka batch, off the event loop, and only the
 messages the classifier asks for (see ``IntentClassifier.needs_encoder``).
 """
 

@@ -13,7 +13,7 @@ Meta's limits (Cloud API throughput and pair-rate documentation):
 - messaging limit: unique customers reached with business-initiated templates in a rolling 24
   hours, per business portfolio (the tenant); ``None`` is unlimited. Every replica takes its
   places under the portfolio's lock in PostgreSQL (docs/adr/0115-portfolio-messaging-limit.md).
-- priority: replies first, then authentication, utility, marketing.
+- priority: in the send contract's order (``SEND_PRIORITIES``: replies first, marketing last).
 
 The async adapter (:mod:`parley_sender.pacing`) sleeps for the waits this module computes.
 """
@@ -24,7 +24,10 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-PRIORITY_RANK: dict[str, int] = {"reply": 0, "authentication": 1, "utility": 2, "marketing": 3}
+from parley_common.contracts import SEND_PRIORITIES
+
+# The contract's order of priorities (SEND_PRIORITIES) is the order they are served in.
+PRIORITY_RANK: dict[str, int] = {p: rank for rank, p in enumerate(SEND_PRIORITIES)}
 
 
 def priority_rank(priority: str | None) -> int:

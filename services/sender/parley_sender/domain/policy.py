@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from parley_common.contracts import OutboundMessage, TemplateRef
+from parley_common.contracts import FREE_FORM_TYPES, REPLY_BUTTONS_MAX, TEXT_BODY_MAX, OutboundMessage, TemplateRef
 
 from parley_sender.domain.consent import ConsentState, marketing_undeliverable_to
 from parley_sender.domain.contacts import Contact
@@ -20,22 +20,6 @@ from parley_sender.domain.templates import TemplateCatalogue, TemplateProblem, v
 from parley_sender.domain.windows import CUSTOMER_SERVICE, FREE_ENTRY_POINT, ConversationWindows
 
 SERVICE = "service"
-TEXT_MAX = 4096
-MAX_REPLY_BUTTONS = 3
-FREE_FORM_TYPES = frozenset(
-    {
-        "text",
-        "image",
-        "video",
-        "audio",
-        "document",
-        "sticker",
-        "location",
-        "contacts",
-        "interactive",
-        "reaction",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -135,12 +119,12 @@ def _free_form_problem(msg: OutboundMessage) -> Refusal | None:
         body = msg.content.get("body")
         if not isinstance(body, str) or not body:
             return Refusal("invalid_content", "text needs a non-empty body", 100)
-        if len(body) > TEXT_MAX:
-            return Refusal("invalid_content", f"text body over {TEXT_MAX} characters", 100)
+        if len(body) > TEXT_BODY_MAX:
+            return Refusal("invalid_content", f"text body over {TEXT_BODY_MAX} characters", 100)
     if msg.type == "interactive" and msg.content.get("type") == "button":
         buttons = (msg.content.get("action") or {}).get("buttons") or []
-        if not 1 <= len(buttons) <= MAX_REPLY_BUTTONS:
-            return Refusal("invalid_content", f"reply buttons: 1 to {MAX_REPLY_BUTTONS}", 100)
+        if not 1 <= len(buttons) <= REPLY_BUTTONS_MAX:
+            return Refusal("invalid_content", f"reply buttons: 1 to {REPLY_BUTTONS_MAX}", 100)
     return None
 
 
