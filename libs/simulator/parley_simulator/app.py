@@ -3,6 +3,9 @@
 Graph API (answers in Meta's documented shapes):
 - ``POST /{version}/{phone_number_id}/messages``
 - ``GET|POST /{version}/{waba_id}/message_templates``
+- ``GET|POST /{version}/{phone_number_id}/whatsapp_business_encryption``  the number's Flows public key
+- an interactive ``flow`` message (``flow_action: data_exchange``) of a configured Flow is opened by
+  the customer, who plays it against the Flow's endpoint; the ``nfm_reply`` follows (flows.py)
 
 Control API (tests and demos; not part of Meta's API):
 - ``POST /_sim/inbound``          generate (``count``, ``seed``) or post explicit inbound messages
@@ -14,6 +17,7 @@ Control API (tests and demos; not part of Meta's API):
 - ``GET|PATCH /_sim/behaviour``   latency, 5xx/timeout rates, ratios, ...
 - ``PATCH /_sim/numbers/{phone_number_id}``  throughput
 - ``POST /_sim/flows/{phone_number_id}/exchange``  one Flow screen played as Meta against an endpoint
+- ``GET /_sim/flows``              the customers' passes through Flows (screens, outcome, problem)
 - ``GET /_sim/payments``, ``POST /_sim/payments/{phone_number_id}/{reference_id}/refunds``
 - ``GET /_sim/stats``, ``GET /_sim/messages``, ``GET /_sim/webhooks``, ``POST /_sim/drain``,
   ``POST /_sim/reset``, ``GET /healthz``
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -196,6 +201,41 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
                                             request.headers.get("authorization")))
         except GraphError as err:
             return _graph_error(err)
+
+    @app.post("/{version}/{phone_number_id}/whatsapp_business_encryption")
+    async def upload_flows_key(version: str, phone_number_id: str, request: Request) -> Response:
+        """The business uploads the number's Flows public key (form field ``business_public_key``)."""
+        try:
+            number = sim.numbers.get(phone_number_id)
+            sim.tokens.check(request.headers.get("authorization"), (number.id, number.waba_id) if number else ())
+            if number is None:
+                raise GraphError(100, f"Unsupported post request. Object with ID '{phone_number_id}' does not exist")
+            raw = (await request.body()).decode()
+            form = json.loads(raw) if raw.lstrip().startswith("{") else {
+                k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
+            pem = form.get("business_public_key") if isinstance(form, dict) else None
+            try:
+                sim.set_flows_public_key(phone_number_id, str(pem or ""))
+            except ValueError as exc:
+                raise GraphError(100, f"business_public_key: {exc}") from None
+            return _json({"success": True})
+        except GraphError as err:
+            return _graph_error(err)
+
+    @app.get("/{version}/{phone_number_id}/whatsapp_business_encryption")
+    async def read_flows_key(version: str, phone_number_id: str, request: Request) -> Response:
+        try:
+            number = sim.numbers.get(phone_number_id)
+            sim.tokens.check(request.headers.get("authorization"), (number.id, number.waba_id) if number else ())
+            key = sim.flows_public_key(phone_number_id)
+        except GraphError as err:
+            return _graph_error(err)
+        from cryptography.hazmat.primitives import serialization
+
+        pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode() \
+            if key else None
+        return _json({"data": [{"business_public_key": pem,
+                                "business_public_key_signature_status": "VALID" if pem else "MISMATCH"}]})
 
     @app.get("/{version}/{waba_id}/message_templates")
     async def list_templates(version: str, waba_id: str, request: Request) -> Response:
@@ -425,6 +465,13 @@ def _routes_commerce(app: FastAPI, sim: CloudApiSimulator) -> None:
             raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
+
+    @app.get("/_sim/flows")
+    async def flow_sessions() -> dict[str, Any]:
+        return {"sessions": [
+            {"phone_number_id": f.phone_number_id, "flow_id": f.flow_id, "flow_token": f.flow_token,
+             "screens": f.screens, "requests": f.requests, "outcome": f.outcome, "problem": f.problem,
+             "params": f.params} for f in sim.flow_sessions.values()]}
 
     @app.post("/_sim/flows/{phone_number_id}/exchange")
     async def flow_exchange(phone_number_id: str, req: FlowExchangeRequest) -> dict[str, Any]:

@@ -93,9 +93,34 @@ class PhoneNumberConfig(_Model):
     token: str | None = None
     token_env: str | None = None
     token_file: str | None = None
+    # The number's Flows public key (PEM), as the business uploads it to Meta
+    # (``POST /{phone_number_id}/whatsapp_business_encryption`` sets it at runtime too).
+    flows_public_key: str | None = None
+    flows_public_key_env: str | None = None
+    flows_public_key_file: str | None = None
 
     def access_token(self) -> str | None:
         return _read_secret(self.token, self.token_env, self.token_file, f"phone number {self.id}")
+
+    def flows_key(self) -> str | None:
+        return _read_secret(self.flows_public_key, self.flows_public_key_env, self.flows_public_key_file,
+                            f"phone number {self.id} Flows public key")
+
+
+class FlowScreenConfig(_Model):
+    """How a simulated customer fills one screen of a Flow (stands in for the Flow JSON's form)."""
+
+    choose_from: str | None = None  # a list in the screen's data; the customer picks one item's "id"
+    submit_as: str | None = None  # the key the chosen id is submitted under (default <list>_id)
+    among: int = Field(default=4, ge=1)  # customers pick among the first N items (they race for them)
+
+
+class FlowConfig(_Model):
+    """A published Flow with a data endpoint, as Meta knows it."""
+
+    flow_id: str
+    endpoint_uri: str  # "{phone_number_id}" is replaced by the sending number
+    screens: dict[str, FlowScreenConfig] = Field(default_factory=dict)
 
 
 class Behaviour(_Model):
@@ -142,6 +167,12 @@ class Behaviour(_Model):
     payment_outcome_delay_ms: float = 500.0
     # Share of payment outcomes whose webhook Meta never delivers (only the lookup API tells).
     payment_webhook_loss_ratio: float = 0.0
+    # Flows (flows.py): the share of delivered flow messages the customer opens, and the time a
+    # customer spends before opening and on each screen.
+    flow_open_ratio: float = 1.0
+    flow_open_delay_ms: float = 200.0
+    flow_screen_delay_ms: float = 100.0
+    flow_endpoint_timeout_s: float = 10.0  # Meta gives up on the endpoint after this long
     # The simulated clock: when set, "now" starts at this instant and runs in real time.
     clock_start: datetime | None = None
 
@@ -157,6 +188,7 @@ class SimulatorConfig(_Model):
     # Accepted messages kept for /_sim/messages (oldest dropped first), bounding memory under load.
     max_messages_kept: int = 200_000
     templates_file: str | None = None  # YAML: {waba_id: [template, ...]}
+    flows: list[FlowConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> SimulatorConfig:

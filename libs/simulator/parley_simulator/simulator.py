@@ -12,9 +12,11 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+import httpx
 import orjson
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from . import payments
+from . import flows, payments
 from .auth import AccessTokens, unknown_object
 from .clock import SimClock
 from .config import Behaviour, PhoneNumberConfig, SimulatorConfig, TemplateConfig, WabaConfig
@@ -30,7 +32,7 @@ from .payloads import (
 from .pricing import PricedMessage, PricingEngine
 from .sent import SentLog, SentMessage
 from .templates import StoredTemplate, TemplateCatalogue, parse_new_template
-from .traffic import BusinessNumber, InboundWebhook
+from .traffic import BusinessNumber, InboundWebhook, custom_webhook
 from .validation import SendRequest, check_template_parameters, needs_phone_number, normalise_recipient, parse_send
 from .webhooks import PendingStatus, WebhookDispatcher
 from .windows import CustomerWindows, MarketingConsent
@@ -77,6 +79,11 @@ class CloudApiSimulator:
         self.per_number: dict[str, Counter[str]] = defaultdict(Counter)
         self._wamid_seq = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.flows = {f.flow_id: f for f in config.flows}
+        self._flow_keys: dict[str, rsa.RSAPublicKey] = {}
+        self.flow_sessions: dict[tuple[str, str], flows.FlowSession] = {}
+        self.carts: dict[tuple[str, str], set[str]] = defaultdict(set)  # (number, customer) -> retailer ids
+        self._http: httpx.AsyncClient | None = None
         self.dispatcher = WebhookDispatcher(
             url_template=config.webhook_url,
             app_secrets={a.app_id: a.secret() for a in config.apps},
@@ -94,6 +101,9 @@ class CloudApiSimulator:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.dispatcher.stop()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -119,6 +129,8 @@ class CloudApiSimulator:
         self.pair_rate.reset()
         self.sent.clear()
         self.payments.clear()
+        self.flow_sessions.clear()
+        self.carts.clear()
         self.stats.clear()
         self.errors_by_code.clear()
         self.per_number.clear()
@@ -299,6 +311,9 @@ class CloudApiSimulator:
             order = payments.order_details_of(req.body)
             if order is not None:
                 self._plan_payment(msg, number, order)
+            flow = flows.flow_message_of(req.body)
+            if flow is not None:
+                self._open_flow(msg, number, flow)
         return SendOutcome(
             200,
             {
@@ -392,6 +407,73 @@ class CloudApiSimulator:
         self.stats[f"payment_{status['status']}"] += 1
         self._post_status(number, delay_s, status)
 
+    # --- Flows (flows.py) ---------------------------------------------------------------------
+
+    def set_flows_public_key(self, phone_number_id: str, pem: str) -> None:
+        """``POST /{phone_number_id}/whatsapp_business_encryption``: the business uploads its key."""
+        self._flow_keys[phone_number_id] = flows.public_key_from_pem(pem)
+
+    def flows_public_key(self, phone_number_id: str) -> rsa.RSAPublicKey | None:
+        if phone_number_id not in self._flow_keys:
+            number = self.numbers.get(phone_number_id)
+            pem = number.flows_key() if number else None
+            if pem is None:
+                return None
+            self._flow_keys[phone_number_id] = flows.public_key_from_pem(pem)
+        return self._flow_keys[phone_number_id]
+
+    def _open_flow(self, msg: SentMessage, number: PhoneNumberConfig, flow: flows.FlowMessage) -> None:
+        """The customer received a flow message: whether and when they open it."""
+        if flow.flow_action != "data_exchange":
+            self.stats["flow_without_endpoint"] += 1  # navigate: the screens come with the message
+            return
+        if flow.flow_id not in self.flows:
+            self.stats["flow_unknown"] += 1
+            return
+        if not any(s["status"] in ("delivered", "read") for s in msg.statuses):
+            self.stats["flow_not_delivered"] += 1
+            return
+        if self.rng.random() >= self.behaviour.flow_open_ratio:
+            self.stats["flow_not_opened"] += 1
+            return
+        session = flows.FlowSession(number.id, flow.flow_id, flow.flow_token)
+        self.flow_sessions[(number.id, flow.flow_token)] = session
+        self._spawn(self._play_flow(msg, number, session))
+
+    async def _play_flow(self, msg: SentMessage, number: PhoneNumberConfig, session: flows.FlowSession) -> None:
+        b = self.behaviour
+        config = self.flows[session.flow_id]
+        key = self.flows_public_key(number.id)
+        await asyncio.sleep(b.flow_open_delay_ms / 1000)
+        if key is None:
+            session.outcome, session.problem = "failed", "the number has no Flows public key"
+            self.stats["flow_failed"] += 1
+            return
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=b.flow_endpoint_timeout_s, trust_env=False)
+        client, secret = self._http, self.apps[self.wabas[number.waba_id].app_id].secret()
+        endpoint = config.endpoint_uri.replace("{phone_number_id}", number.id)
+        screens = {name: flows.ScreenChoice(c.choose_from, c.submit_as, c.among) for name, c in config.screens.items()}
+
+        async def exchange(payload: dict[str, Any]) -> flows.FlowExchange:
+            if payload.get("action") != "INIT":
+                await asyncio.sleep(b.flow_screen_delay_ms / 1000)
+            self.stats["flow_requests"] += 1
+            try:
+                return await flows.exchange(client, endpoint=endpoint, public_key=key, app_secret=secret,
+                                            payload=payload)
+            except httpx.HTTPError as exc:
+                return flows.FlowExchange(0, None, f"the endpoint did not answer ({type(exc).__name__})", False)
+
+        await flows.play(exchange, session, screens, self.rng, frozenset(self.carts.get((number.id, msg.wa_id), ())))
+        self.stats[f"flow_{session.outcome}"] += 1
+        if session.outcome == "completed":
+            hook = custom_webhook(self.business_numbers([number.id])[0], [{
+                "from": msg.wa_id, "context": {"from": number.display_phone_number, "id": msg.wamid},
+                "nfm_reply": {"name": "flow", "body": "Sent", "response_json": orjson.dumps(session.params).decode()},
+            }], clock=self.clock.now, rng=self.rng)
+            self.post_inbound(hook)
+
     # --- inbound --------------------------------------------------------------------------
 
     def business_numbers(self, ids: list[str] | None = None) -> list[BusinessNumber]:
@@ -416,8 +498,21 @@ class CloudApiSimulator:
 
     def post_inbound(self, webhook: InboundWebhook) -> None:
         self.record_inbound(webhook)
+        self._remember_carts(webhook.payload)
         self.stats["inbound_webhooks"] += 1
         self.dispatcher.post_payload(webhook.app_id, webhook.payload, kind="inbound")
+
+    def _remember_carts(self, payload: dict[str, Any]) -> None:
+        """What each customer put in a cart: they pick the same trip when a Flow offers it."""
+        for entry in payload.get("entry", []):
+            for change in entry.get("changes", []):
+                value = change.get("value", {})
+                number = value.get("metadata", {}).get("phone_number_id")
+                for m in value.get("messages", []):
+                    if m.get("type") == "order" and number and m.get("from"):
+                        items = m.get("order", {}).get("product_items", [])
+                        self.carts[(number, m["from"])].update(
+                            str(i["product_retailer_id"]) for i in items if "product_retailer_id" in i)
 
     # --- consent --------------------------------------------------------------------------
 

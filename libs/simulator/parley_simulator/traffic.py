@@ -623,6 +623,8 @@ def custom_webhook(
         else:
             msg["type"] = "text"
             msg["text"] = {"body": spec.get("text", "Hello")}
+        if isinstance(spec.get("context"), dict):  # a reply to a business message: {"from", "id"}
+            msg["context"] = spec["context"]
         referral = spec.get("referral")
         if referral:
             msg["referral"] = (
