@@ -17,7 +17,8 @@ import asyncpg
 import httpx
 import orjson
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
@@ -94,6 +95,7 @@ async def seed_tenants(
     other_tenant: str = "other",
     messaging_limit: int | None = None,
     waba: str = WABA,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     os.environ["PARLEY_TEST_SIM_TOKEN"] = TOKEN
     conn = await asyncpg.connect(database_url)
@@ -118,6 +120,7 @@ async def seed_tenants(
                         "business_country": "GB",
                         "time_zone": "Europe/London",
                         "messaging_limit": messaging_limit,
+                        "settings": settings or {},
                         "wabas": [waba],
                         "phone_numbers": [
                             {
@@ -202,9 +205,43 @@ class Producer:
     async def __aexit__(self, *exc: object) -> None:
         await self._p.stop()
 
-    async def send(self, topic: str, value: Any, key: str) -> None:
+    async def send(self, topic: str, value: Any, key: str) -> tuple[int, int]:
+        """Sends and waits for the broker; returns the record's (partition, offset)."""
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
-        await self._p.send_and_wait(topic, raw, key=key.encode())
+        meta = await self._p.send_and_wait(topic, raw, key=key.encode())
+        return meta.partition, meta.offset
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 180.0) -> Any:
+    """Polls ``check`` (sync or async) until it returns something true. The deadline only bounds a
+    failing test (a loaded machine may take long to join a consumer group); nothing is timed."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never happened: {what} (last: {last!r})")
+
+
+async def consumed(bootstrap: str, group: str, topic: str, partition: int, offset: int) -> None:
+    """Waits until consumer group ``group`` committed past ``offset`` of ``topic[partition]``:
+    the record's effects are durable (consumers commit only after them)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    tp = TopicPartition(topic, partition)
+    try:
+        async def past() -> bool:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
+            meta = offsets.get(tp)
+            return meta is not None and meta.offset > offset
+
+        await eventually(past, f"{group} consumed {topic}[{partition}]@{offset}")
+    finally:
+        await admin.close()
 
 
 async def collect(

@@ -35,6 +35,7 @@ from .harness import (
     Producer,
     RunningSender,
     collect,
+    consumed,
     free_port,
     new_id,
     outbound,
@@ -123,13 +124,17 @@ async def test_one_batch_of_ten_new_customers_sends_five_then_an_invented_reply_
 async def test_the_limit_meta_reports_replaces_the_registry_value(
     kafka_bootstrap: str, database_url: str, one: tuple[str, RunningSender]
 ) -> None:
-    """After the first test the portfolio has reached its 5; Meta then reports 7 (and later an
-    older report of 6 arrives, which changes nothing): two of three new customers get through."""
+    """After the first test the portfolio has reached its 5; Meta then reports 7, and after it an
+    older report of 6 arrives on the same partition, which changes nothing: two of three new
+    customers get through.
+
+    No fixed sleeps: the test waits until the accounts consumer committed past the older report
+    (its effects are durable by then), however long a loaded machine takes to get there."""
     sim_url, _ = one
     run = new_id("plr")
     now = datetime.now(UTC)
     events = [
-        {"event_id": f"{run}-cap", "tenant_id": "limit-one", "phone_number_id": ONE_WABA, "waba_id": ONE_WABA,
+        {"event_id": f"{run}-cap", "tenant_id": "limit-one", "phone_number_id": ONE, "waba_id": ONE_WABA,
          "occurred_at": now.isoformat(),
          "kind": "business_capability_update", "value": {"max_daily_conversations_per_business": 7}},
         {"event_id": f"{run}-old", "tenant_id": "limit-one", "phone_number_id": ONE, "waba_id": ONE_WABA,
@@ -137,26 +142,20 @@ async def test_the_limit_meta_reports_replaces_the_registry_value(
          "kind": "phone_number_quality_update", "value": {"max_daily_conversations_per_business": "6"}},
     ]
     async with Producer(kafka_bootstrap) as p:
-        for ev in events:
-            await p.send(ACCOUNT_EVENTS.name, ev, ev["phone_number_id"])
+        written = [await p.send(ACCOUNT_EVENTS.name, ev, ONE) for ev in events]
+    partition, last = written[-1]
+    await consumed(kafka_bootstrap, "parley-sender-accounts", ACCOUNT_EVENTS.name, partition, last)
     conn = await asyncpg.connect(database_url)
     try:
-        for _ in range(300):
-            reported = await conn.fetchval(
-                "SELECT reported_limit FROM sender.portfolios WHERE tenant_id = 'limit-one'"
-            )
-            if reported == 7:
-                break
-            await asyncio.sleep(0.1)
+        reported = await conn.fetchval("SELECT reported_limit FROM sender.portfolios WHERE tenant_id = 'limit-one'")
     finally:
         await conn.close()
     assert reported == 7
-    await asyncio.sleep(1.0)  # the older report, on another partition, is read too
     ids = [f"{run}-{i}" for i in range(3)]
     async with Producer(kafka_bootstrap) as p:
         for i, mid in enumerate(ids):
             await p.send(MESSAGES_OUT.name, outbound(mid, ONE, f"4476{i:08d}"), ONE)
-    got = await results(kafka_bootstrap, set(ids))
+    got = await results(kafka_bootstrap, set(ids), timeout_s=180)
     assert sorted(r["outcome"] for r in got.values()) == ["accepted", "accepted", "refused"]
     assert len(await customers_reached(sim_url, {ONE})) == 7
 
@@ -166,33 +165,38 @@ async def test_a_throughput_upgrade_from_meta_changes_the_governor_live(
 ) -> None:
     """The registry says 1,000/s for this number; Meta first reports nothing, then an upgrade
     event: the number's governor grants what the event says, read from the database by every
-    replica (here: the running sender, and a reload as another replica would do it)."""
+    replica (here: the running sender, and a reload as another replica would do it).
+
+    It once read the running sender's state as soon as the database row appeared, racing the
+    handler's own reload that follows the write; it now waits for the consumer's commit, which
+    comes after both."""
     _, running = one
     sender = running.app.state.sender
-    pacer = sender.pacer(ONE)
     run = new_id("thr")
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("DELETE FROM sender.number_throughput WHERE phone_number_id = $1", ONE)
-        await sender.reload_throughput(force=True)
-        sender.numbers.pacer(ONE, 80)  # as if the registry had said 80/s
-        assert pacer.limit.limit == 80
-        event = {
-            "event_id": f"{run}-up", "tenant_id": "limit-one", "phone_number_id": ONE, "waba_id": ONE_WABA,
-            "occurred_at": datetime.now(UTC).isoformat(), "kind": "phone_number_quality_update",
-            "value": {"event": "THROUGHPUT_UPGRADE", "display_phone_number": f"1555{ONE}"},
-        }
-        async with Producer(kafka_bootstrap) as p:
-            await p.send(ACCOUNT_EVENTS.name, event, ONE)
-        for _ in range(300):
-            if await conn.fetchval("SELECT mps FROM sender.number_throughput WHERE phone_number_id = $1", ONE):
-                break
-            await asyncio.sleep(0.1)
-        assert await conn.fetchval("SELECT mps FROM sender.number_throughput WHERE phone_number_id = $1", ONE) == 1000
     finally:
         await conn.close()
+    await sender.reload_throughput(force=True)
+    pacer = sender.numbers.pacer(ONE, 80)  # as if the registry had said 80/s
+    assert pacer.limit.limit == 80
+    event = {
+        "event_id": f"{run}-up", "tenant_id": "limit-one", "phone_number_id": ONE, "waba_id": ONE_WABA,
+        "occurred_at": datetime.now(UTC).isoformat(), "kind": "phone_number_quality_update",
+        "value": {"event": "THROUGHPUT_UPGRADE", "display_phone_number": f"1555{ONE}"},
+    }
+    async with Producer(kafka_bootstrap) as p:
+        partition, offset = await p.send(ACCOUNT_EVENTS.name, event, ONE)
+    await consumed(kafka_bootstrap, "parley-sender-accounts", ACCOUNT_EVENTS.name, partition, offset)
+    # the replica that consumed the event re-read the table at once
     assert sender.reported_mps[ONE] == 1000
     assert sender.pacer(ONE).limit.limit == 1000
+    assert pacer.limit.limit == 1000  # changed in place: a backlog waiting on it speeds up
+    # another replica, on its next periodic read
+    sender.reported_mps = {}
+    await sender.reload_throughput(force=True)
+    assert sender.reported_mps[ONE] == 1000
 
 
 def sender_process(env: dict[str, str]) -> subprocess.Popen[bytes]:

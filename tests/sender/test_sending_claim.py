@@ -42,7 +42,9 @@ class CountingCloudApi:
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
 
-    async def send_message(self, app: Any, phone_number_id: str, body: dict[str, Any]) -> SendResponse:
+    async def send_message(
+        self, app: Any, phone_number_id: str, body: dict[str, Any], *, endpoint: str = "messages"
+    ) -> SendResponse:
         mid = body["biz_opaque_callback_data"]
         self.calls[mid] = self.calls.get(mid, 0) + 1
         await asyncio.sleep(0.05)

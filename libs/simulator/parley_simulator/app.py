@@ -2,6 +2,8 @@
 
 Graph API (answers in Meta's documented shapes):
 - ``POST /{version}/{phone_number_id}/messages``
+- ``POST /{version}/{phone_number_id}/marketing_messages`` (the Marketing Messages API: marketing
+  templates only, the same body and answer)
 - ``GET|POST /{version}/{waba_id}/message_templates``
 - ``GET|POST /{version}/{phone_number_id}/whatsapp_business_encryption``  the number's Flows public key
 - an interactive ``flow`` message (``flow_action: data_exchange``) of a configured Flow is opened by
@@ -16,6 +18,10 @@ Control API (tests and demos; not part of Meta's API):
 - ``GET|POST /_sim/clock``        read or set the simulated clock
 - ``GET|PATCH /_sim/behaviour``   latency, 5xx/timeout rates, ratios, ...
 - ``PATCH /_sim/numbers/{phone_number_id}``  throughput
+- ``POST /_sim/numbers/{phone_number_id}/events``  a ``phone_number_quality_update`` (FLAGGED,
+  UNFLAGGED, THROUGHPUT_UPGRADE: the number then sends up to 1,000/s, a coexistence one 20/s)
+- ``POST /_sim/portfolios/{portfolio_id}/limit``  a new messaging limit, reported by
+  ``business_capability_update`` (templates past it are refused with 131048)
 - ``POST /_sim/flows/{phone_number_id}/exchange``  one Flow screen played as Meta against an endpoint
 - ``GET /_sim/flows``              the customers' passes through Flows (screens, outcome, problem)
 - ``GET /_sim/payments``, ``POST /_sim/payments/{phone_number_id}/{reference_id}/refunds``
@@ -43,6 +49,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import flows
 from .config import SimulatorConfig, TemplateConfig
 from .errors import GraphError
+from .portfolio import MARKETING_MESSAGES, throughput_of
 from .simulator import CloudApiSimulator
 from .traffic import TrafficGenerator, custom_webhook
 from .validation import normalise_recipient
@@ -115,7 +122,18 @@ class NumberPatch(BaseModel):
     throughput: int | None = Field(default=None, ge=1, le=10_000)
 
 
-_SEND_PATH = re.compile(r"^/([^/]+)/([^/]+)/messages$")
+class NumberEventRequest(BaseModel):
+    """A ``phone_number_quality_update`` Meta would send: FLAGGED, UNFLAGGED, THROUGHPUT_UPGRADE, ..."""
+
+    event: str = Field(pattern=r"^[A-Z_]{1,40}$")
+
+
+class PortfolioLimitRequest(BaseModel):
+    messaging_limit: int = Field(ge=-1)  # -1: unlimited
+
+
+# The send edges: the Cloud API's /messages and the Marketing Messages API's /marketing_messages.
+_SEND_PATH = re.compile(r"^/([^/]+)/([^/]+)/(messages|marketing_messages)$")
 
 
 class FastSendPath:
@@ -147,7 +165,7 @@ class FastSendPath:
             if key == b"authorization":
                 authorization = value.decode("latin-1")
                 break
-        outcome = await self.sim.send(match.group(1), match.group(2), authorization, b"".join(chunks))
+        outcome = await self.sim.send(match.group(1), match.group(2), authorization, b"".join(chunks), match.group(3))
         if outcome.hang_s:
             await asyncio.sleep(outcome.hang_s)
         body = orjson.dumps(outcome.body)
@@ -188,6 +206,16 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
     async def send_message(version: str, phone_number_id: str, request: Request) -> Response:
         outcome = await sim.send(
             version, phone_number_id, request.headers.get("authorization"), await request.body()
+        )
+        if outcome.hang_s:
+            await asyncio.sleep(outcome.hang_s)
+        return _json(outcome.body, outcome.http_status)
+
+    @app.post("/{version}/{phone_number_id}/marketing_messages")
+    async def send_marketing_message(version: str, phone_number_id: str, request: Request) -> Response:
+        """The Marketing Messages API: a template send's body and answer, marketing templates only."""
+        outcome = await sim.send(
+            version, phone_number_id, request.headers.get("authorization"), await request.body(), MARKETING_MESSAGES
         )
         if outcome.hang_s:
             await asyncio.sleep(outcome.hang_s)
@@ -395,6 +423,24 @@ def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:
         if req.throughput is not None:
             number.throughput = req.throughput
         return {"id": number.id, "throughput": number.throughput}
+
+    @app.post("/_sim/numbers/{phone_number_id}/events")
+    async def number_event(phone_number_id: str, req: NumberEventRequest) -> dict[str, Any]:
+        """Meta reports a number's quality or throughput change (and a throughput upgrade takes effect)."""
+        if phone_number_id not in sim.numbers:
+            raise HTTPException(404, "unknown phone_number_id")
+        sim.report_number_event(phone_number_id, req.event)
+        number = sim.numbers[phone_number_id]
+        return {"id": number.id, "event": req.event, "throughput": throughput_of(number)}
+
+    @app.post("/_sim/portfolios/{portfolio_id}/limit")
+    async def portfolio_limit(portfolio_id: str, req: PortfolioLimitRequest) -> dict[str, Any]:
+        """Meta moves a business portfolio to a new messaging limit and reports it."""
+        if not any(w.portfolio == portfolio_id for w in sim.wabas.values()):
+            raise HTTPException(404, "unknown portfolio")
+        sim.set_portfolio_limit(portfolio_id, req.messaging_limit)
+        return {"id": portfolio_id, "messaging_limit": req.messaging_limit,
+                "reached": sim.reach.count(portfolio_id, sim.clock.now())}
 
 
 def _routes_observe(app: FastAPI, sim: CloudApiSimulator) -> None:

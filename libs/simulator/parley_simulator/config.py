@@ -80,9 +80,23 @@ class WabaConfig(_Model):
     token_env: str | None = None
     token_file: str | None = None
     templates: list[TemplateConfig] = Field(default_factory=list)
+    # The business portfolio the WABA belongs to (its messaging limit is shared); its own id if unset.
+    portfolio_id: str | None = None
 
     def access_token(self) -> str | None:
         return _read_secret(self.token, self.token_env, self.token_file, f"waba {self.id}")
+
+    @property
+    def portfolio(self) -> str:
+        return self.portfolio_id or self.id
+
+
+class PortfolioConfig(_Model):
+    """A business portfolio: unique customers it may reach with business-initiated templates in a
+    rolling 24 hours (None or -1: unlimited, Meta's top level)."""
+
+    id: str
+    messaging_limit: int | None = None
 
 
 class PhoneNumberConfig(_Model):
@@ -90,6 +104,8 @@ class PhoneNumberConfig(_Model):
     display_phone_number: str
     waba_id: str
     throughput: int = 80  # messages per second (sliding 1 s window); Meta's default
+    # Shared with the WhatsApp Business app: Meta holds it at 20 msg/s whatever its throughput.
+    coexistence: bool = False
     token: str | None = None
     token_env: str | None = None
     token_file: str | None = None
@@ -181,6 +197,7 @@ class SimulatorConfig(_Model):
     apps: list[AppConfig] = Field(default_factory=list)
     wabas: list[WabaConfig] = Field(default_factory=list)
     phone_numbers: list[PhoneNumberConfig] = Field(default_factory=list)
+    portfolios: list[PortfolioConfig] = Field(default_factory=list)
     # e.g. "http://127.0.0.1:8081/webhooks/meta/{app_id}"; no webhooks are posted when unset.
     webhook_url: str | None = None
     behaviour: Behaviour = Field(default_factory=Behaviour)

@@ -34,6 +34,7 @@ CATALOGUE: dict[int, MetaErrorSpec] = {
         MetaErrorSpec(130429, 429, "Rate limit hit", "Rate limit hit"),
         MetaErrorSpec(131026, 400, "Message undeliverable", "Message undeliverable"),
         MetaErrorSpec(131047, 400, "Re-engagement message", "Re-engagement message"),
+        MetaErrorSpec(131048, 400, "Spam rate limit hit", "Spam rate limit hit"),
         MetaErrorSpec(
             131049,
             400,

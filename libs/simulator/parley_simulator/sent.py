@@ -32,6 +32,7 @@ class SentMessage:
     failure_code: int | None = None
     statuses: list[dict[str, Any]] = field(default_factory=list)
     request: dict[str, Any] = field(default_factory=dict)
+    api: str = "messages"  # or "marketing_messages" (the Marketing Messages API)
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,6 +29,16 @@ from .payloads import (
     templates_page,
     user_preferences_webhook,
 )
+from .portfolio import (
+    MARKETING_MESSAGES,
+    MESSAGING_LIMIT_CODE,
+    UPGRADED_MPS,
+    PortfolioReach,
+    capability_webhook,
+    limit_reached_details,
+    number_quality_webhook,
+    throughput_of,
+)
 from .pricing import PricedMessage, PricingEngine
 from .sent import SentLog, SentMessage
 from .templates import StoredTemplate, TemplateCatalogue, parse_new_template
@@ -60,6 +70,8 @@ class CloudApiSimulator:
         self.pricing = PricingEngine()
         self.throughput = ThroughputLimiter()
         self.pair_rate = PairRateLimiter()
+        self.reach = PortfolioReach()
+        self.portfolio_limits: dict[str, int | None] = {p.id: p.messaging_limit for p in config.portfolios}
         self.templates = TemplateCatalogue()
         self.apps = {a.app_id: a for a in config.apps}
         self.wabas: dict[str, WabaConfig] = {w.id: w for w in config.wabas}
@@ -127,6 +139,7 @@ class CloudApiSimulator:
         self.pricing.reset()
         self.throughput.reset()
         self.pair_rate.reset()
+        self.reach.reset()
         self.sent.clear()
         self.payments.clear()
         self.flow_sessions.clear()
@@ -153,9 +166,10 @@ class CloudApiSimulator:
         return SendOutcome(err.http_status, err.body())
 
     async def send(
-        self, version: str, phone_number_id: str, authorization: str | None, raw_body: bytes
+        self, version: str, phone_number_id: str, authorization: str | None, raw_body: bytes,
+        api: str = "messages",
     ) -> SendOutcome:
-        """``POST /{version}/{phone_number_id}/messages``."""
+        """``POST /{version}/{phone_number_id}/messages`` (or ``/marketing_messages``)."""
         self.stats["requests"] += 1
         b = self.behaviour
         delay = b.latency_ms + (self.rng.random() * b.latency_jitter_ms if b.latency_jitter_ms else 0.0)
@@ -181,7 +195,7 @@ class CloudApiSimulator:
             except orjson.JSONDecodeError as exc:
                 raise GraphError(100, "The request body is not valid JSON") from exc
             request = parse_send(body)
-            outcome = self._accept(version, number, request)
+            outcome = self._accept(version, number, request, api)
         except GraphError as err:
             return self._fail(phone_number_id, err)
         if b.timeout_accepted_rate and self.rng.random() < b.timeout_accepted_rate:
@@ -205,7 +219,7 @@ class CloudApiSimulator:
         check_template_parameters(stored.template, req.template_components)
         return stored
 
-    def _accept(self, version: str, number: PhoneNumberConfig, req: SendRequest) -> SendOutcome:
+    def _accept(self, version: str, number: PhoneNumberConfig, req: SendRequest, api: str = "messages") -> SendOutcome:
         now = self.clock.now()
         wa_id = normalise_recipient(req.to)
         category = "service"
@@ -226,7 +240,14 @@ class CloudApiSimulator:
                 problem(132015, f"template {req.template_name} is paused")
             if req.by_user_id and needs_phone_number(list(stored.template.components)):
                 problem(131062, "Business-scoped user ID recipients are not supported for this message.")
+        if api == MARKETING_MESSAGES and category != "marketing":
+            raise GraphError(100, "The Marketing Messages API sends marketing templates only")
         in_window = self.windows.in_service_window(number.id, wa_id, now)
+        portfolio = self.wabas[number.waba_id].portfolio
+        limit = self.portfolio_limits.get(portfolio)
+        initiated = req.is_template and not in_window  # counts against the portfolio's messaging limit
+        if initiated and not self.reach.allows(portfolio, wa_id, limit, now):
+            problem(MESSAGING_LIMIT_CODE, limit_reached_details(limit or 0))
         if not req.is_template and not in_window:
             problem(
                 131047,
@@ -249,12 +270,13 @@ class CloudApiSimulator:
             problem(131049, "This message was not delivered to maintain healthy ecosystem engagement.")
 
         mono = time.monotonic()
-        if not self.throughput.allows(number.id, number.throughput, mono):
+        mps = throughput_of(number)
+        if not self.throughput.allows(number.id, mps, mono):
             raise GraphError(
                 130429,
                 f"Message failed to send because there were too many messages sent "
                 f"from this phone number in a short period of time "
-                f"(limit {number.throughput}/s).",
+                f"(limit {mps}/s).",
             )
         if not self.pair_rate.try_acquire(
             number.id,
@@ -270,6 +292,8 @@ class CloudApiSimulator:
                 "of time.",
             )
         self.throughput.record(number.id, mono)
+        if initiated and async_failure is None:
+            self.reach.record(portfolio, wa_id, now)
 
         wamid = self._new_wamid(wa_id)
         api_version = _version_number(version)
@@ -291,6 +315,7 @@ class CloudApiSimulator:
             in_service_window=in_window,
             failure_code=async_failure[0] if async_failure else None,
             request=req.body,
+            api=api,
         )
         self.sent.remember(msg)
         self.stats["requests_accepted"] += 1
@@ -584,6 +609,27 @@ class CloudApiSimulator:
 
     def add_template(self, waba_id: str, template: TemplateConfig) -> StoredTemplate:
         return self.templates.add(waba_id, template)
+
+    # --- what Meta reports about numbers and portfolios (portfolio.py) ----------------------
+
+    def report_number_event(self, phone_number_id: str, event: str) -> None:
+        """A ``phone_number_quality_update`` (FLAGGED, UNFLAGGED, THROUGHPUT_UPGRADE, ...); an
+        upgrade lifts the number to 1,000 msg/s (a coexistence number stays at 20)."""
+        number = self.numbers[phone_number_id]
+        if event == "THROUGHPUT_UPGRADE":
+            number.throughput = UPGRADED_MPS
+        waba = self.wabas[number.waba_id]
+        limit = self.portfolio_limits.get(waba.portfolio)
+        self.dispatcher.post_payload(waba.app_id, number_quality_webhook(
+            number, waba, event, self.clock.now(), messaging_limit=-1 if limit is None else limit), kind="quality")
+
+    def set_portfolio_limit(self, portfolio: str, messaging_limit: int) -> None:
+        """Meta moved a portfolio to a new messaging limit (-1: unlimited) and reports it."""
+        self.portfolio_limits[portfolio] = None if messaging_limit < 0 else messaging_limit
+        wabas = [w for w in self.wabas.values() if w.portfolio == portfolio]
+        for app_id in {w.app_id for w in wabas}:
+            self.dispatcher.post_payload(app_id, capability_webhook(
+                [w for w in wabas if w.app_id == app_id], messaging_limit, self.clock.now()), kind="capability")
 
     # --- queries --------------------------------------------------------------------------
 

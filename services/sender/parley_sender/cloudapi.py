@@ -155,7 +155,7 @@ class CloudApiClient:
         self._session: aiohttp.ClientSession | None = None
         self._sender: Client | None = None
         # (base, version, token, number) -> the send URL and its headers, built once.
-        self._targets: dict[tuple[str | None, str | None, str | None, str], tuple[str, dict[str, str]]] = {}
+        self._targets: dict[tuple[str | None, str | None, str | None, str, str], tuple[str, dict[str, str]]] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -203,27 +203,32 @@ class CloudApiClient:
             headers["Authorization"] = f"Bearer {app.access_token}"
         return headers
 
-    def _send_target(self, app: MetaApp | None, phone_number_id: str) -> tuple[str, dict[str, str]]:
+    def _send_target(
+        self, app: MetaApp | None, phone_number_id: str, endpoint: str = "messages"
+    ) -> tuple[str, dict[str, str]]:
         key = (
             app.graph_api_base if app else None,
             app.graph_api_version if app else None,
             app.access_token if app else None,
             phone_number_id,
+            endpoint,
         )
         target = self._targets.get(key)
         if target is None:
             if len(self._targets) > 10_000:
                 self._targets.clear()
             target = self._targets[key] = (
-                self._url(app, f"{phone_number_id}/messages"),
+                self._url(app, f"{phone_number_id}/{endpoint}"),
                 self._headers(app),
             )
         return target
 
     async def send_message(
-        self, app: MetaApp | None, phone_number_id: str, body: Mapping[str, Any]
+        self, app: MetaApp | None, phone_number_id: str, body: Mapping[str, Any], *, endpoint: str = "messages"
     ) -> SendResponse:
-        url, headers = self._send_target(app, phone_number_id)
+        """``POST /{phone_number_id}/messages``, or ``/marketing_messages`` (the Marketing Messages
+        API: the same body and answer, marketing templates only)."""
+        url, headers = self._send_target(app, phone_number_id, endpoint)
         try:
             request = self.sender.post(url).headers(headers).body_bytes(orjson.dumps(body)).build()
             resp = await request.send()

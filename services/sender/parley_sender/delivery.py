@@ -43,6 +43,7 @@ from parley_sender.domain.outcomes import (
     on_redelivery,
 )
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide, messaging_limit_reached
+from parley_sender.domain.standing import NumberStanding, TenantSending, number_throughput
 from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
@@ -52,6 +53,7 @@ from parley_sender.outcome_builder import OutcomeBuilder
 from parley_sender.pacing import Gate, NumberPacer, NumberStates
 from parley_sender.results import now_utc
 from parley_sender.settings import SenderSettings
+from parley_sender.standings import NumberStandings
 from parley_sender.store import MessageRow, SenderStore
 
 log = logging.getLogger("parley.sender")
@@ -179,6 +181,10 @@ class Sender:
     inflight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     # Throughput Meta reported per number (docs/adr/0118-throughput-from-meta.md), over the registry's.
     reported_mps: dict[str, int] = field(default_factory=dict)
+    # Quality and coexistence Meta reported per number (docs/adr/0121-quality-acts-on-sending.md),
+    # and the numbers held at the coexistence rate (reported, or named in their tenant's settings).
+    standings: dict[str, NumberStanding] = field(default_factory=dict)
+    coexistence: frozenset[str] = frozenset()
     _mps_read_at: float = float("-inf")
 
     def __post_init__(self) -> None:
@@ -193,11 +199,17 @@ class Sender:
     def directory(self) -> TenantDirectory:
         return self.tenants()
 
+    @property
+    def number_standings(self) -> NumberStandings:
+        return NumberStandings(self.store.pool)
+
     def pacer(self, phone_number_id: str) -> NumberPacer:
-        mps = self.reported_mps.get(phone_number_id)
-        if mps is None:
-            number = self.directory().numbers.get(phone_number_id)
-            mps = number.throughput_mps if number else self.settings.default_throughput_mps
+        number = self.directory().numbers.get(phone_number_id)
+        mps = number_throughput(
+            number.throughput_mps if number else self.settings.default_throughput_mps,
+            self.reported_mps.get(phone_number_id),
+            coexistence=phone_number_id in self.coexistence,
+        )
         limit = max(1, int(mps * self.settings.throughput_headroom))
         self.metrics.limit_of(phone_number_id, limit)
         return self.numbers.pacer(phone_number_id, limit)
@@ -211,9 +223,14 @@ class Sender:
         return cat
 
     async def reload_throughput(self, *, force: bool = False) -> None:
-        """Re-read the throughput Meta reported (every few seconds: any replica may record it)."""
+        """Re-read the throughput, quality and coexistence Meta reported per number (every few
+        seconds: any replica may record them), and the tenants' coexistence numbers."""
         if force or time.monotonic() - self._mps_read_at >= self.settings.throughput_reload_s:
             self.reported_mps = await self.store.reported_throughputs()
+            self.standings = await self.number_standings.all()
+            tenants = self.directory().tenants.values()
+            named = {n for t in tenants for n in TenantSending.of(t.settings).coexistence_numbers}
+            self.coexistence = frozenset(named | {n for n, st in self.standings.items() if st.coexistence})
             self._mps_read_at = time.monotonic()
 
     def invalidate_catalogue(self, tenant_id: str) -> None:
@@ -394,10 +411,14 @@ class Sender:
                 by_tenant[t.tenant_id].append(m.recipient)
         consent: dict[tuple[str, str], ConsentState] = {}
         catalogues: dict[str, TemplateCatalogue] = {}
+        through_mm_api: set[str] = set()  # tenants sending marketing via the Marketing Messages API
         for tid, customers in by_tenant.items():
             for c, st in (await self.store.consent(tid, customers)).items():
                 consent[(tid, c)] = st
             catalogues[tid] = await self.catalogue(tid)
+            if TenantSending.of(d.tenants[tid].settings).marketing_messages_api:
+                through_mm_api.add(tid)
+        no_standing = NumberStanding()
 
         outcomes: list[Outcome] = []
         plans: list[Plan] = []
@@ -414,6 +435,8 @@ class Sender:
                 catalogue=catalogues[tenant.tenant_id],
                 consent=consent.get((tenant.tenant_id, m.recipient), ConsentState()),
                 language_fallbacks=self.settings.template_language_fallbacks,
+                number=self.standings.get(m.phone_number_id, no_standing),
+                marketing_messages_api=tenant.tenant_id in through_mm_api,
             )
             try:
                 decision = decide(m, ctx)
@@ -547,7 +570,7 @@ class Sender:
             },
         )
         try:
-            resp = await self.client.send_message(app, m.phone_number_id, body)
+            resp = await self.client.send_message(app, m.phone_number_id, body, endpoint=plan.endpoint)
             span.set_attribute("parley.outcome", "accepted" if resp.accepted else "not_accepted")
         finally:
             span.end()

@@ -41,6 +41,7 @@ from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
 from parley_sender.delivery import Sender
 from parley_sender.domain.governor import reported_messaging_limit, reported_throughput
 from parley_sender.domain.outcomes import stops_consent
+from parley_sender.domain.standing import reported_quality, reports_coexistence, template_change
 from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.windows import ConversationWindows
 from parley_sender.effects import SERVICE
@@ -214,18 +215,22 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
             if number is not None:
                 await sender.store.set_throughput(number, mps, ev.occurred_at)
                 await sender.reload_throughput(force=True)
+        if isinstance(ev, AccountEvent) and (quality := reported_quality(ev.kind, v)) is not None:
+            number = number_of(ev, directory)
+            if number is not None:  # docs/adr/0121-quality-acts-on-sending.md
+                await sender.number_standings.record_quality(number, quality, ev.occurred_at)
+                await sender.reload_throughput(force=True)
+        if isinstance(ev, AccountEvent) and reports_coexistence(ev.kind):
+            number = number_of(ev, directory)
+            if number is not None and number not in sender.coexistence:
+                await sender.number_standings.record_coexistence(number, ev.occurred_at)
+                await sender.reload_throughput(force=True)
         if isinstance(ev, AccountEvent) and ev.kind in LIMIT_KINDS:
             reported = reported_messaging_limit(v.get("max_daily_conversations_per_business"))
             if reported is not None:
                 await sender.store.set_reported_limit(tid, reported, ev.occurred_at)
         if isinstance(ev, AccountEvent) and ev.kind in TEMPLATE_KINDS:
-            changes: dict[str, str] = {}
-            if ev.kind == "message_template_status_update" and v.get("event"):
-                changes["status"] = str(v["event"]).upper()
-            elif ev.kind == "message_template_quality_update" and v.get("new_quality_score"):
-                changes["quality"] = str(v["new_quality_score"]).upper()
-            elif ev.kind == "template_category_update" and v.get("new_category"):
-                changes["category"] = str(v["new_category"]).upper()
+            changes = template_change(ev.kind, v)
             if changes:
                 tid_str = str(v["message_template_id"]) if v.get("message_template_id") is not None else None
                 n = await sender.store.update_template(

@@ -16,6 +16,7 @@ from parley_common.contracts import FREE_FORM_TYPES, REPLY_BUTTONS_MAX, TEXT_BOD
 
 from parley_sender.domain.consent import ConsentState, marketing_undeliverable_to
 from parley_sender.domain.contacts import Contact
+from parley_sender.domain.standing import NumberStanding
 from parley_sender.domain.templates import TemplateCatalogue, TemplateProblem, validate_send
 from parley_sender.domain.windows import CUSTOMER_SERVICE, FREE_ENTRY_POINT, ConversationWindows
 
@@ -43,6 +44,9 @@ class SendPlan:
     used_fallback_template: bool = False
     window_from_reply_reference: bool = False
     preview: str | None = None
+    # Cloud API edge: "messages", or "marketing_messages" (the Marketing Messages API) for a
+    # marketing template of a tenant that chose it.
+    endpoint: str = "messages"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,10 @@ class SendContext:
     # when the request named the customer's BSUID.
     contact: Contact | None = None
     language_fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The business number's standing as Meta last reported it (quality holds marketing).
+    number: NumberStanding = field(default_factory=NumberStanding)
+    # The tenant sends marketing templates through the Marketing Messages API.
+    marketing_messages_api: bool = False
 
 
 def decide(msg: OutboundMessage, ctx: SendContext) -> SendPlan | Refusal:
@@ -177,6 +185,12 @@ def _template_plan(
             return Refusal("marketing_opted_out", "the customer stopped marketing from this business", 131050)
         if marketing_undeliverable_to(recipient):
             return Refusal("marketing_not_delivered_to_us", "Meta does not deliver marketing to US numbers")
+        if ctx.number.holds_marketing:
+            return Refusal(
+                "number_quality_low",
+                f"Meta reports this business number's quality as {ctx.number.quality}: marketing templates "
+                "are refused until it recovers (send again then)",
+            )
     # A reference the window tracker has not seen may be invented: it lets a reply through
     # (Meta judges the window), but only a known inbound message exempts it from the limit.
     business_initiated = not csw_open or from_reference
@@ -195,4 +209,5 @@ def _template_plan(
         business_initiated=business_initiated,
         window_from_reply_reference=from_reference,
         preview=rendered.text,
+        endpoint="marketing_messages" if category == "marketing" and ctx.marketing_messages_api else "messages",
     )
