@@ -66,6 +66,6 @@ bench-ingest bench-router bench-sender bench-billing bench-flows: bench-%: infra
 	$(UV) run --frozen python tests/bench/bench_$*.py
 
 SOAK_ARGS ?= --compare
-soak: infra-up
+soak: install
 	@mkdir -p bench-results
 	$(UV) run --frozen python tests/soak/soak.py $(SOAK_ARGS)

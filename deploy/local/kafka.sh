@@ -11,6 +11,8 @@
 # State lives in <repo>/.parley/kafka/{libs,data,logs,server.properties,kafka.pid}.
 # Tunables (env): PARLEY_KAFKA_HEAP_OPTS (default "-Xmx768m -Xms256m"), PARLEY_KAFKA_READY_TIMEOUT (240 s),
 # PARLEY_KAFKA_STOP_TIMEOUT (60 s), JAVA_HOME.
+# A second, private broker (the soak's, which it restarts): PARLEY_KAFKA_PORT, PARLEY_KAFKA_CONTROLLER_PORT
+# and PARLEY_KAFKA_STATE (its data, logs, config and pid file; the jars stay in <repo>/.parley/kafka/libs).
 set -euo pipefail
 
 PARLEY_LOG_TAG=parley-kafka
@@ -18,11 +20,14 @@ PARLEY_LOG_TAG=parley-kafka
 source "$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)/lib.sh"
 
 KAFKA_HOST=127.0.0.1
-KAFKA_PORT=19092
-KAFKA_CONTROLLER_PORT=19093
+KAFKA_PORT="${PARLEY_KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="${PARLEY_KAFKA_CONTROLLER_PORT:-19093}"
+[[ "$KAFKA_PORT" =~ ^[0-9]+$ && "$KAFKA_CONTROLLER_PORT" =~ ^[0-9]+$ ]] || die "Kafka ports must be numbers"
 
-KAFKA_STATE="$PARLEY_STATE_DIR/kafka"
-KAFKA_LIBS="$KAFKA_STATE/libs"
+KAFKA_STATE="${PARLEY_KAFKA_STATE:-$PARLEY_STATE_DIR/kafka}"
+KAFKA_LIBS="$PARLEY_STATE_DIR/kafka/libs"
+KAFKA_LOCK_DIR="${PARLEY_KAFKA_STATE:+$KAFKA_STATE}"
+KAFKA_LOCK_DIR="${KAFKA_LOCK_DIR:-$PARLEY_STATE_DIR}"
 KAFKA_DATA="$KAFKA_STATE/data"
 KAFKA_LOGS="$KAFKA_STATE/logs"
 KAFKA_CONF="$KAFKA_STATE/server.properties"
@@ -125,7 +130,8 @@ render_conf() {
   # The data dir path goes into a properties file: refuse characters that would need escaping.
   [[ "$KAFKA_DATA" != *[[:space:]\\:=#!]* ]] || die "repo path '$PARLEY_ROOT' contains characters unsafe for server.properties"
   local tmp="$KAFKA_CONF.tmp.$$"
-  sed "s|@LOG_DIRS@|$KAFKA_DATA|g" "$KAFKA_CONF_TEMPLATE" >"$tmp"
+  sed -e "s|@LOG_DIRS@|$KAFKA_DATA|g" -e "s|:19092|:$KAFKA_PORT|g" -e "s|:19093|:$KAFKA_CONTROLLER_PORT|g" \
+    "$KAFKA_CONF_TEMPLATE" >"$tmp"
   mv -- "$tmp" "$KAFKA_CONF"
 }
 
@@ -233,7 +239,7 @@ port_owner() {
 }
 
 cmd_up() {
-  with_lock kafka
+  with_lock kafka "$KAFKA_LOCK_DIR"
   local pid
   if pid="$(running_pid)"; then
     if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
@@ -280,11 +286,11 @@ If it is a broker you want to use instead, export PARLEY_KAFKA_BOOTSTRAP."
   pid="$(tr -dc '0-9' <"$KAFKA_PIDFILE" 2>/dev/null || true)"
   [[ -n "$pid" ]] || fail_start "" "could not launch java (no pid written to $KAFKA_PIDFILE)"
   wait_ready "$pid" "$off"
-  log "up in $(timer_since "$t0") s; bootstrap servers: $PARLEY_LOCAL_KAFKA_BOOTSTRAP (log: $(server_log))"
+  log "up in $(timer_since "$t0") s; bootstrap servers: $KAFKA_HOST:$KAFKA_PORT (log: $(server_log))"
 }
 
 cmd_down() {
-  with_lock kafka
+  with_lock kafka "$KAFKA_LOCK_DIR"
   local pid
   if ! pid="$(running_pid)"; then
     rm -f -- "$KAFKA_PIDFILE"
@@ -303,7 +309,7 @@ cmd_status() {
   local pid
   if pid="$(running_pid)"; then
     if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
-      echo "kafka: running (pid $pid, $PARLEY_LOCAL_KAFKA_BOOTSTRAP, version $(kafka_version), data $KAFKA_DATA)"
+      echo "kafka: running (pid $pid, $KAFKA_HOST:$KAFKA_PORT, version $(kafka_version), data $KAFKA_DATA)"
       return 0
     fi
     echo "kafka: starting (pid $pid, port $KAFKA_PORT not open yet)"
@@ -322,7 +328,7 @@ cmd_logs() {
 
 cmd_reset() {
   cmd_down
-  with_lock kafka
+  with_lock kafka "$KAFKA_LOCK_DIR"
   log "deleting $KAFKA_DATA, $KAFKA_LOGS and generated config (keeping $KAFKA_LIBS)"
   rm -rf -- "$KAFKA_DATA" "$KAFKA_LOGS" "$KAFKA_CONF" "$KAFKA_STATE/cluster.id"
 }

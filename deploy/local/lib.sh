@@ -33,10 +33,12 @@ mkstate() {
   done
 }
 
-# Serialise concurrent invocations per component: `with_lock NAME` (holds until the script exits).
+# Serialise concurrent invocations per component: `with_lock NAME [DIR]` (holds until the script exits;
+# the lock file is DIR/.NAME.lock, DIR defaulting to the state dir).
 with_lock() {
-  mkstate "$PARLEY_STATE_DIR"
-  local lock="$PARLEY_STATE_DIR/.$1.lock"
+  local dir="${2:-$PARLEY_STATE_DIR}"
+  mkstate "$dir"
+  local lock="$dir/.$1.lock"
   exec 9>"$lock"
   if ! flock -w 180 9; then
     die "another deploy/local/$1 command holds $lock for >180 s; giving up"

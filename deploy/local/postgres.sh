@@ -15,6 +15,8 @@
 # Role/database: parley/parley, database parley (owner parley). Superuser "postgres" has no password and is
 # reachable only over the unix socket (trust); TCP connections need a password (scram-sha-256).
 # Dev-box settings (fsync=off etc.): a crash can corrupt this cluster; `reset` and start again.
+# A second, private cluster (the soak's, which it restarts): PARLEY_PG_PORT and PARLEY_PG_STATE (its data,
+# socket and log directories; must be reachable by the postgres user when run as root).
 set -euo pipefail
 
 PARLEY_LOG_TAG=parley-postgres
@@ -22,7 +24,8 @@ PARLEY_LOG_TAG=parley-postgres
 source "$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)/lib.sh"
 
 PG_HOST=127.0.0.1
-PG_PORT=55432
+PG_PORT="${PARLEY_PG_PORT:-55432}"
+[[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PARLEY_PG_PORT must be a number"
 PG_DB=parley
 PG_USER=parley
 PG_PASSWORD=parley
@@ -42,7 +45,9 @@ pg_state_dir() {
   fi
 }
 
-PG_STATE="$(pg_state_dir)"
+PG_STATE="${PARLEY_PG_STATE:-$(pg_state_dir)}"
+PG_LOCK_DIR="${PARLEY_PG_STATE:+$PG_STATE}"
+PG_LOCK_DIR="${PG_LOCK_DIR:-$PARLEY_STATE_DIR}"
 PG_DATA="$PG_STATE/data"
 PG_RUN="$PG_STATE/run"
 PG_LOGDIR="$PG_STATE/log"
@@ -206,7 +211,7 @@ wait_ready() {
 }
 
 cmd_up() {
-  with_lock postgres
+  with_lock postgres "$PG_LOCK_DIR"
   ensure_installed
   prepare_dirs
   if is_running; then
@@ -232,11 +237,11 @@ If it is a database you want to use instead, export PARLEY_DATABASE_URL."
   fi
   wait_ready
   ensure_role_and_db
-  log "up in $(timer_since "$t0") s; $PARLEY_LOCAL_DATABASE_URL (log: $PG_LOG)"
+  log "up in $(timer_since "$t0") s; postgresql://$PG_USER:***@$PG_HOST:$PG_PORT/$PG_DB (log: $PG_LOG)"
 }
 
 cmd_down() {
-  with_lock postgres
+  with_lock postgres "$PG_LOCK_DIR"
   PG_BIN="$(detect_pg_bin)"
   if ! is_running; then
     log "not running"
@@ -284,7 +289,7 @@ cmd_psql() {
 
 cmd_reset() {
   cmd_down
-  with_lock postgres
+  with_lock postgres "$PG_LOCK_DIR"
   log "deleting $PG_STATE"
   rm -rf -- "$PG_STATE"
 }

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,7 +54,8 @@ def free_port() -> int:
 
 
 def infra_env() -> dict[str, str]:
-    """The broker and database: from the environment when set, else deploy/local/infra.sh's."""
+    """The shared broker and database: from the environment when set, else deploy/local/infra.sh's
+    (started if need be, never stopped by the soak)."""
     if os.environ.get("PARLEY_KAFKA_BOOTSTRAP") and os.environ.get("PARLEY_DATABASE_URL"):
         return {k: os.environ[k] for k in ("PARLEY_KAFKA_BOOTSTRAP", "PARLEY_DATABASE_URL")}
     subprocess.run(["bash", str(REPO / "deploy/local/infra.sh"), "up"], check=True, capture_output=True)
@@ -65,11 +67,6 @@ def infra_env() -> dict[str, str]:
             k, _, v = line[len("export "):].partition("=")
             env[k] = shlex.split(v)[0] if v else ""
     return env
-
-
-def local_infra() -> bool:
-    """True when the infrastructure is deploy/local's own processes (so the soak may restart them)."""
-    return not os.environ.get("PARLEY_KAFKA_BOOTSTRAP")
 
 
 class Balancer:
@@ -200,6 +197,7 @@ class Stack:
     """Names, secrets, database and processes of one soak run."""
 
     infra: dict[str, str]
+    private: PrivateInfra | None = None  # the soak's own broker and database, which faults may restart
     replicas: int = 2
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     procs: dict[str, Proc] = field(default_factory=dict)
@@ -351,9 +349,63 @@ async def delete_topics(bootstrap: str, namespace: str) -> None:
         await admin.close()
 
 
-def restart_infra(component: str) -> float:
-    """Stop and start deploy/local's Kafka or PostgreSQL; returns the seconds it was away."""
-    t0 = time.monotonic()
-    subprocess.run(["bash", str(REPO / "deploy/local/infra.sh"), "down", component], check=True, capture_output=True)
-    subprocess.run(["bash", str(REPO / "deploy/local/infra.sh"), "up", component], check=True, capture_output=True)
-    return time.monotonic() - t0
+class PrivateInfra:
+    """A Kafka broker and a PostgreSQL cluster of the soak's own, on their own ports with their data
+    under the soak's directory, started by the same deploy/local scripts as the shared ones. The soak
+    stops and starts these (the broker and database restart faults) and nobody else is touched; the
+    shared infrastructure on 19092/55432 is never stopped by the soak."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.kafka_port, self.controller_port, self.pg_port = _distinct_free_ports(3)
+        self.started = False
+
+    def _script_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PARLEY_KAFKA_BOOTSTRAP", "PARLEY_DATABASE_URL")}
+        return {**env, "PARLEY_KAFKA_PORT": str(self.kafka_port),
+                "PARLEY_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+                "PARLEY_KAFKA_STATE": str(self.dir / "kafka"),
+                "PARLEY_PG_PORT": str(self.pg_port), "PARLEY_PG_STATE": str(self.dir / "pg")}
+
+    def _run(self, component: str, command: str) -> None:
+        script = {"kafka": "kafka.sh", "postgres": "postgres.sh"}[component]
+        proc = subprocess.run(["bash", str(REPO / "deploy/local" / script), command], env=self._script_env(),
+                              capture_output=True, text=True, timeout=400)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{script} {command} failed:\n{proc.stderr[-3000:]}")
+
+    def env(self) -> dict[str, str]:
+        return {"PARLEY_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.kafka_port}",
+                "PARLEY_DATABASE_URL": f"postgresql://parley:parley@127.0.0.1:{self.pg_port}/parley"}
+
+    def up(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)  # the postgres user (when run as root) must reach its data directory
+        self.started = True
+        self._run("postgres", "up")
+        self._run("kafka", "up")
+
+    def restart(self, component: str) -> float:
+        """Stop and start the private broker or database; returns the seconds it was away."""
+        t0 = time.monotonic()
+        self._run(component, "down")
+        self._run(component, "up")
+        return time.monotonic() - t0
+
+    def down(self, *, remove: bool = True) -> None:
+        if not self.started:
+            return
+        for component in ("kafka", "postgres"):
+            with contextlib.suppress(Exception):
+                self._run(component, "down")
+        self.started = False
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
