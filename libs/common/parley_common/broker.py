@@ -12,11 +12,15 @@ trace ids); its per-message "Received"/"Processed" lines are at DEBUG, so off at
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import OutOfOrderSequenceNumber, UnknownProducerId
+from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -27,6 +31,8 @@ from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from parley_common.settings import CommonSettings
+
+log = logging.getLogger("parley.broker")
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a webhook body may be 3 MB
 #: The most one record (key + value + headers) may take: the producer's request limit (and the
@@ -39,6 +45,38 @@ def record_size(key: bytes | None, value: bytes, headers: Any = ()) -> int:
     """Bytes a record takes against ``MAX_RECORD_BYTES`` (headers as a mapping or pairs)."""
     pairs = headers.items() if isinstance(headers, dict) else headers
     return len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in pairs)
+
+#: The broker's answers when an idempotent producer's sequence numbers or identity no longer match
+#: what it kept for that producer id (after a broker restart, for one). aiokafka fails the batch and
+#: every later one the same way, for good (aio-libs/aiokafka#1017); the Java client bumps its epoch.
+SEQUENCE_DESYNC = (OutOfOrderSequenceNumber, UnknownProducerId)
+
+
+def renew_producer_identity(producer: AIOKafkaProducer, exc: BaseException) -> bool:
+    """After a sequence desync (``exc`` or its cause), make the idempotent ``producer`` ask the
+    broker for a new producer id, with sequence numbers from zero, before its next batch (what the
+    Java producer does). The batch that failed was not written; its caller retries it, so at most
+    that batch is written twice, which every consumer's event-id dedupe absorbs. True if renewed."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, SEQUENCE_DESYNC):
+        seen = seen.__cause__ or seen.__context__
+    txn = getattr(producer, "_txn_manager", None)
+    if seen is None or txn is None or txn.transactional_id is not None:
+        return False
+    txn._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+    txn._pid_waiter = asyncio.get_running_loop().create_future()
+    txn._sequence_numbers.clear()
+    log.warning("Kafka producer out of sequence with the broker; renewing its producer id",
+                extra={"error_type": type(seen).__name__})
+    return True
+
+
+def aiokafka_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
+    """The started FastStream broker's own aiokafka producer (None before start, or in tests)."""
+    state = getattr(getattr(getattr(broker, "config", None), "producer", None), "_producer", None)
+    producer = getattr(state, "producer", None)
+    return producer if isinstance(producer, AIOKafkaProducer) else None
+
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "ack_policy": AckPolicy.NACK_ON_ERROR,

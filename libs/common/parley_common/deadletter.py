@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
+from parley_common.broker import aiokafka_producer, renew_producer_identity
 from parley_common.contracts import DeadLetter
 from parley_common.topics import DEAD_LETTERS
 
@@ -221,6 +222,9 @@ class ConsumerGuard:
             except Exception as exc:
                 if not is_transient(exc):
                     return exc
+                producer = aiokafka_producer(self.broker)
+                if producer is not None:  # a publish through the broker failed out of sequence
+                    renew_producer_identity(producer, exc)
                 await self._back_off(exc, started)
                 continue
             self._recovered()

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate
-from parley_common.broker import MAX_RECORD_BYTES, record_size
+from parley_common.broker import MAX_RECORD_BYTES, aiokafka_producer, record_size, renew_producer_identity
 
 from parley_ingest.domain.records import OutRecord
 
@@ -77,6 +77,9 @@ class RecordWriter:
         except SIZE_REFUSALS as exc:
             raise RecordTooLarge(-1, sum(len(r.value) for r in records)) from exc
         except (TimeoutError, KafkaError, OSError, RuntimeError) as exc:
+            producer = self._aiokafka_producer()
+            if producer is not None:
+                renew_producer_identity(producer, exc)  # else every later write fails the same way
             self._failing_until = time.monotonic() + self._breaker_s
             raise KafkaUnavailable(f"Kafka did not acknowledge: {type(exc).__name__}") from exc
         else:
@@ -87,9 +90,7 @@ class RecordWriter:
 
     def _aiokafka_producer(self) -> AIOKafkaProducer | None:
         """The started broker's own aiokafka producer (same acks=all/idempotent settings)."""
-        state = getattr(getattr(self._broker.config, "producer", None), "_producer", None)
-        producer = getattr(state, "producer", None)
-        return producer if isinstance(producer, AIOKafkaProducer) else None
+        return aiokafka_producer(self._broker)
 
     async def _send_all(self, records: Sequence[OutRecord]) -> None:
         producer = self._aiokafka_producer()

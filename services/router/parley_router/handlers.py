@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, set_span_in_context
-from parley_common.broker import MAX_REQUEST_BYTES
+from parley_common.broker import MAX_REQUEST_BYTES, renew_producer_identity
 from parley_common.contracts import InboundMessage
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, publish_dead_letter
 from parley_common.runtime import Runtime
@@ -112,7 +113,11 @@ class RecordProducer:
                 builder.close()
                 futures.append(await self._producer.send_batch(builder, topic, partition=partition))
         if futures:
-            await asyncio.gather(*futures)
+            try:
+                await asyncio.gather(*futures)
+            except KafkaError as exc:
+                renew_producer_identity(self._producer, exc)  # else every later batch fails the same way
+                raise
 
     async def _partitions(self, topic: str) -> list[int]:
         cached = self._partition_cache.get(topic)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from parley_common.broker import MAX_REQUEST_BYTES
+from aiokafka.errors import KafkaError
+from parley_common.broker import MAX_REQUEST_BYTES, renew_producer_identity
 
 JSON_HEADERS = [("content-type", b"application/json")]
 
@@ -60,4 +61,8 @@ class RecordProducer:
             for topic, key, value in records
         ]
         if futures:
-            await asyncio.gather(*futures)
+            try:
+                await asyncio.gather(*futures)
+            except KafkaError as exc:
+                renew_producer_identity(self._producer, exc)  # else every later batch fails the same way
+                raise
