@@ -304,3 +304,47 @@ async def test_customer_opt_out_in_spanish_stops_marketing_but_not_utility(pipel
     assert sends[utility_id]["outcome"] == "accepted"
     sent_to_customer = pipeline.sim.find_messages(to=customer)
     assert [m.template_name for m in sent_to_customer if m.type == "template"] == ["order_update"]
+
+
+async def test_a_number_meta_flags_refuses_marketing_until_meta_unflags_it(pipeline: Pipeline) -> None:
+    """The simulator (Meta) posts phone_number_quality_update FLAGGED for a number to ingest; the
+    sender refuses marketing from it with the reason, keeps sending utility, and sends marketing
+    again once Meta posts UNFLAGGED (docs/adr/0121-quality-acts-on-sending.md)."""
+    sender = pipeline.sender.server.config.app.state.sender
+    customer = "447911123458"
+
+    def template(name: str, params: list[str]) -> dict[str, Any]:
+        return {"from": PN2, "to": customer, "type": "template", "template": {
+            "name": name, "language": {"code": "en"},
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": p} for p in params]}]}}
+
+    async def send(*messages: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(f"{pipeline.ingest.url}/v1/messages/batch", headers={
+                "Authorization": f"Bearer {pipeline.api_key}"}, json={"messages": list(messages)})
+        assert r.status_code == 202, r.text
+        ids = r.json()["ids"]
+
+        async def results() -> dict[str, dict[str, Any]] | None:
+            sends = {s["message_id"]: s for s in await read_topic(pipeline.kafka_bootstrap, SENDS.name)
+                     if s["message_id"] in ids}
+            return sends if len(sends) == len(ids) else None
+
+        found = await eventually(results, what="send results")
+        return {mid: found[mid] for mid in ids}
+
+    async def standing(held: bool) -> bool:
+        st = sender.standings.get(PN2)
+        return st is not None and st.holds_marketing is held
+
+    pipeline.sim.report_number_event(PN2, "FLAGGED")
+    await eventually(lambda: standing(True), what="the sender learning that Meta flagged the number")
+    sent = await send(template("weekend_offer", ["Ana"]), template("order_update", ["Ana", "B8"]))
+    marketing, utility = sent.values()
+    assert marketing["outcome"] == "refused" and "number_quality_low" in (marketing["reason"] or "")
+    assert utility["outcome"] == "accepted"
+
+    pipeline.sim.report_number_event(PN2, "UNFLAGGED")
+    await eventually(lambda: standing(False), what="the sender learning that Meta unflagged the number")
+    (again,) = (await send(template("weekend_offer", ["Ana"]))).values()
+    assert again["outcome"] == "accepted", again.get("reason")
