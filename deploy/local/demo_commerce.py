@@ -1,12 +1,18 @@
 """`make run` sells tickets: in-chat commerce through the whole pipeline (issue 11, ADR 0110-0112).
 
 Each customer writes that they want a ticket (in their language), gets a product list, sends a
-cart, picks a seat in a Flow (this script plays Meta's side of the Flow: every request signed and
-encrypted as Meta does; customers race for the same seats), completes the Flow, receives an
-``order_details`` request and pays (the simulator captures most payments and fails some). Paid
-orders sell their held seat and get an ``order_status`` (the ticket); failed ones release it.
-Some customers then ask for a refund: billing records it and tells them with ``order_status``,
-and the gateway's refund comes back from Meta as a payment update.
+cart and receives the seat-selection Flow (an interactive ``flow`` message). The Cloud API
+simulator's customer opens it and plays it against ingest's Flows endpoint as WhatsApp does
+(every request encrypted and signed as Meta documents; customers race for the same seats) and
+sends the ``nfm_reply`` when it closes (ADR 0124). The shop sees the seat its customer holds
+(``GET /v1/flows/seats/holds/{flow_token}``), sends an ``order_details`` request, and the customer
+pays (the simulator captures most payments and fails some). Paid orders sell their held seat
+and get an ``order_status`` (the ticket); failed ones release it. Some customers then ask for a
+refund: billing records it and tells them with ``order_status``, and the gateway's refund comes
+back from Meta as a payment update.
+
+This module plays the business's own systems (the ticket shop behind the router's ``buy_ticket``
+route, ADR 0110); Parley holds no catalogue and sells nothing by itself.
 
 ``sell_tickets`` drives it and ``commerce_summary`` prints orders by state, seats sold, revenue
 and refunds; the end-to-end test (tests/commerce/test_commerce_e2e.py) runs the same functions.
@@ -16,9 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
-import json
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +41,8 @@ WANT_TICKET = {
 }
 REFUND_SHARE = 0.25
 SEATS = [f"{row}{col}" for row in range(1, 6) for col in "ABCD"]
+SEAT_FLOW_ID = "seat-picker"  # the seat Flow as Meta (the simulator) knows it: deploy/demo/simulator.yaml
+SEAT_FLOW_SECONDS = 40.0  # how long the shop waits for its customer to pick a seat
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class Shop:
     tenant_id: str
     phone_number_id: str
     api_key: str
-    app_secret: str
+    access_token: str  # the Graph API token of the shop's WABA (uploads the Flows public key)
     currency: str
     languages: tuple[str, ...]
     trips: tuple[tuple[str, str, int], ...]  # (trip_id, title, price in 1/100)
@@ -84,26 +89,21 @@ async def add_trips(database_url: str, shops: list[Shop], run: str) -> None:
         await pool.close()
 
 
-class MetaFlows:
-    """Meta's side of a Flow: requests signed with the app secret and encrypted with the number's key."""
+async def upload_flows_public_key(client: httpx.AsyncClient, sim_url: str, shop: Shop, private_pem: str) -> None:
+    """The shop registers its number's Flows public key with Meta, as Meta's docs ask."""
+    from cryptography.hazmat.primitives import serialization
 
-    def __init__(self, client: httpx.AsyncClient, ingest_url: str, shop: Shop, public_key: Any) -> None:
-        self.client, self.url, self.shop, self.public_key = client, ingest_url, shop, public_key
-
-    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from parley_ingest.domain.flows import decrypt_response, encrypt_request
-
-        aes_key, iv = os.urandom(16), os.urandom(16)
-        raw = json.dumps(encrypt_request(payload, self.public_key, aes_key, iv)).encode()
-        sig = "sha256=" + hmac.new(self.shop.app_secret.encode(), raw, hashlib.sha256).hexdigest()
-        r = await self.client.post(f"{self.url}/flows/{self.shop.phone_number_id}", content=raw,
-                                   headers={"x-hub-signature-256": sig, "content-type": "application/json"})
-        r.raise_for_status()
-        return dict(decrypt_response(r.content, aes_key, iv))
+    key = serialization.load_pem_private_key(private_pem.encode(), None)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    r = await client.post(f"{sim_url}/v24.0/{shop.phone_number_id}/whatsapp_business_encryption",
+                          data={"business_public_key": public},
+                          headers={"Authorization": f"Bearer {shop.access_token}"})
+    r.raise_for_status()
 
 
 async def sell_tickets(*, client: httpx.AsyncClient, shops: list[Shop], customers: dict[str, list[str]],
-                       ingest_url: str, billing_url: str, sim_url: str, public_key: Any, run: str,
+                       ingest_url: str, billing_url: str, sim_url: str, run: str,
                        rng: random.Random, stop: asyncio.Event | None = None) -> dict[str, Any]:
     """The whole story for every customer; returns what happened (counts and order references)."""
     stats: Counter[str] = Counter()
@@ -120,6 +120,17 @@ async def sell_tickets(*, client: httpx.AsyncClient, shops: list[Shop], customer
                               json={"phone_number_id": shop.phone_number_id, "messages": [spec]})
         r.raise_for_status()
         return str(r.json()["messages"][0]["wamid"])
+
+    async def picked_seat(shop: Shop, token: str) -> dict[str, Any] | None:
+        """The seat the customer's Flow holds for ``token`` (the reference seat backend's state)."""
+        deadline = asyncio.get_running_loop().time() + SEAT_FLOW_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
+            r = await client.get(f"{ingest_url}/v1/flows/seats/holds/{token}",
+                                 headers={"Authorization": f"Bearer {shop.api_key}"})
+            if r.status_code == 200 and r.json()["seats"]:
+                return dict(r.json()["seats"][0])
+            await asyncio.sleep(0.5)
+        return None
 
     # 1. everyone asks for a ticket (some came from a click-to-WhatsApp ad)
     for shop in shops:
@@ -146,38 +157,21 @@ async def sell_tickets(*, client: httpx.AsyncClient, shops: list[Shop], customer
                 "catalog_id": f"cat-{shop.tenant_id}", "text": "one seat please",
                 "product_items": [{"product_retailer_id": trip_id, "quantity": 1,
                                    "item_price": price / 100, "currency": shop.currency}]}})
-            # the Flow: trips, seats, a seat held (customers race for the same seats), confirmed
-            meta = MetaFlows(client, ingest_url, shop, public_key)
+            # the seat Flow: the customer plays it with Meta (the simulator); the shop waits for the hold
             token = f"ft-{tag}"
-            await meta.call({"version": "3.0", "action": "INIT", "flow_token": token})
-            seats = await meta.call({"version": "3.0", "action": "data_exchange", "flow_token": token,
-                                     "screen": "TRIPS", "data": {"trip_id": trip_id}})
-            seat = None
-            for _ in range(4):
-                free = [s["id"] for s in seats["data"]["seats"]]
-                if not free:
-                    break
-                pick = rng.choice(free[:4])
-                answer = await meta.call({"version": "3.0", "action": "data_exchange", "flow_token": token,
-                                          "screen": "SEATS", "data": {"trip_id": trip_id, "seat_id": pick}})
-                if answer["screen"] == "CONFIRM":
-                    seat = pick
-                    break
-                stats["seat_taken_retry"] += 1
-                seats = answer
-            if seat is None:
-                stats["sold_out"] += 1
+            await send(shop, {"to": customer, "type": "interactive", "reply_to": cart, "interactive": {
+                "type": "flow", "body": {"text": "Choose your seat"}, "action": {"name": "flow", "parameters": {
+                    "flow_message_version": "3", "flow_token": token, "flow_id": SEAT_FLOW_ID,
+                    "flow_cta": "Choose a seat", "flow_action": "data_exchange"}}}}, f"fl-{tag}")
+            held = await picked_seat(shop, token)
+            if held is None:
+                stats["no_seat_picked"] += 1
                 return
-            done = await meta.call({"version": "3.0", "action": "data_exchange", "flow_token": token,
-                                    "screen": "CONFIRM", "data": {"trip_id": trip_id, "seat_id": seat}})
-            if done["screen"] != "SUCCESS":
-                stats["hold_expired"] += 1
-                return
-            await inbound(shop, {"from": customer, "nfm_reply": {
-                "response_json": json.dumps(done["data"]["extension_message_response"]["params"])}})
+            trip_id, seat, title = held["trip_id"], held["seat_id"], held["title"]
+            amount = {"value": int(held["price"]["value"]), "offset": int(held["price"]["offset"])}
+            price = amount["value"]
             # the payment request
             ref = f"t{hashlib.sha256(tag.encode()).hexdigest()[:20]}"
-            amount = {"value": price, "offset": 100}
             await send(shop, {"to": customer, "type": "interactive", "reply_to": cart, "interactive": {
                 "type": "order_details", "body": {"text": f"{title}, seat {seat}"},
                 "action": {"name": "review_and_pay", "parameters": {

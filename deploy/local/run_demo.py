@@ -416,14 +416,16 @@ async def main() -> int:
 
 def demo_shops(env: dict[str, str], keys: dict[str, str]) -> list[demo_commerce.Shop]:
     """The demo tenants that sell tickets in the chat (their Flows key: settings.flows in tenants.yaml)."""
-    secret = env["PARLEY_DEMO_APP_SECRET"]
+    token, token2 = env["PARLEY_DEMO_ACCESS_TOKEN"], env["PARLEY_DEMO_APP2_ACCESS_TOKEN"]
     return [
-        demo_commerce.Shop("dhaka-tickets", "100000000000001", keys["dhaka-tickets"], secret, "BDT",
+        demo_commerce.Shop("dhaka-tickets", "100000000000001", keys["dhaka-tickets"], token, "BDT",
                            ("bn", "bn-latn", "en"),
                            (("DHK-CTG", "Dhaka → Chattogram 08:00", 120000),
                             ("DHK-SYL", "Dhaka → Sylhet 10:30", 90000))),
-        demo_commerce.Shop("istanbul-events", "100000000000002", keys["istanbul-events"], secret, "TRY",
-                           ("tr", "en"), (("IST-KONSER", "Konser, Harbiye 21:00", 75000),)),
+        demo_commerce.Shop("istanbul-events", "100000000000002", keys["istanbul-events"], token, "TRY",
+                           ("tr", "en"), (("IST-ANK", "İstanbul → Ankara 09:00", 75000),)),
+        demo_commerce.Shop("jakarta-shop", "100000000000004", keys["jakarta-shop"], token2, "IDR",
+                           ("id", "en"), (("JKT-BDG", "Jakarta → Bandung 07:30", 15000000),)),
     ]
 
 
@@ -431,7 +433,6 @@ async def sell_tickets(env: dict[str, str], keys: dict[str, str], buyers: int, s
     """In-chat commerce: product list, cart, seat Flow, payment, ticket, some refunds (demo_commerce.py)."""
     import random
 
-    from cryptography.hazmat.primitives import serialization
     from demo_traffic import fictional_number
 
     if buyers <= 0:
@@ -441,13 +442,14 @@ async def sell_tickets(env: dict[str, str], keys: dict[str, str], buyers: int, s
     rng = random.Random(run)
     await demo_commerce.add_trips(env["PARLEY_DATABASE_URL"], shops, run)
     customers = {s.tenant_id: [fictional_number(rng) for _ in range(buyers // len(shops))] for s in shops}
-    public_key = serialization.load_pem_private_key(env["PARLEY_DEMO_FLOWS_KEY"].encode(), None).public_key()
     say(f"selling tickets in the chat to {sum(map(len, customers.values()))} customers")
+    sim_url = f"http://127.0.0.1:{PORTS['simulator']}"
     async with httpx.AsyncClient(timeout=30) as client:
+        for shop in shops:
+            await demo_commerce.upload_flows_public_key(client, sim_url, shop, env["PARLEY_DEMO_FLOWS_KEY"])
         return await demo_commerce.sell_tickets(
             client=client, shops=shops, customers=customers, ingest_url=f"http://127.0.0.1:{PORTS['ingest']}",
-            billing_url=f"http://127.0.0.1:{PORTS['billing']}", sim_url=f"http://127.0.0.1:{PORTS['simulator']}",
-            public_key=public_key, run=run, rng=rng, stop=stop)
+            billing_url=f"http://127.0.0.1:{PORTS['billing']}", sim_url=sim_url, run=run, rng=rng, stop=stop)
 
 
 async def print_commerce_summary(env: dict[str, str], keys: dict[str, str], result: dict[str, Any]) -> None:

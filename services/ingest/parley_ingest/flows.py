@@ -228,6 +228,11 @@ def seats_api_router(svc: IngestServices) -> APIRouter:
     async def counts(tenant: TenantDep) -> dict[str, Any]:
         return {"tenant_id": tenant.tenant_id, "seats": await store().seat_counts(tenant.tenant_id)}
 
+    @router.get("/holds/{flow_token}", summary="The seats a flow token holds or bought (what the customer picked)")
+    async def holds(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)]
+                    ) -> dict[str, Any]:
+        return {"flow_token": flow_token, "seats": await store().holds_of(tenant.tenant_id, flow_token)}
+
     return router
 
 

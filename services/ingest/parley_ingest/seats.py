@@ -134,6 +134,19 @@ class SeatStore:
             " FROM ingest.flow_seats WHERE tenant_id = $1 GROUP BY 1", tenant_id)
         return {r["s"]: r["count"] for r in rows}
 
+    async def holds_of(self, tenant_id: str, token: str) -> list[dict[str, Any]]:
+        """The token's seats that are held (and not expired) or sold: what the customer picked."""
+        rows = await self.pool.fetch(
+            "SELECT s.trip_id, s.seat_id, s.state, s.held_until, s.sold_ref, t.currency, t.price_value,"
+            " t.price_offset, t.title FROM ingest.flow_seats s JOIN ingest.flow_trips t"
+            " ON t.tenant_id = s.tenant_id AND t.trip_id = s.trip_id"
+            " WHERE s.tenant_id = $1 AND s.holder = $2 AND (s.state = 'sold' OR (s.state = 'held'"
+            " AND s.held_until >= now())) ORDER BY s.trip_id, s.seat_id", tenant_id, token)
+        return [{"trip_id": r["trip_id"], "seat_id": r["seat_id"], "state": r["state"], "title": r["title"],
+                 "held_until": r["held_until"].isoformat() if r["held_until"] else None,
+                 "price": {"value": r["price_value"], "offset": r["price_offset"]}, "currency": r["currency"]}
+                for r in rows]
+
 
 class SeatSelectionBackend:
     """INIT, data_exchange and BACK of the seat-selection Flow, for one tenant at a time."""

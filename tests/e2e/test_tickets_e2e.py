@@ -1,6 +1,7 @@
 """From "I want a ticket" to a refund, through the whole pipeline on real Kafka and PostgreSQL:
-the simulator (Meta: webhooks, payments), ingest (send API, Flows endpoint, seats), router,
-sender and billing (orders), driven by the demo's own commerce script (deploy/local)."""
+the simulator (Meta: webhooks, payments, and the customers' side of the seat Flow, ADR 0124),
+ingest (send API, Flows endpoint, seats), router, sender and billing (orders), driven by the
+demo's own ticket shop (deploy/local/demo_commerce.py), which plays the business."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from e2e.conftest import Served  # tests/ is on sys.path (rootdir package layout)
+from commerce.conftest import FLOW_KEY, STRANGER_KEY, eventually, pem, read_topic
 
-from .conftest import FLOW_KEY, pem
+from .conftest import Served
 
 pytestmark = pytest.mark.infra
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +64,11 @@ async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Sh
         "behaviour": {"delivered_ratio": 1.0, "unknown_recipient_pattern": None, "sent_delay_ms": 10,
                       "delivered_delay_ms": 50, "read_delay_ms": 100, "pair_burst": 1000,
                       "payment_capture_ratio": 0.7, "payment_fail_ratio": 0.3,
-                      "payment_pending_delay_ms": 50, "payment_outcome_delay_ms": 150},
+                      "payment_pending_delay_ms": 50, "payment_outcome_delay_ms": 150,
+                      "flow_open_delay_ms": 50, "flow_screen_delay_ms": 20},
+        "flows": [{"flow_id": demo_commerce.SEAT_FLOW_ID, "endpoint_uri": f"{ingest.url}/flows/{{phone_number_id}}",
+                   "screens": {"TRIPS": {"choose_from": "trips", "submit_as": "trip_id"},
+                               "SEATS": {"choose_from": "seats", "submit_as": "seat_id"}}}],
         "seed": 11,
     })
     sim = CloudApiSimulator(config)
@@ -92,7 +97,7 @@ async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Sh
         for served in (ingest, router, sender, billing):
             await served.start()
             started.append(served)
-        shop = demo_commerce.Shop(TENANT, PN, api_key, SECRET, "INR", ("en", "bn-latn", "id", "tr"),
+        shop = demo_commerce.Shop(TENANT, PN, api_key, TOKEN, "INR", ("en", "bn-latn", "id", "tr"),
                                   (("BLR-MYS", "Bengaluru → Mysuru", 45000), ("BLR-CHN", "Bengaluru → Chennai", 90000)))
         yield Shopfront(sim, ingest, billing, simulator, shop)
     finally:
@@ -100,18 +105,25 @@ async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Sh
             await served.stop()
 
 
-async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(shopfront: Shopfront, database_url: str
-                                                                         ) -> None:
+async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(
+        shopfront: Shopfront, database_url: str, kafka_bootstrap: str) -> None:
+    from parley_common.topics import MESSAGES_IN
+
     shop = shopfront.shop
     rng = random.Random(5)
     customers = {TENANT: [f"9198450{n:05d}" for n in range(14)]}
     await demo_commerce.add_trips(database_url, [shop], "e2e")
     async with httpx.AsyncClient(timeout=30) as client:
+        await demo_commerce.upload_flows_public_key(client, shopfront.simulator.url, shop, pem(FLOW_KEY))
         result = await demo_commerce.sell_tickets(
             client=client, shops=[shop], customers=customers, ingest_url=shopfront.ingest.url,
-            billing_url=shopfront.billing.url, sim_url=shopfront.simulator.url, public_key=FLOW_KEY.public_key(),
-            run="e2e", rng=rng)
+            billing_url=shopfront.billing.url, sim_url=shopfront.simulator.url, run="e2e", rng=rng)
         stats = result["stats"]
+        # every customer's seat Flow was played by Meta's side (the simulator) and completed
+        sessions = [f for f in shopfront.sim.flow_sessions.values() if f.flow_token.startswith("ft-e2e-")]
+        assert len(sessions) == 14 and all(f.outcome == "completed" for f in sessions), \
+            [(f.outcome, f.problem) for f in sessions]
+        assert stats.get("no_seat_picked", 0) == 0 and len(result["orders"]) == 14, stats
         assert stats["asked"] == 14 and stats.get("sends_refused_422", 0) == 0, stats
         paid = stats.get("payment_captured", 0)
         assert paid + stats.get("payment_payment_failed", 0) == len(result["orders"]) > 0, stats
@@ -131,8 +143,6 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(shopfro
         expected = Counter({"completed": paid - refunds, "refunded_fully": refunds,
                             "payment_failed": stats.get("payment_payment_failed", 0)})
         expected = Counter({k: v for k, v in expected.items() if v})
-        from .conftest import eventually
-
         async def settled() -> Counter[str] | None:
             got = await states()
             return got if got == expected else None
@@ -152,13 +162,25 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(shopfro
                                                      billing_url=shopfront.billing.url, result=result)
         assert any("sold twice: 0" in line for line in lines)
 
+    # the Flows' completions (nfm_reply) reached the pipeline as the customers' messages
+    tokens = {f.flow_token for f in sessions}
+
+    async def completions() -> set[str] | None:
+        got = set()
+        for r in await read_topic(kafka_bootstrap, MESSAGES_IN.name):
+            msg = orjson.loads(r.value)
+            reply = (msg.get("payload") or {}).get("nfm_reply")
+            if reply:
+                got.add(json.loads(reply["response_json"])["flow_token"])
+        return got if tokens <= got else None
+
+    await eventually(completions, "an nfm_reply on wa.messages.in for every completed seat Flow")
+
 
 async def test_the_simulator_plays_metas_side_of_a_flow_and_sends_the_completion(
         shopfront: Shopfront, database_url: str, kafka_bootstrap: str) -> None:
     from cryptography.hazmat.primitives import serialization
     from parley_common.topics import MESSAGES_IN
-
-    from .conftest import STRANGER_KEY, eventually, read_topic
 
     await demo_commerce.add_trips(database_url, [shopfront.shop], "sim")
     public = FLOW_KEY.public_key().public_bytes(serialization.Encoding.PEM,
