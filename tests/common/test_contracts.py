@@ -41,3 +41,14 @@ def test_redactor_pseudonymises_phone_numbers_and_sensitive_fields():
     assert r.scrub_value("text", "my secret order") != "my secret order"
     assert r.pseudonym("8801700000001") == r.pseudonym("8801700000001")
     assert Redactor("other").pseudonym("8801700000001") != r.pseudonym("8801700000001")
+
+
+def test_redactor_pseudonymises_contacts_bsuids_and_usernames_like_phone_numbers():
+    r = Redactor("k")
+    bsuid, username = "BD.71349120865530274", "@rahim.buys"
+    # a contact key is a phone number or a BSUID: personal data wherever it is logged
+    assert r.scrub_value("contact_id", bsuid) == r.pseudonym(bsuid)
+    assert r.scrub_value("absorbed", [bsuid]) == [r.pseudonym(bsuid)]
+    assert r.scrub_value("contacts", {bsuid: bsuid}) == {r.pseudonym(bsuid): r.pseudonym(bsuid)}
+    text = r.scrub_text(f"contact {bsuid} ({username}) merged")
+    assert bsuid not in text and "rahim" not in text and text.count("h:") == 2

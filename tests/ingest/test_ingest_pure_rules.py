@@ -40,7 +40,10 @@ def test_recipient_number_is_normalised_to_e164_digits() -> None:
 
 def test_cross_field_rules_name_the_field() -> None:
     assert _req().problems() == []
-    assert ("to", "give exactly one of 'to' or 'to_user_id'") in _req(to_user_id="US.1234").problems()
+    assert ("to", "give one of 'to' or 'to_user_id', not both") in _req(to_user_id="US.1234").problems()
+    nobody = _req(to=None).problems()
+    assert nobody == [("to", "give 'to' or 'to_user_id', or 'reply_to' to answer the sender of that message")]
+    assert _req(to=None, reply_to="wamid.IN1").problems() == []  # the reply goes to whoever wrote wamid.IN1
     audio = _req(type="audio", text=None)
     assert audio.problems() == [("audio", "a 'audio' message needs the 'audio' object")]
     fields = [f for f, _ in _req(image={"id": "m1"}).problems()]

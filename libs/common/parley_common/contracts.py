@@ -124,6 +124,9 @@ class InboundMessage(Event):
     customer_user_id: str | None = None  # business-scoped user id (BSUID)
     customer_parent_user_id: str | None = None
     customer_username: str | None = None
+    # The customer's contact in the tenant (docs/adr/0117-contacts.md), decided by ingest from
+    # every identifier Meta sent; every rule about a person keys on it.
+    contact_id: str | None = None
     profile_name: str | None = None
     type: str  # one of MESSAGE_TYPES, or a value Meta added later
     text: str | None = None  # text body, caption, or the title of a reply
@@ -141,12 +144,12 @@ class InboundMessage(Event):
 
     @property
     def customer_id(self) -> str:
-        """The identity to key per-customer state on: phone number, else BSUID.
+        """The identity to key per-customer state on: the contact, else phone number, else BSUID.
 
         A message Meta sent without any sender is its own customer (``no-sender:<wamid>``), so
         two such messages never share a window, a consent state or a pair-rate budget.
         """
-        return self.customer_wa_id or self.customer_user_id or f"no-sender:{self.wamid}"
+        return self.contact_id or self.customer_wa_id or self.customer_user_id or f"no-sender:{self.wamid}"
 
 
 # --- wa.statuses ---------------------------------------------------------------------------
@@ -175,6 +178,8 @@ class MessageStatus(Event):
     status: str  # sent | delivered | read | failed | played | (new values kept)
     recipient_id: str | None = None
     recipient_user_id: str | None = None
+    recipient_parent_user_id: str | None = None
+    contact_id: str | None = None  # the recipient's contact in the tenant (ADR 0117)
     biz_opaque_callback_data: str | None = None
     pricing: Pricing | None = None
     conversation: Conversation | None = None
@@ -184,6 +189,11 @@ class MessageStatus(Event):
     @staticmethod
     def make_event_id(wamid: str, status: str) -> str:
         return f"{wamid}:{status}"
+
+    @property
+    def customer_id(self) -> str | None:
+        """The recipient's contact, else the phone number or BSUID the status names."""
+        return self.contact_id or self.recipient_id or self.recipient_user_id
 
 
 # --- wa.account.events ---------------------------------------------------------------------
@@ -200,6 +210,22 @@ class AccountEvent(Event):
     kind: str
     value: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)  # what could not be normalised (see above)
+    # The contact of each customer identifier the event names (``user_preferences``,
+    # ``user_id_update``), added by ingest (ADR 0117).
+    contacts: dict[str, str] = Field(default_factory=dict)
+
+
+class ContactMerged(Event):
+    """Two or more contacts of a tenant turned out to be one person (on wa.account.events).
+
+    Ingest decided it (a webhook named identifiers held by different contacts; ADR 0117): every
+    service folds the state it keeps under an ``absorbed`` key into ``contact_id``. event_id is a
+    hash of (tenant, contact, absorbed), so a repeat is recognised.
+    """
+
+    kind: Literal["contact_merged"] = "contact_merged"
+    contact_id: str
+    absorbed: list[str]
 
 
 class ConsentChange(Event):
@@ -349,6 +375,7 @@ class OutboundMessage(Event):
     message_id: str
     to: str | None = None  # customer's phone number (E.164 without +) ...
     to_user_id: str | None = None  # ... or BSUID
+    contact_id: str | None = None  # the customer's contact in the tenant, set by ingest (ADR 0117)
     type: str  # one of SEND_TYPES (a string, so a request of another type is refused, not undecodable)
     content: dict[str, Any] = Field(default_factory=dict)  # the type object for Meta
     template: TemplateRef | None = None
@@ -362,7 +389,13 @@ class OutboundMessage(Event):
 
     @property
     def recipient(self) -> str:
+        """Whom Meta is asked to send to (the address)."""
         return self.to or self.to_user_id or ""
+
+    @property
+    def customer_id(self) -> str:
+        """Whom the per-person rules are about: the contact, else the address."""
+        return self.contact_id or self.to or self.to_user_id or ""
 
 
 # --- wa.messages.routed --------------------------------------------------------------------

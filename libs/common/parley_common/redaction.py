@@ -1,4 +1,4 @@
-"""Keep phone numbers, user ids and message text out of logs, span attributes and metric labels.
+"""Keep phone numbers, user ids, usernames, contact keys and message text out of logs, spans and metrics.
 
 Values under a sensitive key (``text``, ``to``, ``user_id``…) become a keyed pseudonym, at any depth
 of a structured value; elsewhere, text that looks like a phone number or a business-scoped user id
@@ -16,6 +16,8 @@ from collections.abc import Mapping
 _PHONE = re.compile(r"\+?\d[\d \-()]{7,}\d")
 # ISO country code, a dot, alphanumerics (``US.ENT.…`` for a parent BSUID); Meta's format.
 _BSUID = re.compile(r"\b[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{6,128}\b")
+# A WhatsApp username as Meta shows it (``@jo.buys``); an e-mail address's local part goes too.
+_USERNAME = re.compile(r"(?<![\w.])@[A-Za-z0-9][A-Za-z0-9._]{1,62}[A-Za-z0-9]")
 # pydantic: "... [type=string_type, input_value='hello there', input_type=str]"
 _PYDANTIC_INPUT = re.compile(r"input_value=.*?(?=, input_type=)", re.S)
 _SENSITIVE_KEYS = frozenset({
@@ -24,7 +26,10 @@ _SENSITIVE_KEYS = frozenset({
     "display_phone_number", "customer_username", "username", "user_id", "parent_user_id",
     "customer_user_id", "customer_parent_user_id", "recipient_user_id", "recipient_parent_user_id",
     "to_user_id", "input", "payload", "value", "request", "request_json",
+    # contacts (ADR 0117): a contact key is a phone number or a BSUID
+    "contact_id", "contacts", "absorbed", "customer", "bsuid", "parent_bsuid",
 })
+_PERSONAL = re.compile(f"(?P<bsuid>{_BSUID.pattern})|(?P<username>{_USERNAME.pattern})|(?P<phone>{_PHONE.pattern})")
 _MAX_DEPTH = 8
 
 
@@ -39,8 +44,13 @@ class Redactor:
 
     def scrub_text(self, text: str) -> str:
         text = _PYDANTIC_INPUT.sub("input_value=<redacted>", text)
-        text = _BSUID.sub(lambda m: self.pseudonym(m.group()), text)
-        return _PHONE.sub(lambda m: self.pseudonym(re.sub(r"\D", "", m.group())), text)
+        # one pass, so that a pseudonym's own digits are never taken for a phone number
+        return _PERSONAL.sub(self._pseudonym_of_match, text)
+
+    def _pseudonym_of_match(self, m: re.Match[str]) -> str:
+        if m.lastgroup == "phone":
+            return self.pseudonym(re.sub(r"\D", "", m.group()))
+        return self.pseudonym(m.group())
 
     def scrub_value(self, key: str, value: object, _depth: int = 0) -> object:
         """``value`` as it may be logged under ``key``: containers are scrubbed item by item."""
@@ -51,7 +61,10 @@ class Redactor:
         if _depth >= _MAX_DEPTH:
             return value if isinstance(value, int | float | bool | None) else "<redacted: nested too deep>"
         if isinstance(value, Mapping):
-            return {k: self.scrub_value(str(k), v, _depth + 1) for k, v in value.items()}
+            # under a sensitive key the keys may be personal too (identifier → contact)
+            sensitive = key.lower() in _SENSITIVE_KEYS
+            return {(self.scrub_text(str(k)) if sensitive else k): self.scrub_value(str(k), v, _depth + 1)
+                    for k, v in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
             return [self.scrub_value(key, v, _depth + 1) for v in value]
         if isinstance(value, bytes):

@@ -75,12 +75,12 @@ def read_inputs(webhook_lines: Iterable[bytes], send_lines: Iterable[bytes] | No
                 if fact is not None:
                     statuses.append(fact)
                     if fact.user_id:
-                        contacts.setdefault(fact.user_id, fact.customer)
+                        contacts.setdefault(fact.user_id, fact.phone or fact.customer)
             for m in hook.messages:
                 rec = inbound_record(m.model_dump(mode="json"))
                 inbound[(rec.phone_number_id, rec.customer)].append(InboundFact(rec.at, rec.referral))
                 if rec.user_id:
-                    contacts.setdefault(rec.user_id, rec.customer)
+                    contacts.setdefault(rec.user_id, rec.phone or rec.customer)
         except FactError as exc:
             raise RaterInputError(f"{where}: {exc}") from None
     sends: dict[str, SendFact] = {}

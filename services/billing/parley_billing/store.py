@@ -130,7 +130,8 @@ class Metering:
         self._known_contacts: dict[str, None] = {}
 
     def _unknown_contacts(self, facts: Iterable[StatusFact | InboundRecord]) -> dict[str, str]:
-        return {f.user_id: f.customer for f in facts if f.user_id and f.user_id not in self._known_contacts}
+        return {f.user_id: f.phone or f.customer for f in facts
+                if f.user_id and f.user_id not in self._known_contacts}
 
     def _remember_contacts(self, contacts: dict[str, str]) -> None:
         """Called after the transaction that stored ``contacts`` committed."""

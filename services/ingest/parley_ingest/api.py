@@ -156,6 +156,18 @@ def api_router(svc: IngestServices) -> APIRouter:
             if m.from_ not in tenant.phone_number_ids:
                 where = "from" if endpoint == "messages" else f"messages.{i}.from"
                 return _problem(403, f"'{where}' is not a phone number id of this API key's tenant")
+        try:
+            contacts = await svc.require_contacts().addressees(
+                tenant.tenant_id, [(m.to, m.to_user_id, m.reply_to) for m in messages])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return _problem(503, "database unavailable, retry", {"Retry-After": "1"})
+        unknown = [
+            ("reply_to" if endpoint == "messages" else f"messages.{i}.reply_to",
+             "names no inbound message of this tenant; give 'to' or 'to_user_id'")
+            for i, (m, c) in enumerate(zip(messages, contacts, strict=True)) if c is None and not (m.to or m.to_user_id)
+        ]
+        if unknown:
+            return validation_failed(unknown)
         store = svc.require_store()
         request_hash = request_fingerprint(endpoint, fingerprint)
         if key is not None:
@@ -180,6 +192,7 @@ def api_router(svc: IngestServices) -> APIRouter:
                 now=now,
                 origin=origin,
                 tenant_source=source,
+                contact=contacts[i],
             )
             for i, m in enumerate(messages)
         ]

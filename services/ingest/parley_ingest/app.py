@@ -18,6 +18,7 @@ from parley_common.runtime import build_runtime, make_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley_ingest.api import api_router, request_validation_handler
+from parley_ingest.contacts import ContactBook
 from parley_ingest.flows import FlowRoute, flow_handler, flows_router, seats_api_router
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
@@ -30,6 +31,8 @@ log = logging.getLogger("parley.ingest")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 PURGE_INTERVAL_S = 600.0
+# How long a reply naming no one can still find the sender of the message it answers.
+INBOUND_CONTACT_DAYS = 30
 
 
 class ApiBodyLimit:
@@ -176,7 +179,8 @@ def create_app(
     async def start_store() -> None:
         svc.store = IdempotencyStore(rt.require_pool(), ttl_hours=settings.idempotency_ttl_hours)
         svc.rate_windows = RateWindows(rt.require_pool())
-        tasks.append(asyncio.create_task(_purge_forever(svc.store, svc.rate_windows)))
+        svc.contacts = ContactBook(rt.require_pool())
+        tasks.append(asyncio.create_task(_purge_forever(svc.store, svc.rate_windows, svc.contacts)))
         tasks.append(asyncio.create_task(_tune_gc_once_started(rt.broker, settings)))
 
     async def stop_store() -> None:
@@ -217,13 +221,14 @@ async def _tune_gc_once_started(broker: KafkaBroker, settings: IngestSettings) -
                                                 "thresholds": gc.get_threshold()})
 
 
-async def _purge_forever(store: IdempotencyStore, rate_windows: RateWindows) -> None:
+async def _purge_forever(store: IdempotencyStore, rate_windows: RateWindows, contacts: ContactBook) -> None:
     while True:
         try:
             purged = await store.purge_expired()
             if purged:
                 log.info("purged expired idempotency keys", extra={"count": purged})
             await rate_windows.purge(time.time())
+            await contacts.purge_inbound(INBOUND_CONTACT_DAYS)
         except Exception:
-            log.exception("purging idempotency keys or rate windows failed")
+            log.exception("purging idempotency keys, rate windows or inbound contacts failed")
         await asyncio.sleep(PURGE_INTERVAL_S)

@@ -15,11 +15,13 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from parley_common.broker import kafka_client_options, kafka_security, make_broker
+from parley_common.contracts import ContactMerged
 from parley_common.db import create_pool
 from parley_common.meta import InvalidWebhookJson, normalise_raw_webhook
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import WEBHOOKS_RAW
 
+from parley_ingest.contacts import ContactBook, stamp, work_of_webhook
 from parley_ingest.domain.records import (
     H_APP_ID,
     H_RECEIVED_AT,
@@ -27,6 +29,7 @@ from parley_ingest.domain.records import (
     OutRecord,
     dead_letter_record,
     event_records,
+    merge_records,
 )
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.services import DirectoryTenants
@@ -52,8 +55,12 @@ async def replay_raw(
     pool = await create_pool(settings.database_url, min_size=1, max_size=1)  # with the json codecs
     try:
         directory = await TenantDirectory.load(pool)
-    finally:
+    except BaseException:
         await pool.close()
+        raise
+    # the events go out with their customers' contacts, as when ingest first took them (ADR 0117)
+    book = None if dry_run else ContactBook(pool)
+    merges: list[ContactMerged] = []
     report = ReplayReport()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -93,22 +100,26 @@ async def replay_raw(
                     if msg.timestamp >= end_ms:
                         remaining.discard(tp)
                         break
-                    pending += _records_of(msg.value, dict(msg.headers), directory, report)
+                    pending += await _records_of(msg.value, dict(msg.headers), directory, report, book, merges)
                     if msg.offset + 1 >= ends[tp]:
                         remaining.discard(tp)
             if len(pending) >= batch_records or not remaining:
                 if not dry_run:
                     await writer.write_all(pending)
-                pending = []
+                if book is not None:
+                    await book.announced(merges)
+                pending, merges = [], []
     finally:
         await consumer.stop()
+        await pool.close()
         if not dry_run:
             await broker.stop()
     return report
 
 
-def _records_of(
-    raw: bytes | None, headers: dict[str, bytes], directory: TenantDirectory, report: ReplayReport
+async def _records_of(
+    raw: bytes | None, headers: dict[str, bytes], directory: TenantDirectory, report: ReplayReport,
+    book: ContactBook | None = None, merges: list[ContactMerged] | None = None,
 ) -> list[OutRecord]:
     app_id = headers.get(H_APP_ID, b"").decode()
     if raw is None or headers.get(H_SIGNATURE_VALID) != b"true" or not app_id:
@@ -125,7 +136,14 @@ def _records_of(
     report.webhooks += 1
     report.events += normalised.event_count
     report.problems += len(normalised.problems)
-    return event_records(normalised, app_id=app_id) + [
+    found: list[ContactMerged] = []
+    if book is not None:
+        work, numbers = work_of_webhook(normalised)
+        resolved = await book.resolve(work, phone_number_ids=numbers)
+        normalised, found = stamp(normalised, resolved), resolved.merges
+        if merges is not None:
+            merges += found
+    return event_records(normalised, app_id=app_id) + merge_records(found) + [
         dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems
     ]
 

@@ -8,6 +8,7 @@ from opentelemetry.trace import Tracer
 from parley_common.runtime import Runtime
 from parley_common.tenancy.directory import TenantDirectory
 
+from parley_ingest.contacts import ContactBook
 from parley_ingest.metrics import IngestMetrics
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.settings import IngestSettings
@@ -42,6 +43,7 @@ class IngestServices:
     store: IdempotencyStore | None = field(default=None)
     bodies: BodyBudget = field(default_factory=lambda: BodyBudget(64 * 1024 * 1024))
     rate_windows: RateWindows | None = field(default=None)
+    contacts: ContactBook | None = field(default=None)
 
     @property
     def tenants(self) -> TenantDirectory:
@@ -51,6 +53,11 @@ class IngestServices:
         if self.rate_windows is None:
             raise RuntimeError("rate windows are not started")
         return self.rate_windows
+
+    def require_contacts(self) -> ContactBook:
+        if self.contacts is None:
+            raise RuntimeError("contact book is not started")
+        return self.contacts
 
     def require_store(self) -> IdempotencyStore:
         if self.store is None:

@@ -17,17 +17,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from parley_common.contracts import ContactMerged
 from parley_common.meta import InvalidWebhookJson, NormalisedWebhook, decode_webhook, normalise_webhook
 from parley_common.meta.signature import find_signing_app, signature_matches
 from starlette.types import Receive, Scope, Send
 
-from parley_ingest.domain.records import webhook_records
+from parley_ingest.contacts import stamp, work_of_webhook
+from parley_ingest.domain.records import merge_records, webhook_records
 from parley_ingest.publishing import KafkaUnavailable, RecordTooLarge
 from parley_ingest.services import BodyBudget, DirectoryTenants, IngestServices
 
@@ -201,7 +204,19 @@ class WebhookIntake:
         normalised = normalise_webhook(
             document, received_at=received_at, tenants=DirectoryTenants(directory, verified)
         )
+        merges: list[ContactMerged] = []
+        if svc.contacts is not None:
+            # Every customer's contact decided once, here (ADR 0117); it travels with the events.
+            work, numbers = work_of_webhook(normalised)
+            try:
+                resolved = await svc.contacts.resolve(work, phone_number_ids=numbers)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                return self._answer(span, "database_unavailable", 503, b"database unavailable, retry",
+                                    retry_after=True)
+            normalised, merges = stamp(normalised, resolved), resolved.merges
         records = webhook_records(raw, normalised, app_id=verified, received_at=received_at)
+        records += merge_records(merges)
         try:
             await svc.writer.write_all(records)
         except RecordTooLarge:
@@ -216,6 +231,11 @@ class WebhookIntake:
             return self._answer(
                 span, "kafka_unavailable", 503, b"Kafka unavailable, retry", retry_after=True
             )
+        if merges and svc.contacts is not None:
+            try:
+                await svc.contacts.announced(merges)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("contact merges announced but not marked; they will be announced again")
         _count(svc, normalised)
         span.set_attribute("parley.events", normalised.event_count)
         span.set_attribute("parley.shape_problems", len(normalised.problems))

@@ -403,12 +403,12 @@ class Sender:
         # without its window (the other order could refuse a fresh reply in between).
         refs = [m.reply_to_wamid for m in to_send if m.reply_to_wamid]
         known = await self.store.known_inbound(refs) if refs else set()
-        windows = await self.store.windows((m.phone_number_id, m.recipient) for m in to_send)
+        windows = await self.store.windows((m.phone_number_id, m.customer_id) for m in to_send)
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for m in to_send:
             t = tenants[m.message_id]
             if t is not None:
-                by_tenant[t.tenant_id].append(m.recipient)
+                by_tenant[t.tenant_id].append(m.customer_id)
         consent: dict[tuple[str, str], ConsentState] = {}
         catalogues: dict[str, TemplateCatalogue] = {}
         through_mm_api: set[str] = set()  # tenants sending marketing via the Marketing Messages API
@@ -430,10 +430,10 @@ class Sender:
                 continue
             ctx = SendContext(
                 now=now,
-                windows=windows.get((m.phone_number_id, m.recipient), ConversationWindows()),
+                windows=windows.get((m.phone_number_id, m.customer_id), ConversationWindows()),
                 unseen_reply_reference=bool(m.reply_to_wamid and m.reply_to_wamid not in known),
                 catalogue=catalogues[tenant.tenant_id],
-                consent=consent.get((tenant.tenant_id, m.recipient), ConsentState()),
+                consent=consent.get((tenant.tenant_id, m.customer_id), ConsentState()),
                 language_fallbacks=self.settings.template_language_fallbacks,
                 number=self.standings.get(m.phone_number_id, no_standing),
                 marketing_messages_api=tenant.tenant_id in through_mm_api,
@@ -470,7 +470,7 @@ class Sender:
         wanted: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for m, plan, tenant in plans:
             if plan.business_initiated and tenant.tenant_id in limits:
-                wanted[tenant.tenant_id].append((m.message_id, m.recipient))
+                wanted[tenant.tenant_id].append((m.message_id, m.customer_id))
         if not wanted:
             return plans
         granted: set[str] = set()
@@ -491,7 +491,7 @@ class Sender:
         a semaphore round per request cost more CPU than the request's own bookkeeping)."""
         chains: dict[tuple[str, str], list[Plan]] = defaultdict(list)
         for item in sorted(plans, key=lambda p: priority_rank(p[0].priority)):
-            chains[(item[0].phone_number_id, item[0].recipient)].append(item)
+            chains[(item[0].phone_number_id, item[0].customer_id)].append(item)
         by_number: dict[str, deque[list[Plan]]] = defaultdict(deque)
         for (number, _), chain in chains.items():
             by_number[number].append(chain)
@@ -516,7 +516,7 @@ class Sender:
         while True:
             if gate is not None and gate.closed:
                 return self.outcomes.released(m, plan, tenant)
-            wait = pairs.reserve(m.recipient, time.monotonic())
+            wait = pairs.reserve(m.customer_id, time.monotonic())
             if wait == 0.0:
                 break
             if wait > self.settings.max_inline_wait_s:

@@ -29,6 +29,7 @@ from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.contracts import (
     AccountEvent,
     ConsentChange,
+    ContactMerged,
     Event,
     InboundMessage,
     MessageStatus,
@@ -38,6 +39,7 @@ from parley_common.contracts import (
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, is_transient, publish_dead_letter
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
 
+from parley_sender.contact_merges import fold_contacts
 from parley_sender.delivery import Sender
 from parley_sender.domain.governor import reported_messaging_limit, reported_throughput
 from parley_sender.domain.outcomes import stops_consent
@@ -61,10 +63,12 @@ def _records(msg: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
 E = TypeVar("E", bound=Event)
 
 
-def _account_event(raw: bytes) -> AccountEvent | ConsentChange:
+def _account_event(raw: bytes) -> AccountEvent | ConsentChange | ContactMerged:
     data = orjson.loads(raw)
     if isinstance(data, dict) and data.get("kind") == "consent":
         return ConsentChange.model_validate(data)
+    if isinstance(data, dict) and data.get("kind") == "contact_merged":
+        return ContactMerged.model_validate(data)
     return AccountEvent.model_validate(data)
 
 
@@ -125,7 +129,8 @@ def register(sender: Sender, *, not_ready: set[str] | None = None) -> dict[str, 
     async def accounts(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         events = await _decode(sender, records, _account_event)
         await track_account_events(sender, events)
-        observe_number_health(sender.metrics, events, sender.directory())
+        reported = [e for e in events if not isinstance(e, ContactMerged)]
+        observe_number_health(sender.metrics, reported, sender.directory())
 
     @broker.subscriber(MESSAGES_IN.name, group_id="parley-sender-windows", batch=True, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
@@ -184,7 +189,7 @@ async def track_statuses(sender: Sender, statuses: Sequence[MessageStatus]) -> N
         stop_code = stops_consent([e.code for e in st.errors]) if st.status == "failed" else None
         if stop_code is not None:
             tenant = directory.bound_tenant(st.tenant_id, st.phone_number_id)
-            customer = st.recipient_id or st.recipient_user_id
+            customer = st.customer_id
             if tenant is not None and customer:
                 await sender.effects.stop_marketing(
                     tenant.tenant_id, st.phone_number_id, customer, f"error_{stop_code}", st.event_id
@@ -199,7 +204,9 @@ TEMPLATE_KINDS = frozenset(
 )
 
 
-async def track_account_events(sender: Sender, events: Sequence[AccountEvent | ConsentChange]) -> None:
+async def track_account_events(
+    sender: Sender, events: Sequence[AccountEvent | ConsentChange | ContactMerged]
+) -> None:
     directory = sender.directory()
     touched: set[str] = set()
     for ev in events:
@@ -209,6 +216,11 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
         if tenant is None:
             continue
         tid = tenant.tenant_id
+        if isinstance(ev, ContactMerged):
+            # one person under two keys: their state moves to the kept contact (ADR 0117)
+            numbers = sorted(tenant.phone_number_ids)
+            await fold_contacts(sender.store.pool, tid, numbers, ev.contact_id, ev.absorbed)
+            continue
         v = ev.value if isinstance(ev, AccountEvent) else {}
         if isinstance(ev, AccountEvent) and (mps := reported_throughput(ev.kind, v)) is not None:
             number = number_of(ev, directory)
@@ -252,7 +264,8 @@ async def track_account_events(sender: Sender, events: Sequence[AccountEvent | C
         elif ev.kind == "user_preferences":
             for customer, action, at in _user_preferences(v):
                 await sender.store.apply_consent(
-                    tid, customer, action, believable_time(at, ev.received_at), "user_preferences"
+                    tid, ev.contacts.get(customer, customer), action, believable_time(at, ev.received_at),
+                    "user_preferences",
                 )
     for tid in touched:
         sender.invalidate_catalogue(tid)

@@ -62,7 +62,7 @@ class OutcomeBuilder:
         )
         tid, number = tenant.tenant_id, m.phone_number_id
         if verdict.kind is Kind.ACCEPTED:
-            self.numbers.pair(number).on_success(m.recipient)
+            self.numbers.pair(number).on_success(m.customer_id)
             self.metrics.accepted(plan.category).inc()
             self.metrics.accepted_on(number)
             status = None if resp.message_status in (None, "accepted") else resp.message_status
@@ -81,7 +81,7 @@ class OutcomeBuilder:
             if verdict.throttle is Throttle.NUMBER:
                 self.pacer(number).on_throttled()
             elif verdict.throttle is Throttle.PAIR:
-                delay = self.numbers.pair(number).on_throttled(m.recipient, time.monotonic())
+                delay = self.numbers.pair(number).on_throttled(m.customer_id, time.monotonic())
             elif verdict.throttle is Throttle.PAUSE:
                 self.pacer(number).pause(verdict.delay_s)
             return self.retry(m, plan, tid, reason, code, delay)
@@ -118,7 +118,7 @@ class OutcomeBuilder:
             message_id=m.message_id,
             tenant_id=tenant_id,
             phone_number_id=m.phone_number_id,
-            recipient=m.recipient,
+            recipient=m.customer_id,  # the contact: every per-person rule keys on it (ADR 0117)
             state=state.value,
             attempt=m.attempt,
             callback_data=m.message_id,

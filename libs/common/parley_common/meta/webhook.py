@@ -578,6 +578,7 @@ def _message_status(ctx: _ChangeContext, st: Any, tenant_id: str | None, pnid: s
         status=status,
         recipient_id=_str_or_none(st.get("recipient_id")),
         recipient_user_id=_str_or_none(st.get("recipient_user_id")),
+        recipient_parent_user_id=_str_or_none(st.get("recipient_parent_user_id")),
         biz_opaque_callback_data=_str_or_none(st.get("biz_opaque_callback_data")),
         pricing=_lenient(Pricing, pricing, "pricing", notes) if isinstance(pricing, dict) else None,
         conversation=_conversation(st.get("conversation"), notes),

@@ -63,8 +63,10 @@ class StatusFact(NamedTuple):
     meta_pricing_model: str | None = None
     meta_type: str | None = None
     meta_category: str | None = None
-    # The recipient's BSUID when the status also names the number (kept in billing.contacts).
+    # The recipient's BSUID (or BSUID contact key) when the status also names the number, and
+    # that number (kept in billing.contacts: the BSUID timeline is priced in the number's market).
     user_id: str | None = None
+    phone: str | None = None
 
     @property
     def meta(self) -> MetaPricing | None:
@@ -93,7 +95,8 @@ class InboundRecord:
     customer: str
     at: datetime
     referral: bool
-    user_id: str | None = None  # the BSUID, when the message also names the number
+    user_id: str | None = None  # the BSUID (or BSUID contact key), when the message also names the number
+    phone: str | None = None  # that number
 
 
 _new = tuple.__new__
@@ -111,8 +114,10 @@ def status_fact(d: Mapping[str, Any]) -> StatusFact | None:
         raise FactError(("wamid" if not wamid else "phone_number_id") + " is missing")
     phone = d.get("recipient_id")
     user_id = d.get("recipient_user_id")
-    customer = phone or user_id
-    user_id = user_id if phone and user_id else None
+    # The contact (ADR 0117) when ingest decided it: billing's windows are the person's.
+    customer = d.get("contact_id") or phone or user_id
+    user_id = (customer if customer != phone else user_id) if phone else None
+    phone = phone if user_id else None
     delivered_at = _time(d.get("occurred_at")) if rank < 4 else None  # delivered, read, played
     pricing = d.get("pricing")
     # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call per status.
@@ -120,10 +125,10 @@ def status_fact(d: Mapping[str, Any]) -> StatusFact | None:
         return _new(StatusFact, (str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
                                  str(customer).lstrip("+") if customer else "", delivered_at, rank,
                                  pricing.get("billable"), pricing.get("pricing_model"), pricing.get("type"),
-                                 pricing.get("category"), user_id))
+                                 pricing.get("category"), user_id, phone))
     return _new(StatusFact, (str(wamid), d.get("tenant_id"), str(pnid), d.get("waba_id"),
                              str(customer).lstrip("+") if customer else "", delivered_at, None, None, None,
-                             None, None, user_id))
+                             None, None, user_id, phone))
 
 
 def send_fact(d: Mapping[str, Any]) -> SendFact | None:
@@ -138,13 +143,14 @@ def send_fact(d: Mapping[str, Any]) -> SendFact | None:
 
 def inbound_record(d: Mapping[str, Any]) -> InboundRecord:
     phone, user_id = d.get("customer_wa_id"), d.get("customer_user_id")
-    customer = _customer(phone or user_id)
+    customer = _customer(d.get("contact_id") or phone or user_id)  # the contact when known (ADR 0117)
     if not customer:
         raise FactError("inbound message names no customer")
+    known_by = (customer if customer != _customer(phone) else user_id) if phone else None
     return InboundRecord(
         wamid=_require(d, "wamid"), tenant_id=d.get("tenant_id"), phone_number_id=_require(d, "phone_number_id"),
         customer=customer, at=_time(d.get("occurred_at")), referral=bool(d.get("referral")),
-        user_id=str(user_id) if phone and user_id else None)
+        user_id=str(known_by) if known_by else None, phone=_customer(phone) if known_by else None)
 
 
 def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:
@@ -162,9 +168,9 @@ def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:
             else prev
         if delivered is prev.delivered_at and meta is prev and (prev.tenant_id or not f.tenant_id) \
                 and (prev.waba_id or not f.waba_id) and (prev.customer or not f.customer) \
-                and (prev.user_id or not f.user_id):
+                and (prev.user_id or not f.user_id) and (prev.phone or not f.phone):
             continue  # nothing new (the common case: a duplicate, or "read" after "delivered")
         best[f.wamid] = StatusFact(prev.wamid, prev.tenant_id or f.tenant_id, prev.phone_number_id,
                                    prev.waba_id or f.waba_id, prev.customer or f.customer, delivered,
-                                   *meta[6:11], prev.user_id or f.user_id)
+                                   *meta[6:11], prev.user_id or f.user_id, prev.phone or f.phone)
     return list(best.values())

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from parley_common.broker import MAX_RECORD_BYTES, record_size
-from parley_common.contracts import DeadLetter, Event, body_hash
+from parley_common.contracts import ContactMerged, DeadLetter, Event, body_hash
 from parley_common.meta import NormalisedWebhook, ShapeProblem
 from parley_common.topics import (
     ACCOUNT_EVENTS,
@@ -57,6 +57,11 @@ def _event_record(topic: str, event: Event) -> OutRecord:
     if event.tenant_id:
         headers[H_TENANT] = event.tenant_id
     return OutRecord(topic, event.model_dump_json().encode(), event.phone_number_id.encode(), headers)
+
+
+def merge_records(merges: Sequence[ContactMerged]) -> list[OutRecord]:
+    """Contacts found to be one person (docs/adr/0117-contacts.md), for every service to fold."""
+    return [_event_record(ACCOUNT_EVENTS.name, m) for m in merges]
 
 
 UNBOUND_ERROR = "UnboundTenant"

@@ -2,7 +2,8 @@
 
 The body mirrors Meta's send API (``type`` plus the type object of that name), addressed by the
 tenant's own number (``from``, a phone_number_id) and the customer (``to``, a phone number in
-E.164, or ``to_user_id``, a business-scoped user id). Every rule that can be checked without I/O
+E.164, or ``to_user_id``, a business-scoped user id; or neither, with ``reply_to`` naming an
+inbound message: the reply goes to whoever sent it). Every rule that can be checked without I/O
 is checked here, so a bad request gets a 422 naming the field and the reason.
 """
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from parley_ingest.domain.commerce_messages import interactive_problems, template_problems
+from parley_ingest.domain.contacts import Contact
 
 PhoneNumberId = Annotated[str, Field(pattern=r"^[0-9]{1,32}$", description="the tenant's phone_number_id")]
 # A business-scoped user id (BSUID): a country code, a dot, up to 128 letters or digits; a parent
@@ -183,8 +185,10 @@ class SendMessageRequest(BaseModel):
         """Rules across fields, as (field, reason); empty when the request is sendable."""
         found: list[tuple[str, str]] = list(
             unstorable_fields(self.model_dump(mode="python", by_alias=True, exclude_none=True)))
-        if (self.to is None) == (self.to_user_id is None):
-            found.append(("to", "give exactly one of 'to' or 'to_user_id'"))
+        if self.to is not None and self.to_user_id is not None:
+            found.append(("to", "give one of 'to' or 'to_user_id', not both"))
+        elif self.to is None and self.to_user_id is None and self.reply_to is None:
+            found.append(("to", "give 'to' or 'to_user_id', or 'reply_to' to answer the sender of that message"))
         if getattr(self, self.type) is None:
             found.append((self.type, f"a '{self.type}' message needs the '{self.type}' object"))
         for other in SEND_TYPES:
@@ -223,8 +227,15 @@ class SendMessageRequest(BaseModel):
         return hashlib.sha256(canonical).hexdigest()
 
     def to_outbound(self, *, tenant_id: str, message_id: str, now: datetime, origin: str,
-                    tenant_source: str | None = None) -> OutboundMessage:
+                    tenant_source: str | None = None, contact: Contact | None = None) -> OutboundMessage:
+        """``contact``: the customer's contact (ADR 0117). Its phone number, when known, is where the
+        message goes, even when the request named the BSUID; a reply naming no one goes to it."""
         priority = self.priority or ("utility" if self.type == "template" else "reply")
+        to, to_user_id = self.to, self.to_user_id
+        if contact is not None:
+            to = contact.phone or to
+            if to is None and to_user_id is None:
+                to_user_id = contact.bsuid or contact.parent_bsuid
         return OutboundMessage(
             event_id=message_id,
             message_id=message_id,
@@ -233,8 +244,9 @@ class SendMessageRequest(BaseModel):
             phone_number_id=self.from_,
             occurred_at=now,
             received_at=now,
-            to=self.to,
-            to_user_id=self.to_user_id,
+            to=to,
+            to_user_id=to_user_id,
+            contact_id=contact.contact_id if contact is not None else None,
             type=self.type,
             content=self.content(),
             template=self.template.to_ref() if self.template else None,

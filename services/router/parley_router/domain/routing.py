@@ -111,7 +111,7 @@ class DecisionBuilder:
             event_id=mid, message_id=mid, tenant_id=self.tenant_id, tenant_source=m.tenant_source,
             phone_number_id=m.phone_number_id,
             occurred_at=m.occurred_at, to=m.customer_wa_id,
-            to_user_id=None if m.customer_wa_id else m.customer_user_id,
+            to_user_id=None if m.customer_wa_id else m.customer_user_id, contact_id=m.contact_id,
             type="template" if template else "text",
             content={} if template else {"body": text, "preview_url": False},
             template=template, reply_to_wamid=m.wamid, priority="reply", origin="router")

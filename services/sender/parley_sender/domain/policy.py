@@ -15,7 +15,6 @@ from typing import Any
 from parley_common.contracts import FREE_FORM_TYPES, REPLY_BUTTONS_MAX, TEXT_BODY_MAX, OutboundMessage, TemplateRef
 
 from parley_sender.domain.consent import ConsentState, marketing_undeliverable_to
-from parley_sender.domain.contacts import Contact
 from parley_sender.domain.standing import NumberStanding
 from parley_sender.domain.templates import TemplateCatalogue, TemplateProblem, validate_send
 from parley_sender.domain.windows import CUSTOMER_SERVICE, FREE_ENTRY_POINT, ConversationWindows
@@ -59,9 +58,6 @@ class SendContext:
     unseen_reply_reference: bool = False
     catalogue: TemplateCatalogue = field(default_factory=TemplateCatalogue)
     consent: ConsentState = field(default_factory=ConsentState)
-    # The customer's contact when known (docs/adr/0117-contacts.md): its phone number is used even
-    # when the request named the customer's BSUID.
-    contact: Contact | None = None
     language_fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # The business number's standing as Meta last reported it (quality holds marketing).
     number: NumberStanding = field(default_factory=NumberStanding)
@@ -88,7 +84,7 @@ def decide(msg: OutboundMessage, ctx: SendContext) -> SendPlan | Refusal:
             return problem
         if csw_open:
             return SendPlan(
-                body=_base_body(msg, ctx) | {msg.type: dict(msg.content)},
+                body=_base_body(msg) | {msg.type: dict(msg.content)},
                 is_template=False,
                 category=SERVICE,
                 free_window=FREE_ENTRY_POINT if fep_open else CUSTOMER_SERVICE,
@@ -136,17 +132,12 @@ def _free_form_problem(msg: OutboundMessage) -> Refusal | None:
     return None
 
 
-def _phone_of(msg: OutboundMessage, ctx: SendContext) -> str | None:
-    return msg.to or (ctx.contact.phone if ctx.contact is not None else None)
-
-
-def _base_body(msg: OutboundMessage, ctx: SendContext) -> dict[str, Any]:
+def _base_body(msg: OutboundMessage) -> dict[str, Any]:
     """Meta takes ``to`` for a phone number and ``recipient`` for a business-scoped user id (or a
     parent one); with both, ``to`` wins, so only one is sent."""
     body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
-    phone = _phone_of(msg, ctx)
-    if phone:
-        body["to"] = phone
+    if msg.to:  # ingest puts the contact's phone number here when Meta shared it (ADR 0117)
+        body["to"] = msg.to
     else:
         body["recipient"] = msg.recipient
     body["type"] = msg.type
@@ -173,7 +164,7 @@ def _template_plan(
     except TemplateProblem as problem:
         return Refusal(problem.reason, problem.detail, problem.code)
     category = template.pricing_category
-    if template.needs_phone_number and not _phone_of(msg, ctx):
+    if template.needs_phone_number and not msg.to:
         return Refusal(
             "phone_number_required",
             "one-tap, zero-tap and copy-code authentication templates need the customer's phone number; "
@@ -197,7 +188,7 @@ def _template_plan(
     template_obj: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
     if components:
         template_obj["components"] = components
-    body = {**_base_body(msg, ctx), "type": "template", "template": template_obj}
+    body = {**_base_body(msg), "type": "template", "template": template_obj}
     free_window = FREE_ENTRY_POINT if fep_open else (CUSTOMER_SERVICE if csw_open else None)
     return SendPlan(
         body=body,
