@@ -31,7 +31,8 @@ async def test_a_merge_moves_windows_consent_and_the_messaging_limit_place_to_th
         # and a place in the messaging limit each.
         by_phone = ConversationWindows().observe_inbound(now - 2 * H, from_referral=False)
         by_user = ConversationWindows().observe_inbound(now - H, from_referral=True)
-        await store.save_windows([(pn, phone, by_phone, "wamid.P"), (pn, bsuid, by_user, "wamid.U")])
+        held = {(pn, phone): (by_phone, "wamid.P"), (pn, bsuid): (by_user, "wamid.U")}
+        await store.change_windows(held, lambda key, _: held[key])
         await store.apply_consent(tid, bsuid, "stop", now - H, "router_keyword")
         await store.record_reached([(tid, phone, now - 3 * H), (tid, bsuid, now - H)])
 

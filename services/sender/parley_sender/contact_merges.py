@@ -37,8 +37,9 @@ async def fold_contacts(
 
 async def _fold_windows(conn: AnyConnection, numbers: list[str], kept: str, keys: list[str]) -> None:
     rows = await conn.fetch(
+        # locked in the order the window tracker locks them (SenderStore.change_windows): no deadlock
         "SELECT * FROM sender.windows WHERE phone_number_id = ANY($1::text[]) AND customer_id = ANY($2::text[]) "
-        "FOR UPDATE",
+        'ORDER BY phone_number_id COLLATE "C", customer_id COLLATE "C" FOR UPDATE',
         numbers, keys,
     )
     by_number: dict[str, list[asyncpg.Record]] = {}
