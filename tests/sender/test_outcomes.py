@@ -98,6 +98,9 @@ ANSWERS = [
     ((False, False, 131048, 400, False), (Kind.RETRY, Throttle.PAUSE, False)),
     ((False, False, 131057, 400, False), (Kind.RETRY, Throttle.NONE, False)),
     ((False, False, None, 503, False), (Kind.RETRY, Throttle.NONE, False)),
+    # a gateway gave up waiting for the Cloud API, which may have sent the message: never re-sent blindly
+    ((False, False, 2, 504, False), (Kind.IN_DOUBT, Throttle.NONE, False)),
+    ((False, False, None, 504, False), (Kind.IN_DOUBT, Throttle.NONE, False)),
     ((False, False, None, 429, False), (Kind.RETRY, Throttle.NONE, False)),
     ((False, False, 131047, 400, True), (Kind.SWITCH_TO_TEMPLATE, Throttle.NONE, False)),
     ((False, False, 131047, 400, False), (Kind.FAILED, Throttle.NONE, False)),

@@ -24,6 +24,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 FINAL_OUTCOMES = frozenset({"accepted", "refused", "failed", "in_doubt", "dead"})
+RESOLVED_AFTER_DOUBT = {"in_doubt", "accepted"}
 
 
 async def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -97,6 +98,7 @@ class Counts:
     outcomes: Counter[str] = field(default_factory=Counter)
     without_final_state: int = 0
     conflicting_final_states: int = 0
+    resolved_after_doubt: int = 0
     simulator_accepted: int = 0
     duplicated_sends: int = 0
     delivered_billable_by_meta: int = 0
@@ -121,6 +123,7 @@ class Counts:
             "lost_statuses": self.lost_statuses, "send_requests": self.send_requests,
             "outcomes": dict(self.outcomes), "without_final_state": self.without_final_state,
             "conflicting_final_states": self.conflicting_final_states,
+            "resolved_after_doubt": self.resolved_after_doubt,
             "simulator_accepted": self.simulator_accepted, "duplicated_sends": self.duplicated_sends,
             "delivered_billable_by_meta": self.delivered_billable_by_meta, "ledger_rows": self.ledger_rows,
             "misbilled": self.misbilled, "unpriced": self.unpriced, "lost": self.lost,
@@ -161,6 +164,12 @@ async def count(bootstrap: str, namespace: str, database_url: str, posted_inboun
             first_result.setdefault(r["message_id"], r)
     c.send_requests = len(requests)
     c.without_final_state = sum(1 for mid in requests if not finals.get(mid))
+    # Reported in doubt at the deadline, then a status proved it sent: the designed resolution
+    # (docs/adr/0030), one outcome ("accepted") and no conflict.
+    for outs in finals.values():
+        if outs == RESOLVED_AFTER_DOUBT:
+            c.resolved_after_doubt += 1
+            outs.discard("in_doubt")
     c.conflicting_final_states = sum(1 for s in finals.values() if len(s) > 1)
     c.outcomes = Counter(next(iter(s)) if len(s) == 1 else "conflicting" for s in finals.values())
 

@@ -388,7 +388,8 @@ def report(result: dict[str, Any]) -> str:
         f"lost inbound {result['lost_inbound']}",
         f"  statuses posted {result['statuses_posted']}, lost {result['lost_statuses']}",
         f"  send requests {result['send_requests']}: {result['outcomes']}; without a final state "
-        f"{result['without_final_state']}, with two {result['conflicting_final_states']}",
+        f"{result['without_final_state']}, with two {result['conflicting_final_states']}; in doubt at the "
+        f"deadline then proved sent by a status {result.get('resolved_after_doubt', 0)}",
         f"  simulator accepted {result['simulator_accepted']}; duplicated sends {result['duplicated_sends']}",
         f"  delivered messages Meta charged {result['delivered_billable_by_meta']}, ledger rows "
         f"{result['ledger_rows']}, misbilled {result['misbilled']}, unpriced {result['unpriced']}",

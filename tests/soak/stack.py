@@ -303,7 +303,8 @@ class Stack:
                 }, self.dir / f"{name}.log", port)
         for proc in self.procs.values():
             proc.start()
-        await asyncio.gather(*(p.wait_ready() for p in self.procs.values()))
+        # The first start of a checkout trains the router's default model: give it time.
+        await asyncio.gather(*(p.wait_ready(timeout=300) for p in self.procs.values()))
         self._cli("parley-billing", "ratecard", "import",
                   str(REPO / "services/billing/parley_billing/data/example_rate_card.csv"))
         self._cli("parley-sender", "templates", "sync", env={**self.env, "PARLEY_SENDER_GRAPH_API_BASE": self.sim_url})

@@ -125,11 +125,15 @@ def interpret(
     http_status: int | None,
     has_fallback_template: bool = False,
 ) -> Verdict:
-    """What one answer means. ``in_doubt``: no answer although the request may have left."""
+    """What one answer means. ``in_doubt``: no answer although the request may have left. An HTTP
+    504 is no answer either: a gateway gave up waiting for the Cloud API, which may have sent the
+    message (whatever error body the gateway adds), so it is in doubt, never retried blindly."""
     if accepted:
         return Verdict(Kind.ACCEPTED)
     if in_doubt:
         return Verdict(Kind.IN_DOUBT, "no answer from the Cloud API; the request may have been processed")
+    if http_status == 504:
+        return Verdict(Kind.IN_DOUBT, "gateway timeout from the Cloud API; the request may have been processed")
     rule = action_for(error_code, http_status)
     if rule.action in _THROTTLE or rule.action == Action.RETRY:
         return Verdict(Kind.RETRY, rule.meaning, rule.delay_s, _THROTTLE.get(rule.action, Throttle.NONE))
