@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 from aiokafka import TopicPartition
-from parley_common.broker import make_broker
+from parley_common.producer import RecordProducer
+from parley_common.settings import CommonSettings
 from parley_common.topics import MESSAGES_IN
 from parley_ingest.domain.records import OutRecord
 from parley_ingest.publishing import KafkaUnavailable, RecordWriter
@@ -22,17 +23,18 @@ pytestmark = pytest.mark.infra
 
 
 async def test_a_producer_out_of_sequence_with_the_broker_is_renewed_and_writes_again(kafka_bootstrap: str) -> None:
-    broker = make_broker(kafka_bootstrap, service="ingest-desync-test", linger_ms=0)
-    await broker.start()
+    records = RecordProducer(CommonSettings(kafka_bootstrap=kafka_bootstrap), service="ingest-desync-test",
+                             linger_ms=0)
+    await records.start()
     try:
-        writer = RecordWriter(broker, timeout_s=10.0, breaker_s=0.0)
+        writer = RecordWriter(records, timeout_s=10.0, breaker_s=0.0)
         key = uuid.uuid4().hex.encode()
 
         def record(n: int) -> OutRecord:
             return OutRecord(MESSAGES_IN.name, f'{{"n": {n}, "k": "{key.decode()}"}}'.encode(), key)
 
         await writer.write_all([record(1)])
-        producer = writer._aiokafka_producer()
+        producer = records._producer
         assert producer is not None
         # What a broker restart can leave behind: the producer's next sequence number for the
         # partition is ahead of what the broker has for this producer id.
@@ -46,7 +48,7 @@ async def test_a_producer_out_of_sequence_with_the_broker_is_renewed_and_writes_
         await writer.write_all([record(3)])  # a new producer identity: accepted
         await writer.write_all([record(4)])
     finally:
-        await broker.stop()
+        await records.stop()
     values = [json.loads(r.value) for r in await read_topic(kafka_bootstrap, MESSAGES_IN.name) if r.key == key]
     mine = [v for v in values if v.get("k") == key.decode()]
     assert [r["n"] for r in mine] == [1, 3, 4]

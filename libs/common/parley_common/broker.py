@@ -78,6 +78,17 @@ def aiokafka_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
     return producer if isinstance(producer, AIOKafkaProducer) else None
 
 
+#: What every producer of Parley is set to, the FastStream broker's and :mod:`producer`'s alike:
+#: Kafka acknowledges a record once every in-sync replica has it, and the idempotent producer's
+#: retries never write a record twice (ADR 0005). Only the linger differs per service.
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    "compression_type": "lz4",
+    "max_batch_size": 256 * 1024,
+    "max_request_size": MAX_REQUEST_BYTES,
+}
+
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "ack_policy": AckPolicy.NACK_ON_ERROR,
     "auto_offset_reset": "earliest",
@@ -145,12 +156,8 @@ def make_broker(
     if registry is not None:
         middlewares.append(KafkaPrometheusMiddleware(registry=registry, app_name=f"parley_{service}"))
     options: dict[str, Any] = {
-        "acks": "all",
-        "enable_idempotence": True,
-        "compression_type": "lz4",
+        **PRODUCER_SETTINGS,
         "linger_ms": linger_ms,
-        "max_batch_size": 256 * 1024,
-        "max_request_size": MAX_REQUEST_BYTES,
         "client_id": f"parley-{service}",
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "middlewares": tuple(middlewares),

@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from parley_common.broker import kafka_client_options, kafka_security, make_broker
 from parley_common.db import create_pool, migrate
+from parley_common.producer import RecordProducer
 from parley_common.redaction import Redactor
 from parley_common.settings import CommonSettings, redaction_key_of
 from parley_common.telemetry import HttpMetrics, OpsMonitor, configure_logging, make_registry, make_tracer_provider
@@ -52,6 +53,8 @@ class Runtime:
     registry: CollectorRegistry
     tracer_provider: TracerProvider
     redactor: Redactor
+    #: the service's one producer of records (started with the runtime, stopped after the broker)
+    producer: RecordProducer
     migrations: Sequence[tuple[str, Path]] = ()
     pool: asyncpg.Pool | None = None
     live_tenants: LiveTenantDirectory | None = None
@@ -78,6 +81,7 @@ def build_runtime(
     migrations: Sequence[tuple[str, Path]] = (),
     tracer_provider: TracerProvider | None = None,
     configure_logs: bool = True,
+    linger_ms: int = 5,
     **broker_overrides: Any,
 ) -> Runtime:
     redactor = Redactor(redaction_key_of(settings))  # no key outside the demo: refuse to start
@@ -86,8 +90,9 @@ def build_runtime(
     tp = tracer_provider or make_tracer_provider(service)
     registry = make_registry()
     broker = make_broker(settings.kafka_bootstrap, service=service, tracer_provider=tp, registry=registry,
-                         security=kafka_security(settings), **broker_overrides)
-    rt = Runtime(service, settings, broker, registry, tp, redactor, migrations)
+                         security=kafka_security(settings), linger_ms=linger_ms, **broker_overrides)
+    producer = RecordProducer(settings, service=service, linger_ms=linger_ms)
+    rt = Runtime(service, settings, broker, registry, tp, redactor, producer, migrations)
     rt.ops = OpsMonitor(registry, settings.kafka_bootstrap, readiness=lambda: readiness(rt),
                         **kafka_client_options(settings))
     rt.ops.watch_end(DEAD_LETTERS.name)
@@ -131,6 +136,8 @@ async def start_runtime(rt: Runtime, *, start_broker: bool = True) -> None:
     rt.live_tenants = LiveTenantDirectory(rt.pool, check_interval=rt.settings.tenants_check_interval_s,
                                           max_staleness=rt.settings.tenants_max_staleness_s)
     await rt.live_tenants.start()
+    if start_broker:
+        await rt.producer.start()
     for hook in rt.on_start:
         await hook()
     if start_broker:
@@ -148,6 +155,8 @@ async def stop_runtime(rt: Runtime) -> None:
     for hook in rt.on_stop:
         with contextlib.suppress(Exception):
             await hook()
+    with contextlib.suppress(Exception):
+        await rt.producer.stop()
     if rt.live_tenants:
         await rt.live_tenants.stop()
     if rt.pool:

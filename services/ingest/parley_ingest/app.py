@@ -169,7 +169,7 @@ def create_app(
         settings=settings,
         metrics=IngestMetrics.register(rt.registry),
         writer=RecordWriter(
-            rt.broker, timeout_s=settings.produce_timeout_s, breaker_s=settings.kafka_breaker_s
+            rt.producer, timeout_s=settings.produce_timeout_s, breaker_s=settings.kafka_breaker_s
         ),
         tracer=rt.tracer_provider.get_tracer("parley.ingest"),
         bodies=BodyBudget(settings.max_inflight_body_bytes),

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from parley_common.broker import kafka_client_options, kafka_security, make_broker
+from parley_common.broker import kafka_client_options
 from parley_common.contracts import ContactMerged
 from parley_common.db import create_pool
 from parley_common.meta import InvalidWebhookJson, normalise_raw_webhook
+from parley_common.producer import RecordProducer
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import WEBHOOKS_RAW
 
@@ -69,11 +70,11 @@ async def replay_raw(
         client_id="parley-ingest-replay",
         **kafka_client_options(settings),
     )
-    broker = make_broker(settings.kafka_bootstrap, service="ingest-replay", security=kafka_security(settings))
+    producer = RecordProducer(settings, service="ingest-replay")
     await consumer.start()
     if not dry_run:
-        await broker.start()
-    writer = RecordWriter(broker, timeout_s=max(30.0, settings.produce_timeout_s), breaker_s=0)
+        await producer.start()
+    writer = RecordWriter(producer, timeout_s=max(30.0, settings.produce_timeout_s), breaker_s=0)
     try:
         topic = WEBHOOKS_RAW.name
         # aiokafka offers no public metadata lookup for a consumer without a subscription
@@ -113,7 +114,7 @@ async def replay_raw(
         await consumer.stop()
         await pool.close()
         if not dry_run:
-            await broker.stop()
+            await producer.stop()
     return report
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
-from parley_common.broker import CONSUMER_DEFAULTS, kafka_client_options
+from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_IN
 
@@ -20,7 +20,7 @@ from parley_router.corpora import load_examples
 from parley_router.domain.defaults import load_defaults
 from parley_router.domain.language import LanguageIdentifier
 from parley_router.domain.pipeline import MessageRouter
-from parley_router.handlers import SERVICE, RecordProducer, RouterService
+from parley_router.handlers import SERVICE, RouterService
 from parley_router.model_registry import ModelRegistry
 from parley_router.models import default_model
 from parley_router.settings import RouterSettings
@@ -40,10 +40,9 @@ def create_app(settings: RouterSettings | None = None, *,
     registry = ModelRegistry(default_model(settings.model_cache_dir), examples, store=None)
     router = MessageRouter(load_defaults(), LanguageIdentifier(), registry.for_tenant,
                            settings.confidence_threshold, encoder_gate=settings.encoder_gate)
-    producer = RecordProducer(settings.kafka_bootstrap, client_options=kafka_client_options(settings))
     endpoints = TenantEndpointClient(timeout_s=settings.webhook_timeout_s,
                                      connections_per_tenant=settings.webhook_per_tenant_concurrency)
-    service = RouterService(rt, router, None, producer)
+    service = RouterService(rt, router, None, rt.producer)
     tasks: list[asyncio.Task[Any]] = []
 
     async def raw_records(msg: Any) -> None:
@@ -88,7 +87,6 @@ def create_app(settings: RouterSettings | None = None, *,
         await asyncio.to_thread(router.understand, [])
         await asyncio.to_thread(router.encoder.load)
         await asyncio.to_thread(router.languages.detect_many, ["hello there", "x" * 80])
-        await producer.start()
         service.dispatcher = WebhookDispatcher(
             store, endpoints, service.endpoint_target, service.dead_letter_call, rt.registry,
             attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s,
@@ -110,7 +108,6 @@ def create_app(settings: RouterSettings | None = None, *,
         if service.dispatcher is not None:
             await service.dispatcher.stop()
         await registry.close()
-        await producer.stop()
         await endpoints.aclose()
 
     rt.on_start.append(start)

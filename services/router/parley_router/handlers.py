@@ -17,15 +17,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka import ConsumerRecord
 from opentelemetry import propagate
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, set_span_in_context
-from parley_common.broker import MAX_REQUEST_BYTES, renew_producer_identity
 from parley_common.contracts import InboundMessage
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, publish_dead_letter
+from parley_common.producer import Record, RecordProducer
 from parley_common.runtime import Runtime
 from parley_common.tenancy.directory import UnboundEvent
 from parley_common.tenancy.models import Tenant
@@ -54,77 +52,6 @@ class RouterMetrics:
         self.classify_seconds = Histogram(
             "parley_router_decide_seconds_per_message", "Understanding and routing time per message",
             buckets=(1e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 1e-2), registry=registry)
-
-
-class RecordProducer:
-    """A long-lived aiokafka producer for the hot path (batched sends, futures gathered)."""
-
-    def __init__(self, bootstrap: str, client_id: str = "parley-router",
-                 client_options: dict[str, Any] | None = None) -> None:
-        self._bootstrap = bootstrap
-        self._client_options = client_options or {}
-        self._client_id = client_id
-        self._producer_or_none: AIOKafkaProducer | None = None
-        self._partitioner = DefaultPartitioner()
-        self._partition_cache: dict[str, list[int]] = {}
-        self._partition_of: dict[tuple[str, bytes], int] = {}  # murmur2 once per topic and key
-
-    @property
-    def _producer(self) -> AIOKafkaProducer:
-        if self._producer_or_none is None:
-            raise RuntimeError("the producer is not started")
-        return self._producer_or_none
-
-    async def start(self) -> None:
-        # Created here, inside the running event loop (aiokafka binds to it).
-        self._producer_or_none = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all",
-            enable_idempotence=True, compression_type="lz4", linger_ms=5, max_batch_size=256 * 1024,
-            max_request_size=MAX_REQUEST_BYTES, **self._client_options)
-        await self._producer_or_none.start()
-
-    async def stop(self) -> None:
-        if self._producer_or_none is not None:
-            await self._producer_or_none.stop()
-
-    async def send_all(self, records: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]) -> None:
-        """Send in order, as one record batch per topic partition (far cheaper than send() per record).
-
-        Records with the same key land in the same partition in input order, so per-number
-        (and so per-conversation) order holds.
-        """
-        batches: dict[tuple[str, int], list[Any]] = {}
-        futures = []
-        for topic, key, value, headers in records:
-            partition = self._partition_of.get((topic, key))
-            if partition is None:
-                partitions = await self._partitions(topic)
-                partition = self._partitioner(key, partitions, partitions)
-                if len(self._partition_of) < 100_000:  # keys are phone number ids: a bounded set
-                    self._partition_of[(topic, key)] = partition
-            entry = batches.get((topic, partition))
-            if entry is None:
-                entry = batches[(topic, partition)] = [self._producer.create_batch()]
-            if entry[-1].append(key=key, value=value, timestamp=None, headers=headers) is None:
-                entry.append(self._producer.create_batch())  # the batch is full: start the next one
-                entry[-1].append(key=key, value=value, timestamp=None, headers=headers)
-        for (topic, partition), builders in batches.items():
-            for builder in builders:
-                builder.close()
-                futures.append(await self._producer.send_batch(builder, topic, partition=partition))
-        if futures:
-            try:
-                await asyncio.gather(*futures)
-            except KafkaError as exc:
-                renew_producer_identity(self._producer, exc)  # else every later batch fails the same way
-                raise
-
-    async def _partitions(self, topic: str) -> list[int]:
-        cached = self._partition_cache.get(topic)
-        if cached is None:
-            cached = sorted(await self._producer.partitions_for(topic))
-            self._partition_cache[topic] = cached
-        return cached
 
 
 def _dump(model: BaseModel) -> bytes:
@@ -264,7 +191,7 @@ class RouterService:
         return [(k, v.encode()) for k, v in carrier.items()]
 
     async def publish(self, decisions: Sequence[RoutingDecision]) -> None:
-        records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
+        records: list[Record] = []
         # Topic names read the namespace from the environment: once per batch, not per record.
         out_topic, account_topic = MESSAGES_OUT.name, ACCOUNT_EVENTS.name
         agent_topic, routed_topic = AGENT_QUEUE.name, MESSAGES_ROUTED.name
@@ -274,16 +201,16 @@ class RouterService:
             # Side effects first, the decision record last: a consumer of wa.messages.routed
             # may rely on the reply / task already being on its topic.
             for out in d.outbound:
-                records.append((out_topic, key, _dump(out), trace_headers))
+                records.append(Record(out_topic, key, _dump(out), trace_headers))
             if d.consent is not None:
-                records.append((account_topic, key, _dump(d.consent), trace_headers))
+                records.append(Record(account_topic, key, _dump(d.consent), trace_headers))
             if d.agent_task is not None:
                 t = d.agent_task
                 headers = [*trace_headers, ("x-parley-tenant", (t.tenant_id or "").encode()),
                            ("x-parley-skill", t.skill.encode()),
                            ("x-parley-language", (t.language or "").encode())]
-                records.append((agent_topic, key, _dump(t), headers))
-            records.append((routed_topic, key, _dump(d.routed), trace_headers))
+                records.append(Record(agent_topic, key, _dump(t), headers))
+            records.append(Record(routed_topic, key, _dump(d.routed), trace_headers))
         await self.producer.send_all(records)
 
     def endpoint_target(self, tenant_id: str, name: str) -> EndpointTarget | None:

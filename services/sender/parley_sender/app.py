@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
-from parley_common.broker import kafka_client_options
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY
 
@@ -21,7 +20,6 @@ from parley_sender.effects import Effects
 from parley_sender.handlers import register
 from parley_sender.observed import show_in_doubt_deadline, watch_in_doubt
 from parley_sender.pacing import NumberStates
-from parley_sender.producing import RecordProducer
 from parley_sender.settings import SenderSettings
 from parley_sender.store import MIGRATIONS, SenderStore
 from parley_sender.sweeper import InDoubtSweeper
@@ -41,12 +39,11 @@ def create_app(
         connect_timeout_s=settings.http_connect_timeout_s,
         max_connections=settings.http_max_connections,
     )
-    producer = RecordProducer(settings.kafka_bootstrap, client_options=kafka_client_options(settings))
     sender: Sender
     effects = Effects(
         broker=rt.broker,
         store=lambda: sender.store,
-        producer=producer,
+        producer=rt.producer,
     )
     sender = Sender(
         settings=settings,
@@ -66,7 +63,6 @@ def create_app(
 
     async def open_store() -> None:
         sender.store = SenderStore(rt.require_pool())
-        await producer.start()
         watching.append(asyncio.create_task(watch_in_doubt(sender.metrics, sender.store)))
         if rt.ops is not None:  # the send requests' own consumer, for the consumer-lag gauge
             rt.ops.watch(SEND_GROUP, [MESSAGES_OUT.name, MESSAGES_OUT_RETRY.name])
@@ -76,7 +72,6 @@ def create_app(
             task.cancel()
         await sender.numbers.close()
         await client.aclose()
-        await producer.stop()
 
     rt.on_start.append(open_store)
     rt.on_stop.append(close)

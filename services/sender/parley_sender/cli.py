@@ -14,10 +14,11 @@ from typing import Any
 
 import orjson
 import typer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from parley_common.broker import kafka_client_options
 from parley_common.contracts import DeadLetter
 from parley_common.db import create_pool, migrate
+from parley_common.producer import Record, RecordProducer
 from parley_common.runtime import TENANCY_MIGRATIONS, serve
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import DEAD_LETTERS, MESSAGES_OUT, MESSAGES_OUT_RETRY
@@ -129,18 +130,16 @@ def replay_value(letter: DeadLetter) -> bytes:
     return raw
 
 
-async def replay(bootstrap: str, letters: list[DeadLetter], client_options: dict[str, Any] | None = None) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                **(client_options or {}))
+async def replay(settings: SenderSettings, letters: list[DeadLetter]) -> int:
+    """Every letter back onto its source topic (in order per key), acknowledged by Kafka."""
+    producer = RecordProducer(settings, service="sender-replay")
     await producer.start()
     try:
         topic_map = {MESSAGES_OUT_RETRY.name: MESSAGES_OUT.name}
-        for letter in letters:
-            await producer.send_and_wait(
-                topic_map.get(letter.source_topic, letter.source_topic),
-                replay_value(letter),
-                key=letter.key.encode() if letter.key else None,
-            )
+        await producer.send_all([
+            Record(topic_map.get(letter.source_topic, letter.source_topic),
+                   (letter.key or letter.event_id).encode(), replay_value(letter))
+            for letter in letters])
         return len(letters)
     finally:
         await producer.stop()
@@ -188,7 +187,7 @@ def deadletters_replay(
             return -1
         # The same request may have been dead-lettered more than once: replay it once.
         unique = list({le.event_id: le for le in chosen}.values())
-        return await replay(bootstrap, unique, options)
+        return await replay(settings, unique)
 
     n = asyncio.run(go())
     if n < 0:

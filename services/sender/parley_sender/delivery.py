@@ -28,6 +28,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
 from parley_common.contracts import OutboundMessage
 from parley_common.deadletter import is_transient
+from parley_common.producer import JSON_HEADERS, Record
 from parley_common.telemetry import traceparent_of
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.tenancy.models import Tenant
@@ -374,10 +375,11 @@ class Sender:
             await asyncio.sleep(hold)
         now = now_utc()
         ready: dict[str, OutboundMessage] = {}
-        later: list[tuple[str, bytes, bytes]] = []
+        later: list[Record] = []
         for mid, m in msgs.items():
             if m.not_before and (m.not_before - now).total_seconds() > 0.01:
-                later.append((MESSAGES_OUT_RETRY.name, m.phone_number_id.encode(), m.model_dump_json().encode()))
+                later.append(Record(MESSAGES_OUT_RETRY.name, m.phone_number_id.encode(), m.model_dump_json().encode(),
+                                    JSON_HEADERS))
             else:
                 ready[mid] = m
         await self.effects.produce(later)

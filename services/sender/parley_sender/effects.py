@@ -19,10 +19,10 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from parley_common.contracts import ConsentChange, OutboundMessage, body_hash
 from parley_common.deadletter import dead_letter_record, publish_dead_letter
+from parley_common.producer import JSON_HEADERS, Record, RecordProducer
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS
 
 from parley_sender.domain.outcomes import FINAL, NOT_SENT, MessageState, stops_consent
-from parley_sender.producing import RecordProducer
 from parley_sender.results import now_utc, result_json
 from parley_sender.store import MessageRow, SenderStore
 
@@ -54,7 +54,7 @@ class Effects:
         *,
         broker: KafkaBroker,
         store: Callable[[], SenderStore],
-        producer: RecordProducer | None,
+        producer: RecordProducer,
     ) -> None:
         self.broker = broker
         self._store = store
@@ -104,14 +104,14 @@ class Effects:
         await self.store.start_free_entry_points(
             [(o.row.phone_number_id, o.row.recipient, now) for o in outcomes if o.fep_started and o.row.recipient]
         )
-        records: list[tuple[str, bytes, bytes]] = []
+        records: list[Record] = []
         jobs = []
         for o in outcomes:
             key = o.row.phone_number_id.encode()
             if o.publish_result:
-                records.append((SENDS.name, key, result_json(o.row, o.send_span)))
+                records.append(Record(SENDS.name, key, result_json(o.row, o.send_span), JSON_HEADERS))
             if o.retry is not None:
-                records.append((MESSAGES_OUT_RETRY.name, key, o.retry.model_dump_json().encode()))
+                records.append(Record(MESSAGES_OUT_RETRY.name, key, o.retry.model_dump_json().encode(), JSON_HEADERS))
             if o.dead_letter_reason is not None:
                 jobs.append(self.dead_letter_request(o))
             if o.consent_stop and o.row.tenant_id and o.row.recipient:
@@ -127,19 +127,13 @@ class Effects:
         jobs.append(self.produce(records))
         await asyncio.gather(*jobs)
 
-    async def produce(self, records: list[tuple[str, bytes, bytes]]) -> None:
+    async def produce(self, records: list[Record]) -> None:
         """Every record handed over at once, acknowledgements gathered (order kept per key)."""
-        if not records:
-            return
-        if self.producer is not None and self.producer.started:
-            await self.producer.send_all(records)
-            return
-        await asyncio.gather(
-            *(self.broker.publish(orjson.loads(value), topic, key=key) for topic, key, value in records)
-        )
+        await self.producer.send_all(records)
 
     async def publish_results(self, rows: Sequence[MessageRow]) -> None:
-        await self.produce([(SENDS.name, r.phone_number_id.encode(), result_json(r)) for r in rows])
+        await self.produce([Record(SENDS.name, r.phone_number_id.encode(), result_json(r), JSON_HEADERS)
+                            for r in rows])
 
     async def stop_marketing(
         self, tenant_id: str, phone_number_id: str, customer: str, source: str, source_event: str
