@@ -8,7 +8,7 @@ import asyncio
 from collections import defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 from parley_common.producer import ProducerNotStarted, Record, RecordProducer, producer_options
 from parley_common.settings import CommonSettings
