@@ -483,12 +483,18 @@ class CloudApiSimulator:
         async def exchange(payload: dict[str, Any]) -> flows.FlowExchange:
             if payload.get("action") != "INIT":
                 await asyncio.sleep(b.flow_screen_delay_ms / 1000)
-            self.stats["flow_requests"] += 1
-            try:
-                return await flows.exchange(client, endpoint=endpoint, public_key=key, app_secret=secret,
-                                            payload=payload)
-            except httpx.HTTPError as exc:
-                return flows.FlowExchange(0, None, f"the endpoint did not answer ({type(exc).__name__})", False)
+            problem = ""
+            for _ in range(2):  # the app repeats a request once when the connection broke
+                self.stats["flow_requests"] += 1
+                try:
+                    return await flows.exchange(client, endpoint=endpoint, public_key=key, app_secret=secret,
+                                                payload=payload)
+                except httpx.TimeoutException:
+                    problem = "the endpoint did not answer in time"
+                    break
+                except httpx.HTTPError as exc:
+                    problem = f"the endpoint did not answer ({type(exc).__name__})"
+            return flows.FlowExchange(0, None, problem, False)
 
         await flows.play(exchange, session, screens, self.rng, frozenset(self.carts.get((number.id, msg.wa_id), ())))
         self.stats[f"flow_{session.outcome}"] += 1
