@@ -107,3 +107,24 @@ def test_a_bsuid_change_to_an_id_that_already_wrote_merges_the_two() -> None:
     batch = ContactBatch({BSUID: old, NEW_BSUID: new})
     batch.change(BsuidChange(BSUID, NEW_BSUID), T0 + 2 * H)
     assert batch.absorbed == {BSUID: [NEW_BSUID]} and batch.key_of(NEW_BSUID) == BSUID
+
+
+def test_a_user_id_update_webhook_is_read_as_a_bsuid_change_of_the_tenants_contact() -> None:
+    from parley_common.meta import normalise_webhook
+    from parley_ingest.contacts import Resolved, stamp, work_of_webhook
+
+    class OneTenant:
+        def tenant_for(self, phone_number_id: str | None, waba_id: str | None) -> str | None:
+            return "shop"
+
+    doc = {"object": "whatsapp_business_account", "entry": [{"id": "waba1", "changes": [{
+        "field": "user_id_update",
+        "value": {"messaging_product": "whatsapp",
+                  "metadata": {"display_phone_number": "15550001", "phone_number_id": "pn1"},
+                  "user_id_update": [{"user_id": {"previous": BSUID, "current": NEW_BSUID},
+                                      "timestamp": "1764000000"}]}}]}]}
+    normalised = normalise_webhook(doc, received_at=T0, tenants=OneTenant())
+    work, numbers = work_of_webhook(normalised)
+    assert [c for c, _ in work["shop"].changes] == [BsuidChange(BSUID, NEW_BSUID)] and numbers == {"shop": "pn1"}
+    stamped = stamp(normalised, Resolved({("shop", BSUID): BSUID, ("shop", NEW_BSUID): BSUID}, []))
+    assert stamped.account_events[0].contacts == {BSUID: BSUID, NEW_BSUID: BSUID}

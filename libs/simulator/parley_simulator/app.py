@@ -14,6 +14,7 @@ Control API (tests and demos; not part of Meta's API):
 - ``POST /_sim/inbound/record``   record an inbound webhook body posted by someone else (windows)
 - ``POST /_sim/windows``          open a customer-service window (``last_inbound_at``, ``referral``)
 - ``POST /_sim/preferences``      a customer stops/resumes marketing (optionally posts the webhook)
+- ``POST /_sim/user_id_update``   a user's BSUID changes (posts the ``user_id_update`` webhook)
 - ``POST /_sim/templates/{waba_id}/{name}/{language}/status``  pause/disable/approve/reject
 - ``GET|POST /_sim/clock``        read or set the simulated clock
 - ``GET|PATCH /_sim/behaviour``   latency, 5xx/timeout rates, ratios, ...
@@ -104,6 +105,13 @@ class PreferenceRequest(BaseModel):
     phone_number_id: str
     customer: str
     value: str = Field(pattern="^(stop|resume)$")
+    notify: bool = True
+
+
+class UserIdChangeRequest(BaseModel):
+    phone_number_id: str
+    customer: str  # the user's current BSUID or phone number
+    new_user_id: str = Field(pattern=r"^[A-Z]{2}\.[A-Za-z0-9.]{1,140}$")
     notify: bool = True
 
 
@@ -371,6 +379,13 @@ def _routes_customers(app: FastAPI, sim: CloudApiSimulator) -> None:
             raise HTTPException(404, "unknown phone_number_id")
         sim.set_marketing_preference(req.phone_number_id, req.customer, req.value, notify=req.notify)
         return {"value": req.value}
+
+    @app.post("/_sim/user_id_update")
+    async def user_id_update(req: UserIdChangeRequest) -> dict[str, str]:
+        if req.phone_number_id not in sim.numbers:
+            raise HTTPException(404, "unknown phone_number_id")
+        old = sim.change_user_id(req.phone_number_id, req.customer, req.new_user_id, notify=req.notify)
+        return {"previous": old, "current": req.new_user_id}
 
 
 def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:

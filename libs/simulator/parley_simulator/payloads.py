@@ -28,7 +28,12 @@ def status_object(msg: SentMessage, status: str, offset_s: float, **extra: Any) 
         "status": status,
         "timestamp": str(int(msg.accepted_at + offset_s)),
     }
-    if _BSUID.fullmatch(msg.wa_id):
+    if msg.recipient_phone or msg.recipient_user_id:  # as Meta knows the user (usernames, 2026)
+        if msg.recipient_phone:
+            obj["recipient_id"] = msg.recipient_phone
+        if msg.recipient_user_id:
+            obj["recipient_user_id"] = msg.recipient_user_id
+    elif _BSUID.fullmatch(msg.wa_id):
         obj["recipient_user_id"] = msg.wa_id
     else:
         obj["recipient_id"] = msg.wa_id
@@ -84,6 +89,22 @@ def user_preferences_webhook(number: PhoneNumberConfig, waba: WabaConfig, wa_id:
     }
     return {"object": WABA_OBJECT,
             "entry": [{"id": waba.id, "changes": [{"value": value_obj, "field": "user_preferences"}]}]}
+
+
+def user_id_update_webhook(number: PhoneNumberConfig, waba: WabaConfig, old: str, new: str,
+                           phone: str | None, now: float) -> dict[str, Any]:
+    """The ``user_id_update`` webhook of a user whose BSUID changed (a new phone number gives a new
+    BSUID). The item names the previous and the current BSUID, and the number when Meta shares it."""
+    item: dict[str, Any] = {"user_id": {"previous": old, "current": new}, "timestamp": str(int(now))}
+    if phone:
+        item["wa_id"] = phone
+    value_obj = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": number.display_phone_number, "phone_number_id": number.id},
+        "user_id_update": [item],
+    }
+    return {"object": WABA_OBJECT,
+            "entry": [{"id": waba.id, "changes": [{"value": value_obj, "field": "user_id_update"}]}]}
 
 
 def template_status_webhook(stored: StoredTemplate, waba: WabaConfig, status: str, *, reason: str | None,

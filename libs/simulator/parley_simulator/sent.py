@@ -31,6 +31,8 @@ class SentMessage:
     in_service_window: bool
     failure_code: int | None = None
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    recipient_phone: str | None = None  # the user's number, when Meta may share it
+    recipient_user_id: str | None = None  # the user's BSUID
     request: dict[str, Any] = field(default_factory=dict)
     api: str = "messages"  # or "marketing_messages" (the Marketing Messages API)
 

@@ -27,8 +27,10 @@ from .payloads import (
     status_object,
     template_status_webhook,
     templates_page,
+    user_id_update_webhook,
     user_preferences_webhook,
 )
+from .people import People, is_bsuid
 from .portfolio import (
     MARKETING_MESSAGES,
     MESSAGING_LIMIT_CODE,
@@ -67,6 +69,7 @@ class CloudApiSimulator:
         self.clock = SimClock(self.behaviour.clock_start)
         self.windows = CustomerWindows()
         self.consent = MarketingConsent()
+        self.people = People()  # Meta's rules are about the person, however addressed
         self.pricing = PricingEngine()
         self.throughput = ThroughputLimiter()
         self.pair_rate = PairRateLimiter()
@@ -136,6 +139,7 @@ class CloudApiSimulator:
         """Forget runtime state (messages, windows, consent, limits, counters); keep the config."""
         self.windows.reset()
         self.consent.reset()
+        self.people.reset()
         self.pricing.reset()
         self.throughput.reset()
         self.pair_rate.reset()
@@ -222,6 +226,7 @@ class CloudApiSimulator:
     def _accept(self, version: str, number: PhoneNumberConfig, req: SendRequest, api: str = "messages") -> SendOutcome:
         now = self.clock.now()
         wa_id = normalise_recipient(req.to)
+        person = self.people.person(wa_id)  # windows, consent and the limit are the person's
         category = "service"
         stored: StoredTemplate | None = None
         async_failure: tuple[int, str] | None = None
@@ -242,11 +247,11 @@ class CloudApiSimulator:
                 problem(131062, "Business-scoped user ID recipients are not supported for this message.")
         if api == MARKETING_MESSAGES and category != "marketing":
             raise GraphError(100, "The Marketing Messages API sends marketing templates only")
-        in_window = self.windows.in_service_window(number.id, wa_id, now)
+        in_window = self.windows.in_service_window(number.id, person, now)
         portfolio = self.wabas[number.waba_id].portfolio
         limit = self.portfolio_limits.get(portfolio)
         initiated = req.is_template and not in_window  # counts against the portfolio's messaging limit
-        if initiated and not self.reach.allows(portfolio, wa_id, limit, now):
+        if initiated and not self.reach.allows(portfolio, person, limit, now):
             problem(MESSAGING_LIMIT_CODE, limit_reached_details(limit or 0))
         if not req.is_template and not in_window:
             problem(
@@ -259,7 +264,7 @@ class CloudApiSimulator:
             and re.search(self.behaviour.unknown_recipient_pattern, wa_id)
         ):
             problem(131026, "Message Undeliverable.")
-        if category == "marketing" and self.consent.stopped(number.waba_id, wa_id):
+        if category == "marketing" and self.consent.stopped(number.waba_id, person):
             problem(131050, "The recipient has stopped marketing messages from this business.")
         if (
             category == "marketing"
@@ -293,11 +298,11 @@ class CloudApiSimulator:
             )
         self.throughput.record(number.id, mono)
         if initiated and async_failure is None:
-            self.reach.record(portfolio, wa_id, now)
+            self.reach.record(portfolio, person, now)
 
         wamid = self._new_wamid(wa_id)
         api_version = _version_number(version)
-        fep = False if async_failure else self.windows.entry_point_open_for_send(number.id, wa_id, now)
+        fep = False if async_failure else self.windows.entry_point_open_for_send(number.id, person, now)
         msg = SentMessage(
             wamid=wamid,
             phone_number_id=number.id,
@@ -314,6 +319,9 @@ class CloudApiSimulator:
             free_entry_point=fep,
             in_service_window=in_window,
             failure_code=async_failure[0] if async_failure else None,
+            # statuses name the user as Meta knows them: the BSUID always, the number once shared
+            recipient_phone=self.people.phone_of(wa_id) or (None if is_bsuid(wa_id) else wa_id),
+            recipient_user_id=self.people.bsuid_of(wa_id) or (wa_id if is_bsuid(wa_id) else None),
             request=req.body,
             api=api,
         )
@@ -521,9 +529,8 @@ class CloudApiSimulator:
 
     def record_inbound(self, webhook: InboundWebhook) -> None:
         for r in webhook.records:
-            self.windows.record_inbound(
-                r.phone_number_id, r.customer_id, float(r.timestamp), referral=r.referral
-            )
+            person = self.people.learn(r.phone, r.user_id) if (r.phone or r.user_id) else r.customer_id
+            self.windows.record_inbound(r.phone_number_id, person, float(r.timestamp), referral=r.referral)
             self.stats["inbound_messages"] += 1
             self.per_number[r.phone_number_id]["inbound"] += 1
 
@@ -553,14 +560,29 @@ class CloudApiSimulator:
         number = self.numbers[phone_number_id]
         wa_id = normalise_recipient(customer)
         if value == "stop":
-            self.consent.stop(number.waba_id, wa_id)
+            self.consent.stop(number.waba_id, self.people.person(wa_id))
         else:
-            self.consent.resume(number.waba_id, wa_id)
+            self.consent.resume(number.waba_id, self.people.person(wa_id))
         if notify:
             waba = self.wabas[number.waba_id]
             self.dispatcher.post_payload(waba.app_id,
                                          user_preferences_webhook(number, waba, wa_id, value, self.clock.now()),
                                          kind="user_preferences")
+
+    def change_user_id(self, phone_number_id: str, customer: str, new: str, *, notify: bool = True) -> str:
+        """A user's BSUID changes (``user_id_update``); the person, their windows, consent and place
+        in the limits stay. Returns the old BSUID."""
+        number = self.numbers[phone_number_id]
+        old = self.people.bsuid_of(customer) or customer
+        self.people.change_bsuid(old, new)
+        if notify:
+            waba = self.wabas[number.waba_id]
+            self.dispatcher.post_payload(
+                waba.app_id,
+                user_id_update_webhook(number, waba, old, new, self.people.phone_of(new), self.clock.now()),
+                kind="user_id_update",
+            )
+        return old
 
     # --- templates ------------------------------------------------------------------------
 

@@ -359,6 +359,8 @@ class InboundRecord:
     type: str
     referral: bool
     username_only: bool
+    phone: str | None = None  # the number the webhook named (None: a username-only user)
+    user_id: str | None = None  # the BSUID the webhook named
 
 
 @dataclass
@@ -377,6 +379,7 @@ class TrafficGenerator:
         customers_per_number: int = 40,
         referral_ratio: float = 0.12,
         username_only_ratio: float = 0.1,
+        share_number_ratio: float = 0.2,
         interactive_ratio: float = 0.1,
         template_button_ratio: float = 0.04,
         max_messages_per_webhook: int = 4,
@@ -388,6 +391,9 @@ class TrafficGenerator:
         self.rng = random.Random(seed)
         self.referral_ratio = referral_ratio
         self.username_only_ratio = username_only_ratio
+        # a username-only user who writes again shares their number with this chance (then for good)
+        self.share_number_ratio = share_number_ratio
+        self._shared: dict[str, str] = {}  # BSUID -> the number a username-only user shared
         self.interactive_ratio = interactive_ratio
         self.template_button_ratio = template_button_ratio
         self.max_messages_per_webhook = max(1, max_messages_per_webhook)
@@ -417,6 +423,13 @@ class TrafficGenerator:
             country=iso,
         )
 
+    def _phone_of(self, customer: Customer) -> str:
+        """The number a username-only user shares: one of their country's, as generated for others."""
+        calling = next((c for c, iso in COUNTRIES[customer.language] if iso == customer.country),
+                       COUNTRIES[customer.language][0][0])
+        digits = "".join(self.rng.choice(string.digits) for _ in range(12 - len(calling) - 1))
+        return calling + digits + self.rng.choice("123456789")
+
     def _wamid(self) -> str:
         raw = "".join(self.rng.choice(string.ascii_uppercase + string.digits) for _ in range(32))
         return f"wamid.HBgL{raw}AA=="
@@ -444,8 +457,12 @@ class TrafficGenerator:
         intent = intent or self.rng.choices(INTENTS, weights=INTENT_WEIGHTS)[0]
         wamid = self._wamid()
         msg: dict[str, Any] = {"id": wamid, "timestamp": str(ts)}
-        if customer.wa_id:
-            msg["from"] = customer.wa_id
+        if customer.wa_id is None and not first and customer.user_id not in self._shared \
+                and self.rng.random() < self.share_number_ratio:
+            self._shared[customer.user_id] = self._phone_of(customer)
+        phone = customer.wa_id or self._shared.get(customer.user_id)
+        if phone:
+            msg["from"] = phone
         else:
             msg["from_user_id"] = customer.user_id
         roll = self.rng.random()
@@ -484,8 +501,8 @@ class TrafficGenerator:
         contact: dict[str, Any] = {"profile": {"name": customer.name}}
         if customer.username:
             contact["profile"]["username"] = customer.username
-        if customer.wa_id:
-            contact["wa_id"] = customer.wa_id
+        if phone:
+            contact["wa_id"] = phone
         contact["user_id"] = customer.user_id
         record = InboundRecord(
             phone_number_id=number.phone_number_id,
@@ -497,7 +514,9 @@ class TrafficGenerator:
             intent=intent,
             type=msg["type"],
             referral=referral,
-            username_only=customer.wa_id is None,
+            username_only=phone is None,
+            phone=phone,
+            user_id=customer.user_id,
         )
         return contact, msg, record
 
@@ -589,7 +608,8 @@ def custom_webhook(
     clock: Callable[[], float] = time.time,
     rng: random.Random | None = None,
 ) -> InboundWebhook:
-    """A webhook from explicit specs: ``{"from": wa_id | "from_user_id": bsuid, "text": str,
+    """A webhook from explicit specs: ``{"from": wa_id | "from_user_id": bsuid (or both), "username": str,
+    "text": str,
     "name": str, "timestamp": unix, "referral": bool | {...}, "button_reply": {"id", "title"},
     "order": {"catalog_id", "product_items"}, "nfm_reply": {"response_json"}}``."""
     rng = rng or random.Random()
@@ -604,9 +624,13 @@ def custom_webhook(
         ts = int(spec.get("timestamp") or clock())
         msg: dict[str, Any] = {"id": wamid, "timestamp": str(ts)}
         contact: dict[str, Any] = {"profile": {"name": spec.get("name", "Customer")}}
-        if spec.get("from"):
+        if spec.get("username"):
+            contact["profile"]["username"] = str(spec["username"])
+        if spec.get("from"):  # with from_user_id too: a user who shares their number
             msg["from"] = contact["wa_id"] = str(spec["from"])
-        elif spec.get("from_user_id"):
+            if spec.get("from_user_id"):
+                contact["user_id"] = str(spec["from_user_id"])
+        elif spec.get("from_user_id"):  # a username-only user: no wa_id, no from
             msg["from_user_id"] = contact["user_id"] = str(spec["from_user_id"])
         else:
             raise ValueError("each inbound message needs 'from' or 'from_user_id'")
@@ -652,6 +676,8 @@ def custom_webhook(
             type=msg["type"],
             referral=bool(referral),
             username_only="wa_id" not in contact,
+            phone=contact.get("wa_id"),
+            user_id=contact.get("user_id"),
         )
         items.append((number, contact, msg, record))
     return build_webhook(number.app_id, items)
