@@ -113,3 +113,39 @@ def test_the_order_details_button_of_a_template_is_checked_too() -> None:
     broken = copy.deepcopy(body)
     broken["template"]["components"][1]["parameters"][0]["action"]["order_details"]["currency"] = "rupees"
     assert [f for f, _ in problems(broken)] == ["template.components.1.parameters.0.action.order_details.currency"]
+
+
+def flow(**override: Any) -> dict[str, Any]:
+    params = {"flow_message_version": "3", "flow_token": "ft-asha-1", "flow_id": "1234567890",
+              "flow_cta": "Choose a seat", "flow_action": "data_exchange", **override}
+    return {"from": "100000000000001", "to": "919900000001", "type": "interactive",
+            "interactive": {"type": "flow", "body": {"text": "Pick your seat"},
+                            "action": {"name": "flow", "parameters": params}}}
+
+
+def test_a_seat_flow_message_is_sendable_whole() -> None:
+    body = flow(seat_map_hint="kept")  # unknown fields go to Meta unchanged
+    request = SendMessageRequest.model_validate(body)
+    assert request.problems() == []
+    assert request.content() == body["interactive"]
+    navigate = flow(flow_action="navigate", flow_action_payload={"screen": "TRIPS", "data": {"city": "BLR"}})
+    assert problems(navigate) == []
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), [
+    (flow(flow_message_version="2"), f"{P}.flow_message_version", "'3'"),
+    (flow(flow_cta="Choose the seat you would like most"), f"{P}.flow_cta", "30 characters"),
+    (flow(flow_name="seats"), P, "exactly one of 'flow_id' or 'flow_name'"),
+    (flow(flow_action="navigate"), P, "needs 'flow_action_payload'"),
+    (flow(flow_action_payload={"screen": "TRIPS"}), P, "takes no 'flow_action_payload'"),
+    (flow(flow_action="open"), f"{P}.flow_action", "'navigate' or 'data_exchange'"),
+])
+def test_a_bad_flow_message_names_the_field(body: dict[str, Any], field: str, reason: str) -> None:
+    found = problems(body)
+    assert [f for f, _ in found] == [field] and reason in found[0][1], found
+
+
+def test_a_flow_message_needs_a_body() -> None:
+    body = flow()
+    del body["interactive"]["body"]
+    assert [f for f, _ in problems(body)] == ["interactive.body"]

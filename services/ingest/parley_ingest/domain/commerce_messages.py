@@ -1,7 +1,8 @@
 """Commerce messages a business may send (pure): ``order_details``, ``order_status``, ``product``,
-``product_list`` and ``catalog_message`` interactive messages, and the order-details button of a
-template. Meta's shapes (payments in India, Brazil and Singapore; catalog messages), checked here
-so that a bad one is a 422 naming the field instead of a failed send minutes later.
+``product_list``, ``catalog_message`` and ``flow`` (a WhatsApp Flow, e.g. seat selection)
+interactive messages, and the order-details button of a template. Meta's shapes (payments in
+India, Brazil and Singapore; catalog messages; Flows), checked here so that a bad one is a 422
+naming the field instead of a failed send minutes later.
 
 Unknown fields pass through to Meta unchanged (Meta adds them); amounts are exact integers
 ``{value, offset}`` and an order's sums must add up as Meta checks them.
@@ -15,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-COMMERCE_INTERACTIVE_TYPES = ("order_details", "order_status", "product", "product_list", "catalog_message")
+COMMERCE_INTERACTIVE_TYPES = ("order_details", "order_status", "product", "product_list", "catalog_message", "flow")
 ORDER_STATUSES = ("pending", "processing", "partially_shipped", "shipped", "completed", "canceled")
 
 
@@ -173,9 +174,49 @@ class CatalogMessage(_Meta):
     action: CatalogAction
 
 
+class FlowActionPayload(_Meta):
+    screen: str = Field(min_length=1, max_length=128)
+    data: dict[str, Any] | None = None
+
+
+class FlowParameters(_Meta):
+    """Meta's ``action.parameters`` of a flow message: the Flow by id or name, the button's text,
+    and either the first screen (``navigate``) or a call to the Flow's endpoint (``data_exchange``)."""
+
+    flow_message_version: Literal["3"]
+    flow_token: str | None = Field(default=None, min_length=1, max_length=512)
+    flow_id: str | None = Field(default=None, min_length=1, max_length=64)
+    flow_name: str | None = Field(default=None, min_length=1, max_length=200)
+    flow_cta: str = Field(min_length=1, max_length=30)
+    flow_action: Literal["navigate", "data_exchange"] = "navigate"
+    flow_action_payload: FlowActionPayload | None = None
+    mode: Literal["draft", "published"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlowParameters:
+        if (self.flow_id is None) == (self.flow_name is None):
+            raise PydanticCustomError("flow_ref", "give exactly one of 'flow_id' or 'flow_name'")
+        if self.flow_action == "navigate" and self.flow_action_payload is None:
+            raise PydanticCustomError("flow_payload", "a 'navigate' flow needs 'flow_action_payload' with its screen")
+        if self.flow_action == "data_exchange" and self.flow_action_payload is not None:
+            raise PydanticCustomError("flow_payload", "a 'data_exchange' flow takes no 'flow_action_payload'")
+        return self
+
+
+class FlowAction(_Meta):
+    name: Literal["flow"]
+    parameters: FlowParameters
+
+
+class FlowMessage(_Meta):
+    type: Literal["flow"]
+    body: TextPart
+    action: FlowAction
+
+
 _MODELS: dict[str, type[BaseModel]] = {
     "order_details": OrderDetails, "order_status": OrderStatus, "product": Product,
-    "product_list": ProductList, "catalog_message": CatalogMessage,
+    "product_list": ProductList, "catalog_message": CatalogMessage, "flow": FlowMessage,
 }
 
 
