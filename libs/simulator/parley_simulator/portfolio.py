@@ -44,6 +44,10 @@ class PortfolioReach:
             del reached[c]
         return customer in reached or len(reached) < limit
 
+    def refusal(self, portfolio: str, customer: str, limit: int | None, now: float) -> str | None:
+        """Why a business-initiated template to ``customer`` is refused (None: it fits)."""
+        return None if self.allows(portfolio, customer, limit, now) else limit_reached_details(limit or 0)
+
     def record(self, portfolio: str, customer: str, now: float) -> None:
         self._reached.setdefault(portfolio, {})[customer] = now
 

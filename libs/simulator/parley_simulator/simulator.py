@@ -37,7 +37,6 @@ from .portfolio import (
     UPGRADED_MPS,
     PortfolioReach,
     capability_webhook,
-    limit_reached_details,
     number_quality_webhook,
     throughput_of,
 )
@@ -199,6 +198,8 @@ class CloudApiSimulator:
             except orjson.JSONDecodeError as exc:
                 raise GraphError(100, "The request body is not valid JSON") from exc
             request = parse_send(body)
+            if api == MARKETING_MESSAGES:
+                self._marketing_template(number, request)
             outcome = self._accept(version, number, request, api)
         except GraphError as err:
             return self._fail(phone_number_id, err)
@@ -223,6 +224,12 @@ class CloudApiSimulator:
         check_template_parameters(stored.template, req.template_components)
         return stored
 
+    def _marketing_template(self, number: PhoneNumberConfig, req: SendRequest) -> None:
+        """The Marketing Messages API takes marketing templates only (code 100 otherwise)."""
+        stored = self._sendable_template(number, req) if req.is_template else None
+        if stored is None or stored.template.category != "MARKETING":
+            raise GraphError(100, "The Marketing Messages API sends marketing templates only")
+
     def _accept(self, version: str, number: PhoneNumberConfig, req: SendRequest, api: str = "messages") -> SendOutcome:
         now = self.clock.now()
         wa_id = normalise_recipient(req.to)
@@ -245,14 +252,11 @@ class CloudApiSimulator:
                 problem(132015, f"template {req.template_name} is paused")
             if req.by_user_id and needs_phone_number(list(stored.template.components)):
                 problem(131062, "Business-scoped user ID recipients are not supported for this message.")
-        if api == MARKETING_MESSAGES and category != "marketing":
-            raise GraphError(100, "The Marketing Messages API sends marketing templates only")
         in_window = self.windows.in_service_window(number.id, person, now)
         portfolio = self.wabas[number.waba_id].portfolio
-        limit = self.portfolio_limits.get(portfolio)
         initiated = req.is_template and not in_window  # counts against the portfolio's messaging limit
-        if initiated and not self.reach.allows(portfolio, person, limit, now):
-            problem(MESSAGING_LIMIT_CODE, limit_reached_details(limit or 0))
+        if initiated and (over := self.reach.refusal(portfolio, person, self.portfolio_limits.get(portfolio), now)):
+            problem(MESSAGING_LIMIT_CODE, over)
         if not req.is_template and not in_window:
             problem(
                 131047,
@@ -275,14 +279,9 @@ class CloudApiSimulator:
             problem(131049, "This message was not delivered to maintain healthy ecosystem engagement.")
 
         mono = time.monotonic()
-        mps = throughput_of(number)
-        if not self.throughput.allows(number.id, mps, mono):
-            raise GraphError(
-                130429,
-                f"Message failed to send because there were too many messages sent "
-                f"from this phone number in a short period of time "
-                f"(limit {mps}/s).",
-            )
+        if not self.throughput.allows(number.id, throughput_of(number), mono):
+            raise GraphError(130429, "Message failed to send because there were too many messages sent from this "
+                             f"phone number in a short period of time (limit {throughput_of(number)}/s).")
         if not self.pair_rate.try_acquire(
             number.id,
             wa_id,
@@ -290,12 +289,8 @@ class CloudApiSimulator:
             interval_s=self.behaviour.pair_interval_s,
             now=mono,
         ):
-            raise GraphError(
-                131056,
-                "Message failed to send because there were too many messages sent "
-                "from this phone number to the same phone number in a short period "
-                "of time.",
-            )
+            raise GraphError(131056, "Message failed to send because there were too many messages sent from this "
+                             "phone number to the same phone number in a short period of time.")
         self.throughput.record(number.id, mono)
         if initiated and async_failure is None:
             self.reach.record(portfolio, person, now)
