@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from parley_common.db import migrate
+from parley_common.outbound import verify
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.topics import (
@@ -25,7 +26,6 @@ from parley_common.topics import (
     MESSAGES_OUT,
     MESSAGES_ROUTED,
 )
-from parley_router.domain.outbound import verify
 
 pytestmark = pytest.mark.infra
 

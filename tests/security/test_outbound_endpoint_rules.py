@@ -7,8 +7,8 @@ import hmac
 import ipaddress
 
 import pytest
-from parley_router.domain.config import TenantRouting
-from parley_router.domain.outbound import (
+from parley_common.endpoint_calls import EndpointTarget, TenantEndpointClient
+from parley_common.outbound import (
     EmptySecretError,
     EndpointPolicy,
     EndpointRefused,
@@ -19,7 +19,7 @@ from parley_router.domain.outbound import (
     sign,
     verify,
 )
-from parley_router.webhooks import EndpointTarget, TenantEndpointClient
+from parley_router.domain.config import TenantRouting
 from pydantic import ValidationError
 
 BODY = b'{"wamid":"wamid.X","intent":"refund"}'

@@ -350,6 +350,25 @@ SendPriority = Literal["reply", "authentication", "utility", "marketing"]
 SEND_PRIORITIES: tuple[str, ...] = get_args(SendPriority)
 
 
+class OrderEvent(Event):
+    """An order entered a state, as billing folded it (``wa.orders``; ADR 0113).
+
+    ``type`` is ``order.requested``, ``order.payment_pending``, ``order.payment_captured``,
+    ``order.payment_failed``, ``order.shipped``, ``order.completed``, ``order.canceled`` or
+    ``order.refunded`` (each refund, partial or full). ``event_id`` is a hash of the tenant, the
+    reference id, the state and the amount refunded, so the same change seen twice is one event.
+    ``order`` is the whole order as ``GET /v1/orders/{reference_id}`` shows it (without fees).
+    """
+
+    kind: Literal["order"] = "order"
+    type: str
+    reference_id: str
+    state: str
+    payment_status: str | None = None
+    ctwa_clid: str | None = None
+    order: dict[str, Any] = Field(default_factory=dict)
+
+
 class TemplateParameter(MetaShape):
     type: str = "text"
     text: str | None = None

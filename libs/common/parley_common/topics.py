@@ -51,10 +51,12 @@ AGENT_QUEUE = Topic("wa.agents", 6, "phone_number_id", 7 * DAY_MS,
                     "messages for human agents (tenant, skill and language in the record)")
 COMMERCE = Topic("wa.commerce", 12, "phone_number_id", 30 * DAY_MS,
                   "payment updates and inbound carts (PaymentUpdate, OrderCart)")
+ORDERS = Topic("wa.orders", 12, "phone_number_id", 30 * DAY_MS,
+                "order events from billing: an order entered a state (OrderEvent; ADR 0113)")
 DEAD_LETTERS = Topic("wa.deadletter", 3, "original key", 30 * DAY_MS,
                      "records a service could not handle after bounded retries")
 
 ALL_TOPICS: tuple[Topic, ...] = (
     WEBHOOKS_RAW, MESSAGES_IN, STATUSES, ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY,
-    MESSAGES_ROUTED, SENDS, AGENT_QUEUE, DEAD_LETTERS, COMMERCE,
+    MESSAGES_ROUTED, SENDS, AGENT_QUEUE, DEAD_LETTERS, COMMERCE, ORDERS,
 )

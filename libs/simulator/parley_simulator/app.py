@@ -47,7 +47,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import flows
+from . import conversions, flows
 from .config import SimulatorConfig, TemplateConfig
 from .errors import GraphError
 from .portfolio import MARKETING_MESSAGES, throughput_of
@@ -205,6 +205,7 @@ def create_app(config: SimulatorConfig, *, simulator: CloudApiSimulator | None =
     for routes in (_routes_inbound, _routes_customers, _routes_setup, _routes_observe, _routes_commerce,
                    _routes_lifecycle):
         routes(app, sim)
+    app.include_router(conversions.conversions_router())  # stands in for Meta's Conversions API
     app.add_middleware(FastSendPath, sim=sim)
     return app
 

@@ -18,6 +18,17 @@ from parley_billing.domain.orders import ORDER_STATES, Money, OrderError, OrderV
 from parley_billing.order_handlers import publish_notice
 
 BSUID = re.compile(r"^[A-Z]{2}\.")
+MONTH = r"^20\d\d-(0[1-9]|1[0-2])$"
+
+
+def month_bounds(month: str, time_zone: str) -> tuple[datetime, datetime]:
+    """The first instant of ``month`` (YYYY-MM) and of the next one, in the tenant's time zone."""
+    try:
+        tz = ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo("UTC")
+    year, mon = int(month[:4]), int(month[5:])
+    return datetime(year, mon, 1, tzinfo=tz), datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=tz)
 ReferenceId = Annotated[str, Path(min_length=1, max_length=256, description="the order's reference_id")]
 
 
@@ -55,7 +66,7 @@ def build_router(rt: Runtime) -> APIRouter:
         state: Annotated[str | None, Query(description=" | ".join(ORDER_STATES))] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before: Annotated[datetime | None, Query(description="orders that started before this time")] = None,
-        month: Annotated[str | None, Query(pattern=r"^20\d\d-(0[1-9]|1[0-2])$",
+        month: Annotated[str | None, Query(pattern=MONTH,
                                            description="YYYY-MM in the tenant's time zone")] = None,
     ) -> dict[str, Any]:
         if state is not None and state not in ORDER_STATES:
@@ -63,19 +74,25 @@ def build_router(rt: Runtime) -> APIRouter:
                                        "msg": f"state must be one of {', '.join(ORDER_STATES)}", "input": state}])
         since = until = None
         if month is not None:
-            try:
-                tz = ZoneInfo(tenant.time_zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                tz = ZoneInfo("UTC")
-            year, mon = int(month[:4]), int(month[5:])
-            since = datetime(year, mon, 1, tzinfo=tz)
-            until = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=tz)
+            since, until = month_bounds(month, tenant.time_zone)
             before = min(before, until) if before else until
         pool = rt.require_pool()
         return {"tenant_id": tenant.tenant_id, "month": month,
                 "orders": await order_store.list_orders(pool, tenant.tenant_id, state=state, limit=limit,
                                                         before=before, since=since),
                 "summary": await order_store.order_summary(pool, tenant.tenant_id, since=since, before=until)}
+
+    @router.get("/summary", summary="A month of orders: what they earned and what they cost in WhatsApp fees")
+    async def summary(
+        tenant: TenantDep,
+        month: Annotated[str, Query(pattern=MONTH, description="YYYY-MM in the tenant's time zone")],
+        limit: Annotated[int, Query(ge=0, le=10000, description="orders listed one by one")] = 1000,
+    ) -> dict[str, Any]:
+        since, until = month_bounds(month, tenant.time_zone)
+        found = await order_store.month_summary(rt.require_pool(), tenant.tenant_id, since=since, before=until,
+                                                order_limit=limit)
+        return {"tenant_id": tenant.tenant_id, "month": month, "time_zone": str(since.tzinfo),
+                "from": since.isoformat(), "to": until.isoformat(), **found}
 
     @router.get("/{reference_id}", summary="One order: items, exact amounts, customer, ad referral, history")
     async def get_order(tenant: TenantDep, reference_id: ReferenceId) -> dict[str, Any]:

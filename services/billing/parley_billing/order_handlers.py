@@ -2,8 +2,10 @@
 ``order_details`` / ``order_status`` messages (wa.messages.out). ADR 0111.
 
 Each record becomes at most one order fact, stored once; offsets are committed after the batch
-is stored (a replay finds the facts already there). A record that can never be a fact goes to
-the dead-letter topic on its own. A payment update for an order Parley never saw is stored (the
+is stored (a replay finds the facts already there). Failures go through
+``parley_common.deadletter.ConsumerGuard`` (ADR 0075): an unreachable database is retried with
+backoff (not ready meanwhile); a record that can never be a fact goes to the dead-letter topic on
+its own. A payment update for an order Parley never saw is stored (the
 order is ``unknown``), counted and logged by its reference id: kept and reported, not dropped.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,13 +24,16 @@ import orjson
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
-from parley_common.deadletter import dead_letter_record, is_transient, publish_dead_letter
+from parley_common.deadletter import ConsumerGuard
+from parley_common.endpoint_calls import TenantEndpointClient, WebhookDispatcher
 from parley_common.runtime import Runtime
-from parley_common.topics import COMMERCE, MESSAGES_OUT
+from parley_common.topics import COMMERCE, MESSAGES_OUT, Topic
 from prometheus_client import CollectorRegistry, Counter
 
 from parley_billing import order_store
 from parley_billing.domain.orders import OrderError, fulfilment_fact, lookup_fact, payment_fact, requested_fact
+from parley_billing.order_relay import build_dispatcher, relay_order_events_forever
+from parley_billing.settings import BillingSettings
 
 log = logging.getLogger("parley.billing.orders")
 GROUP = "parley-billing"
@@ -42,7 +47,9 @@ async def _raw_batch(msg: Any) -> None:
 
 
 def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int, batch_timeout_ms: int,
-             lookup_interval_s: float = 60.0, lookup_after_s: float = 900.0) -> None:
+             lookup_interval_s: float = 60.0, lookup_after_s: float = 900.0,
+             settings: BillingSettings | None = None) -> dict[str, ConsumerGuard]:
+    """The order subscribers, each under a failure guard (ADR 0075); returns the guards by topic."""
     broker: KafkaBroker = rt.broker
     facts = Counter("parley_billing_order_facts", "New order facts stored, by kind", ["kind"], registry=registry)
     orphans = Counter("parley_billing_orphan_payments",
@@ -52,6 +59,9 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
                   registry=registry)
     batch = {"batch": True, "max_records": batch_max_records, "batch_timeout_ms": batch_timeout_ms,
              "decoder": _raw_batch, **CONSUMER_DEFAULTS}
+    guards = {t.base: ConsumerGuard(broker, service="billing", consumer=f"billing:orders:{t.base}",
+                                    not_ready=rt.not_ready) for t in (COMMERCE, MESSAGES_OUT)}
+    stored = asyncio.Event()  # a new fact was stored: the order event relay looks now
 
     def tenant_of(record: dict[str, Any]) -> str:
         """The record's own tenant, bound where it entered Parley and owning its number
@@ -60,27 +70,28 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
         return rt.tenants.resolve(tenant_id if isinstance(tenant_id, str) else None,
                                   number if isinstance(number, str) else "").tenant_id
 
-    async def each(topic: str, msg: Any, handle: Callable[[dict[str, Any]], Any],
+    async def each(topic: Topic, msg: Any, handle: Callable[[dict[str, Any]], Any],
                    wanted: Callable[[bytes], bool] = lambda _: True) -> None:
+        """Each wanted record of the batch becomes at most one fact, under the topic's guard: an
+        unreachable database is retried with backoff (the facts already stored are not stored
+        twice); a record that can never be a fact is narrowed down to and dead-lettered alone."""
         raw = msg.raw_message
-        for rec in raw if isinstance(raw, tuple) else (raw,):
-            body = rec.value if isinstance(rec.value, bytes) else b""
-            if not wanted(body):
-                continue
-            try:
-                record = orjson.loads(body)
+        records = [r for r in (raw if isinstance(raw, tuple) else (raw,))
+                   if wanted(r.value if isinstance(r.value, bytes) else b"")]
+
+        async def handle_all(batch: Sequence[Any]) -> None:
+            for rec in batch:
+                record = orjson.loads(rec.value if isinstance(rec.value, bytes) else b"")
                 if type(record) is not dict:
                     raise OrderError("record is not a JSON object")
                 await handle(record)
-            except Exception as exc:
-                if is_transient(exc):
-                    raise  # the batch comes again; stored facts are not stored twice
-                bad.labels(topic).inc()
-                log.warning("order record dead-lettered", extra={"topic": topic, "error": type(exc).__name__,
-                                                                  "reason": str(exc)[:200]})
-                await publish_dead_letter(broker, dead_letter_record(
-                    service="billing", topic=topic, value=body, key=rec.key, exc=exc, attempts=1,
-                    partition=rec.partition, offset=rec.offset))
+
+        guard = guards[topic.base]
+        dead_before = guard.dead_lettered
+        await guard.run(records, handle_all)
+        if guard.dead_lettered > dead_before:
+            bad.labels(topic.name).inc(guard.dead_lettered - dead_before)
+        stored.set()
 
     async def on_commerce_record(record: dict[str, Any]) -> None:
         pool = rt.require_pool()
@@ -112,17 +123,29 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
 
     @broker.subscriber(COMMERCE.name, group_id=GROUP, **batch)
     async def on_commerce(msg: KafkaMessage) -> None:
-        await each(COMMERCE.name, msg, on_commerce_record)
+        await each(COMMERCE, msg, on_commerce_record)
 
     @broker.subscriber(MESSAGES_OUT.name, group_id=GROUP, **batch)
     async def on_outbound(msg: KafkaMessage) -> None:
-        await each(MESSAGES_OUT.name, msg, on_outbound_record,
+        await each(MESSAGES_OUT, msg, on_outbound_record,
                    lambda body: any(m in body for m in _ORDER_MARKERS))
 
     tasks: list[asyncio.Task[None]] = []
+    s = settings or BillingSettings()
+    client = TenantEndpointClient(timeout_s=s.endpoint_timeout_s,
+                                  connections_per_tenant=s.endpoint_per_tenant_concurrency)
+    dispatchers: list[WebhookDispatcher] = []
 
     async def start_sweep() -> None:
+        dispatcher = build_dispatcher(
+            rt, client, attempts=s.endpoint_attempts, backoff_s=s.endpoint_backoff_s,
+            backoff_cap_s=s.endpoint_backoff_cap_s, per_tenant=s.endpoint_per_tenant_concurrency,
+            max_in_flight=s.endpoint_max_in_flight, poll_interval_s=s.endpoint_poll_interval_s,
+            timeout_s=s.endpoint_timeout_s)
+        dispatcher.start()
+        dispatchers.append(dispatcher)
         tasks.append(asyncio.create_task(_publish_notices_forever(rt)))
+        tasks.append(asyncio.create_task(relay_order_events_forever(rt, stored, dispatcher.wake)))
         if lookup_interval_s > 0:
             tasks.append(asyncio.create_task(_settle_forever(rt, interval_s=lookup_interval_s,
                                                              pending_for_s=lookup_after_s)))
@@ -132,9 +155,13 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        for d in dispatchers:
+            await d.stop()
+        await client.aclose()
 
     rt.on_start.append(start_sweep)
     rt.on_stop.append(stop_sweep)
+    return guards
 
 
 GRAPH_API = "https://graph.facebook.com"

@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 from parley_common.db import AnyConnection
 
+from parley_billing.domain.order_events import OrderMark, order_event
 from parley_billing.domain.orders import (
     HistoryEntry,
     Money,
@@ -40,14 +41,14 @@ class FactResult:
 async def record_fact(pool: asyncpg.Pool, tenant_id: str, reference_id: str, fact: OrderFact) -> FactResult:
     """Add one fact to an order; returns whether it was new and the order after it."""
     async with pool.acquire() as conn, conn.transaction():
-        await _lock_order(conn, tenant_id, reference_id, fact.occurred_at)
+        before = await _lock_order(conn, tenant_id, reference_id, fact.occurred_at)
         inserted = await conn.fetchval(
             "INSERT INTO billing.order_facts (tenant_id, reference_id, fact_id, kind, occurred_at, body)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true",
             tenant_id, reference_id, fact.fact_id, fact.kind, fact.occurred_at, dict(fact.body))
         if not inserted:
             return FactResult(False, None)
-        return FactResult(True, await _refold(conn, tenant_id, reference_id))
+        return FactResult(True, await _refold(conn, tenant_id, reference_id, before))
 
 
 async def record_cart(pool: asyncpg.Pool, tenant_id: str, cart: dict[str, Any]) -> bool:
@@ -59,8 +60,8 @@ async def record_cart(pool: asyncpg.Pool, tenant_id: str, cart: dict[str, Any]) 
                 "SELECT reference_id FROM billing.orders WHERE tenant_id = $1 AND conversation_wamid = $2"
                 " ORDER BY reference_id", tenant_id, cart["wamid"])
             for r in refs:
-                await _lock_order(conn, tenant_id, r["reference_id"], datetime.now(UTC))
-                await _refold(conn, tenant_id, r["reference_id"])
+                before = await _lock_order(conn, tenant_id, r["reference_id"], datetime.now(UTC))
+                await _refold(conn, tenant_id, r["reference_id"], before)
         return new
 
 
@@ -80,21 +81,36 @@ async def _insert_cart(conn: AnyConnection, tenant_id: str, cart: dict[str, Any]
     return bool(inserted)
 
 
-async def _lock_order(conn: AnyConnection, tenant_id: str, reference_id: str, at: datetime) -> None:
+async def _lock_order(conn: AnyConnection, tenant_id: str, reference_id: str, at: datetime) -> OrderMark:
+    """Lock the order's row (created when new); returns its state and refunded amount before."""
     await conn.execute(
         "INSERT INTO billing.orders (tenant_id, reference_id, state, first_at, updated_at, view)"
         " VALUES ($1, $2, 'unknown', $3, now(), '{}') ON CONFLICT DO NOTHING",
         tenant_id, reference_id, at)
-    await conn.execute("SELECT 1 FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2 FOR UPDATE",
-                       tenant_id, reference_id)
+    row = await conn.fetchrow("SELECT state, refunded FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2"
+                              " FOR UPDATE", tenant_id, reference_id)
+    assert row is not None
+    return OrderMark(row["state"], row["refunded"] or Decimal(0))
 
 
-async def _ad_referral(conn: AnyConnection, tenant_id: str, view: OrderView) -> str | None:
-    """The click-to-WhatsApp ad an order came from: the cart its order_details answered."""
-    if not view.conversation_wamid:
+AD_REFERRAL_WINDOW = "72 hours"  # Meta's free entry point window after a click-to-WhatsApp ad
+
+
+async def _ad_referral(conn: AnyConnection, tenant_id: str, view: OrderView, first_at: datetime) -> str | None:
+    """The click-to-WhatsApp ad an order came from: the cart its order_details answered, else the
+    referral of the customer's latest message from an ad on that number in the 72 hours before
+    the order (the conversation the ad opened)."""
+    if view.conversation_wamid:
+        clid = await conn.fetchval("SELECT ctwa_clid FROM billing.order_carts WHERE wamid = $1 AND tenant_id = $2",
+                                   view.conversation_wamid, tenant_id)
+        if isinstance(clid, str):
+            return clid
+    if not view.phone_number_id or not view.customer:
         return None
-    clid = await conn.fetchval("SELECT ctwa_clid FROM billing.order_carts WHERE wamid = $1 AND tenant_id = $2",
-                               view.conversation_wamid, tenant_id)
+    clid = await conn.fetchval(
+        "SELECT ctwa_clid FROM billing.inbound WHERE phone_number_id = $1 AND customer = $2 AND tenant_id = $3"
+        f" AND ctwa_clid IS NOT NULL AND received_at <= $4 AND received_at > $4 - interval '{AD_REFERRAL_WINDOW}'"
+        " ORDER BY received_at DESC LIMIT 1", view.phone_number_id, view.customer.lstrip("+"), tenant_id, first_at)
     return clid if isinstance(clid, str) else None
 
 
@@ -105,11 +121,13 @@ async def _facts(conn: AnyConnection, tenant_id: str, reference_id: str) -> list
     return [OrderFact(r["fact_id"], r["kind"], r["occurred_at"], r["body"]) for r in rows]
 
 
-async def _refold(conn: AnyConnection, tenant_id: str, reference_id: str) -> OrderView:
+async def _refold(conn: AnyConnection, tenant_id: str, reference_id: str, before: OrderMark | None) -> OrderView:
+    """Recompute the order from all its facts (its row is locked) and, when it entered another
+    state or refunded more, record the order event (ADR 0113) in the same transaction."""
     view = fold_order(reference_id, await _facts(conn, tenant_id, reference_id))
-    if view.ctwa_clid is None:
-        view = dataclasses.replace(view, ctwa_clid=await _ad_referral(conn, tenant_id, view))
     first = min((h.at for h in view.history), default=datetime.now(UTC))
+    if view.ctwa_clid is None:
+        view = dataclasses.replace(view, ctwa_clid=await _ad_referral(conn, tenant_id, view, first))
     await conn.execute(
         "UPDATE billing.orders SET state = $3, phone_number_id = $4, customer = $5, currency = $6,"
         " total = $7, captured = $8, refunded = $9, conversation_wamid = $10, ctwa_clid = $11,"
@@ -117,6 +135,12 @@ async def _refold(conn: AnyConnection, tenant_id: str, reference_id: str) -> Ord
         tenant_id, reference_id, view.state, view.phone_number_id, view.customer, view.currency,
         _amount(view.total), _amount(view.captured), _amount(view.refunded), view.conversation_wamid,
         view.ctwa_clid, first, view_json(view))
+    event = order_event(tenant_id, view, view_json(view), datetime.now(UTC), before)
+    if event is not None:
+        await conn.execute(
+            "INSERT INTO billing.order_events (event_id, tenant_id, reference_id, type, state, phone_number_id, body)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            event["event_id"], tenant_id, reference_id, event["type"], event["state"], event["phone_number_id"], event)
     return view
 
 
@@ -163,16 +187,29 @@ async def get_order(pool: asyncpg.Pool, tenant_id: str, reference_id: str) -> di
     if row is None or not isinstance(row["view"], dict) or not row["view"]:
         return None
     view = dict(row["view"])
+    view["earned"] = _earned(view)
+    last_at = max((datetime.fromisoformat(h["at"]) for h in view.get("history") or []), default=row["first_at"])
     view["fees"] = await order_fees(pool, tenant_id, view.get("phone_number_id"), view.get("customer"),
-                                    row["first_at"], row["updated_at"])
+                                    row["first_at"], last_at)
     return view
+
+
+def _earned(view: dict[str, Any]) -> dict[str, Any] | None:
+    """What the order earned: captured minus refunded, exact, in the order's currency."""
+    captured, refunded, currency = view.get("captured"), view.get("refunded"), view.get("currency")
+    if not isinstance(captured, dict) or not currency:
+        return None
+    total = Money.from_meta(captured, currency, where="captured").amount
+    if isinstance(refunded, dict):
+        total -= Money.from_meta(refunded, currency, where="refunded").amount
+    return Money(total, currency).as_meta()
 
 
 async def order_fees(pool: asyncpg.Pool, tenant_id: str, phone_number_id: str | None, customer: str | None,
                      first_at: datetime, last_at: datetime) -> dict[str, Any]:
     """What the order's conversation cost in WhatsApp fees: the priced messages the business sent
-    the customer from the order's number, from a day before the order started to a day after its
-    last update (billing's ledger, list prices)."""
+    the customer from the order's number, from a day before the order's first fact to a day after
+    its last one, in event time (billing's ledger, list prices)."""
     if not phone_number_id or not customer:
         return {"messages": 0, "amounts": {}, "window": None}
     rows = await pool.fetch(
@@ -218,6 +255,66 @@ async def order_summary(pool: asyncpg.Pool, tenant_id: str, *, since: datetime |
              "earned": str((r["captured"] or Decimal(0)) - (r["refunded"] or Decimal(0)))} for r in rows]
 
 
+# The priced messages of the conversations of the orders started in [$2, $3): (order, message) pairs.
+_ORDER_MESSAGES = (
+    "WITH o AS (SELECT reference_id, phone_number_id, customer, first_at,"
+    " coalesce((SELECT max((h->>'at')::timestamptz) FROM jsonb_array_elements(view->'history') h), first_at)"
+    " AS last_at FROM billing.orders"
+    " WHERE tenant_id = $1 AND first_at >= $2 AND first_at < $3 AND state <> 'unknown'"
+    " AND phone_number_id IS NOT NULL AND customer IS NOT NULL),"
+    " m AS (SELECT o.reference_id, l.wamid, l.currency, l.amount, l.billable FROM o"
+    " JOIN billing.deliveries d ON d.phone_number_id = o.phone_number_id AND d.customer = o.customer"
+    " JOIN billing.ledger l ON l.wamid = d.wamid AND l.tenant_id = $1"
+    f" WHERE l.delivered_at BETWEEN o.first_at - interval '{FEE_WINDOW}' AND o.last_at + interval '{FEE_WINDOW}')"
+)
+
+
+async def month_summary(pool: asyncpg.Pool, tenant_id: str, *, since: datetime, before: datetime,
+                        order_limit: int = 1000) -> dict[str, Any]:
+    """A month of orders (started in ``[since, before)``): per currency, how many, captured,
+    refunded and earned; the WhatsApp fees of their conversations (the priced messages the
+    business sent each order's customer from its number, a day either side of the order, as on
+    one order) per fee currency, a message in two orders' windows counted once in the month; and
+    the same per order (there a message counts for every order whose window holds it)."""
+    money = await pool.fetch(
+        "SELECT currency, count(*) AS orders, count(*) FILTER (WHERE captured IS NOT NULL) AS paid,"
+        " coalesce(sum(captured), 0) AS captured, coalesce(sum(refunded), 0) AS refunded"
+        " FROM billing.orders WHERE tenant_id = $1 AND first_at >= $2 AND first_at < $3 AND state <> 'unknown'"
+        " GROUP BY currency ORDER BY currency", tenant_id, since, before)
+    by_order = await pool.fetch(
+        _ORDER_MESSAGES + " SELECT reference_id, currency, count(*) AS messages,"
+        " sum(amount) FILTER (WHERE billable) AS amount FROM m GROUP BY reference_id, currency",
+        tenant_id, since, before)
+    month_fees = await pool.fetch(
+        _ORDER_MESSAGES + " SELECT currency, count(*) AS messages, sum(amount) FILTER (WHERE billable) AS amount"
+        " FROM (SELECT DISTINCT wamid, currency, amount, billable FROM m) u GROUP BY currency ORDER BY currency",
+        tenant_id, since, before)
+    per_order: dict[str, dict[str, Any]] = {}
+    for r in by_order:
+        fees = per_order.setdefault(r["reference_id"], {"messages": 0, "amounts": {}})
+        fees["messages"] += r["messages"]
+        fees["amounts"][r["currency"]] = str(r["amount"] or Decimal(0))
+    orders = await pool.fetch(
+        "SELECT reference_id, state, currency, captured, refunded FROM billing.orders WHERE tenant_id = $1"
+        " AND first_at >= $2 AND first_at < $3 AND state <> 'unknown' ORDER BY first_at, reference_id LIMIT $4",
+        tenant_id, since, before, order_limit + 1)
+    return {
+        "currencies": [{"currency": r["currency"], "orders": r["orders"], "paid_orders": r["paid"],
+                        "captured": str(r["captured"]), "refunded": str(r["refunded"]),
+                        "earned": str(r["captured"] - r["refunded"])} for r in money],
+        "fees": {"messages": sum(r["messages"] for r in month_fees),
+                 "amounts": {r["currency"]: str(r["amount"] or Decimal(0)) for r in month_fees},
+                 "window": f"{FEE_WINDOW} either side of each order"},
+        "orders": [{"reference_id": r["reference_id"], "state": r["state"], "currency": r["currency"],
+                    "captured": None if r["captured"] is None else str(r["captured"]),
+                    "refunded": None if r["refunded"] is None else str(r["refunded"]),
+                    "earned": str((r["captured"] or Decimal(0)) - (r["refunded"] or Decimal(0))),
+                    "fees": per_order.get(r["reference_id"], {"messages": 0, "amounts": {}})}
+                   for r in orders[:order_limit]],
+        "orders_truncated": len(orders) > order_limit,
+    }
+
+
 # --- refunds -------------------------------------------------------------------------------
 
 
@@ -247,10 +344,10 @@ async def request_refund(
     """
     fingerprint = refund_fingerprint(amount, reason, notify)
     async with pool.acquire() as conn, conn.transaction():
-        exists = await conn.fetchval(
-            "SELECT true FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2 FOR UPDATE",
+        locked = await conn.fetchrow(
+            "SELECT state, refunded FROM billing.orders WHERE tenant_id = $1 AND reference_id = $2 FOR UPDATE",
             tenant_id, reference_id)
-        if not exists:
+        if locked is None:
             return RefundOutcome("not_found", f"no order {reference_id!r} for this tenant")
         previous = await conn.fetchrow(
             "SELECT fingerprint, amount, currency, notice FROM billing.order_refunds"
@@ -275,7 +372,8 @@ async def request_refund(
             "INSERT INTO billing.order_facts (tenant_id, reference_id, fact_id, kind, occurred_at, body)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
             tenant_id, reference_id, fact.fact_id, fact.kind, fact.occurred_at, dict(fact.body))
-        after = await _refold(conn, tenant_id, reference_id)
+        after = await _refold(conn, tenant_id, reference_id,
+                              OrderMark(locked["state"], locked["refunded"] or Decimal(0)))
         notice = notice_for(after, decision.amount, key) if notify else None
         await conn.execute(
             "INSERT INTO billing.order_refunds (tenant_id, reference_id, idempotency_key, fingerprint, amount,"

@@ -27,3 +27,12 @@ class BillingSettings(CommonSettings):
     # every interval (0 turns the lookups off).
     order_lookup_after_s: float = 900.0
     order_lookup_interval_s: float = 60.0
+    # Order events to the tenant's endpoints (settings.orders.endpoint / .conversions; ADR 0113),
+    # made by the shared dispatcher of ADR 0105: attempts, backoff, concurrency, timeout.
+    endpoint_attempts: int = 4
+    endpoint_backoff_s: float = 0.2
+    endpoint_backoff_cap_s: float = 300.0
+    endpoint_per_tenant_concurrency: int = 4
+    endpoint_max_in_flight: int = 64
+    endpoint_poll_interval_s: float = 1.0
+    endpoint_timeout_s: float = 5.0

@@ -240,10 +240,11 @@ class Metering:
             inserted = await conn.fetch(
                 """INSERT INTO billing.inbound
                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                        $6::bool[])
+                                        $6::bool[], $7::text[])
                    ON CONFLICT (wamid) DO NOTHING RETURNING phone_number_id, customer, received_at""",
                 [f.wamid for f in unique], [f.tenant_id for f in unique], [f.phone_number_id for f in unique],
-                [f.customer for f in unique], [f.at for f in unique], [f.referral for f in unique])
+                [f.customer for f in unique], [f.at for f in unique], [f.referral for f in unique],
+                [f.ctwa_clid for f in unique])
             affected: dict[Key, datetime] = {}
             for r in inserted:
                 _touch(affected, (r["phone_number_id"], r["customer"]), r["received_at"])

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from parley_common.runtime import build_runtime, make_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from parley_ingest import seat_orders
 from parley_ingest.api import api_router, request_validation_handler
 from parley_ingest.contacts import ContactBook
 from parley_ingest.flows import FlowRoute, flow_handler, flows_router, seats_api_router
@@ -191,6 +192,8 @@ def create_app(
 
     rt.on_start.append(start_store)
     rt.on_stop.append(stop_store)
+    if settings.seats_follow_orders:
+        seat_orders.register(rt, rt.registry)
     intake = WebhookIntake(svc)
     flows = flow_handler(svc)
     app = make_app(rt, title="Parley ingest",

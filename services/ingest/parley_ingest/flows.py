@@ -219,6 +219,17 @@ def seats_api_router(svc: IngestServices) -> APIRouter:
             raise HTTPException(409, "this flow token holds no seat (never held, expired, released or sold)")
         return {"flow_token": flow_token, "reference_id": body.reference_id, "sold": sold}
 
+    @router.post("/holds/{flow_token}/order", summary="The flow token's holds follow this order's payment")
+    async def attach(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)],
+                     body: SellRequest) -> dict[str, Any]:
+        """Sold when the order's payment is captured, released when it fails or the order is
+        canceled (from billing's order events, ADR 0113); at once if that already happened."""
+        result = await store().attach_order(tenant.tenant_id, flow_token, body.reference_id)
+        if not result.attached:
+            raise HTTPException(409, "this flow token holds no seat (never held, released, taken or sold)")
+        return {"flow_token": flow_token, "reference_id": body.reference_id, "seats": result.attached,
+                "applied": result.applied, "changed": result.seats}
+
     @router.post("/holds/{flow_token}/release", summary="The flow token's holds end now")
     async def release(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)]
                       ) -> dict[str, Any]:

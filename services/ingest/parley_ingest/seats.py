@@ -40,6 +40,34 @@ class Trip:
         return f"{Decimal(self.price_value) / Decimal(self.price_offset)} {self.currency}"
 
 
+@dataclass(frozen=True)
+class SeatOrderResult:
+    attached: list[str]  # "trip/seat" of the holds now belonging to the order
+    applied: str | None  # the order's settled outcome applied at once (sell | release), if any
+    seats: list[str]  # the seats it sold or released
+
+
+async def _lock_order(conn: Any, tenant_id: str, reference_id: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                       f"seat-order\x1f{tenant_id}\x1f{reference_id}")
+
+
+async def _apply(conn: Any, tenant_id: str, reference_id: str, action: str) -> list[str]:
+    """Sell or release the order's holds. A sale ignores the hold's end (the customer paid; the
+    seat is theirs unless another customer has held it since, which resets ``order_ref``)."""
+    if action == "sell":
+        rows = await conn.fetch(
+            "UPDATE ingest.flow_seats SET state = 'sold', sold_ref = $2, held_until = NULL"
+            " WHERE tenant_id = $1 AND state = 'held' AND (order_ref = $2 OR (order_ref IS NULL AND holder = $2))"
+            " RETURNING trip_id || '/' || seat_id AS seat", tenant_id, reference_id)
+    else:
+        rows = await conn.fetch(
+            "UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL, order_ref = NULL"
+            " WHERE tenant_id = $1 AND state = 'held' AND (order_ref = $2 OR (order_ref IS NULL AND holder = $2))"
+            " RETURNING trip_id || '/' || seat_id AS seat", tenant_id, reference_id)
+    return sorted(r["seat"] for r in rows)
+
+
 class SeatStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -90,11 +118,12 @@ class SeatStore:
         row = await self.pool.fetchrow(
             "WITH pick AS ("
             " UPDATE ingest.flow_seats SET state = 'held', holder = $4,"
-            " held_until = now() + make_interval(secs => $5)"
+            " held_until = now() + make_interval(secs => $5),"
+            " order_ref = CASE WHEN holder = $4 THEN order_ref END"
             " WHERE tenant_id = $1 AND trip_id = $2 AND seat_id = $3"
             f" AND ({FREE} OR (state = 'held' AND holder = $4)) RETURNING held_until),"
             " dropped AS ("
-            " UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL"
+            " UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL, order_ref = NULL"
             " WHERE tenant_id = $1 AND trip_id = $2 AND holder = $4 AND state = 'held' AND seat_id <> $3"
             " AND EXISTS (SELECT 1 FROM pick) RETURNING 1)"
             " SELECT (SELECT held_until FROM pick) AS held_until, (SELECT count(*) FROM dropped) AS dropped,"
@@ -124,9 +153,42 @@ class SeatStore:
     async def release(self, tenant_id: str, token: str) -> int:
         """The token's holds end now (the payment failed)."""
         result = await self.pool.execute(
-            "UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL"
+            "UPDATE ingest.flow_seats SET state = 'free', holder = NULL, held_until = NULL, order_ref = NULL"
             " WHERE tenant_id = $1 AND holder = $2 AND state = 'held'", tenant_id, token)
         return int(result.split()[-1])
+
+    # --- seats follow payments (ADR 0112, 0113) -------------------------------------------
+    # Both the attachment of a hold to an order and the order's outcome take the order's advisory
+    # lock, so whichever comes second sees the other: no interleaving leaves a paid order's hold
+    # unsold or a failed order's hold held.
+
+    async def attach_order(self, tenant_id: str, token: str, reference_id: str) -> SeatOrderResult:
+        """The token's holds belong to the order ``reference_id``; if its payment already settled,
+        they are sold or released now."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _lock_order(conn, tenant_id, reference_id)
+            rows = await conn.fetch(
+                "UPDATE ingest.flow_seats SET order_ref = $3 WHERE tenant_id = $1 AND holder = $2 AND state = 'held'"
+                " RETURNING trip_id || '/' || seat_id AS seat", tenant_id, token, reference_id)
+            attached = sorted(r["seat"] for r in rows)
+            action = await conn.fetchval(
+                "SELECT action FROM ingest.seat_orders WHERE tenant_id = $1 AND reference_id = $2",
+                tenant_id, reference_id)
+            if action is None or not attached:
+                return SeatOrderResult(attached, None, [])
+            return SeatOrderResult(attached, action, await _apply(conn, tenant_id, reference_id, action))
+
+    async def follow_order(self, tenant_id: str, reference_id: str, action: str, event_id: str) -> list[str]:
+        """The order's outcome (``sell`` | ``release``) from its event: kept as the order's latest,
+        and applied to its holds (those attached to it, or held by a flow token equal to its
+        reference id). Returns the seats sold or released."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _lock_order(conn, tenant_id, reference_id)
+            await conn.execute(
+                "INSERT INTO ingest.seat_orders (tenant_id, reference_id, action, event_id) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (tenant_id, reference_id) DO UPDATE SET action = EXCLUDED.action,"
+                " event_id = EXCLUDED.event_id, decided_at = now()", tenant_id, reference_id, action, event_id)
+            return await _apply(conn, tenant_id, reference_id, action)
 
     async def seat_counts(self, tenant_id: str) -> dict[str, int]:
         rows = await self.pool.fetch(

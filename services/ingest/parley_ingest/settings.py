@@ -38,3 +38,6 @@ class IngestSettings(CommonSettings):
     api_rate_limit: str = "50/second"
     idempotency_ttl_hours: int = Field(default=24, ge=1)
     max_batch_messages: int = Field(default=1000, ge=1, le=1000)
+    # Seats follow payments (ADR 0112, 0113): consume billing's order events (wa.orders) to sell or
+    # release the seats held for an order. Off: the business sells and releases through the API.
+    seats_follow_orders: bool = True

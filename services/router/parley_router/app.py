@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.broker import CONSUMER_DEFAULTS
+from parley_common.endpoint_calls import EndpointOutbox, TenantEndpointClient, WebhookDispatcher
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_IN
 
@@ -25,7 +26,6 @@ from parley_router.model_registry import ModelRegistry
 from parley_router.models import default_model
 from parley_router.settings import RouterSettings
 from parley_router.store import RouterStore
-from parley_router.webhooks import TenantEndpointClient, WebhookDispatcher
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("parley.router")
@@ -88,11 +88,12 @@ def create_app(settings: RouterSettings | None = None, *,
         await asyncio.to_thread(router.encoder.load)
         await asyncio.to_thread(router.languages.detect_many, ["hello there", "x" * 80])
         service.dispatcher = WebhookDispatcher(
-            store, endpoints, service.endpoint_target, service.dead_letter_call, rt.registry,
+            EndpointOutbox(rt.require_pool(), "router.webhook_outbox"), endpoints, service.endpoint_target,
+            service.dead_letter_call, rt.registry,
             attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s,
             backoff_cap_s=settings.webhook_backoff_cap_s, per_tenant=settings.webhook_per_tenant_concurrency,
             max_in_flight=settings.webhook_max_in_flight, poll_interval_s=settings.webhook_poll_interval_s,
-            lease_s=settings.webhook_timeout_s * 2 + 30)
+            lease_s=settings.webhook_timeout_s * 2 + 30, metric="parley_router_webhook_attempts_total")
         service.dispatcher.start()
         await registry.refresh_api_intents()
         await registry.sync(rt.tenants.tenants.values(), service.routing_of)

@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, set_span_in_context
 from parley_common.contracts import InboundMessage
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, publish_dead_letter
+from parley_common.endpoint_calls import EndpointTarget, PendingDelivery, WebhookDispatcher
 from parley_common.producer import Record, RecordProducer
 from parley_common.runtime import Runtime
 from parley_common.tenancy.directory import UnboundEvent
@@ -34,8 +35,7 @@ from pydantic import BaseModel, ValidationError
 from parley_router.domain.config import TenantRouting
 from parley_router.domain.pipeline import MessageRouter, TenantContext
 from parley_router.domain.routing import RoutingDecision
-from parley_router.store import PendingDelivery, RouterStore
-from parley_router.webhooks import EndpointTarget, WebhookDispatcher
+from parley_router.store import RouterStore
 
 log = logging.getLogger("parley.router")
 SERVICE = "router"

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from parley_common.endpoint_calls import delivery_id
 
 from parley_router.domain.routing import RoutingDecision
-
-
-@dataclass(frozen=True)
-class PendingDelivery:
-    """One claimed row of ``router.webhook_outbox``; ``attempt`` counts this one (from 1)."""
-
-    delivery_id: str
-    tenant_id: str
-    endpoint: str
-    phone_number_id: str
-    event_id: str
-    body: bytes
-    attempt: int
-
-
-def delivery_id(event_id: str, endpoint: str) -> str:
-    return f"{event_id}:{endpoint}"
 
 
 class RouterStore:
@@ -73,51 +56,6 @@ class RouterStore:
                    ON CONFLICT (wamid) DO NOTHING""",
                 [x.wamid for x in r], [x.tenant_id for x in r], [x.intent for x in r], [x.rule for x in r])
         return len(calls)
-
-    async def claim_deliveries(self, free_slots: Mapping[str, int], per_tenant: int, limit: int,
-                               lease_s: float) -> list[PendingDelivery]:
-        """Due outbox rows, at most ``free_slots[tenant]`` (else ``per_tenant``) per tenant, leased
-        for ``lease_s``. A row leased by another replica in between is skipped (the UPDATE
-        re-checks the lease)."""
-        if limit <= 0:
-            return []
-        rows = await self._pool.fetch(
-            """WITH due AS (
-                   SELECT delivery_id, tenant_id,
-                          row_number() OVER (PARTITION BY tenant_id ORDER BY next_attempt_at, delivery_id) AS rn
-                   FROM router.webhook_outbox
-                   WHERE next_attempt_at <= now() AND lease_until <= now()
-               ), picked AS (
-                   SELECT due.delivery_id FROM due
-                   LEFT JOIN unnest($1::text[], $2::int[]) AS slots(tenant_id, free) USING (tenant_id)
-                   WHERE due.rn <= coalesce(slots.free, $3)
-                   ORDER BY due.rn, due.delivery_id LIMIT $4
-               )
-               UPDATE router.webhook_outbox o
-               SET lease_until = now() + make_interval(secs => $5), attempts = o.attempts + 1
-               FROM picked
-               WHERE o.delivery_id = picked.delivery_id AND o.lease_until <= now()
-               RETURNING o.delivery_id, o.tenant_id, o.endpoint, o.phone_number_id, o.event_id, o.body,
-                         o.attempts""",
-            list(free_slots), list(free_slots.values()), per_tenant, limit, lease_s)
-        return [PendingDelivery(r["delivery_id"], r["tenant_id"], r["endpoint"], r["phone_number_id"],
-                                r["event_id"], bytes(r["body"]), r["attempts"]) for r in rows]
-
-    async def delivery_done(self, delivery_id: str) -> None:
-        await self._pool.execute("DELETE FROM router.webhook_outbox WHERE delivery_id = $1", delivery_id)
-
-    async def delivery_retry_later(self, delivery_id: str, delay_s: float, error: str) -> None:
-        await self._pool.execute(
-            """UPDATE router.webhook_outbox SET next_attempt_at = now() + make_interval(secs => $2),
-                      lease_until = '-infinity', last_error = $3 WHERE delivery_id = $1""",
-            delivery_id, delay_s, error[:500])
-
-    async def release_deliveries(self, delivery_ids: Sequence[str]) -> None:
-        """Give leased rows back at once (a replica stopping cleanly), without counting the attempt."""
-        if delivery_ids:
-            await self._pool.execute(
-                """UPDATE router.webhook_outbox SET lease_until = '-infinity', attempts = greatest(attempts - 1, 0)
-                   WHERE delivery_id = ANY($1::text[])""", list(delivery_ids))
 
     async def pending_deliveries(self, tenant_id: str | None = None) -> int:
         return int(await self._pool.fetchval(

@@ -97,6 +97,7 @@ class InboundRecord:
     referral: bool
     user_id: str | None = None  # the BSUID (or BSUID contact key), when the message also names the number
     phone: str | None = None  # that number
+    ctwa_clid: str | None = None  # the click-to-WhatsApp ad's click id (orders' ad referral)
 
 
 _new = tuple.__new__
@@ -150,7 +151,13 @@ def inbound_record(d: Mapping[str, Any]) -> InboundRecord:
     return InboundRecord(
         wamid=_require(d, "wamid"), tenant_id=d.get("tenant_id"), phone_number_id=_require(d, "phone_number_id"),
         customer=customer, at=_time(d.get("occurred_at")), referral=bool(d.get("referral")),
-        user_id=str(known_by) if known_by else None, phone=_customer(phone) if known_by else None)
+        user_id=str(known_by) if known_by else None, phone=_customer(phone) if known_by else None,
+        ctwa_clid=_ctwa_clid(d.get("referral")))
+
+
+def _ctwa_clid(referral: Any) -> str | None:
+    clid = referral.get("ctwa_clid") if isinstance(referral, Mapping) else None
+    return clid if isinstance(clid, str) and clid else None
 
 
 def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:

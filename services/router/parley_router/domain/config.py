@@ -15,7 +15,7 @@ Format (YAML under a tenant's ``settings:``; every key optional)::
       quick_replies: {"Track my order": order_status}  # template quick-reply payloads -> intent
       referrals:                    # click-to-WhatsApp ads: ad id (source_id) -> intent
         "120226305854810726": buy_ticket
-      endpoints:                    # tenant HTTPS endpoints, signed (domain/outbound.py)
+      endpoints:                    # tenant HTTPS endpoints, signed (parley_common.outbound)
         crm: {url: "https://crm.example.com/parley", secret_ref: "env:ACME_CRM_SECRET"}
       endpoint_policy:              # operator's choice; both false unless the endpoint is internal
         {allow_http: false, allow_private_addresses: false}
@@ -41,9 +41,8 @@ from __future__ import annotations
 from datetime import time
 from typing import Any, Literal
 
+from parley_common.outbound import Endpoint, EndpointPolicySpec, EndpointRefused, parse_endpoint_url
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from parley_router.domain.outbound import EndpointPolicy, EndpointRefused, parse_endpoint_url
 
 
 class _Model(BaseModel):
@@ -110,31 +109,6 @@ class Rule(_Model):
     name: str
     when: RuleCondition = Field(default_factory=RuleCondition)
     then: RuleAction
-
-
-class Endpoint(_Model):
-    url: str
-    secret_ref: str
-
-    @field_validator("secret_ref")
-    @classmethod
-    def _ref(cls, v: str) -> str:
-        kind, _, where = v.partition(":")
-        if kind not in ("env", "file"):
-            raise ValueError("secrets are referenced as 'env:NAME' or 'file:/path', never inline")
-        if not where.strip():
-            raise ValueError(f"secret reference {v!r} names no variable or file")
-        return v
-
-
-class EndpointPolicySpec(_Model):
-    """Where a tenant's endpoints may be: the operator's decision, never the tenant's."""
-
-    allow_http: bool = False
-    allow_private_addresses: bool = False
-
-    def policy(self) -> EndpointPolicy:
-        return EndpointPolicy(self.allow_http, self.allow_private_addresses)
 
 
 class TenantRouting(_Model):

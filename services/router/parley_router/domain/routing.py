@@ -22,9 +22,10 @@ from parley_common.contracts import (
     TemplateRef,
     body_hash,
 )
+from parley_common.outbound import Endpoint
 from parley_common.topics import AGENT_QUEUE, MESSAGES_OUT
 
-from parley_router.domain.config import Endpoint, Rule, RuleAction, TenantRouting
+from parley_router.domain.config import Rule, RuleAction, TenantRouting
 from parley_router.domain.defaults import RouterDefaults
 
 OUT_OF_SCOPE = "out_of_scope"

@@ -1,21 +1,22 @@
-"""Calls to a tenant's own endpoint, off the consume path (ADR 0105).
+"""Calls to a tenant's own endpoints, off the consume path (ADR 0105), for any service.
 
-The consumer only queues a call: ``RouterStore.mark_routed_with_deliveries`` writes it to
-``router.webhook_outbox`` in the transaction that marks the batch routed, before the offsets are
-committed. ``WebhookDispatcher`` makes the calls: it claims due rows with a lease, at most
-``per_tenant`` calls in flight per tenant and ``max_in_flight`` in all, so a tenant whose
-endpoint is slow or down fills only its own slots; routing and every other tenant go on.
+A service queues a call by inserting a row into its own outbox table (same columns in every
+schema: ``router.webhook_outbox``, ``billing.webhook_outbox``) in the transaction that records
+what the call tells, before its Kafka offsets are committed. ``WebhookDispatcher`` makes the
+calls: it claims due rows through ``EndpointOutbox`` with a lease, at most ``per_tenant`` calls
+in flight per tenant and ``max_in_flight`` in all, so a tenant whose endpoint is slow or down
+fills only its own slots; every other tenant goes on.
 
-Each attempt is one POST of the RoutedMessage JSON, signed with a timestamp
-(``domain/outbound.py``), to an address that was resolved and checked just before, and connected
-to by that address (the host name goes in ``Host`` and TLS SNI, so the certificate is still
-checked against it): a name cannot resolve to a public address for the check and to a private
-one for the call. Accepted (2xx, no redirects followed) → the row is deleted. Transport errors,
-408, 429 and 5xx → tried again later with exponential backoff, up to ``attempts``. Anything else
-(another 4xx, a refused URL or address, an empty or missing secret, an endpoint no longer in the
-tenant's settings) or the last failed attempt → ``wa.deadletter``, then the row is deleted. A
-replica that dies mid-call leaves a lease that runs out, and another replica calls again:
-at least once, with the same ``X-Parley-Event-Id`` on every attempt so the tenant can drop
+Each attempt is one POST of the row's body (JSON), signed with a timestamp
+(``parley_common.outbound``), to an address that was resolved and checked just before, and
+connected to by that address (the host name goes in ``Host`` and TLS SNI, so the certificate is
+still checked against it): a name cannot resolve to a public address for the check and to a
+private one for the call. Accepted (2xx, no redirects followed) → the row is deleted. Transport
+errors, 408, 429 and 5xx → tried again later with exponential backoff, up to ``attempts``.
+Anything else (another 4xx, a refused URL or address, an empty or missing secret, an endpoint no
+longer in the tenant's settings) or the last failed attempt → ``wa.deadletter``, then the row is
+deleted. A replica that dies mid-call leaves a lease that runs out, and another replica calls
+again: at least once, with the same ``X-Parley-Event-Id`` on every attempt so the tenant can drop
 repeats.
 """
 
@@ -28,14 +29,14 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
-from parley_common.tenancy.models import SecretError, resolve_secret
 from prometheus_client import CollectorRegistry, Counter
 
-from parley_router.domain.outbound import (
+from parley_common.outbound import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     EmptySecretError,
@@ -48,9 +49,9 @@ from parley_router.domain.outbound import (
     retry_delay_s,
     sign,
 )
-from parley_router.store import PendingDelivery, RouterStore
+from parley_common.tenancy.models import SecretError, resolve_secret
 
-log = logging.getLogger("parley.router.webhooks")
+log = logging.getLogger("parley.endpoint_calls")
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
@@ -78,6 +79,88 @@ async def resolve_host(host: str, port: int) -> list[IPAddress]:
 def is_retryable(exc: BaseException) -> bool:
     # socket.gaierror (a name that does not resolve right now) is an OSError.
     return isinstance(exc, EndpointUnavailable | httpx.TransportError | OSError | TimeoutError)
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """One claimed outbox row; ``attempt`` counts this one (from 1)."""
+
+    delivery_id: str
+    tenant_id: str
+    endpoint: str
+    phone_number_id: str
+    event_id: str
+    body: bytes
+    attempt: int
+
+
+def delivery_id(event_id: str, endpoint: str) -> str:
+    return f"{event_id}:{endpoint}"
+
+
+class EndpointOutbox:
+    """A service's outbox table of tenant endpoint calls (``<schema>.webhook_outbox``).
+
+    Its columns: delivery_id (primary key), tenant_id, endpoint (the name of the endpoint in the
+    tenant's settings), phone_number_id, event_id, body, attempts, next_attempt_at, lease_until,
+    last_error, created_at. URL and secret are read from the tenant's settings at each attempt:
+    nothing secret is stored."""
+
+    def __init__(self, pool: asyncpg.Pool, table: str) -> None:
+        schema, _, name = table.partition(".")
+        if not (schema.isidentifier() and name.isidentifier()):
+            raise ValueError(f"outbox table {table!r} must be <schema>.<table>")
+        self._pool = pool
+        self.table = table
+
+    async def claim(self, free_slots: Mapping[str, int], per_tenant: int, limit: int,
+                    lease_s: float) -> list[PendingDelivery]:
+        """Due rows, at most ``free_slots[tenant]`` (else ``per_tenant``) per tenant, leased for
+        ``lease_s``. A row leased by another replica in between is skipped (the UPDATE re-checks
+        the lease)."""
+        if limit <= 0:
+            return []
+        rows = await self._pool.fetch(
+            f"""WITH due AS (
+                   SELECT delivery_id, tenant_id,
+                          row_number() OVER (PARTITION BY tenant_id ORDER BY next_attempt_at, delivery_id) AS rn
+                   FROM {self.table}
+                   WHERE next_attempt_at <= now() AND lease_until <= now()
+               ), picked AS (
+                   SELECT due.delivery_id FROM due
+                   LEFT JOIN unnest($1::text[], $2::int[]) AS slots(tenant_id, free) USING (tenant_id)
+                   WHERE due.rn <= coalesce(slots.free, $3)
+                   ORDER BY due.rn, due.delivery_id LIMIT $4
+               )
+               UPDATE {self.table} o
+               SET lease_until = now() + make_interval(secs => $5), attempts = o.attempts + 1
+               FROM picked
+               WHERE o.delivery_id = picked.delivery_id AND o.lease_until <= now()
+               RETURNING o.delivery_id, o.tenant_id, o.endpoint, o.phone_number_id, o.event_id, o.body,
+                         o.attempts""",
+            list(free_slots), list(free_slots.values()), per_tenant, limit, lease_s)
+        return [PendingDelivery(r["delivery_id"], r["tenant_id"], r["endpoint"], r["phone_number_id"],
+                                r["event_id"], bytes(r["body"]), r["attempts"]) for r in rows]
+
+    async def done(self, delivery_id: str) -> None:
+        await self._pool.execute(f"DELETE FROM {self.table} WHERE delivery_id = $1", delivery_id)
+
+    async def retry_later(self, delivery_id: str, delay_s: float, error: str) -> None:
+        await self._pool.execute(
+            f"""UPDATE {self.table} SET next_attempt_at = now() + make_interval(secs => $2),
+                      lease_until = '-infinity', last_error = $3 WHERE delivery_id = $1""",
+            delivery_id, delay_s, error[:500])
+
+    async def release(self, delivery_ids: Sequence[str]) -> None:
+        """Give leased rows back at once (a replica stopping cleanly), without counting the attempt."""
+        if delivery_ids:
+            await self._pool.execute(
+                f"""UPDATE {self.table} SET lease_until = '-infinity', attempts = greatest(attempts - 1, 0)
+                   WHERE delivery_id = ANY($1::text[])""", list(delivery_ids))
+
+    async def pending(self, tenant_id: str | None = None) -> int:
+        return int(await self._pool.fetchval(
+            f"SELECT count(*) FROM {self.table} WHERE $1::text IS NULL OR tenant_id = $1", tenant_id))
 
 
 class TenantEndpointClient:
@@ -132,11 +215,12 @@ DeadLetterCall = Callable[[PendingDelivery, BaseException], Awaitable[None]]
 
 
 class WebhookDispatcher:
-    def __init__(self, store: RouterStore, client: TenantEndpointClient, target_of: TargetOf,
+    def __init__(self, outbox: EndpointOutbox, client: TenantEndpointClient, target_of: TargetOf,
                  dead_letter: DeadLetterCall, registry: CollectorRegistry, *, attempts: int = 4,
                  backoff_s: float = 0.2, backoff_cap_s: float = 300.0, per_tenant: int = 4,
-                 max_in_flight: int = 64, poll_interval_s: float = 1.0, lease_s: float = 60.0) -> None:
-        self._store = store
+                 max_in_flight: int = 64, poll_interval_s: float = 1.0, lease_s: float = 60.0,
+                 metric: str) -> None:
+        self._outbox = outbox
         self._client = client
         self._target_of = target_of
         self._dead_letter = dead_letter
@@ -148,7 +232,7 @@ class WebhookDispatcher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self.outcomes = Counter("parley_router_webhook_attempts_total",
+        self.outcomes = Counter(metric,
                                 "Tenant endpoint call attempts by outcome", ["outcome"], registry=registry)
 
     def wake(self) -> None:
@@ -169,7 +253,7 @@ class WebhookDispatcher:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         # Calls cut short give their rows back at once, for this or another replica to make again.
         with contextlib.suppress(Exception):
-            await self._store.release_deliveries(pending)
+            await self._outbox.release(pending)
 
     async def _run(self) -> None:
         while True:
@@ -188,7 +272,7 @@ class WebhookDispatcher:
         if room <= 0:
             return
         free = {t: max(0, self._per_tenant - n) for t, n in self._in_flight.items() if n > 0}
-        for p in await self._store.claim_deliveries(free, self._per_tenant, room, self._lease_s):
+        for p in await self._outbox.claim(free, self._per_tenant, room, self._lease_s):
             self._in_flight[p.tenant_id] = self._in_flight.get(p.tenant_id, 0) + 1
             task = asyncio.create_task(self._attempt(p))
             self._tasks[p.delivery_id] = task
@@ -215,14 +299,14 @@ class WebhookDispatcher:
             await self._failed(p, exc)
             return
         self.outcomes.labels("delivered").inc()
-        await self._settle(self._store.delivery_done(p.delivery_id))
+        await self._settle(self._outbox.done(p.delivery_id))
 
     async def _failed(self, p: PendingDelivery, exc: Exception) -> None:
         reason = _reason(exc)
         if is_retryable(exc) and p.attempt < self.attempts:
             self.outcomes.labels("retry").inc()
             delay = retry_delay_s(p.attempt, self._backoff_s, self._backoff_cap_s)
-            await self._settle(self._store.delivery_retry_later(p.delivery_id, delay, reason))
+            await self._settle(self._outbox.retry_later(p.delivery_id, delay, reason))
             return
         self.outcomes.labels("dead_letter").inc()
         log.warning("tenant endpoint call dead-lettered",
@@ -234,7 +318,7 @@ class WebhookDispatcher:
             log.exception("dead-lettering a tenant endpoint call failed; its lease will run out and it "
                           "is tried again")
             return
-        await self._settle(self._store.delivery_done(p.delivery_id))
+        await self._settle(self._outbox.done(p.delivery_id))
 
     @staticmethod
     async def _settle(write: Awaitable[None]) -> None:

@@ -1,4 +1,7 @@
-"""Rules for the router's calls to a tenant's own endpoint (pure: no network, no clock of its own).
+"""Rules for Parley's calls to a tenant's own endpoints (pure: no network, no clock of its own).
+
+Two services call tenants (ADR 0105): the router (routed messages) and billing (order events and
+ad conversions, ADR 0113); both sign, check addresses and read endpoint settings by these rules.
 
 - **Signature** (as Stripe and Svix sign theirs): ``X-Parley-Signature: t=<unix seconds>,v1=<hex>``
   where ``v1`` is HMAC-SHA256, keyed with the endpoint's secret, of ``"<t>." + body``. The tenant
@@ -21,6 +24,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, field_validator
 
 SIGNATURE_HEADER = "X-Parley-Signature"
 EVENT_ID_HEADER = "X-Parley-Event-Id"
@@ -183,3 +188,37 @@ def is_retryable_status(status: int) -> bool:
 def retry_delay_s(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
     """Backoff before attempt ``attempt + 1`` (attempt counts from 1): base, 2·base, 4·base … capped."""
     return float(min(cap_s, base_s * (2 ** max(0, min(attempt - 1, 30)))))
+
+
+# --- how a tenant's settings name an endpoint (router.endpoints, orders.endpoint, ...) ------
+
+
+class Endpoint(BaseModel):
+    """A tenant endpoint in the tenant's settings: its URL and a reference to its signing secret."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    secret_ref: str
+
+    @field_validator("secret_ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        kind, _, where = v.partition(":")
+        if kind not in ("env", "file"):
+            raise ValueError("secrets are referenced as 'env:NAME' or 'file:/path', never inline")
+        if not where.strip():
+            raise ValueError(f"secret reference {v!r} names no variable or file")
+        return v
+
+
+class EndpointPolicySpec(BaseModel):
+    """Where a tenant's endpoints may be: the operator's decision, never the tenant's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_http: bool = False
+    allow_private_addresses: bool = False
+
+    def policy(self) -> EndpointPolicy:
+        return EndpointPolicy(self.allow_http, self.allow_private_addresses)
