@@ -50,7 +50,7 @@ ALERTS = REPO / "deploy" / "observability" / "alerts"
 # Secrets the user creates before applying (deploy/k8s/README.md); never rendered from the repo.
 USER_SECRETS = {"parley-secrets", "parley-meta", "parley-kafka"}
 # Services that call out to the internet (tenant endpoints; Meta's Graph API), on 443 only.
-INTERNET_EGRESS = {"parley-router", "parley-sender"}
+INTERNET_EGRESS = {"parley-router", "parley-sender", "parley-billing"}
 NON_PUBLIC = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8",
                                                 "169.254.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10")]
 KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
@@ -332,7 +332,7 @@ def _allowed_ports(rules: list[Doc]) -> set[tuple[str, int]]:
 def network_policy_problems(docs: list[Doc]) -> list[str]:
     """One NetworkPolicy per service, ingress only on its HTTP port (and its ops port, from inside the
     cluster, for Prometheus), egress only to what it uses:
-    DNS, Kafka, PostgreSQL, and (router and sender only) 443 on public addresses."""
+    DNS, Kafka, PostgreSQL, and (router, sender and billing only) 443 on public addresses."""
     problems: list[str] = []
     policies = of_kind(docs, "NetworkPolicy")
     kafka_port = int(config_value(docs, "PARLEY_KAFKA_BOOTSTRAP").rsplit(":", 1)[1])
@@ -721,9 +721,9 @@ def test_network_policy_check_catches_open_ports_private_egress_and_a_missing_po
     problems = network_policy_problems(docs)
     assert any("includes 169.254.0.0/16" in p for p in problems), problems
     assert any("expected only TCP 8082" in p for p in problems), problems
-    docs, np = _broken(prod, "NetworkPolicy", "parley-billing")
+    docs, np = _broken(prod, "NetworkPolicy", "parley-ingest")
     np["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443}]})
-    assert any("parley-billing: egress to 0.0.0.0/0" in p for p in network_policy_problems(docs))
+    assert any("parley-ingest: egress to 0.0.0.0/0" in p for p in network_policy_problems(docs))
     docs = [d for d in copy.deepcopy(prod) if not (d["kind"] == "NetworkPolicy"
                                                    and d["metadata"]["name"] == "parley-ingest")]
     assert any("parley-ingest: selected by 0" in p for p in network_policy_problems(docs))

@@ -128,14 +128,15 @@ async def _refold(conn: AnyConnection, tenant_id: str, reference_id: str, before
     first = min((h.at for h in view.history), default=datetime.now(UTC))
     if view.ctwa_clid is None:
         view = dataclasses.replace(view, ctwa_clid=await _ad_referral(conn, tenant_id, view, first))
+    body = view_json(view)
     await conn.execute(
         "UPDATE billing.orders SET state = $3, phone_number_id = $4, customer = $5, currency = $6,"
         " total = $7, captured = $8, refunded = $9, conversation_wamid = $10, ctwa_clid = $11,"
         " first_at = $12, updated_at = now(), view = $13 WHERE tenant_id = $1 AND reference_id = $2",
         tenant_id, reference_id, view.state, view.phone_number_id, view.customer, view.currency,
         _amount(view.total), _amount(view.captured), _amount(view.refunded), view.conversation_wamid,
-        view.ctwa_clid, first, view_json(view))
-    event = order_event(tenant_id, view, view_json(view), datetime.now(UTC), before)
+        view.ctwa_clid, first, body)
+    event = order_event(tenant_id, view, body, datetime.now(UTC), before)
     if event is not None:
         await conn.execute(
             "INSERT INTO billing.order_events (event_id, tenant_id, reference_id, type, state, phone_number_id, body)"

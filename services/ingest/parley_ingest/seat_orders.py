@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -37,6 +38,17 @@ async def _raw_batch(msg: Any) -> None:
     return None
 
 
+def _event_time(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            at = None
+        if at is not None and at.tzinfo is not None:
+            return at
+    raise OrderEventError("occurred_at must be an ISO 8601 time with a zone")
+
+
 def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int = 500,
              batch_timeout_ms: int = 100) -> ConsumerGuard:
     seats = Counter("parley_ingest_seats_following_orders", "Seats sold or released by order events",
@@ -59,7 +71,8 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
             # the event's own tenant, owning its number (ADR 0100); else UnboundEvent, dead-lettered
             tenant = rt.tenants.resolve(tenant_id if isinstance(tenant_id, str) else None,
                                         number if isinstance(number, str) else "").tenant_id
-            changed = await store.follow_order(tenant, reference_id, action, event_id)
+            changed = await store.follow_order(tenant, reference_id, action, event_id,
+                                               _event_time(event.get("occurred_at")))
             if changed:
                 seats.labels(action).inc(len(changed))
                 log.info("seats follow the order's payment", extra={"tenant_id": tenant, "reference_id": reference_id,

@@ -178,16 +178,22 @@ class SeatStore:
                 return SeatOrderResult(attached, None, [])
             return SeatOrderResult(attached, action, await _apply(conn, tenant_id, reference_id, action))
 
-    async def follow_order(self, tenant_id: str, reference_id: str, action: str, event_id: str) -> list[str]:
-        """The order's outcome (``sell`` | ``release``) from its event: kept as the order's latest,
-        and applied to its holds (those attached to it, or held by a flow token equal to its
-        reference id). Returns the seats sold or released."""
+    async def follow_order(self, tenant_id: str, reference_id: str, action: str, event_id: str,
+                           event_at: datetime) -> list[str]:
+        """The order's outcome (``sell`` | ``release``) from its event: kept as the order's latest
+        (by the event's time: an older event delivered late changes nothing), and applied to its
+        holds (those attached to it, or held by a flow token equal to its reference id). Returns
+        the seats sold or released."""
         async with self.pool.acquire() as conn, conn.transaction():
             await _lock_order(conn, tenant_id, reference_id)
-            await conn.execute(
-                "INSERT INTO ingest.seat_orders (tenant_id, reference_id, action, event_id) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (tenant_id, reference_id) DO UPDATE SET action = EXCLUDED.action,"
-                " event_id = EXCLUDED.event_id, decided_at = now()", tenant_id, reference_id, action, event_id)
+            latest = await conn.fetchval(
+                "INSERT INTO ingest.seat_orders (tenant_id, reference_id, action, event_id, event_at)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, reference_id) DO UPDATE SET"
+                " action = EXCLUDED.action, event_id = EXCLUDED.event_id, event_at = EXCLUDED.event_at,"
+                " decided_at = now() WHERE ingest.seat_orders.event_at <= EXCLUDED.event_at RETURNING true",
+                tenant_id, reference_id, action, event_id, event_at)
+            if not latest:
+                return []
             return await _apply(conn, tenant_id, reference_id, action)
 
     async def seat_counts(self, tenant_id: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ CREATE TABLE ingest.seat_orders (
     reference_id  text NOT NULL,
     action        text NOT NULL CHECK (action IN ('sell', 'release')),
     event_id      text NOT NULL,          -- the OrderEvent that decided it
+    event_at      timestamptz NOT NULL,   -- its occurred_at: an older event never overrides a newer
     decided_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, reference_id)
 );
