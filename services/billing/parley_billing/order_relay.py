@@ -32,6 +32,7 @@ from parley_common.endpoint_calls import (
     WebhookDispatcher,
     delivery_id,
 )
+from parley_common.producer import JSON_HEADERS, Record
 from parley_common.runtime import Runtime
 from parley_common.topics import ORDERS
 from pydantic import ValidationError
@@ -65,10 +66,12 @@ async def relay_order_events(rt: Runtime, *, limit: int = 200) -> int:
             " ORDER BY created_at, event_id LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
         if not rows:
             return 0
-        for r in rows:
-            await rt.broker.publish(orjson.dumps(r["body"]), ORDERS.name, key=str(r["phone_number_id"]).encode(),
-                                    headers={"content-type": "application/json", "x-parley-event-id": r["event_id"],
-                                             "x-parley-tenant": r["tenant_id"]})
+        # acknowledged by Kafka (in order per number) before the rows are marked
+        await rt.producer.send_all([
+            Record(ORDERS.name, str(r["phone_number_id"]).encode(), orjson.dumps(r["body"]),
+                   (("x-parley-event-id", str(r["event_id"]).encode()),
+                    ("x-parley-tenant", str(r["tenant_id"]).encode())))
+            for r in rows], headers=JSON_HEADERS)
         calls: list[tuple[str, str, str, str, str, bytes]] = []
         for r in rows:
             settings = order_settings(rt, r["tenant_id"])
