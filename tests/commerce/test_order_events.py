@@ -333,3 +333,34 @@ async def test_a_month_of_orders_shows_what_they_earned_and_what_their_conversat
     assert broken["currencies"] == [] and broken["orders"] == [] and broken["fees"]["messages"] == 0
     bad = await client.get("/v1/orders/summary", params={"month": "2026-13"}, headers=bearer(key))
     assert bad.status_code == 422 and "month" in bad.text
+
+
+async def test_a_record_that_can_never_be_an_order_fact_is_dead_lettered_alone(
+        billing: tuple[FastAPI, httpx.AsyncClient, dict[str, str]], kafka_bootstrap: str) -> None:
+    """The order consumers run under ConsumerGuard (ADR 0075): in one batch, a payment update with
+    no reference_id and one bound to a tenant that does not own the number go to wa.deadletter
+    with a reason naming the problem; the good record beside them is stored."""
+    app, client, keys = billing
+    good = captured(FLAKY, FLAKY_NUMBER, "ev-guard-ok", 1000, T0)
+    no_reference = (FLAKY_NUMBER, orjson.dumps({"kind": "payment", "event_id": "payment:no-ref", "tenant_id": FLAKY,
+                                                "phone_number_id": FLAKY_NUMBER, "status": "captured",
+                                                "occurred_at": T0.isoformat()}))
+    unbound = captured(BROKEN, FLAKY_NUMBER, "ev-guard-unbound", 1000, T0)  # BROKEN does not own it
+    await produce(kafka_bootstrap, COMMERCE.name, [no_reference, good, unbound])
+
+    async def stored() -> bool | None:
+        r = await client.get("/v1/orders/ev-guard-ok", headers=bearer(keys[FLAKY]))
+        return True if r.status_code == 200 else None
+    await eventually(stored, "the good payment stored beside the bad ones")
+
+    async def letters() -> list[dict[str, Any]] | None:
+        found = [orjson.loads(r.value) for r in await read_topic(kafka_bootstrap, DEAD_LETTERS.name)]
+        mine = [d for d in found if d["source_topic"] == COMMERCE.name]
+        return mine if len(mine) >= 2 else None
+    mine = await eventually(letters, "both bad records dead-lettered", timeout=60)
+    reasons = {orjson.loads(d["payload"])["event_id"]: d["reason"] for d in mine}
+    assert "reference_id" in reasons["payment:no-ref"]
+    assert "Unbound" in next(r for k, r in reasons.items() if k != "payment:no-ref")
+    assert all(d["service"] == "billing" for d in mine)
+    assert app.state.consumer_guards["orders:wa.commerce"].dead_lettered == 2
+    assert (await client.get("/v1/orders/ev-guard-unbound", headers=bearer(keys[BROKEN]))).status_code == 404
