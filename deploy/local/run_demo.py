@@ -338,6 +338,8 @@ async def main() -> int:
     parser.add_argument("--keep-running", action="store_true", help="keep the stack running after the demo")
     parser.add_argument("--ticket-buyers", type=int, default=24,
                         help="customers who buy a ticket in the chat (in-chat commerce, issue 11)")
+    parser.add_argument("--username-customers", type=int, default=10,
+                        help="customers who write by username, then share their number (ADR 0117)")
     parser.add_argument("--observed", action="store_true",
                         help=f"also run a Prometheus on 127.0.0.1:{PROMETHEUS_PORT} scraping every service")
     args = parser.parse_args()
@@ -393,17 +395,21 @@ async def main() -> int:
         run(["parley-sender", "templates", "sync"], {**env, "PARLEY_SENDER_GRAPH_API_BASE":
                                                      f"http://127.0.0.1:{PORTS['simulator']}"})
         say(f"driving {args.inbound} inbound messages and {args.templates} templates per tenant")
+        from demo_contacts import username_customers  # deploy/local/demo_contacts.py
         from demo_traffic import drive  # deploy/local/demo_traffic.py
 
         driven = await drive(env=env, keys=keys, ingest_url=ingest_url, sim_url=f"http://127.0.0.1:{PORTS['simulator']}",
                              inbound=args.inbound, templates=args.templates, rate=args.rate, stop=stop)
+        usernames = await username_customers(ingest_url=ingest_url, sim_url=f"http://127.0.0.1:{PORTS['simulator']}",
+                                             keys=keys, count=args.username_customers) \
+            if args.username_customers and not stop.is_set() else {}
         commerce = await sell_tickets(env, keys, args.ticket_buyers, stop)
         say("waiting for the pipeline to drain")
         after = await wait_quiet(bootstrap, topics, quiet_s=8, timeout_s=240, stop=stop)
         if stop.is_set():
             say("interrupted: no summary")
             return 130
-        await print_summary(bootstrap, before, after, keys, started_at, driven)
+        await print_summary(bootstrap, before, after, keys, started_at, driven, usernames, env)
         await print_commerce_summary(env, keys, commerce)
         if args.keep_running and not stop.is_set():
             say("everything keeps running; Ctrl-C stops it")
@@ -464,7 +470,8 @@ async def print_commerce_summary(env: dict[str, str], keys: dict[str, str], resu
 
 
 async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after: dict[str, dict[int, int]],
-                        keys: dict[str, str], since: datetime, driven: dict[str, Any]) -> None:
+                        keys: dict[str, str], since: datetime, driven: dict[str, Any],
+                        usernames: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
     from parley_common.topics import MESSAGES_ROUTED, SENDS, STATUSES
 
     took_s = (datetime.now(UTC) - since).total_seconds()  # before reading the topics back
@@ -515,6 +522,12 @@ async def print_summary(bootstrap: str, before: dict[str, dict[int, int]], after
           f"{len(delivered_templates)}" + ("" if len(rows) == len(delivered_templates) else "  (MISMATCH)")
           + (f"; {unpriced} billable but without a rate in the card" if unpriced else ""))
     await print_service_charges(statuses, sends)
+    from demo_contacts import contacts_summary  # deploy/local/demo_contacts.py
+
+    print("\nCustomers known by username (one contact, whatever Meta calls them):")
+    database_url = (env or {}).get("PARLEY_DATABASE_URL") or infra_env()["PARLEY_DATABASE_URL"]
+    for line in await contacts_summary(database_url, usernames or {}, routed, sends):
+        print(line)
     print("\nUsage API today (GET /v1/usage, includes earlier runs of the day):")
     today = datetime.now(UTC).date()
     async with httpx.AsyncClient(timeout=10) as client:

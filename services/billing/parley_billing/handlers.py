@@ -24,7 +24,7 @@ from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, Topic
 from prometheus_client import CollectorRegistry, Counter
 
-from parley_billing.domain.facts import FactError, inbound_record, send_fact, status_fact
+from parley_billing.domain.facts import FactError, contact_merge, inbound_record, send_fact, status_fact
 from parley_billing.domain.tiers import tier_update
 from parley_billing.settings import BillingSettings
 from parley_billing.store import Metering
@@ -149,7 +149,9 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
         await guarded(ACCOUNT_EVENTS, msg, account_events)
 
     async def account_events(records: Sequence[Rec]) -> None:
-        # Only Meta's volume-tier updates concern billing; every other account event is skipped.
+        # Meta's volume-tier updates and contact merges (ADR 0117) concern billing; the rest is skipped.
         await metering.record_tier_updates(await decode(ACCOUNT_EVENTS.name, records, tier_update))
+        for tenant_id, kept, absorbed in await decode(ACCOUNT_EVENTS.name, records, contact_merge):
+            priced.inc(await metering.fold_contacts(tenant_id, kept, absorbed))
 
     return guards

@@ -269,6 +269,34 @@ class Metering:
                 [u.raw for u in updates])
         return len(inserted)
 
+    async def fold_contacts(self, tenant_id: str, kept: str, absorbed: Sequence[str]) -> int:
+        """Two contacts found to be one person (``ContactMerged``; ADR 0117): the facts kept under the
+        absorbed keys move to ``kept`` and its timelines are re-priced from the earliest moved fact
+        (a reply under one identifier may fall in a window opened under the other). A repeat finds
+        nothing left to move. Returns the ledger rows written."""
+        absorbed = [a for a in absorbed if a != kept]
+        if not absorbed:
+            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            numbers = [r["phone_number_id"] for r in await conn.fetch(
+                "SELECT phone_number_id FROM billing.deliveries WHERE tenant_id = $1 AND customer = ANY($2::text[])"
+                " UNION SELECT phone_number_id FROM billing.inbound WHERE tenant_id = $1"
+                " AND customer = ANY($2::text[])", tenant_id, absorbed)]
+            if not numbers:
+                return 0
+            await _lock_numbers(conn, numbers)
+            moved = list(await conn.fetch(
+                "UPDATE billing.deliveries SET customer = $3 WHERE tenant_id = $1 AND customer = ANY($2::text[])"
+                " RETURNING phone_number_id, delivered_at AS at", tenant_id, absorbed, kept))
+            moved += await conn.fetch(
+                "UPDATE billing.inbound SET customer = $3 WHERE tenant_id = $1 AND customer = ANY($2::text[])"
+                " RETURNING phone_number_id, received_at AS at", tenant_id, absorbed, kept)
+            affected: dict[Key, datetime] = {}
+            for r in moved:
+                if r["at"] is not None:
+                    _touch(affected, (r["phone_number_id"], kept), r["at"])
+            return await self._reprice(conn, affected)
+
     async def reprice_since(self, since: datetime) -> int:
         """Re-price every timeline with a delivery on or after ``since`` (after a rate import)."""
         total = 0

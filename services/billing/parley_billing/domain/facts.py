@@ -181,3 +181,14 @@ def collapse_statuses(facts: Iterable[StatusFact]) -> list[StatusFact]:
                                    prev.waba_id or f.waba_id, prev.customer or f.customer, delivered,
                                    *meta[6:11], prev.user_id or f.user_id, prev.phone or f.phone)
     return list(best.values())
+
+
+def contact_merge(d: Mapping[str, Any]) -> tuple[str, str, list[str]] | None:
+    """(tenant, kept contact, absorbed contacts) of a ``ContactMerged`` record (ADR 0117): billing's
+    timelines are the person's, so the absorbed ones fold into the kept contact. None for others."""
+    if d.get("kind") != "contact_merged":
+        return None
+    tenant, kept, absorbed = d.get("tenant_id"), d.get("contact_id"), d.get("absorbed")
+    if not isinstance(tenant, str) or not isinstance(kept, str) or not isinstance(absorbed, list):
+        raise FactError("a contact merge names its tenant, contact_id and absorbed contacts")
+    return tenant, kept, [a for a in absorbed if isinstance(a, str) and a != kept]
