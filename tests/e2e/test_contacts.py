@@ -4,7 +4,7 @@ A username-only customer (no phone number in any webhook: ``user_id`` and ``user
 in Bengali, gets the auto-reply through ``recipient``, opts out in Bengali, and a later marketing
 template to them is refused. The same customer then writes with their phone number: ingest finds
 the same contact, so a marketing template to the phone number is refused too, and a reply naming
-no one goes to the phone number.
+no one goes to the phone number. After a ``user_id_update`` their new BSUID is the same contact.
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ pytestmark = [pytest.mark.infra, pytest.mark.e2e]
 
 RUN = str(int(time.time() * 1000))
 BSUID = f"BD.7{RUN}"  # a Bangladeshi customer's business-scoped user id
+NEW_BSUID = f"BD.8{RUN}"  # after a user_id_update
 USERNAME = "@rahim.buys"
 PHONE = "8801712345678"  # shared later
 
 
-def inbound(n: int, body: str, *, phone: str | None = None) -> dict[str, Any]:
+def inbound(n: int, body: str, *, phone: str | None = None, user_id: str = BSUID) -> dict[str, Any]:
     display, _ = NUMBERS[PN1]
     msg: dict[str, Any] = {"id": f"wamid.CONTACT{RUN}{n}", "timestamp": str(int(time.time())), "type": "text",
                            "text": {"body": body}}
-    contact: dict[str, Any] = {"profile": {"name": "Rahim", "username": USERNAME}, "user_id": BSUID}
+    contact: dict[str, Any] = {"profile": {"name": "Rahim", "username": USERNAME}, "user_id": user_id}
     if phone:
         msg["from"] = contact["wa_id"] = phone
     else:
-        msg["from_user_id"] = BSUID
+        msg["from_user_id"] = user_id
     value = {"messaging_product": "whatsapp", "metadata": {"display_phone_number": display, "phone_number_id": PN1},
              "contacts": [contact], "messages": [msg]}
     return {"object": "whatsapp_business_account",
@@ -127,6 +128,21 @@ async def test_a_username_only_customer_is_one_contact_before_and_after_sharing_
         answer = await result_of(pipeline, r.json()["id"])
         assert answer["outcome"] == "accepted", answer
         assert sent_request(pipeline, answer["wamid"]).get("to") == PHONE
+
+        # 5. Their BSUID changes (user_id_update): a message under the new id is still the same contact.
+        display, _ = NUMBERS[PN1]
+        update = {"object": "whatsapp_business_account", "entry": [{"id": WABAS[0], "changes": [{
+            "field": "user_id_update", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": display, "phone_number_id": PN1},
+                "user_id_update": [{"user_id": {"previous": BSUID, "current": NEW_BSUID}, "wa_id": PHONE,
+                                    "timestamp": str(int(time.time()))}]}}]}]}
+        r = await post_signed(client, pipeline.webhook_url, update)
+        assert r.status_code == 200, r.text
+        r = await post_signed(client, pipeline.webhook_url, inbound(4, "নতুন আইডি", user_id=NEW_BSUID))
+        assert r.status_code == 200, r.text
+        written = await eventually(lambda: stamped(f"wamid.CONTACT{RUN}4"), what="a message under the new BSUID")
+        assert written["customer_user_id"] == NEW_BSUID and written["contact_id"] == BSUID
 
         # A reply to a message this tenant never received names the field.
         r = await client.post(f"{pipeline.ingest.url}/v1/messages", headers=auth, json={
