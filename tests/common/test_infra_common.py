@@ -70,6 +70,23 @@ async def test_record_round_trip_carries_trace_context_and_dead_letters_poison(k
     assert f"{MESSAGES_IN.name} process" in names and f"{MESSAGES_IN.name} publish" in names
 
 
+async def test_a_pooled_connection_comes_back_without_the_transaction_left_open(database_url):
+    # The pool skips asyncpg's session reset statement (parley_common.db._keep_session); what a
+    # handler leaves open is still rolled back before the next one borrows the connection.
+    from parley_common.db import create_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    finally:
+        await pool.close()
+
+
 async def test_migrations_apply_once_and_refuse_edited_files(database_url, tmp_path):
     (tmp_path / "0001_a.sql").write_text("CREATE TABLE mtest.a (id int);")
     assert await migrate(database_url, "mtest", tmp_path) == ["0001_a.sql"]
