@@ -70,7 +70,8 @@ async def contacts_summary(database_url: str, result: dict[str, Any], routed: li
     answered = {s["recipient"] for s in sends
                 if s["outcome"] == "accepted" and not s.get("is_template") and s.get("recipient") in by_username}
     lines = [f"  generated traffic: {len(from_them)} messages from {len(by_username)} customers whose contact is "
-             f"their BSUID (username first); {len(answered)} of them answered"]
+             f"their BSUID (username first); {len(answered)} of them answered in the chat (the others went to "
+             "agents or only changed consent)"]
     people = result.get("people", [])
     if not people:
         return lines
@@ -82,7 +83,7 @@ async def contacts_summary(database_url: str, result: dict[str, Any], routed: li
         identifiers = [i for person in people for i in person]
         reached = await conn.fetch("SELECT customer_id FROM sender.reached WHERE tenant_id = $1 "
                                    "AND customer_id = ANY($2::text[])", TENANT, identifiers)
-        billed = await conn.fetch("SELECT market FROM billing.ledger WHERE wamid = ANY($1::text[])",
+        billed = await conn.fetch("SELECT market, market_source FROM billing.ledger WHERE wamid = ANY($1::text[])",
                                   [s["wamid"] for s in accepted if s.get("wamid")])
     finally:
         await conn.close()
@@ -90,14 +91,16 @@ async def contacts_summary(database_url: str, result: dict[str, Any], routed: li
     by_bsuid = sum(1 for b, _ in people if b in keyed)
     by_phone = sum(1 for _, p in people if p in keyed)
     markets: dict[str, int] = {}
-    for r in billed:
-        markets[r["market"]] = markets.get(r["market"], 0) + 1
+    for r in billed:  # contact_phone: the market of the number they shared, though addressed by BSUID
+        key = f"{r['market']} (from {r['market_source']})"
+        markets[key] = markets.get(key, 0) + 1
     lines += [
         f"  {len(people)} customers who wrote by username, then shared their number: {len(mine)} business-initiated "
         f"templates (one by BSUID, one by phone number each), {len(accepted)} accepted",
         f"  portfolio messaging limit ({TENANT}): {len(reached)} places for {len(people)} people "
         f"({by_bsuid} keyed by their contact, {by_phone} by a phone number)"
         + ("" if len(reached) <= len(people) else "  (COUNTED TWICE)"),
-        "  billed in: " + (", ".join(f"{m}={n}" for m, n in sorted(markets.items())) or "nothing yet"),
+        "  their templates billed in: " + (", ".join(f"{m}={n}" for m, n in sorted(markets.items()))
+                                           or "nothing delivered yet"),
     ]
     return lines
