@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -259,23 +260,54 @@ async def drain(stack: Stack, timeout_s: float) -> bool:
     return False
 
 
+def kafka_tools() -> Path | str:
+    """Kafka's tools jars (not part of the broker's runtime), resolved once from Maven Central into
+    .parley/kafka/tools with deploy/local/kafka/tools-pom.xml; a reason string if that fails."""
+    out = REPO / ".parley" / "kafka" / "tools"
+    marker = out / ".complete"
+    if marker.exists():
+        return out
+    pom = REPO / "deploy" / "local" / "kafka" / "pom.xml"
+    version = pom.read_text().split("<kafka.version>")[1].split("</kafka.version>")[0].strip()
+    tmp = out.with_name(f"tools.tmp.{os.getpid()}")
+    proc = subprocess.run(["mvn", "-q", "-B", "-f", str(pom.with_name("tools-pom.xml")), f"-Dkafka.version={version}",
+                           "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
+                           "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 or not any(tmp.glob("kafka-tools-*.jar")):
+        return f"could not resolve Kafka's tools with Maven: {(proc.stdout + proc.stderr)[-300:]}"
+    marker_tmp = tmp / ".complete"
+    marker_tmp.write_text(version + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def kafka_alone(bootstrap: str, records: int = 200_000, size: int = 600) -> dict[str, Any]:
     """What this machine's broker does on its own: Kafka's ProducerPerformance tool, same settings."""
     libs = REPO / ".parley" / "kafka" / "libs"
     if not libs.is_dir():
         return {"skipped": "the broker's jars are not under .parley/kafka/libs"}
+    tools = kafka_tools()
+    if isinstance(tools, str):
+        return {"skipped": tools}
+    classpath = f"{tools}/*:{libs}/*"
     topic = f"soak-producer-perf-{random.randrange(1 << 30)}"
-    cmd = ["java", "-cp", f"{libs}/*", "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
+    topics = ["java", "-cp", classpath, "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", bootstrap]
+    # The broker creates no topic on its own: one with the pipeline's partition count.
+    subprocess.run([*topics, "--create", "--topic", topic, "--partitions", "12", "--replication-factor", "1"],
+                   capture_output=True, timeout=120)
+    cmd = ["java", "-cp", classpath, "org.apache.kafka.tools.ProducerPerformance", "--topic", topic,
            "--num-records", str(records), "--record-size", str(size), "--throughput", "-1",
            "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "compression.type=lz4",
            "enable.idempotence=true", "linger.ms=5"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     last = [line for line in out.stdout.splitlines() if "records sent" in line][-1:] or [out.stderr[-300:]]
-    result: dict[str, Any] = {"command": "ProducerPerformance " + " ".join(cmd[5:13]), "summary": last[0]}
+    result: dict[str, Any] = {"command": "ProducerPerformance " + " ".join(cmd[5:]), "summary": last[0]}
     with contextlib.suppress(Exception):
         result["records_per_s"] = float(last[0].split("(")[0].split(",")[1].split()[0])
-    subprocess.run(["java", "-cp", f"{libs}/*", "org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
-                    bootstrap, "--delete", "--topic", topic], capture_output=True, timeout=120)
+    subprocess.run([*topics, "--delete", "--topic", topic], capture_output=True, timeout=120)
     return result
 
 
