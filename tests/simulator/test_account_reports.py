@@ -87,3 +87,20 @@ async def test_the_marketing_messages_api_sends_marketing_templates_in_metas_ans
     text_body = {"messaging_product": "whatsapp", "to": "447700900301", "type": "text", "text": {"body": "hi"}}
     assert error_code(await h.http.post(url, json=text_body, headers=headers)) == 100
     assert (await h.http.post(url, json=offer("447700900302"))).status_code == 401  # no token
+
+
+async def test_a_template_quality_change_is_posted_as_meta_does(make_sim: SimFactory, receiver: Receiver) -> None:
+    h = await make_sim()
+    r = await h.http.post(f"{h.url}/_sim/templates/{WABA}/plain_offer/en/quality", json={"score": "RED"})
+    assert r.status_code == 200
+    await h.http.post(f"{h.url}/_sim/templates/{WABA}/plain_offer/en/quality", json={"score": "GREEN"})
+    await receiver.wait_for(lambda: len(receiver.by_field("message_template_quality_update")) == 2)
+    red, green = receiver.by_field("message_template_quality_update")
+    assert (red["previous_quality_score"], red["new_quality_score"]) == ("UNKNOWN", "RED")
+    assert (green["previous_quality_score"], green["new_quality_score"]) == ("RED", "GREEN")
+    assert red["message_template_name"] == "plain_offer" and red["message_template_language"] == "en"
+    assert str(red["message_template_id"]) == r.json()["id"]
+    bad = await h.http.post(f"{h.url}/_sim/templates/{WABA}/plain_offer/en/quality", json={"score": "PURPLE"})
+    assert bad.status_code == 422
+    unknown = await h.http.post(f"{h.url}/_sim/templates/{WABA}/nope/en/quality", json={"score": "RED"})
+    assert unknown.status_code == 404

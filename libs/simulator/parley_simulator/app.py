@@ -16,6 +16,7 @@ Control API (tests and demos; not part of Meta's API):
 - ``POST /_sim/preferences``      a customer stops/resumes marketing (optionally posts the webhook)
 - ``POST /_sim/user_id_update``   a user's BSUID changes (posts the ``user_id_update`` webhook)
 - ``POST /_sim/templates/{waba_id}/{name}/{language}/status``  pause/disable/approve/reject
+- ``POST /_sim/templates/{waba_id}/{name}/{language}/quality``  a new quality score (webhook)
 - ``GET|POST /_sim/clock``        read or set the simulated clock
 - ``GET|PATCH /_sim/behaviour``   latency, 5xx/timeout rates, ratios, ...
 - ``PATCH /_sim/numbers/{phone_number_id}``  throughput
@@ -39,7 +40,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -119,6 +120,10 @@ class TemplateStatusRequest(BaseModel):
     status: str
     reason: str | None = None
     title: str | None = None
+
+
+class TemplateQualityRequest(BaseModel):
+    score: Literal["GREEN", "YELLOW", "RED", "UNKNOWN"]
 
 
 class ClockRequest(BaseModel):
@@ -401,6 +406,15 @@ def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:
             raise HTTPException(404, "unknown template")
         sim.set_template_status(stored, req.status.upper(), reason=req.reason, title=req.title)
         return stored.listing()
+
+    @app.post("/_sim/templates/{waba_id}/{name}/{language}/quality")
+    async def template_quality(waba_id: str, name: str, language: str, req: TemplateQualityRequest) -> dict[str, Any]:
+        """Meta rates the template's quality and posts ``message_template_quality_update``."""
+        stored = sim.templates.find(waba_id, name, language)
+        if stored is None:
+            raise HTTPException(404, "unknown template")
+        sim.set_template_quality(stored, req.score)
+        return {"id": stored.id, "quality_score": req.score}
 
     @app.post("/_sim/templates/{waba_id}")
     async def add_template(waba_id: str, template: TemplateConfig) -> dict[str, Any]:

@@ -135,6 +135,23 @@ def template_status_webhook(stored: StoredTemplate, waba: WabaConfig, status: st
     }
 
 
+def template_quality_webhook(stored: StoredTemplate, waba: WabaConfig, previous: str, new: str,
+                             now: float) -> dict[str, Any]:
+    """The ``message_template_quality_update`` webhook of a template's new quality score."""
+    value = {
+        "previous_quality_score": previous,
+        "new_quality_score": new,
+        "message_template_id": int(stored.id),
+        "message_template_name": stored.template.name,
+        "message_template_language": stored.template.language,
+    }
+    return {
+        "object": WABA_OBJECT,
+        "entry": [{"id": waba.id, "time": int(now),
+                   "changes": [{"value": value, "field": "message_template_quality_update"}]}],
+    }
+
+
 def templates_page(items: list[StoredTemplate], waba_id: str, query: dict[str, str]) -> dict[str, Any]:
     """One page of ``GET /{waba_id}/message_templates`` with Meta's cursors."""
     limit = max(1, min(int(query.get("limit", "25")), 1000))

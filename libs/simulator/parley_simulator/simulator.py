@@ -25,6 +25,7 @@ from .limits import PairRateLimiter, ThroughputLimiter
 from .payloads import (
     planned_statuses,
     status_object,
+    template_quality_webhook,
     template_status_webhook,
     templates_page,
     user_id_update_webhook,
@@ -75,6 +76,7 @@ class CloudApiSimulator:
         self.reach = PortfolioReach()
         self.portfolio_limits: dict[str, int | None] = {p.id: p.messaging_limit for p in config.portfolios}
         self.templates = TemplateCatalogue()
+        self.template_quality: dict[str, str] = {}  # template id -> Meta's quality score
         self.apps = {a.app_id: a for a in config.apps}
         self.wabas: dict[str, WabaConfig] = {w.id: w for w in config.wabas}
         self.numbers: dict[str, PhoneNumberConfig] = {p.id: p.model_copy() for p in config.phone_numbers}
@@ -629,6 +631,14 @@ class CloudApiSimulator:
             template_status_webhook(stored, waba, status, reason=reason, title=title, now=self.clock.now()),
             kind="template_status",
         )
+
+    def set_template_quality(self, stored: StoredTemplate, score: str) -> None:
+        """Meta rates a template's quality (GREEN, YELLOW, RED, UNKNOWN) and reports the change."""
+        previous = self.template_quality.get(stored.id, "UNKNOWN")
+        self.template_quality[stored.id] = score
+        waba = self.wabas[stored.waba_id]
+        self.dispatcher.post_payload(waba.app_id, template_quality_webhook(
+            stored, waba, previous, score, self.clock.now()), kind="template_quality")
 
     def add_template(self, waba_id: str, template: TemplateConfig) -> StoredTemplate:
         return self.templates.add(waba_id, template)
