@@ -57,10 +57,7 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
     rt.on_stop.append(stop)
     guards = handlers.register(rt.broker, metering, settings, rt.registry, links, tenants=lambda: rt.tenants,
                                not_ready=rt.not_ready)
-    order_guards = order_handlers.register(
-        rt, rt.registry, batch_max_records=settings.order_batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms, lookup_interval_s=settings.order_lookup_interval_s,
-        lookup_after_s=settings.order_lookup_after_s, settings=settings)
+    order_guards = order_handlers.register(rt, rt.registry, settings)
     app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, metering, settings, lookup, clock),
                                                         order_api.build_router(rt)])
     app.state.metering = metering

@@ -46,9 +46,7 @@ async def _raw_batch(msg: Any) -> None:
     return None
 
 
-def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int, batch_timeout_ms: int,
-             lookup_interval_s: float = 60.0, lookup_after_s: float = 900.0,
-             settings: BillingSettings | None = None) -> dict[str, ConsumerGuard]:
+def register(rt: Runtime, registry: CollectorRegistry, settings: BillingSettings) -> dict[str, ConsumerGuard]:
     """The order subscribers, each under a failure guard (ADR 0075); returns the guards by topic."""
     broker: KafkaBroker = rt.broker
     facts = Counter("parley_billing_order_facts", "New order facts stored, by kind", ["kind"], registry=registry)
@@ -57,7 +55,8 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
                       registry=registry)
     bad = Counter("parley_billing_order_bad_records", "Order records dead-lettered, by topic", ["topic"],
                   registry=registry)
-    batch = {"batch": True, "max_records": batch_max_records, "batch_timeout_ms": batch_timeout_ms,
+    batch = {"batch": True, "max_records": settings.order_batch_max_records,
+             "batch_timeout_ms": settings.batch_timeout_ms,
              "decoder": _raw_batch, **CONSUMER_DEFAULTS}
     guards = {t.base: ConsumerGuard(broker, service="billing", consumer=f"billing:orders:{t.base}",
                                     not_ready=rt.not_ready) for t in (COMMERCE, MESSAGES_OUT)}
@@ -131,7 +130,7 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
                    lambda body: any(m in body for m in _ORDER_MARKERS))
 
     tasks: list[asyncio.Task[None]] = []
-    s = settings or BillingSettings()
+    s = settings
     client = TenantEndpointClient(timeout_s=s.endpoint_timeout_s,
                                   connections_per_tenant=s.endpoint_per_tenant_concurrency)
     dispatchers: list[WebhookDispatcher] = []
@@ -146,9 +145,9 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
         dispatchers.append(dispatcher)
         tasks.append(asyncio.create_task(_publish_notices_forever(rt)))
         tasks.append(asyncio.create_task(relay_order_events_forever(rt, stored, dispatcher.wake)))
-        if lookup_interval_s > 0:
-            tasks.append(asyncio.create_task(_settle_forever(rt, interval_s=lookup_interval_s,
-                                                             pending_for_s=lookup_after_s)))
+        if s.order_lookup_interval_s > 0:
+            tasks.append(asyncio.create_task(_settle_forever(rt, interval_s=s.order_lookup_interval_s,
+                                                             pending_for_s=s.order_lookup_after_s)))
 
     async def stop_sweep() -> None:
         for t in tasks:
