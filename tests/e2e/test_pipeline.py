@@ -337,14 +337,14 @@ async def test_a_number_meta_flags_refuses_marketing_until_meta_unflags_it(pipel
         st = sender.standings.get(PN2)
         return st is not None and st.holds_marketing is held
 
-    pipeline.sim.report_number_event(PN2, "FLAGGED")
+    pipeline.sim.reports.report_number_event(PN2, "FLAGGED")
     await eventually(lambda: standing(True), what="the sender learning that Meta flagged the number")
     sent = await send(template("weekend_offer", ["Ana"]), template("order_update", ["Ana", "B8"]))
     marketing, utility = sent.values()
     assert marketing["outcome"] == "refused" and "number_quality_low" in (marketing["reason"] or "")
     assert utility["outcome"] == "accepted"
 
-    pipeline.sim.report_number_event(PN2, "UNFLAGGED")
+    pipeline.sim.reports.report_number_event(PN2, "UNFLAGGED")
     await eventually(lambda: standing(False), what="the sender learning that Meta unflagged the number")
     (again,) = (await send(template("weekend_offer", ["Ana"]))).values()
     assert again["outcome"] == "accepted", again.get("reason")

@@ -120,7 +120,7 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(
             billing_url=shopfront.billing.url, sim_url=shopfront.simulator.url, run="e2e", rng=rng)
         stats = result["stats"]
         # every customer's seat Flow was played by Meta's side (the simulator) and completed
-        sessions = [f for f in shopfront.sim.flow_sessions.values() if f.flow_token.startswith("ft-e2e-")]
+        sessions = [f for f in shopfront.sim.flows.sessions.values() if f.flow_token.startswith("ft-e2e-")]
         assert len(sessions) == 14 and all(f.outcome == "completed" for f in sessions), \
             [(f.outcome, f.problem) for f in sessions]
         assert stats.get("no_seat_picked", 0) == 0 and len(result["orders"]) == 14, stats

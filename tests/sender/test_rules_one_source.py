@@ -126,20 +126,21 @@ async def test_changing_the_domains_fep_length_changes_production(
     assert kept.fep.started_at == T0 + 0.5 * H  # the real 72 hours keep the first FEP
 
 
-async def test_a_reply_and_a_new_ad_at_once_both_count(store: SenderStore) -> None:
+async def test_a_reply_and_a_new_message_at_once_both_count(store: SenderStore) -> None:
     """The window tracker and the send path write one row at once: each decides on the other's
-    result (the row is locked), so neither the start nor the referral is lost."""
+    result (the row is locked), so neither the FEP's start nor the customer's message is lost,
+    whichever goes first."""
     for _ in range(10):
         number, customer = "1555" + uuid.uuid4().hex[:8], "4915" + uuid.uuid4().hex[:8]
         await run_production(store, number, customer, [("ad", 0)])
         sender = cast(Any, SimpleNamespace(store=store))
         await asyncio.gather(
             store.start_free_entry_points([(number, customer, T0 + 2 * H)]),
-            track_windows(sender, [inbound(number, customer, T0 + 3 * H, referral=True)]),
+            track_windows(sender, [inbound(number, customer, T0 + 3 * H, referral=False)]),
         )
         stored = (await store.windows([(number, customer)]))[(number, customer)]
         assert stored.fep.started_at == T0 + 2 * H
-        assert stored.fep.referral_at == T0 + 3 * H
+        assert stored.fep.referral_at == T0
         assert stored.csw.last_inbound_at == T0 + 3 * H
 
 

@@ -239,8 +239,8 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
     async def lookup_payment(version: str, phone_number_id: str, configuration: str, reference_id: str,
                              request: Request) -> Response:
         try:
-            return _json(sim.lookup_payment(phone_number_id, configuration, reference_id,
-                                            request.headers.get("authorization")))
+            return _json(sim.payments.lookup(phone_number_id, configuration, reference_id,
+                                             request.headers.get("authorization")))
         except GraphError as err:
             return _graph_error(err)
 
@@ -257,7 +257,7 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
                 k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
             pem = form.get("business_public_key") if isinstance(form, dict) else None
             try:
-                sim.set_flows_public_key(phone_number_id, str(pem or ""))
+                sim.flows.set_public_key(phone_number_id, str(pem or ""))
             except ValueError as exc:
                 raise GraphError(100, f"business_public_key: {exc}") from None
             return _json({"success": True})
@@ -269,7 +269,7 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
         try:
             number = sim.numbers.get(phone_number_id)
             sim.tokens.check(request.headers.get("authorization"), (number.id, number.waba_id) if number else ())
-            key = sim.flows_public_key(phone_number_id)
+            key = sim.flows.public_key(phone_number_id)
         except GraphError as err:
             return _graph_error(err)
         from cryptography.hazmat.primitives import serialization
@@ -283,7 +283,7 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
     async def list_templates(version: str, waba_id: str, request: Request) -> Response:
         try:
             return _json(
-                sim.list_templates(waba_id, request.headers.get("authorization"), dict(request.query_params))
+                sim.template_api.list_page(waba_id, request.headers.get("authorization"), dict(request.query_params))
             )
         except GraphError as err:
             return _graph_error(err)
@@ -295,7 +295,7 @@ def _routes_graph(app: FastAPI, sim: CloudApiSimulator) -> None:
                 body = json.loads(await request.body())
             except ValueError as exc:
                 raise GraphError(100, "The request body is not valid JSON") from exc
-            return _json(sim.create_template(waba_id, request.headers.get("authorization"), body))
+            return _json(sim.template_api.create(waba_id, request.headers.get("authorization"), body))
         except GraphError as err:
             return _graph_error(err)
 
@@ -383,14 +383,14 @@ def _routes_customers(app: FastAPI, sim: CloudApiSimulator) -> None:
     async def preferences(req: PreferenceRequest) -> dict[str, str]:
         if req.phone_number_id not in sim.numbers:
             raise HTTPException(404, "unknown phone_number_id")
-        sim.set_marketing_preference(req.phone_number_id, req.customer, req.value, notify=req.notify)
+        sim.customers.set_marketing_preference(req.phone_number_id, req.customer, req.value, notify=req.notify)
         return {"value": req.value}
 
     @app.post("/_sim/user_id_update")
     async def user_id_update(req: UserIdChangeRequest) -> dict[str, str]:
         if req.phone_number_id not in sim.numbers:
             raise HTTPException(404, "unknown phone_number_id")
-        old = sim.change_user_id(req.phone_number_id, req.customer, req.new_user_id, notify=req.notify)
+        old = sim.customers.change_user_id(req.phone_number_id, req.customer, req.new_user_id, notify=req.notify)
         return {"previous": old, "current": req.new_user_id}
 
 
@@ -404,7 +404,7 @@ def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:
         stored = sim.templates.find(waba_id, name, language)
         if stored is None:
             raise HTTPException(404, "unknown template")
-        sim.set_template_status(stored, req.status.upper(), reason=req.reason, title=req.title)
+        sim.template_api.set_status(stored, req.status.upper(), reason=req.reason, title=req.title)
         return stored.listing()
 
     @app.post("/_sim/templates/{waba_id}/{name}/{language}/quality")
@@ -413,14 +413,14 @@ def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:
         stored = sim.templates.find(waba_id, name, language)
         if stored is None:
             raise HTTPException(404, "unknown template")
-        sim.set_template_quality(stored, req.score)
+        sim.template_api.set_quality(stored, req.score)
         return {"id": stored.id, "quality_score": req.score}
 
     @app.post("/_sim/templates/{waba_id}")
     async def add_template(waba_id: str, template: TemplateConfig) -> dict[str, Any]:
         if waba_id not in sim.wabas:
             raise HTTPException(404, "unknown waba")
-        return sim.add_template(waba_id, template).listing()
+        return sim.template_api.add(waba_id, template).listing()
 
     @app.get("/_sim/clock")
     async def get_clock() -> dict[str, Any]:
@@ -459,7 +459,7 @@ def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:
         """Meta reports a number's quality or throughput change (and a throughput upgrade takes effect)."""
         if phone_number_id not in sim.numbers:
             raise HTTPException(404, "unknown phone_number_id")
-        sim.report_number_event(phone_number_id, req.event)
+        sim.reports.report_number_event(phone_number_id, req.event)
         number = sim.numbers[phone_number_id]
         return {"id": number.id, "event": req.event, "throughput": throughput_of(number)}
 
@@ -468,7 +468,7 @@ def _routes_setup(app: FastAPI, sim: CloudApiSimulator) -> None:
         """Meta moves a business portfolio to a new messaging limit and reports it."""
         if not any(w.portfolio == portfolio_id for w in sim.wabas.values()):
             raise HTTPException(404, "unknown portfolio")
-        sim.set_portfolio_limit(portfolio_id, req.messaging_limit)
+        sim.reports.set_portfolio_limit(portfolio_id, req.messaging_limit)
         return {"id": portfolio_id, "messaging_limit": req.messaging_limit,
                 "reached": sim.reach.count(portfolio_id, sim.clock.now())}
 
@@ -530,13 +530,13 @@ def _routes_commerce(app: FastAPI, sim: CloudApiSimulator) -> None:
         return {"payments": [
             {"phone_number_id": p.phone_number_id, "reference_id": p.reference_id, "outcome": p.outcome,
              "amount": p.amount, "currency": p.currency, "refunds": p.refunds}
-            for p in sim.payments.values()]}
+            for p in sim.payments.all()]}
 
     @app.post("/_sim/payments/{phone_number_id}/{reference_id}/refunds")
     async def refund_payment(phone_number_id: str, reference_id: str, req: RefundRequest) -> dict[str, Any]:
         """The business refunded through its gateway: Meta reports it with a payment update."""
         try:
-            return sim.refund_payment(phone_number_id, reference_id, req.value)
+            return sim.payments.refund(phone_number_id, reference_id, req.value)
         except KeyError as exc:
             raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
@@ -547,7 +547,7 @@ def _routes_commerce(app: FastAPI, sim: CloudApiSimulator) -> None:
         return {"sessions": [
             {"phone_number_id": f.phone_number_id, "flow_id": f.flow_id, "flow_token": f.flow_token,
              "screens": f.screens, "requests": f.requests, "outcome": f.outcome, "problem": f.problem,
-             "params": f.params} for f in sim.flow_sessions.values()]}
+             "params": f.params} for f in sim.flows.sessions.values()]}
 
     @app.post("/_sim/flows/{phone_number_id}/exchange")
     async def flow_exchange(phone_number_id: str, req: FlowExchangeRequest) -> dict[str, Any]:

@@ -12,8 +12,18 @@ transaction (id, gateway type, status, method, error, refunds).
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .auth import AccessTokens, unknown_object
+from .clock import SimClock
+from .config import Behaviour, PhoneNumberConfig
+from .errors import GraphError
+
+# Posts a payment update from a business number after a delay (the simulator's status webhooks).
+PostStatus = Callable[[PhoneNumberConfig, float, dict[str, Any]], None]
 
 
 @dataclass
@@ -120,3 +130,72 @@ def lookup_entry(p: SimulatedPayment, now: float) -> dict[str, Any]:
     return {"reference_id": p.reference_id, "status": status, "amount": dict(p.amount), "currency": p.currency,
             "created_timestamp": int(p.accepted_at), "updated_timestamp": int(obj["timestamp"]),
             "transactions": [obj["payment"]["transaction"]]}
+
+
+class PaymentGateway:
+    """The payments of accepted ``order_details`` messages: each is paid (or not) after the
+    behaviour's delays and reported by payment updates; Meta's payment lookup answers from here
+    whether or not those webhooks arrived; refunds through the control API are reported too."""
+
+    def __init__(self, *, behaviour: Behaviour, rng: random.Random, clock: SimClock, tokens: AccessTokens,
+                 numbers: dict[str, PhoneNumberConfig], stats: Counter[str], post: PostStatus) -> None:
+        self.behaviour = behaviour  # the simulator's, changed in place by the control API
+        self.rng = rng
+        self.clock = clock
+        self.tokens = tokens
+        self.numbers = numbers
+        self.stats = stats
+        self._post = post
+        self.by_reference: dict[tuple[str, str], SimulatedPayment] = {}
+
+    def all(self) -> list[SimulatedPayment]:
+        return list(self.by_reference.values())
+
+    def clear(self) -> None:
+        self.by_reference.clear()
+
+    def plan(self, number: PhoneNumberConfig, wamid: str, recipient: str, accepted_at: float,
+             order: dict[str, Any]) -> None:
+        """The customer's payment of an accepted order_details message: pending, then an outcome."""
+        b = self.behaviour
+        p = new_payment(order, phone_number_id=number.id, wamid=wamid, recipient=recipient, now=accepted_at,
+                        rng=self.rng)
+        self.by_reference[(number.id, p.reference_id)] = p
+        pending_s = b.payment_pending_delay_ms / 1000
+        self._schedule(number, pending_s, payment_status(p, "pending", pending_s))
+        p.outcome = decide_outcome(self.rng, b.payment_capture_ratio, b.payment_fail_ratio)
+        if p.outcome != "pending":
+            done_s = pending_s + b.payment_outcome_delay_ms / 1000
+            p.settled_at = p.accepted_at + done_s
+            if b.payment_webhook_loss_ratio and self.rng.random() < b.payment_webhook_loss_ratio:
+                self.stats["payment_webhook_lost"] += 1
+            else:
+                self._schedule(number, done_s, payment_status(p, p.outcome, done_s))
+
+    def lookup(self, phone_number_id: str, configuration: str, reference_id: str,
+               authorization: str | None) -> dict[str, Any]:
+        """Meta's payment lookup (``GET /{phone_number_id}/payments/{configuration}/{reference_id}``):
+        the source of truth, whether or not its webhooks arrived."""
+        number = self.numbers.get(phone_number_id)
+        if number is None:
+            raise unknown_object(phone_number_id)
+        self.tokens.check(authorization, (number.id, number.waba_id))
+        p = self.by_reference.get((phone_number_id, reference_id))
+        if p is None:
+            raise GraphError(100, f"no payment with reference_id {reference_id}")
+        return {"payments": [lookup_entry(p, self.clock.now())]}
+
+    def refund(self, phone_number_id: str, reference_id: str, value: int | None) -> dict[str, Any]:
+        """A refund through the gateway: recorded on the payment, reported by a payment update."""
+        p = self.by_reference.get((phone_number_id, reference_id))
+        number = self.numbers.get(phone_number_id)
+        if p is None or number is None:
+            raise KeyError(f"no payment {reference_id!r} on number {phone_number_id}")
+        now = self.clock.now()
+        refund = add_refund(p, value, now, self.rng)
+        self._schedule(number, 0.0, payment_status(p, "captured", now - p.accepted_at))
+        return refund
+
+    def _schedule(self, number: PhoneNumberConfig, delay_s: float, status: dict[str, Any]) -> None:
+        self.stats[f"payment_{status['status']}"] += 1
+        self._post(number, delay_s, status)

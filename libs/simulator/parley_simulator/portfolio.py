@@ -17,10 +17,11 @@ The 24 hours run on the simulated clock (the calendar a test moves), unlike thro
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from .config import PhoneNumberConfig, WabaConfig
+from .config import PhoneNumberConfig, PortfolioConfig, WabaConfig
+from .webhooks import WebhookDispatcher
 
 DAY_S = 24 * 3600.0
 COEXISTENCE_MPS = 20
@@ -56,6 +57,41 @@ class PortfolioReach:
 
     def reset(self) -> None:
         self._reached.clear()
+
+
+class AccountReports:
+    """Meta's changes to numbers and portfolios, made and reported by webhook: a number's quality
+    event (a throughput upgrade lifts it), a portfolio's new messaging limit."""
+
+    def __init__(self, portfolios: list[PortfolioConfig], *, numbers: dict[str, PhoneNumberConfig],
+                 wabas: dict[str, WabaConfig], dispatcher: WebhookDispatcher, now: Callable[[], float]) -> None:
+        self.limits: dict[str, int | None] = {p.id: p.messaging_limit for p in portfolios}
+        self.numbers = numbers
+        self.wabas = wabas
+        self.dispatcher = dispatcher
+        self.now = now
+
+    def limit_of(self, portfolio: str) -> int | None:
+        return self.limits.get(portfolio)
+
+    def report_number_event(self, phone_number_id: str, event: str) -> None:
+        """A ``phone_number_quality_update`` (FLAGGED, UNFLAGGED, THROUGHPUT_UPGRADE, ...); an
+        upgrade lifts the number to 1,000 msg/s (a coexistence number stays at 20)."""
+        number = self.numbers[phone_number_id]
+        if event == "THROUGHPUT_UPGRADE":
+            number.throughput = UPGRADED_MPS
+        waba = self.wabas[number.waba_id]
+        limit = self.limits.get(waba.portfolio)
+        self.dispatcher.post_payload(waba.app_id, number_quality_webhook(
+            number, waba, event, self.now(), messaging_limit=-1 if limit is None else limit), kind="quality")
+
+    def set_portfolio_limit(self, portfolio: str, messaging_limit: int) -> None:
+        """Meta moved a portfolio to a new messaging limit (-1: unlimited) and reports it."""
+        self.limits[portfolio] = None if messaging_limit < 0 else messaging_limit
+        wabas = [w for w in self.wabas.values() if w.portfolio == portfolio]
+        for app_id in {w.app_id for w in wabas}:
+            self.dispatcher.post_payload(app_id, capability_webhook(
+                [w for w in wabas if w.app_id == app_id], messaging_limit, self.now()), kind="capability")
 
 
 def limit_reached_details(limit: int) -> str:

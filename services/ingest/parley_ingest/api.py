@@ -19,10 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse
 from parley_common.broker import MAX_RECORD_BYTES
+from parley_common.contracts import OutboundMessage
 from parley_common.runtime import TenantDep
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import MESSAGES_OUT
 
+from parley_ingest.domain.contacts import Contact
 from parley_ingest.domain.records import JSON, OutRecord
 from parley_ingest.domain.send_requests import (
     Accepted,
@@ -37,7 +39,7 @@ from parley_ingest.domain.send_requests import (
 )
 from parley_ingest.publishing import KafkaUnavailable, RecordTooLarge
 from parley_ingest.services import IngestServices
-from parley_ingest.store import RateWindows
+from parley_ingest.store import IdempotencyStore, RateWindows
 
 log = logging.getLogger("parley.ingest.api")
 
@@ -125,64 +127,41 @@ _COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def api_router(svc: IngestServices) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["send API"])
-    limits = TenantRateLimits(svc.settings.api_rate_limit, svc.require_rate_windows)
+_DATABASE_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-    async def authenticated_tenant(tenant: TenantDep) -> Tenant:
-        try:
-            wait = await limits.retry_after(tenant)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise HTTPException(503, "database unavailable, retry", headers={"Retry-After": "1"}) from exc
-        if wait is not None:
-            raise HTTPException(429, "request rate limit exceeded", headers={"Retry-After": str(wait)})
-        return tenant
+
+class SendAcceptance:
+    """Valid send requests of a tenant become records on ``wa.messages.out``: only from the
+    tenant's own numbers (403), at most once per ``Idempotency-Key`` (the first answer again, 409
+    for another body or while the first is in flight), 202 once Kafka acknowledged every record."""
+
+    def __init__(self, svc: IngestServices) -> None:
+        self.svc = svc
 
     async def accept(
+        self,
         tenant: Tenant,
         messages: list[SendMessageRequest],
-        problems: list[tuple[str, str]],
         fingerprint: str,
         key: str | None,
         *,
         endpoint: str,
         origin: str,
-        answer: Any,
+        answer: Callable[[list[str]], dict[str, Any]],
         request: Request,
     ) -> JSONResponse:
-        if problems:
-            return validation_failed(problems)
         for i, m in enumerate(messages):
             if m.from_ not in tenant.phone_number_ids:
                 where = "from" if endpoint == "messages" else f"messages.{i}.from"
                 return _problem(403, f"'{where}' is not a phone number id of this API key's tenant")
-        try:
-            contacts = await svc.require_contacts().addressees(
-                tenant.tenant_id, [(m.to, m.to_user_id, m.reply_to) for m in messages])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return _problem(503, "database unavailable, retry", {"Retry-After": "1"})
-        unknown = [
-            ("reply_to" if endpoint == "messages" else f"messages.{i}.reply_to",
-             "names no inbound message of this tenant; give 'to' or 'to_user_id'")
-            for i, (m, c) in enumerate(zip(messages, contacts, strict=True)) if c is None and not (m.to or m.to_user_id)
-        ]
-        if unknown:
-            return validation_failed(unknown)
-        store = svc.require_store()
-        request_hash = request_fingerprint(endpoint, fingerprint)
+        contacts, refused = await self._addressees(tenant, messages, endpoint)
+        if refused is not None:
+            return refused
+        store = self.svc.require_store()
         if key is not None:
-            try:
-                stored = await store.reserve(tenant.tenant_id, key, request_hash)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                return _problem(503, "database unavailable, retry", {"Retry-After": "1"})
-            if stored is not None:
-                if stored.request_hash != request_hash:
-                    return _problem(409, "Idempotency-Key was used with a different request")
-                if stored.status_code is None:
-                    return _problem(409, "a request with this Idempotency-Key is still in flight")
-                return JSONResponse(
-                    stored.response, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"}
-                )
+            earlier = await self._reserve(store, tenant, key, request_fingerprint(endpoint, fingerprint))
+            if earlier is not None:
+                return earlier
         now = datetime.now(UTC)
         source = f"api_key:{request.state.api_key_id}"
         outbound = [
@@ -196,6 +175,56 @@ def api_router(svc: IngestServices) -> APIRouter:
             )
             for i, m in enumerate(messages)
         ]
+        refused = await self._publish(store, tenant, key, outbound, endpoint)
+        if refused is not None:
+            return refused
+        body = answer([o.message_id for o in outbound])
+        if key is not None:
+            try:
+                await store.complete(tenant.tenant_id, key, 202, body)
+            except _DATABASE_DOWN:
+                # The messages are on Kafka; a retry with this key re-derives the same message ids.
+                log.warning("could not store idempotent answer", extra={"tenant": tenant.tenant_id})
+        for o in outbound:
+            self.svc.metrics.api_messages.labels(tenant.tenant_id, o.type).inc()
+        return JSONResponse(body, status_code=202)
+
+    async def _addressees(
+        self, tenant: Tenant, messages: list[SendMessageRequest], endpoint: str
+    ) -> tuple[list[Contact | None], JSONResponse | None]:
+        """Each message's contact (a reply naming only the inbound message goes to its sender), or
+        the answer saying which message names no one."""
+        try:
+            contacts = await self.svc.require_contacts().addressees(
+                tenant.tenant_id, [(m.to, m.to_user_id, m.reply_to) for m in messages])
+        except _DATABASE_DOWN:
+            return [], _problem(503, "database unavailable, retry", {"Retry-After": "1"})
+        unknown = [
+            ("reply_to" if endpoint == "messages" else f"messages.{i}.reply_to",
+             "names no inbound message of this tenant; give 'to' or 'to_user_id'")
+            for i, (m, c) in enumerate(zip(messages, contacts, strict=True)) if c is None and not (m.to or m.to_user_id)
+        ]
+        return contacts, validation_failed(unknown) if unknown else None
+
+    @staticmethod
+    async def _reserve(store: IdempotencyStore, tenant: Tenant, key: str, request_hash: str) -> JSONResponse | None:
+        """Take the key for this request; or the answer when the key was taken before."""
+        try:
+            stored = await store.reserve(tenant.tenant_id, key, request_hash)
+        except _DATABASE_DOWN:
+            return _problem(503, "database unavailable, retry", {"Retry-After": "1"})
+        if stored is None:
+            return None
+        if stored.request_hash != request_hash:
+            return _problem(409, "Idempotency-Key was used with a different request")
+        if stored.status_code is None:
+            return _problem(409, "a request with this Idempotency-Key is still in flight")
+        return JSONResponse(stored.response, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
+
+    async def _publish(
+        self, store: IdempotencyStore, tenant: Tenant, key: str | None, outbound: list[OutboundMessage], endpoint: str
+    ) -> JSONResponse | None:
+        """Every message on Kafka, or the answer saying why none is (the key is given back)."""
         records = [
             OutRecord(
                 MESSAGES_OUT.name,
@@ -206,12 +235,12 @@ def api_router(svc: IngestServices) -> APIRouter:
             for o in outbound
         ]
         try:
-            await svc.writer.write_all(records)
+            await self.svc.writer.write_all(records)
         except (KafkaUnavailable, RecordTooLarge) as exc:
             if key is not None:
                 try:
                     await store.release(tenant.tenant_id, key)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                except _DATABASE_DOWN:
                     log.warning(
                         "could not release idempotency key after a Kafka failure",
                         extra={"tenant": tenant.tenant_id},
@@ -221,16 +250,22 @@ def api_router(svc: IngestServices) -> APIRouter:
                 return _problem(413, f"{where} would be a {exc.size}-byte Kafka record; "
                                      f"the limit is {MAX_RECORD_BYTES} bytes")
             return _problem(503, "Kafka unavailable, retry", {"Retry-After": "1"})
-        body = answer([o.message_id for o in outbound])
-        if key is not None:
-            try:
-                await store.complete(tenant.tenant_id, key, 202, body)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                # The messages are on Kafka; a retry with this key re-derives the same message ids.
-                log.warning("could not store idempotent answer", extra={"tenant": tenant.tenant_id})
-        for o in outbound:
-            svc.metrics.api_messages.labels(tenant.tenant_id, o.type).inc()
-        return JSONResponse(body, status_code=202)
+        return None
+
+
+def api_router(svc: IngestServices) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["send API"])
+    limits = TenantRateLimits(svc.settings.api_rate_limit, svc.require_rate_windows)
+    acceptance = SendAcceptance(svc)
+
+    async def authenticated_tenant(tenant: TenantDep) -> Tenant:
+        try:
+            wait = await limits.retry_after(tenant)
+        except _DATABASE_DOWN as exc:
+            raise HTTPException(503, "database unavailable, retry", headers={"Retry-After": "1"}) from exc
+        if wait is not None:
+            raise HTTPException(429, "request rate limit exceeded", headers={"Retry-After": str(wait)})
+        return tenant
 
     @router.post(
         "/messages",
@@ -246,10 +281,9 @@ def api_router(svc: IngestServices) -> APIRouter:
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         problems = message.problems()
-        response = validation_failed(problems) if problems else await accept(
+        response = validation_failed(problems) if problems else await acceptance.accept(
             tenant,
             [message],
-            problems,
             message.fingerprint(),
             idempotency_key,
             endpoint="messages",
@@ -276,10 +310,9 @@ def api_router(svc: IngestServices) -> APIRouter:
         if len(batch.messages) > svc.settings.max_batch_messages:
             return validation_failed([("messages", f"at most {svc.settings.max_batch_messages} messages")])
         problems = batch.problems()
-        response = validation_failed(problems) if problems else await accept(
+        response = validation_failed(problems) if problems else await acceptance.accept(
             tenant,
             list(batch.messages),
-            problems,
             batch.fingerprint(),
             idempotency_key,
             endpoint="batch",

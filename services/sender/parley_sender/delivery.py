@@ -5,8 +5,8 @@ while its own Cloud API call may be in flight. The row is written just before th
 request's rate grant, and its outcome just after the call (:mod:`parley_sender.journal` groups
 the writes of concurrent calls). Results, retries and other effects follow per batch, then the
 offsets are committed. A redelivered request is handled by its recorded row alone
-(:func:`domain.outcomes.on_redelivery`): sent, its effects re-applied, re-queued, skipped while
-in doubt, or - when a process died during its call - declared in doubt. The rules live in
+(:mod:`parley_sender.redelivery`): sent, its effects re-applied, re-queued, skipped while in
+doubt, or - when a process died during its call - declared in doubt. The rules live in
 ``domain/``; this module gathers what they need, paces, calls and hands outcomes on.
 """
 
@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,8 +40,6 @@ from parley_sender.domain.consent import ConsentState
 from parley_sender.domain.governor import UNLIMITED, priority_rank
 from parley_sender.domain.outcomes import (
     MessageState,
-    Redelivery,
-    on_redelivery,
 )
 from parley_sender.domain.policy import Refusal, SendContext, SendPlan, decide, messaging_limit_reached
 from parley_sender.domain.standing import NumberStanding, TenantSending, number_throughput
@@ -52,6 +50,7 @@ from parley_sender.effects import Effects, Outcome
 from parley_sender.journal import NotClaimed, RowJournal
 from parley_sender.outcome_builder import OutcomeBuilder
 from parley_sender.pacing import Gate, NumberPacer, NumberStates
+from parley_sender.redelivery import Redeliveries
 from parley_sender.results import now_utc
 from parley_sender.settings import SenderSettings
 from parley_sender.standings import NumberStandings
@@ -172,6 +171,7 @@ class Sender:
     tracer: Tracer = field(default_factory=lambda: trace.get_tracer("parley.sender"))
     journal: RowJournal = field(init=False)
     outcomes: OutcomeBuilder = field(init=False)
+    redeliveries: Redeliveries = field(init=False)
     catalogues: dict[str, tuple[float, TemplateCatalogue]] = field(default_factory=dict)
     # Trace context of each request being sent (from its Kafka headers), so that the Cloud API
     # call joins the trace of the customer message or API request that caused it.
@@ -195,6 +195,7 @@ class Sender:
             connect=lambda: self.store.pool.acquire(),
         )
         self.outcomes = OutcomeBuilder(self.settings, self.metrics, self.numbers, self.pacer)
+        self.redeliveries = Redeliveries(lambda: self.store, self.journal)
 
     # --- state kept with the process ------------------------------------------------------
     def directory(self) -> TenantDirectory:
@@ -318,53 +319,9 @@ class Sender:
     async def _decide_and_send(
         self, msgs: dict[str, OutboundMessage], gate: Gate | None, raw: dict[str, bytes]
     ) -> list[Outcome]:
-        existing = await self.store.messages(list(msgs))
-        to_send: list[OutboundMessage] = []
-        again: list[tuple[Redelivery, OutboundMessage, MessageRow]] = []
-        for m in msgs.values():
-            row = existing.get(m.message_id)
-            decision = on_redelivery(
-                row.state if row else None, row.attempt if row else 0, m.attempt, replay=m.origin == "replay"
-            )
-            if decision is Redelivery.SEND:
-                to_send.append(m)
-            elif decision is not Redelivery.SKIP and row is not None:
-                again.append((decision, m, row))
-        outcomes = await self._redelivered(again) if again else []
+        to_send, outcomes = await self.redeliveries.sort(msgs)
         outcomes.extend(await self._send_all(to_send, gate, raw))
         return outcomes
-
-    async def _redelivered(self, items: list[tuple[Redelivery, OutboundMessage, MessageRow]]) -> list[Outcome]:
-        """Requests read again whose row says what happened (or that a call was cut off)."""
-        need = [row.message_id for d, _, row in items if d is Redelivery.REQUEUE or row.state == S.DEAD]
-        requests = await self.store.requests(need) if need else {}
-        out: list[Outcome] = []
-        for decision, m, row in items:
-            if decision is Redelivery.REPUBLISH:
-                out.append(Effects.of_row(row, requests.get(row.message_id)))
-            elif decision is Redelivery.REQUEUE:
-                stored = requests.get(row.message_id)
-                if stored is not None:
-                    retry = OutboundMessage.model_validate(stored)
-                    out.append(Outcome(row, written=True, publish_result=False, retry=retry))
-            else:
-                cut = await self._cut_off(m, row)
-                await self.journal.write(cut.row)  # at once: the row must not go on saying "sending"
-                cut.written = True
-                out.append(cut)
-        return out
-
-    async def _cut_off(self, m: OutboundMessage, row: MessageRow) -> Outcome:
-        """A process recorded this call as started and died before its outcome: maybe sent. Never
-        re-sent; accepted if a status webhook already named it, else in doubt."""
-        wamid = await self.store.delivered_wamid_for(m.phone_number_id, row.callback_data or m.message_id)
-        if wamid:
-            return Outcome(replace(row, state=S.ACCEPTED, wamid=wamid, reason=None))
-        log.warning("send outcome unknown after a restart; held in doubt", extra={"message_id": m.message_id})
-        return Outcome(
-            replace(row, state=S.IN_DOUBT, reason="in doubt: the process stopped during the call"),
-            publish_result=False,
-        )
 
     async def _hold_until_due(self, msgs: dict[str, OutboundMessage]) -> dict[str, OutboundMessage]:
         """Retry records wait for their not_before; far-off ones go back on the retry topic."""

@@ -1,10 +1,11 @@
-"""The sender's tables (schema ``sender``), read and written in batches with asyncpg."""
+"""The sender's tables (schema ``sender``), read and written in batches with asyncpg: each
+request's state and Meta's statuses here, the rest by what it keeps (``store_customers``,
+``store_templates``, ``store_limits``), all on one pool as :class:`SenderStore`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +13,12 @@ import asyncpg
 import orjson
 from parley_common.contracts import STATUS_ORDER, MessageStatus
 
-from parley_sender.domain.consent import ConsentState
-from parley_sender.domain.governor import MessagingLimit
 from parley_sender.domain.outcomes import RESOLVABLE, SETTLED, MessageState, sql_states
-from parley_sender.domain.templates import Template, TemplateCatalogue
-from parley_sender.domain.windows import ConversationWindows, CustomerServiceWindow, FreeEntryPointWindow
+from parley_sender.store_customers import CustomerTables
+from parley_sender.store_limits import LimitTables
+from parley_sender.store_templates import TemplateTables
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-WindowKey = tuple[str, str]  # (business number, customer)
-# The windows' new value from their current one, and the wamid that set the customer-service window.
-WindowChange = Callable[[WindowKey, ConversationWindows], tuple[ConversationWindows, str | None]]
-# Rows are locked in one order by every writer (byte order, whatever the database's collation).
-_KEY_ORDER = 'k.p COLLATE "C", k.c COLLATE "C"'
 # Built from the states' sets (domain/outcomes.py): no write changes a settled row, and only
 # in-doubt rows are resolved by a status webhook.
 _NOT_SETTLED = (
@@ -34,6 +29,10 @@ _NOT_SETTLED = (
 )
 _RESOLVABLE = f"state IN ({sql_states(RESOLVABLE)})"
 _SENDING = MessageState.SENDING.value
+_ACCEPTED = MessageState.ACCEPTED.value
+_IN_DOUBT = MessageState.IN_DOUBT.value
+# No call lasts as long as the in-doubt deadline: past it, a row in these states has no call in flight.
+_OVERDUE = f"state IN ({sql_states(frozenset({MessageState.IN_DOUBT, MessageState.SENDING}))})"
 # A 'sending' write is a claim: never over a row whose call another process may be making.
 _HELD = (
     f"(EXCLUDED.state = '{_SENDING}'"
@@ -111,11 +110,11 @@ def _row(r: asyncpg.Record) -> MessageRow:
 _FIELDS = frozenset(_COLUMNS.split(", "))
 
 
-class SenderStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+class MessageTables:
+    """``sender.messages`` (each request's state) and ``sender.deliveries`` (Meta's statuses)."""
 
-    # --- messages --------------------------------------------------------------------------
+    pool: asyncpg.Pool
+
     async def messages(self, ids: Sequence[str]) -> dict[str, MessageRow]:
         """The recorded state of these requests (without the stored request: see :meth:`requests`)."""
         rows = await self.pool.fetch(
@@ -187,7 +186,7 @@ class SenderStore:
         id): an in-doubt request becomes accepted with that wamid. At most one row, and never a
         wamid another message already has (old rows may share callback data)."""
         r = await self.pool.fetchrow(
-            f"""UPDATE sender.messages SET state = 'accepted', wamid = $3, reason = NULL, updated_at = now()
+            f"""UPDATE sender.messages SET state = '{_ACCEPTED}', wamid = $3, reason = NULL, updated_at = now()
                 WHERE message_id = (
                     SELECT message_id FROM sender.messages
                     WHERE phone_number_id = $1 AND callback_data = $2 AND {_RESOLVABLE}
@@ -227,7 +226,7 @@ class SenderStore:
                     LIMIT $1),
                 one AS (SELECT DISTINCT ON (message_id) message_id, wamid FROM found
                         ORDER BY message_id, wamid)
-                UPDATE sender.messages m SET state = 'accepted', wamid = one.wamid, reason = NULL,
+                UPDATE sender.messages m SET state = '{_ACCEPTED}', wamid = one.wamid, reason = NULL,
                        updated_at = now()
                 FROM one WHERE m.message_id = one.message_id AND m.{_RESOLVABLE}
                 RETURNING {", ".join("m." + c for c in _STATE_COLUMNS.split(", "))}""",
@@ -240,7 +239,7 @@ class SenderStore:
         deadline. No call lasts that long, so none of them can still be in flight."""
         rows = await self.pool.fetch(
             f"""SELECT {_STATE_COLUMNS} FROM sender.messages
-                WHERE state IN ('in_doubt', 'sending') AND updated_at < now() - make_interval(secs => $1)
+                WHERE {_OVERDUE} AND updated_at < now() - make_interval(secs => $1)
                 ORDER BY updated_at LIMIT $2""",
             older_than_s,
             limit,
@@ -250,8 +249,8 @@ class SenderStore:
     async def mark_unresolved(self, ids: Sequence[str], older_than_s: float, reason: str) -> list[str]:
         """Give up waiting (after the results were published): final, the tenant may resend."""
         rows = await self.pool.fetch(
-            """UPDATE sender.messages SET state = 'unresolved', reason = $3, updated_at = now()
-               WHERE message_id = ANY($1) AND state IN ('in_doubt', 'sending')
+            f"""UPDATE sender.messages SET state = '{MessageState.UNRESOLVED.value}', reason = $3, updated_at = now()
+               WHERE message_id = ANY($1) AND {_OVERDUE}
                  AND updated_at < now() - make_interval(secs => $2)
                RETURNING message_id""",
             list(ids),
@@ -303,337 +302,20 @@ class SenderStore:
             rows,
         )
 
-    # --- windows ---------------------------------------------------------------------------
-    async def windows(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ConversationWindows]:
-        keys = list(set(keys))
-        if not keys:
-            return {}
-        rows = await self.pool.fetch(
-            """SELECT w.* FROM sender.windows w
-               JOIN unnest($1::text[], $2::text[]) AS k(p, c) ON w.phone_number_id = k.p AND w.customer_id = k.c""",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-        )
-        return {(r["phone_number_id"], r["customer_id"]): _windows(r) for r in rows}
-
-    async def change_windows(
-        self, keys: Iterable[WindowKey], change: WindowChange, *, create: bool = True
-    ) -> dict[WindowKey, ConversationWindows]:
-        """Change the windows of these (business number, customer) keys by a rule of
-        ``domain/windows.py``: the rows are locked, ``change`` decides each key's new windows from
-        its current ones (and the wamid of the inbound message that set the customer-service
-        window, if any), and what changed is written. The rule lives only in the domain; this
-        holds no copy of it. ``create``: a key without a row starts from no windows (else it is
-        left alone). Returns the windows as written."""
-        keys = list(set(keys))
-        if not keys:
-            return {}
-        phones, customers = [k[0] for k in keys], [k[1] for k in keys]
-        async with self.pool.acquire() as conn, conn.transaction():
-            if create:  # a row to lock for every key (in one order, so writers never deadlock)
-                await conn.execute(
-                    f"""INSERT INTO sender.windows (phone_number_id, customer_id)
-                        SELECT p, c FROM unnest($1::text[], $2::text[]) AS k(p, c) ORDER BY {_KEY_ORDER}
-                        ON CONFLICT DO NOTHING""",
-                    phones,
-                    customers,
-                )
-            rows = await conn.fetch(
-                f"""SELECT w.* FROM sender.windows w
-                    JOIN unnest($1::text[], $2::text[]) AS k(p, c) ON w.phone_number_id = k.p AND w.customer_id = k.c
-                    ORDER BY {_KEY_ORDER} FOR UPDATE OF w""",
-                phones,
-                customers,
-            )
-            written: dict[WindowKey, ConversationWindows] = {}
-            updates = []
-            for r in rows:
-                key = (r["phone_number_id"], r["customer_id"])
-                before = _windows(r)
-                after, wamid = change(key, before)
-                written[key] = after
-                if after != before or (wamid is not None and wamid != r["last_inbound_wamid"]):
-                    updates.append(
-                        (*key, after.csw.last_inbound_at, wamid, after.fep.referral_at, after.fep.started_at)
-                    )
-            await conn.executemany(
-                """UPDATE sender.windows SET last_inbound_at = $3,
-                     last_inbound_wamid = COALESCE($4, last_inbound_wamid), referral_at = $5, fep_started_at = $6
-                   WHERE phone_number_id = $1 AND customer_id = $2""",
-                updates,
-            )
-        return written
-
-    async def start_free_entry_points(self, items: Sequence[tuple[str, str, datetime]]) -> None:
-        """The business replied at these times: an offered free entry point starts its 72 hours
-        where the domain says it does (:meth:`FreeEntryPointWindow.on_send`)."""
-        replied = {(p, c): at for p, c, at in items}
-
-        def reply(key: WindowKey, w: ConversationWindows) -> tuple[ConversationWindows, str | None]:
-            return replace(w, fep=w.fep.on_send(replied[key])), None
-
-        await self.change_windows(replied, reply, create=False)
-
-    async def record_inbound_refs(self, refs: Sequence[tuple[str, str, str, datetime]]) -> None:
-        if refs:
-            await self.pool.executemany(
-                "INSERT INTO sender.inbound_refs VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING", refs
-            )
-
-    async def known_inbound(self, wamids: Sequence[str]) -> set[str]:
-        if not wamids:
-            return set()
-        rows = await self.pool.fetch(
-            "SELECT wamid FROM sender.inbound_refs WHERE wamid = ANY($1)", list(wamids)
-        )
-        return {r["wamid"] for r in rows}
-
-    # --- templates -------------------------------------------------------------------------
-    async def catalogue(self, tenant_id: str) -> TemplateCatalogue:
-        rows = await self.pool.fetch("SELECT * FROM sender.templates WHERE tenant_id = $1", tenant_id)
-        return TemplateCatalogue.of(_template(r) for r in rows)
-
-    async def templates(self, tenant_id: str) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT * FROM sender.templates WHERE tenant_id = $1 ORDER BY name, language", tenant_id
-        )
-        return [dict(r) for r in rows]
-
-    async def upsert_templates(self, tenant_id: str, templates: Sequence[Template]) -> None:
-        await self.pool.executemany(
-            """INSERT INTO sender.templates (tenant_id, name, language, waba_id, template_id, category, status,
-                   quality, parameter_format, components) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
-               ON CONFLICT (tenant_id, name, language) DO UPDATE SET waba_id = EXCLUDED.waba_id,
-                 template_id = EXCLUDED.template_id, category = EXCLUDED.category, status = EXCLUDED.status,
-                 quality = COALESCE(EXCLUDED.quality, sender.templates.quality),
-                 parameter_format = EXCLUDED.parameter_format, components = EXCLUDED.components,
-                 updated_at = now()""",
-            [
-                (
-                    tenant_id,
-                    t.name,
-                    t.language,
-                    t.waba_id,
-                    t.template_id,
-                    t.category,
-                    t.status,
-                    t.quality,
-                    t.parameter_format,
-                    list(t.components),
-                )
-                for t in templates
-            ],
-        )
-
-    async def remove_templates_not_in(
-        self, tenant_id: str, waba_id: str, keep: Sequence[tuple[str, str]]
-    ) -> int:
-        result = await self.pool.execute(
-            """DELETE FROM sender.templates WHERE tenant_id = $1 AND waba_id = $2
-               AND (name, language) NOT IN (SELECT * FROM unnest($3::text[], $4::text[]))""",
-            tenant_id,
-            waba_id,
-            [k[0] for k in keep],
-            [k[1] for k in keep],
-        )
-        return int(result.split()[-1])
-
-    async def update_template(
-        self,
-        tenant_id: str,
-        *,
-        template_id: str | None,
-        name: str | None,
-        language: str | None,
-        **changes: str,
-    ) -> int:
-        sets = ", ".join(f"{col} = ${i + 5}" for i, col in enumerate(changes))
-        result = await self.pool.execute(
-            f"""UPDATE sender.templates SET {sets}, updated_at = now() WHERE tenant_id = $1 AND
-                (($2::text IS NOT NULL AND template_id = $2) OR
-                 (name = $3 AND ($4::text IS NULL OR language = $4)))""",
-            tenant_id,
-            template_id,
-            name,
-            language,
-            *changes.values(),
-        )
-        return int(result.split()[-1])
-
-    # --- consent and the messaging limit ---------------------------------------------------
-    async def consent(self, tenant_id: str, customers: Sequence[str]) -> dict[str, ConsentState]:
-        if not customers:
-            return {}
-        rows = await self.pool.fetch(
-            "SELECT * FROM sender.consent WHERE tenant_id = $1 AND customer_id = ANY($2)",
-            tenant_id,
-            list(customers),
-        )
-        return {r["customer_id"]: _consent(r) for r in rows}
-
-    async def apply_consent(
-        self, tenant_id: str, customer_id: str, action: str, at: datetime, source: str
-    ) -> ConsentState:
-        """A consent change, applied by the domain's rule (:meth:`ConsentState.apply`: the later
-        change wins) to the customer's locked row. Returns the state as it stands."""
-        for _ in range(3):
-            async with self.pool.acquire() as conn, conn.transaction():
-                r = await conn.fetchrow(
-                    "SELECT * FROM sender.consent WHERE tenant_id = $1 AND customer_id = $2 FOR UPDATE",
-                    tenant_id,
-                    customer_id,
-                )
-                before = _consent(r) if r is not None else ConsentState()
-                after = before.apply(action, at, source)
-                if after == before:
-                    return before
-                if r is not None:
-                    await conn.execute(
-                        """UPDATE sender.consent SET marketing_stopped = $3, changed_at = $4, source = $5
-                           WHERE tenant_id = $1 AND customer_id = $2""",
-                        tenant_id, customer_id, after.marketing_stopped, after.changed_at, after.source,
-                    )
-                    return after
-                inserted = await conn.execute(
-                    "INSERT INTO sender.consent VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
-                    tenant_id, customer_id, after.marketing_stopped, after.changed_at, after.source,
-                )
-                if inserted.endswith(" 1"):
-                    return after
-            # another change inserted the customer's first row meanwhile: decide again against it
-        raise RuntimeError("consent row kept changing under a new customer's first change")
-
-    # --- the portfolio's messaging limit (docs/adr/0115-portfolio-messaging-limit.md) ---------
-    async def reserve_reach(
-        self, tenant_id: str, limit: int, wanted: Sequence[tuple[str, str]], now: datetime
-    ) -> set[str]:
-        """Places in the portfolio's messaging limit for ``(message_id, customer)`` pairs, taken in
-        order under the portfolio's row lock (every replica counts the same rows); returns the
-        message ids granted. A new customer's place is held by its requests until one is accepted
-        (:meth:`record_reached`) or all are released (:meth:`release_reach`)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO sender.portfolios VALUES ($1) ON CONFLICT DO NOTHING", tenant_id)
-            await conn.execute("SELECT 1 FROM sender.portfolios WHERE tenant_id = $1 FOR UPDATE", tenant_id)
-            rows = await conn.fetch(
-                "SELECT customer_id, reached_at FROM sender.reached WHERE tenant_id = $1 AND reached_at > $2",
-                tenant_id,
-                now - timedelta(hours=24),
-            )
-            counted = MessagingLimit(limit, reached={r["customer_id"]: r["reached_at"].timestamp() for r in rows})
-            granted: list[tuple[str, str, datetime, str]] = []
-            at = now.timestamp()
-            for message_id, customer in wanted:
-                if counted.reserve(customer, at):
-                    granted.append((tenant_id, customer, now, message_id))
-            # A customer counted already is kept 24 hours from now (even if this send then fails:
-            # the count errs on the safe side); a row older than the window is taken afresh.
-            await conn.executemany(
-                """INSERT INTO sender.reached AS r (tenant_id, customer_id, reached_at, confirmed, pending)
-                   VALUES ($1, $2, $3, false, ARRAY[$4::text])
-                   ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
-                     confirmed = r.confirmed AND r.reached_at > $3::timestamptz - interval '24 hours',
-                     pending = CASE
-                       WHEN r.reached_at <= $3::timestamptz - interval '24 hours' THEN EXCLUDED.pending
-                       WHEN r.confirmed THEN r.pending
-                       ELSE array_append(r.pending, $4::text) END,
-                     reached_at = GREATEST(r.reached_at, EXCLUDED.reached_at)""",
-                granted,
-            )
-        return {g[3] for g in granted}
-
-    async def set_reported_limit(self, tenant_id: str, limit: int, at: datetime) -> None:
-        """Meta reported the portfolio's messaging limit (-1: unlimited); an older report never
-        replaces a newer one."""
-        await self.pool.execute(
-            """INSERT INTO sender.portfolios AS p (tenant_id, reported_limit, reported_at) VALUES ($1, $2, $3)
-               ON CONFLICT (tenant_id) DO UPDATE SET reported_limit = EXCLUDED.reported_limit,
-                 reported_at = EXCLUDED.reported_at
-               WHERE p.reported_at IS NULL OR p.reported_at <= EXCLUDED.reported_at""",
-            tenant_id,
-            limit,
-            at,
-        )
-
-    async def reported_limits(self, tenant_ids: Sequence[str]) -> dict[str, int]:
-        """The limits Meta reported for these portfolios (-1: unlimited); absent when none."""
-        rows = await self.pool.fetch(
-            "SELECT tenant_id, reported_limit FROM sender.portfolios WHERE tenant_id = ANY($1)"
-            " AND reported_limit IS NOT NULL",
-            list(tenant_ids),
-        )
-        return {r["tenant_id"]: r["reported_limit"] for r in rows}
-
-    async def set_throughput(self, phone_number_id: str, mps: int, at: datetime) -> None:
-        """Meta changed a number's throughput; an older report never replaces a newer one."""
-        await self.pool.execute(
-            """INSERT INTO sender.number_throughput AS t VALUES ($1, $2, $3)
-               ON CONFLICT (phone_number_id) DO UPDATE SET mps = EXCLUDED.mps, reported_at = EXCLUDED.reported_at
-               WHERE t.reported_at <= EXCLUDED.reported_at""",
-            phone_number_id,
-            mps,
-            at,
-        )
-
-    async def reported_throughputs(self) -> dict[str, int]:
-        rows = await self.pool.fetch("SELECT phone_number_id, mps FROM sender.number_throughput")
-        return {r["phone_number_id"]: r["mps"] for r in rows}
-
-    async def release_reach(self, items: Sequence[tuple[str, str, str]]) -> None:
-        """``(tenant_id, customer, message_id)`` of sends refused or failed before leaving: the
-        place they held goes when no other request holds it and none was accepted."""
-        if not items:
-            return
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(
-                """DELETE FROM sender.reached WHERE tenant_id = $1 AND customer_id = $2 AND NOT confirmed
-                     AND $3::text = ANY(pending) AND cardinality(array_remove(pending, $3::text)) = 0""",
-                items,
-            )
-            await conn.executemany(
-                """UPDATE sender.reached SET pending = array_remove(pending, $3::text)
-                   WHERE tenant_id = $1 AND customer_id = $2 AND $3::text = ANY(pending)""",
-                items,
-            )
-
-    async def record_reached(self, items: Sequence[tuple[str, str, datetime]]) -> None:
-        """Accepted business-initiated sends: their customers are reached (the place is final)."""
-        if items:
-            await self.pool.executemany(
-                """INSERT INTO sender.reached AS r (tenant_id, customer_id, reached_at) VALUES ($1,$2,$3)
-                   ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
-                     reached_at = GREATEST(r.reached_at, EXCLUDED.reached_at), confirmed = true, pending = '{}'""",
-                items,
-            )
-
     async def in_doubt_summary(self) -> tuple[int, float]:
         """How many sends are in doubt, and the age in seconds of the oldest (0 when none); read
         through the partial index of in-doubt rows."""
         row = await self.pool.fetchrow(
             "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(updated_at)), 0) AS oldest"
-            " FROM sender.messages WHERE state = 'in_doubt'"
+            f" FROM sender.messages WHERE state = '{_IN_DOUBT}'"
         )
         return (int(row["n"]), float(row["oldest"])) if row is not None else (0, 0.0)
 
 
-def _consent(r: asyncpg.Record) -> ConsentState:
-    return ConsentState(r["marketing_stopped"], r["changed_at"], r["source"])
+class SenderStore(MessageTables, CustomerTables, TemplateTables, LimitTables):
+    """The sender's tables (schema ``sender``) on one pool, grouped by what they keep: requests
+    and statuses (here), customers (``store_customers``), templates (``store_templates``) and
+    Meta's limits (``store_limits``)."""
 
-
-def _windows(r: asyncpg.Record) -> ConversationWindows:
-    return ConversationWindows(
-        CustomerServiceWindow(r["last_inbound_at"]), FreeEntryPointWindow(r["referral_at"], r["fep_started_at"])
-    )
-
-
-def _template(r: asyncpg.Record) -> Template:
-    return Template(
-        name=r["name"],
-        language=r["language"],
-        category=r["category"],
-        status=r["status"],
-        components=tuple(r["components"] or ()),
-        parameter_format=r["parameter_format"],
-        quality=r["quality"],
-        template_id=r["template_id"],
-        waba_id=r["waba_id"],
-    )
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
