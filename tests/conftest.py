@@ -115,21 +115,16 @@ async def kafka_bootstrap(infra: Infra, session_ns: str, request: pytest.Fixture
     from parley_common.topics_cli import ensure_topics
 
     module = request.node.name.removesuffix(".py").replace("_", "-")[-40:]
-    os.environ["PARLEY_TOPIC_NAMESPACE"] = f"{session_ns}-{module}."
+    ns = f"{session_ns}-{module}."
+    os.environ["PARLEY_TOPIC_NAMESPACE"] = ns
     os.environ["PARLEY_KAFKA_BOOTSTRAP"] = infra.kafka_bootstrap
     await asyncio.wait_for(ensure_topics(infra.kafka_bootstrap, partitions=3), 60)
     yield infra.kafka_bootstrap
     # Leave the broker as lean as we found it: a developer's broker outlives many test runs.
-    from aiokafka.admin import AIOKafkaAdminClient
-    from parley_common.topics import ALL_TOPICS
+    from parley_common.topics_cli import delete_namespace
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
-    await admin.start()
-    try:
-        with contextlib.suppress(Exception):
-            await admin.delete_topics([t.name for t in ALL_TOPICS])
-    finally:
-        await admin.close()
+    with contextlib.suppress(Exception):
+        await delete_namespace(infra.kafka_bootstrap, ns)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

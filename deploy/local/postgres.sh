@@ -292,6 +292,11 @@ cmd_reset() {
   with_lock postgres "$PG_LOCK_DIR"
   log "deleting $PG_STATE"
   rm -rf -- "$PG_STATE"
+  # The cluster of a checkout the postgres user cannot reach lived in /var/lib/parley/<hash>/pg: leave no
+  # empty <hash> directory behind.
+  if [[ "$PG_STATE" == /var/lib/parley/*/pg ]]; then
+    rmdir --ignore-fail-on-non-empty -- "$(dirname -- "$PG_STATE")"
+  fi
 }
 
 usage() {

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).parent))
 import demo_commerce
+from topic_reading import end_offsets, read_range
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".parley"
@@ -146,56 +147,6 @@ class Stack:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-
-
-async def end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[int, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        result: dict[str, dict[int, int]] = {}
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            offs = await consumer.end_offsets(tps) if tps else {}
-            result[topic] = {tp.partition: off for tp, off in offs.items()}
-        return result
-    finally:
-        await consumer.stop()
-
-
-async def read_range(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, int]) -> list[dict[str, Any]]:
-    """Every record of ``topic`` between two offset snapshots, decoded as JSON."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in end if end[p] > start.get(p, 0)]
-        if not tps:
-            return out
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, start.get(tp.partition, 0))
-        remaining = {tp: end[tp.partition] for tp in tps}
-        deadline = time.monotonic() + 120
-        while remaining and time.monotonic() < deadline:
-            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
-            for tp, records in batch.items():
-                out.extend(json.loads(r.value) for r in records if r.offset < remaining.get(tp, 0))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= remaining[tp]:
-                    remaining.pop(tp)
-                    consumer.pause(tp)
-        return out
-    finally:
-        try:
-            await consumer.stop()
-        except asyncio.CancelledError:  # aiokafka cancels its own committed-offsets task on stop
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
 
 
 async def ledger_rows(wamids: set[str]) -> list[Any]:

@@ -47,6 +47,7 @@ from parley_billing.store import MIGRATIONS, Metering, TenantInfo, ledger_finger
 from parley_common.db import create_pool, migrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.bench.cleanup import drop_database
 from tests.billing.traffic import chaos, feed, generate
 
 os.environ.setdefault("PARLEY_DEMO", "true")  # a local measurement: the demo redaction key will do
@@ -95,14 +96,6 @@ async def _register_tenant(conn: asyncpg.Connection, numbers: list[str]) -> None
                                         "waba_id": f"waba-{n}"} for n in numbers]}]}))
 
 
-async def _drop(name: str) -> None:
-    admin = await asyncpg.connect(SERVER_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def _raw_bytes_run(pool: asyncpg.Pool, others: list, statuses: list[bytes], batch: int
                          ) -> tuple[float, float]:
     metering = Metering(pool, lookup)
@@ -123,11 +116,11 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
     from parley_billing.handlers import GROUP
     from parley_billing.settings import BillingSettings
     from parley_common.topics import STATUSES
-    from parley_common.topics_cli import ensure_topics
+    from parley_common.topics_cli import delete_namespace, ensure_topics
 
     namespace = f"bench{uuid.uuid4().hex[:8]}."
     os.environ["PARLEY_TOPIC_NAMESPACE"] = namespace
-    created = await ensure_topics(KAFKA, partitions=3)
+    await ensure_topics(KAFKA, partitions=3)
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
     try:
@@ -173,8 +166,8 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
             elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu
         return counted / elapsed, counted / cpu_s
     finally:
-        await admin.delete_topics(created)
         await admin.close()
+        await delete_namespace(KAFKA, namespace)  # every topic of the run, even one a crash left half-made
 
 
 async def main(customers: int, batch: int, with_kafka: bool) -> dict[str, object]:
@@ -229,7 +222,7 @@ async def main(customers: int, batch: int, with_kafka: bool) -> dict[str, object
         await pool.close()
     finally:
         for n in names:
-            await _drop(n)
+            await drop_database(SERVER_URL, n)
     result.update({
         "exact": exact,
         "ledger_rows": clean_totals["messages"], "billable": clean_totals["billable"],

@@ -84,9 +84,9 @@ async def main(rounds: int) -> dict[str, object]:
                 latencies.append(time.perf_counter() - revoked)
     finally:
         await conn.close()
-        admin = await asyncpg.connect(SERVER_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        from cleanup import drop_database  # tests/bench/cleanup.py
+
+        await drop_database(SERVER_URL, name)
     latencies.sort()
     return {
         "rounds": rounds, "replicas": 2, "check_interval_s": IngestSettings().tenants_check_interval_s,

@@ -12,55 +12,23 @@ Cloud API simulator's own record of what it accepted, and billing's ledger.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
+from parley_sender.domain.outcomes import FINAL
 
-FINAL_OUTCOMES = frozenset({"accepted", "refused", "failed", "in_doubt", "dead"})
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "local"))
+from topic_reading import read_topic  # deploy/local/topic_reading.py, shared with the demo's summary
+
+# The outcomes the sender publishes for its final states (a dead request is published as failed).
+FINAL_OUTCOMES = frozenset(state.outcome for state in FINAL)
 RESOLVED_AFTER_DOUBT = {"in_doubt", "accepted"}
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every record of a topic from the beginning to its current end, decoded as JSON."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return out
-        end = await consumer.end_offsets(tps)
-        remaining = {tp: off for tp, off in end.items() if off > 0}
-        consumer.assign(list(remaining))
-        await consumer.seek_to_beginning(*remaining)
-        deadline = time.monotonic() + 300
-        while remaining and time.monotonic() < deadline:
-            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10000)
-            for tp, records in batch.items():
-                out.extend(json.loads(r.value) for r in records if r.offset < remaining.get(tp, 0))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= remaining[tp]:
-                    remaining.pop(tp)
-                    consumer.pause(tp)
-        return out
-    finally:
-        try:
-            await consumer.stop()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
 
 
 async def consumer_lag(bootstrap: str, namespace: str, groups: list[str]) -> dict[str, int]:

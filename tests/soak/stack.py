@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 import httpx
 import yaml
+from parley_common.topics_cli import delete_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -326,7 +327,7 @@ class Stack:
             finally:
                 await conn.close()
         with contextlib.suppress(Exception):
-            await delete_topics(self.infra["PARLEY_KAFKA_BOOTSTRAP"], self.namespace)
+            await delete_namespace(self.infra["PARLEY_KAFKA_BOOTSTRAP"], self.namespace)
 
     # -- the simulator's control API -----------------------------------------------------------
 
@@ -335,19 +336,6 @@ class Stack:
             r = await client.request(method, self.sim_url + path, **kwargs)
             r.raise_for_status()
             return r.json()
-
-
-async def delete_topics(bootstrap: str, namespace: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(namespace)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 class PrivateInfra:

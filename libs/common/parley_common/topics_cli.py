@@ -1,4 +1,6 @@
-"""``parley-topics create``: create every topic of the registry; idempotent."""
+"""``parley-topics create``: create every topic of the registry; idempotent.
+``parley-topics delete-namespace NS``: delete the topics of one namespace (a test module's, a
+benchmark's or a soak run's, ``PARLEY_TOPIC_NAMESPACE``), never Parley's own."""
 
 from __future__ import annotations
 
@@ -38,6 +40,22 @@ async def ensure_topics(bootstrap: str, replication_factor: int = 1, partitions:
         await admin.close()
 
 
+async def delete_namespace(bootstrap: str, namespace: str, client_options: dict[str, Any] | None = None) -> list[str]:
+    """Delete every topic whose name starts with ``namespace``; returns their names. Refuses the
+    empty namespace: the topics without one are the deployment's own."""
+    if not namespace:
+        raise ValueError("refusing to delete topics without a namespace")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **(client_options or {}))
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(namespace)]
+        if names:
+            await admin.delete_topics(names)
+        return names
+    finally:
+        await admin.close()
+
+
 @app.command("create")
 def create(replication_factor: int = typer.Option(1, min=1)) -> None:
     settings = CommonSettings()
@@ -49,6 +67,14 @@ def create(replication_factor: int = typer.Option(1, min=1)) -> None:
         typer.echo(f"error: cannot reach Kafka at {bootstrap}: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"created {len(created)} topic(s); {len(ALL_TOPICS) - len(created)} already existed")
+
+
+@app.command("delete-namespace")
+def delete_namespace_command(namespace: str) -> None:
+    settings = CommonSettings()
+    deleted = asyncio.run(delete_namespace(settings.kafka_bootstrap, namespace,
+                                           client_options=kafka_client_options(settings)))
+    typer.echo(f"deleted {len(deleted)} topic(s) of namespace {namespace!r}")
 
 
 @app.command("list")
