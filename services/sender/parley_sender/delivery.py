@@ -54,7 +54,7 @@ from parley_sender.redelivery import Redeliveries
 from parley_sender.results import now_utc
 from parley_sender.settings import SenderSettings
 from parley_sender.standings import NumberStandings
-from parley_sender.store import MessageRow, SenderStore
+from parley_sender.store import SenderStore
 
 log = logging.getLogger("parley.sender")
 ROOT = Context()  # a request without trace headers starts its own trace
