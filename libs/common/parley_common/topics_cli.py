@@ -71,6 +71,9 @@ def create(replication_factor: int = typer.Option(1, min=1)) -> None:
 
 @app.command("delete-namespace")
 def delete_namespace_command(namespace: str) -> None:
+    if not namespace:
+        typer.echo("error: give a namespace; the topics without one are the deployment's own", err=True)
+        raise typer.Exit(2)
     settings = CommonSettings()
     deleted = asyncio.run(delete_namespace(settings.kafka_bootstrap, namespace,
                                            client_options=kafka_client_options(settings)))
