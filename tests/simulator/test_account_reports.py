@@ -32,7 +32,8 @@ async def test_a_portfolio_past_its_messaging_limit_gets_131048_for_new_customer
     await h.open_window("447700900204")  # inside the customer's window: not business-initiated
     assert (await h.send(offer("447700900204"))).status_code == 200
     # another portfolio is not affected ...
-    h.sim.template_api.add(WABA2, TemplateConfig.model_validate(next(t for t in TEMPLATES if t["name"] == "plain_offer")))
+    plain_offer = next(t for t in TEMPLATES if t["name"] == "plain_offer")
+    h.sim.template_api.add(WABA2, TemplateConfig.model_validate(plain_offer))
     assert (await h.send(offer("447700900205"), pn=PN2, token=TOKEN2)).status_code == 200
     # ... until its WABA belongs to the same portfolio: the limit is shared by every number
     h.sim.wabas[WABA2].portfolio_id = WABA
