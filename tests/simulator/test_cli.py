@@ -45,12 +45,15 @@ async def test_run_serves_the_demo_config_with_flags() -> None:
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            for _ in range(200):
+            # Starting takes a few seconds, and several times that on a loaded machine (10-18 s seen
+            # at a load average of 15): wait up to a minute for it to answer.
+            deadline = asyncio.get_running_loop().time() + 60
+            while asyncio.get_running_loop().time() < deadline:
                 try:
                     if (await client.get("/healthz")).status_code == 200:
                         break
                 except httpx.HTTPError:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.1)
             behaviour = (await client.get("/_sim/behaviour")).json()
             assert behaviour["sync_error_codes"] == [131047]
             assert (await client.get("/_sim/clock")).json()["iso"].startswith("2025-05-01")
