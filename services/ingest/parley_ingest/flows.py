@@ -4,9 +4,11 @@ Order of checks, each with the status Meta documents: the number is a tenant's (
 is at most 1 MB (413), ``X-Hub-Signature-256`` verifies with the tenant's app secret (432), the
 request decrypts with one of the number's private keys (421; two keys during a rotation), the
 flow token is valid (427). ``ping`` and error notifications are answered here; ``INIT``,
-``data_exchange`` and ``BACK`` go to the tenant's flow backend (the reference seat-selection
-backend, ``seats.py``). The answer is encrypted with the request's key and the inverted IV.
-Nothing is written before the request is verified and decrypted.
+``data_exchange`` and ``BACK`` go to the tenant's flow backend: its own at its URL when the
+registry names one (``flow_backends.py``, ADR 0123), else the reference seat-selection backend
+(``seats.py``). A backend that does not answer in time is a 503, one that answers what Meta would
+refuse a 502, never a half answer. The answer is encrypted with the request's key and the
+inverted IV. Nothing is written before the request is verified and decrypted.
 
 Keys come from the tenant registry's settings (secrets by reference, as everywhere):
 ``settings.flows.private_key_refs`` (current key first), or per number
@@ -15,11 +17,13 @@ Keys come from the tenant registry's settings (secrets by reference, as everywhe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
+import httpx
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -42,16 +46,21 @@ from parley_ingest.domain.flows import (
     decrypt_request,
     encrypt_response,
 )
+from parley_ingest.flow_backends import (
+    BackendChoice,
+    FlowBackend,
+    FlowBackendInvalid,
+    FlowBackendUnavailable,
+    HttpFlowBackend,
+    backend_choice,
+)
 from parley_ingest.seats import FlowTokenInvalid, SeatSelectionBackend, SeatStore
 from parley_ingest.services import IngestServices
 
 log = logging.getLogger("parley.ingest.flows")
 MAX_FLOW_BODY = 1024 * 1024
 DEFAULT_HOLD_SECONDS = 300.0
-
-
-class FlowBackend(Protocol):
-    async def handle(self, tenant_id: str, payload: dict[str, Any]) -> dict[str, Any]: ...
+REFERENCE_BACKEND_TIMEOUT_S = 5.0  # the in-process seat backend (PostgreSQL stalled): 503 well inside Meta's 10 s
 
 
 class FlowKeyring:
@@ -99,16 +108,39 @@ def flow_handler(svc: IngestServices, *, backend: FlowBackend | None = None) -> 
                          registry=svc.rt.registry)
     m_seconds = Histogram("parley_ingest_flow_seconds", "Flow endpoint answer time", registry=svc.rt.registry,
                           buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
-    backends: dict[str, FlowBackend] = {}
+    backends: dict[tuple[str, str, Any], FlowBackend] = {}
+    choices: dict[tuple[str, str], tuple[Tenant, BackendChoice]] = {}
+    clients: dict[str, httpx.AsyncClient] = {}  # one connection pool per tenant: a slow one fills only its own
 
-    def backend_for(tenant: Tenant) -> FlowBackend:
+    async def close_clients() -> None:
+        for client in clients.values():
+            await client.aclose()
+        clients.clear()
+
+    svc.rt.on_stop.append(close_clients)
+
+    def backend_for(tenant: Tenant, phone_number_id: str) -> tuple[FlowBackend, float | None]:
+        """The backend and the deadline the endpoint enforces itself (None: the backend enforces it)."""
         if backend is not None:
-            return backend
-        if tenant.tenant_id not in backends:
-            flows = tenant.settings.get("flows") or {}
-            hold = float(flows.get("hold_seconds", DEFAULT_HOLD_SECONDS)) if isinstance(flows, dict) else 300.0
-            backends[tenant.tenant_id] = SeatSelectionBackend(SeatStore(svc.rt.require_pool()), hold_seconds=hold)
-        return backends[tenant.tenant_id]
+            return backend, REFERENCE_BACKEND_TIMEOUT_S
+        seen = choices.get((tenant.tenant_id, phone_number_id))
+        if seen is None or seen[0] is not tenant:  # the directory hands out a new Tenant when settings change
+            seen = choices[(tenant.tenant_id, phone_number_id)] = (tenant, backend_choice(tenant, phone_number_id))
+        choice = seen[1]
+        key = (tenant.tenant_id, phone_number_id if choice.spec else "", choice)
+        if key not in backends:
+            if choice.spec is not None:
+                if tenant.tenant_id not in clients:
+                    clients[tenant.tenant_id] = httpx.AsyncClient(
+                        follow_redirects=False, trust_env=False,
+                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+                backends[key] = HttpFlowBackend(clients[tenant.tenant_id], choice.spec, choice.policy,
+                                                phone_number_id)
+            else:
+                flows = tenant.settings.get("flows") or {}
+                hold = float(flows.get("hold_seconds", DEFAULT_HOLD_SECONDS)) if isinstance(flows, dict) else 300.0
+                backends[key] = SeatSelectionBackend(SeatStore(svc.rt.require_pool()), hold_seconds=hold)
+        return backends[key], (None if choice.spec is not None else REFERENCE_BACKEND_TIMEOUT_S)
 
     def answer(outcome: str, status: int, body: bytes = b"", media_type: str = "text/plain") -> Response:
         m_requests.labels(outcome).inc()
@@ -155,10 +187,21 @@ def flow_handler(svc: IngestServices, *, backend: FlowBackend | None = None) -> 
             if decrypted.action not in BACKEND_ACTIONS:
                 return answer("unknown_action", 400, b"unknown action")
             try:
-                response = await backend_for(tenant).handle(tenant.tenant_id, payload)
-            except FlowTokenInvalid:
-                return answer("token_invalid", FLOW_TOKEN_EXPIRED, orjson.dumps({"error_msg": "flow token invalid"}),
+                chosen, deadline = backend_for(tenant, phone_number_id)
+                if deadline is None:
+                    response = await chosen.handle(tenant.tenant_id, payload)
+                else:
+                    response = await asyncio.wait_for(chosen.handle(tenant.tenant_id, payload), deadline)
+            except FlowTokenInvalid as exc:
+                return answer("token_invalid", FLOW_TOKEN_EXPIRED, orjson.dumps({"error_msg": str(exc)}),
                               "application/json")
+            except (FlowBackendUnavailable, TimeoutError) as exc:
+                log.warning("flow backend unavailable", extra={"tenant_id": tenant.tenant_id,
+                                                               "reason": str(exc)[:200] or "timed out"})
+                return answer("backend_unavailable", 503, b"flow backend unavailable")
+            except (FlowBackendInvalid, ValueError) as exc:
+                log.warning("flow backend failed", extra={"tenant_id": tenant.tenant_id, "reason": str(exc)[:200]})
+                return answer("backend_invalid", 502, b"flow backend failed")
             outcome = "answered"
         return answer(outcome, 200, encrypt_response(response, decrypted.aes_key, decrypted.iv))
 
@@ -172,7 +215,9 @@ def flows_router(handler: FlowHandler) -> APIRouter:
 
     @router.post("/flows/{phone_number_id}", summary="WhatsApp Flows data endpoint (Meta; encrypted)",
                  responses={421: {"description": "cannot decrypt"}, 427: {"description": "flow token invalid"},
-                            432: {"description": "bad X-Hub-Signature-256"}})
+                            432: {"description": "bad X-Hub-Signature-256"},
+                            502: {"description": "the tenant's flow backend answered what Meta would refuse"},
+                            503: {"description": "the tenant's flow backend did not answer in time"}})
     async def flow_endpoint(phone_number_id: str, request: Request) -> Response:
         return await handler(phone_number_id, request)
 
