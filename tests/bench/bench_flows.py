@@ -14,6 +14,9 @@ encrypts the answer. Phases:
 2. latency p50/p99 at half that rate (open loop, fixed schedule: queueing counts).
 
 Writes bench-results/flows.json (requests_per_s, p50_ms, p99_ms at half load, CPU per request).
+The machine may be shared: ``requests_per_cpu_s`` (requests per CPU-second of the ingest process,
+the rate one free core would allow) is reported beside the wall-clock rate, with the 1-minute
+load average before and after the run.
 """
 
 from __future__ import annotations
@@ -175,6 +178,7 @@ async def check_answer(port: int, request: bytes) -> int:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     public_key, seats = await prepare()
     server = Server()
     try:
@@ -199,12 +203,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "errors_at_half_load": half_errors,
         "generator_late_p99_ms": ms(percentile(late, 99)),
         "server_cpu_ms_per_request": round(cpu_per_request_ms, 3),
+        "requests_per_cpu_s": round(1000 / cpu_per_request_ms, 1) if cpu_per_request_ms else None,
         "request": "data_exchange from SEATS: signature, RSA-OAEP-SHA256 (2048) + AES-GCM, a seat hold in "
                    "PostgreSQL, encrypted answer",
         "seconds": args.seconds,
         "connections": args.connections,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_1m": round(os.getloadavg()[0], 2)},
+                    "loadavg_1m_before": round(load_before, 2), "loadavg_1m": round(os.getloadavg()[0], 2)},
         "server": "uvicorn 1 worker, uvloop, httptools",
     }
 
