@@ -33,8 +33,8 @@ from starlette.routing import Route
 
 from .conftest import APP_ID, APP_SECRET, FLOW_KEY
 
-TENANT, WABA = "own-flow-backend", "771000000100"
-OK, SLOW, BROKEN, GARBAGE, EXPIRED, NOWHERE = (f"77100000000{n}" for n in range(1, 7))
+TENANT, WABA = "own-flow-backend", "772900000100"
+OK, SLOW, BROKEN, GARBAGE, EXPIRED, NOWHERE = (f"77290000000{n}" for n in range(1, 7))
 BACKEND_SECRET = "own-backend-secret"
 
 
