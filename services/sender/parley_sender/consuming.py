@@ -51,6 +51,7 @@ from parley_sender.pacing import Gate
 log = logging.getLogger("parley.sender.consuming")
 
 GROUP = "parley-sender"
+IDLE_FETCH_WAIT_MS = 500
 T = TypeVar("T")
 
 
@@ -304,7 +305,10 @@ class SendConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=s.send_fetch_partition_bytes,
-            fetch_max_wait_ms=s.batch_timeout_ms,
+            # How long the broker may hold a fetch when it has nothing new (fetch_min_bytes=1: it
+            # answers as soon as a record arrives, so this adds no latency). 20 ms made each sender
+            # send ~50 fetches a second while idle: 26 ms of CPU a second against 4 ms at 500.
+            fetch_max_wait_ms=IDLE_FETCH_WAIT_MS,
             **kafka_client_options(s),
         )
         consumer.subscribe(list(self.topics), listener=_Listener(self))
