@@ -6,6 +6,7 @@ and after a restart (ADR 0112, 0113)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -265,3 +266,22 @@ async def test_attachments_and_payment_outcomes_racing_on_many_orders_never_leav
     await asyncio.gather(*tasks)
     states = Counter(s[0] for s in (await _seats(pool, "T-wide")).values())
     assert states == {"sold": len(seats)}, states
+
+
+@pytest.mark.infra
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/flows/seats/holds/ft-nul/order", {"reference_id": "ord\x00x"}, "reference_id"),
+    ("/v1/flows/seats/holds/ft-nul/sell", {"reference_id": "ord\ud800x"}, "reference_id"),
+    ("/v1/flows/seats/holds/ft%00nul/order", {"reference_id": "ord-ok"}, "flow_token"),
+    ("/v1/flows/seats/holds/ft%00nul/release", None, "flow_token"),
+])
+async def test_a_value_postgresql_cannot_store_is_a_422_naming_the_field(
+        ingest: tuple[FastAPI, httpx.AsyncClient], commerce_keys: dict[str, str],
+        path: str, body: dict[str, str] | None, field: str) -> None:
+    """NUL and lone surrogates never reach the seat tables (the fuzzer found a 500 here)."""
+    _, client = ingest
+    headers = {**bearer(commerce_keys[SHOP]), "content-type": "application/json"}
+    content = None if body is None else json.dumps(body).encode()
+    r = await client.post(path, content=content, headers=headers)
+    assert r.status_code == 422, r.text
+    assert field in r.text and "\x00" not in r.text

@@ -9,7 +9,9 @@ every consumer that stores it, so ingest refuses it first, naming the field (nev
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 _NUL = "\x00"
 
@@ -23,6 +25,18 @@ def string_problem(value: str) -> str | None:
     except UnicodeEncodeError:
         return "contains a lone UTF-16 surrogate, which is not valid Unicode text"
     return None
+
+
+def _storable(value: str) -> str:
+    reason = string_problem(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+StorableStr = Annotated[str, AfterValidator(_storable)]
+"""A string field or parameter that every consumer can store: a request carrying NUL or a lone
+surrogate in it is a 422 naming the field (FastAPI and pydantic report the location)."""
 
 
 def unstorable_fields(value: Any, path: str = "") -> Iterator[tuple[str, str]]:

@@ -31,6 +31,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from opentelemetry.trace import SpanKind
 from parley_common.meta.signature import signature_matches
 from parley_common.runtime import TenantDep
+from parley_common.storable import StorableStr
 from parley_common.tenancy.models import SecretError, Tenant, resolve_secret
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
@@ -246,7 +247,7 @@ class FlowRoute:
 
 
 class SellRequest(BaseModel):
-    reference_id: str = Field(min_length=1, max_length=35, description="the paid order's reference_id")
+    reference_id: StorableStr = Field(min_length=1, max_length=35, description="the paid order's reference_id")
 
 
 def seats_api_router(svc: IngestServices) -> APIRouter:
@@ -257,7 +258,7 @@ def seats_api_router(svc: IngestServices) -> APIRouter:
         return SeatStore(svc.rt.require_pool())
 
     @router.post("/holds/{flow_token}/sell", summary="The flow token's held seats become sold")
-    async def sell(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)],
+    async def sell(tenant: TenantDep, flow_token: Annotated[StorableStr, Path(min_length=1, max_length=256)],
                    body: SellRequest) -> dict[str, Any]:
         sold = await store().sell(tenant.tenant_id, flow_token, body.reference_id)
         if not sold:
@@ -265,7 +266,7 @@ def seats_api_router(svc: IngestServices) -> APIRouter:
         return {"flow_token": flow_token, "reference_id": body.reference_id, "sold": sold}
 
     @router.post("/holds/{flow_token}/order", summary="The flow token's holds follow this order's payment")
-    async def attach(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)],
+    async def attach(tenant: TenantDep, flow_token: Annotated[StorableStr, Path(min_length=1, max_length=256)],
                      body: SellRequest) -> dict[str, Any]:
         """Sold when the order's payment is captured, released when it fails or the order is
         canceled (from billing's order events, ADR 0113); at once if that already happened."""
@@ -276,7 +277,7 @@ def seats_api_router(svc: IngestServices) -> APIRouter:
                 "applied": result.applied, "changed": result.seats}
 
     @router.post("/holds/{flow_token}/release", summary="The flow token's holds end now")
-    async def release(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)]
+    async def release(tenant: TenantDep, flow_token: Annotated[StorableStr, Path(min_length=1, max_length=256)]
                       ) -> dict[str, Any]:
         return {"flow_token": flow_token, "released": await store().release(tenant.tenant_id, flow_token)}
 
@@ -285,7 +286,7 @@ def seats_api_router(svc: IngestServices) -> APIRouter:
         return {"tenant_id": tenant.tenant_id, "seats": await store().seat_counts(tenant.tenant_id)}
 
     @router.get("/holds/{flow_token}", summary="The seats a flow token holds or bought (what the customer picked)")
-    async def holds(tenant: TenantDep, flow_token: Annotated[str, Path(min_length=1, max_length=256)]
+    async def holds(tenant: TenantDep, flow_token: Annotated[StorableStr, Path(min_length=1, max_length=256)]
                     ) -> dict[str, Any]:
         return {"flow_token": flow_token, "seats": await store().holds_of(tenant.tenant_id, flow_token)}
 
