@@ -115,7 +115,7 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
     from parley_billing.app import create_app
     from parley_billing.handlers import GROUP
     from parley_billing.settings import BillingSettings
-    from parley_common.topics import STATUSES
+    from parley_common.topics import STATUSES, consumer_group
     from parley_common.topics_cli import delete_namespace, ensure_topics
 
     namespace = f"bench{uuid.uuid4().hex[:8]}."
@@ -143,7 +143,7 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
         total = sum(ends.values())
 
         async def lag() -> int:
-            committed = await admin.list_consumer_group_offsets(GROUP, partitions=parts)
+            committed = await admin.list_consumer_group_offsets(consumer_group(GROUP), partitions=parts)
             return total - sum(committed[tp].offset for tp in parts if tp in committed and committed[tp].offset >= 0)
 
         pool = await _fresh_pool(name)

@@ -21,7 +21,7 @@ from parley_billing.app import create_app
 from parley_billing.handlers import GROUP
 from parley_billing.settings import BillingSettings
 from parley_billing.store import ledger_fingerprint, ledger_totals
-from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, SENDS, STATUSES
+from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, SENDS, STATUSES, consumer_group
 
 from .billing_scenario import (
     OCT_IN_LIST,
@@ -66,7 +66,7 @@ async def _lag(bootstrap: str) -> int:
         parts = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
         assert {tp.topic for tp in parts} == set(topics), described
         ends = await consumer.end_offsets(parts)
-        committed = await admin.list_consumer_group_offsets(GROUP, partitions=parts)
+        committed = await admin.list_consumer_group_offsets(consumer_group(GROUP), partitions=parts)
         return sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
                    for tp, end in ends.items())
     finally:

@@ -32,7 +32,8 @@ RESOLVED_AFTER_DOUBT = {"in_doubt", "accepted"}
 
 
 async def consumer_lag(bootstrap: str, namespace: str, groups: list[str]) -> dict[str, int]:
-    """Records not yet committed per consumer group, over every topic of the namespace it reads."""
+    """Records not yet committed per consumer group (by base name), over every topic of the
+    namespace it reads."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -42,7 +43,7 @@ async def consumer_lag(bootstrap: str, namespace: str, groups: list[str]) -> dic
     try:
         lag: dict[str, int] = {}
         for group in groups:
-            committed = await admin.list_consumer_group_offsets(group)
+            committed = await admin.list_consumer_group_offsets(namespace + group)  # groups live in it too
             tps = [tp for tp in committed if tp.topic.startswith(namespace)]
             if not tps:
                 lag[group] = -1

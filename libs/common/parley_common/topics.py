@@ -13,8 +13,16 @@ DAY_MS = 24 * 3600 * 1000
 
 
 def namespace() -> str:
-    """An optional prefix for every topic name (``PARLEY_TOPIC_NAMESPACE``), e.g. per test session."""
+    """An optional prefix for every topic name and consumer group id (``PARLEY_TOPIC_NAMESPACE``),
+    e.g. per test session."""
     return os.environ.get("PARLEY_TOPIC_NAMESPACE", "")
+
+
+def consumer_group(base: str) -> str:
+    """A consumer group's id under the same namespace as the topics: two stacks or test sessions
+    with namespaces of their own never join (and so never rebalance) each other's groups. Read at
+    call time, like ``Topic.name``; with no namespace (production) it is the base name itself."""
+    return namespace() + base
 
 
 @dataclass(frozen=True)

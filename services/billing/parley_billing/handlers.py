@@ -21,7 +21,7 @@ from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.deadletter import ConsumerGuard
 from parley_common.tenancy.directory import TenantDirectory
-from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, Topic
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, Topic, consumer_group
 from prometheus_client import CollectorRegistry, Counter
 
 from parley_billing.domain.facts import FactError, contact_merge, inbound_record, send_fact, status_fact
@@ -90,7 +90,7 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
                     seen(record, rec)
         return facts
 
-    @broker.subscriber(STATUSES.name, group_id=GROUP, **batch)
+    @broker.subscriber(STATUSES.name, group_id=consumer_group(GROUP), **batch)
     async def on_statuses(msg: KafkaMessage) -> None:
         await guarded(STATUSES, msg, statuses)
 
@@ -114,7 +114,7 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
             priced.inc(await metering.record_statuses(facts))
         links.record_statuses(refs, spans)
 
-    @broker.subscriber(SENDS.name, group_id=GROUP, **batch)
+    @broker.subscriber(SENDS.name, group_id=consumer_group(GROUP), **batch)
     async def on_sends(msg: KafkaMessage) -> None:
         await guarded(SENDS, msg, sends)
 
@@ -137,14 +137,14 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
         with links.pricing_sends(send_spans):
             priced.inc(await metering.record_sends(facts))
 
-    @broker.subscriber(MESSAGES_IN.name, group_id=GROUP, **batch)
+    @broker.subscriber(MESSAGES_IN.name, group_id=consumer_group(GROUP), **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
         await guarded(MESSAGES_IN, msg, inbound)
 
     async def inbound(records: Sequence[Rec]) -> None:
         priced.inc(await metering.record_inbound(await decode(MESSAGES_IN.name, records, inbound_record)))
 
-    @broker.subscriber(ACCOUNT_EVENTS.name, group_id=GROUP, **batch)
+    @broker.subscriber(ACCOUNT_EVENTS.name, group_id=consumer_group(GROUP), **batch)
     async def on_account_events(msg: KafkaMessage) -> None:
         await guarded(ACCOUNT_EVENTS, msg, account_events)
 

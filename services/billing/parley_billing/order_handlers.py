@@ -27,7 +27,7 @@ from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.deadletter import ConsumerGuard
 from parley_common.endpoint_calls import TenantEndpointClient, WebhookDispatcher
 from parley_common.runtime import Runtime
-from parley_common.topics import COMMERCE, MESSAGES_OUT, Topic
+from parley_common.topics import COMMERCE, MESSAGES_OUT, Topic, consumer_group
 from prometheus_client import CollectorRegistry, Counter
 
 from parley_billing import order_store
@@ -120,11 +120,11 @@ def register(rt: Runtime, registry: CollectorRegistry, settings: BillingSettings
         if result.new:
             facts.labels(fact.kind).inc()
 
-    @broker.subscriber(COMMERCE.name, group_id=GROUP, **batch)
+    @broker.subscriber(COMMERCE.name, group_id=consumer_group(GROUP), **batch)
     async def on_commerce(msg: KafkaMessage) -> None:
         await each(COMMERCE, msg, on_commerce_record)
 
-    @broker.subscriber(MESSAGES_OUT.name, group_id=GROUP, **batch)
+    @broker.subscriber(MESSAGES_OUT.name, group_id=consumer_group(GROUP), **batch)
     async def on_outbound(msg: KafkaMessage) -> None:
         await each(MESSAGES_OUT, msg, on_outbound_record,
                    lambda body: any(m in body for m in _ORDER_MARKERS))

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.endpoint_calls import EndpointOutbox, TenantEndpointClient, WebhookDispatcher
 from parley_common.runtime import build_runtime, make_app
-from parley_common.topics import MESSAGES_IN
+from parley_common.topics import MESSAGES_IN, consumer_group
 
 from parley_router.api import IntentLimits, build_router
 from parley_router.corpora import load_examples
@@ -51,7 +51,7 @@ def create_app(settings: RouterSettings | None = None, *,
         return None
 
     subscriber = rt.broker.subscriber(
-        MESSAGES_IN.name, group_id="parley-router", batch=True, max_records=settings.batch_max_records,
+        MESSAGES_IN.name, group_id=consumer_group("parley-router"), batch=True, max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms, decoder=raw_records, **CONSUMER_DEFAULTS)
 
     @subscriber

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.runtime import build_runtime, make_app
-from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY
+from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY, consumer_group
 
 from parley_sender.api import router as api_router
 from parley_sender.cloudapi import CloudApiClient
@@ -65,7 +65,7 @@ def create_app(
         sender.store = SenderStore(rt.require_pool())
         watching.append(asyncio.create_task(watch_in_doubt(sender.metrics, sender.store)))
         if rt.ops is not None:  # the send requests' own consumer, for the consumer-lag gauge
-            rt.ops.watch(SEND_GROUP, [MESSAGES_OUT.name, MESSAGES_OUT_RETRY.name])
+            rt.ops.watch(consumer_group(SEND_GROUP), [MESSAGES_OUT.name, MESSAGES_OUT_RETRY.name])
 
     async def close() -> None:
         for task in watching:

@@ -42,7 +42,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from parley_common.broker import kafka_client_options
 from parley_common.deadletter import is_transient
-from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY
+from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY, consumer_group
 
 from parley_sender.delivery import Batch, Sender
 from parley_sender.domain.outcomes import backoff_s
@@ -279,12 +279,12 @@ class SendConsumer:
         self,
         sender: Sender,
         *,
-        group_id: str = GROUP,
+        group_id: str | None = None,
         topics: tuple[str, ...] | None = None,
     ) -> None:
         s = sender.settings
         self.sender = sender
-        self.group_id = group_id
+        self.group_id = group_id or consumer_group(GROUP)
         self.topics = topics or (MESSAGES_OUT.name, MESSAGES_OUT_RETRY.name)
         self.batch_max = s.batch_max_records
         self.high_water = s.partition_backlog_records

@@ -37,7 +37,7 @@ from parley_common.contracts import (
     from_unix,
 )
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, is_transient, publish_dead_letter
-from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES, consumer_group
 
 from parley_sender.contact_merges import fold_contacts
 from parley_sender.delivery import Sender
@@ -132,15 +132,15 @@ def register(sender: Sender, *, not_ready: set[str] | None = None) -> dict[str, 
         reported = [e for e in events if not isinstance(e, ContactMerged)]
         observe_number_health(sender.metrics, reported, sender.directory())
 
-    @broker.subscriber(MESSAGES_IN.name, group_id="parley-sender-windows", batch=True, **batch)
+    @broker.subscriber(MESSAGES_IN.name, group_id=consumer_group("parley-sender-windows"), batch=True, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
         await guards["windows"].run(_records(msg), windows)
 
-    @broker.subscriber(STATUSES.name, group_id="parley-sender-statuses", batch=True, **batch)
+    @broker.subscriber(STATUSES.name, group_id=consumer_group("parley-sender-statuses"), batch=True, **batch)
     async def on_statuses(msg: KafkaMessage) -> None:
         await guards["statuses"].run(_records(msg), statuses)
 
-    @broker.subscriber(ACCOUNT_EVENTS.name, group_id="parley-sender-accounts", batch=True, **batch)
+    @broker.subscriber(ACCOUNT_EVENTS.name, group_id=consumer_group("parley-sender-accounts"), batch=True, **batch)
     async def on_account_events(msg: KafkaMessage) -> None:
         await guards["accounts"].run(_records(msg), accounts)
 
