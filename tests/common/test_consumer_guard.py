@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
@@ -189,3 +190,30 @@ def test_guard_is_usable_from_a_running_loop_only_when_records_exist() -> None:
 
     asyncio.run(guard.run([], never))
     assert guard.attempts == 0
+
+
+async def test_records_that_do_not_decode_are_dead_lettered_alone_and_the_rest_decoded_in_order() -> None:
+    broker = FakeBroker(fail_first=1)  # Kafka away for the first dead letter: backed off, not lost
+    guard, slept = _guard(broker)
+    records = [_rec(b'{"n": 1}', 0), _rec(b"{not json", 1), _rec(b'{"n": 3}', 2), _rec(b"[]", 3)]
+
+    def decode(rec: ConsumerRecord[Any, Any]) -> int:
+        if rec.value == b"[]":
+            InboundMessage.model_validate_json(rec.value)  # not an object: a ValidationError
+        return int(orjson.loads(rec.value)["n"])
+
+    assert await guard.decoded(records, decode) == [1, 3]
+    assert [(le.source_offset, le.error_type) for le in broker.published] == [(1, "JSONDecodeError"),
+                                                                             (3, "ValidationError")]
+    assert guard.dead_lettered == 2 and len(slept) == 1 and not guard.not_ready
+
+
+async def test_a_transient_failure_while_decoding_is_raised_for_the_guard_to_retry() -> None:
+    guard, _ = _guard(FakeBroker())
+
+    def decode(rec: ConsumerRecord[Any, Any]) -> int:
+        raise asyncpg.ConnectionDoesNotExistError("closed")
+
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+        await guard.decoded([_rec(b"{}", 0)], decode)
+    assert guard.dead_lettered == 0

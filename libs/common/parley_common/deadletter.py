@@ -19,9 +19,15 @@ a failed batch may safely take effect again)::
 
     guard = ConsumerGuard(rt.broker, service="billing", consumer="statuses", not_ready=rt.not_ready)
 
-    @broker.subscriber(STATUSES.name, group_id=GROUP, batch=True, **CONSUMER_DEFAULTS)
+    @broker.subscriber(STATUSES.name, group_id=consumer_group(GROUP), batch=True, decoder=undecoded,
+                       **CONSUMER_DEFAULTS)
     async def on_statuses(msg: KafkaMessage) -> None:
         await guard.run(raw_records(msg), meter_statuses)  # meter_statuses(records) -> None
+
+A handler that decodes its records one by one and can go on without the ones that do not decode
+(or are not bound to a tenant) uses ``await guard.decoded(records, decode)``: those are
+dead-lettered alone with the reason, without halving the batch. A consumer of its own (the
+sender's send requests) dead-letters a record with :func:`dead_letter_consumed`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 from aiokafka import ConsumerRecord
@@ -125,6 +131,18 @@ def dead_letter_record(
     )
 
 
+def raw_records(msg: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
+    """The aiokafka records of a FastStream message: a batch subscriber's tuple, or the one record."""
+    raw = msg.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
+async def undecoded(msg: Any) -> None:
+    """A FastStream decoder that decodes nothing: the handler reads :func:`raw_records` itself,
+    so no body is JSON-decoded twice and a record that does not decode never stops the batch."""
+    return None
+
+
 async def publish_dead_letter(broker: KafkaBroker, letter: DeadLetter) -> None:
     await broker.publish(
         letter.model_dump(mode="json"),
@@ -153,6 +171,19 @@ class TransientFailure(RuntimeError):
 
 
 Handler = Callable[[Sequence[ConsumerRecord[Any, Any]]], Awaitable[Any]]
+T = TypeVar("T")
+
+
+async def dead_letter_consumed(broker: KafkaBroker, rec: ConsumerRecord[Any, Any], exc: BaseException, *,
+                               service: str, attempts: int = 1) -> None:
+    """``rec``, consumed from its topic, onto ``wa.deadletter`` with the reason (logged without
+    its values). The one way a consumed record becomes a dead letter; a failure to publish raises."""
+    log.warning("dead-lettering a record that cannot be processed",
+                extra={"service": service, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
+                       "error_type": type(exc).__name__})
+    await publish_dead_letter(broker, dead_letter_record(
+        service=service, topic=rec.topic, value=rec.value or b"", key=rec.key, exc=exc, attempts=attempts,
+        partition=rec.partition, offset=rec.offset))
 
 
 class ConsumerGuard:
@@ -197,6 +228,25 @@ class ConsumerGuard:
                     extra={"service": self.service, "consumer": self.consumer, "records": len(records),
                            "error_type": type(exc).__name__})
         await self._narrow(records, exc, handle, started)
+
+    async def decoded(self, records: Sequence[ConsumerRecord[Any, Any]],
+                      decode: Callable[[ConsumerRecord[Any, Any]], T]) -> list[T]:
+        """``decode`` of every record, in order; a record whose decoding fails for good (it does
+        not parse or validate, or is bound to no tenant owning its number) is dead-lettered alone
+        and left out. A transient failure raises, for :meth:`run` to retry the batch."""
+        out: list[T] = []
+        for rec in records:
+            try:
+                out.append(decode(rec))
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                await self.dead_letter(rec, exc)
+        return out
+
+    async def dead_letter(self, rec: ConsumerRecord[Any, Any], exc: BaseException) -> None:
+        """``rec`` onto ``wa.deadletter``; Kafka being unreachable meanwhile is backed off from."""
+        await self._dead_letter(rec, exc, asyncio.get_running_loop().time())
 
     async def _narrow(self, records: Sequence[ConsumerRecord[Any, Any]], exc: Exception, handle: Handler,
                       started: float) -> None:
@@ -250,16 +300,10 @@ class ConsumerGuard:
         self._streak = 0
         self.not_ready.discard(self.consumer)
 
-    async def _dead_letter(self, rec: ConsumerRecord[Any, Any], exc: Exception, started: float) -> None:
-        letter = dead_letter_record(
-            service=self.service, topic=rec.topic, value=rec.value or b"", key=rec.key, exc=exc,
-            attempts=1, partition=rec.partition, offset=rec.offset)
-        log.warning("dead-lettering a record that cannot be processed",
-                    extra={"service": self.service, "consumer": self.consumer, "topic": rec.topic,
-                           "partition": rec.partition, "offset": rec.offset, "error_type": type(exc).__name__})
+    async def _dead_letter(self, rec: ConsumerRecord[Any, Any], exc: BaseException, started: float) -> None:
         while True:
             try:
-                await publish_dead_letter(self.broker, letter)
+                await dead_letter_consumed(self.broker, rec, exc, service=self.service)
             except Exception as publish_exc:
                 if not is_transient(publish_exc):
                     raise

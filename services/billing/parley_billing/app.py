@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
-from parley_common.runtime import Runtime, build_runtime, make_app
+from parley_common.runtime import build_runtime, make_app
 
 from parley_billing import api, handlers, order_api, order_handlers
 from parley_billing.observed import MonthGauges, start_watching, stop_watching
 from parley_billing.settings import BillingSettings
-from parley_billing.store import MIGRATIONS, UNKNOWN_TENANT, Metering, TenantInfo, TenantLookup
+from parley_billing.store import MIGRATIONS, Metering, tenant_lookup
 from parley_billing.trace_links import SendSpanLinks
-
-
-def tenant_lookup(rt: Runtime) -> TenantLookup:
-    def lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:
-        # the fact's own tenant (bound where the event entered Parley), never the number's
-        # owner looked up again; unbound facts never get here (handlers dead-letter them)
-        tenant = rt.tenants.tenants.get(tenant_id or "")
-        if tenant is None:
-            return TenantInfo(tenant_id, None, UNKNOWN_TENANT.tz)
-        try:
-            tz = ZoneInfo(tenant.time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            tz = UNKNOWN_TENANT.tz
-        return TenantInfo(tenant.tenant_id, tenant.business_country, tz)
-
-    return lookup
 
 
 def create_app(settings: BillingSettings | None = None, *, tracer_provider: TracerProvider | None = None,
@@ -37,7 +20,7 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
     """``clock`` is "now" for finalising months and for estimates without a date (tests pin it)."""
     settings = settings or BillingSettings()
     rt = build_runtime("billing", settings, migrations=[("billing", MIGRATIONS)], tracer_provider=tracer_provider)
-    lookup = tenant_lookup(rt)
+    lookup = tenant_lookup(lambda: rt.tenants)
     metering = Metering(None, lookup, parallel=settings.parallel_transactions)  # pool attached at start
 
     month = MonthGauges(rt.registry)

@@ -149,20 +149,13 @@ async def _reprice_after_import(since: Any) -> int:
 async def _tenant_lookup(pool: asyncpg.Pool) -> Any:
     from parley_common.tenancy.directory import TenantDirectory
 
-    from parley_billing.store import UNKNOWN_TENANT, TenantInfo
+    from parley_billing.store import tenant_lookup
 
     try:
         directory = await TenantDirectory.load(pool)
     except asyncpg.UndefinedTableError:
         directory = TenantDirectory()
-
-    def lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:
-        t = directory.tenants.get(tenant_id or "")  # the fact's own tenant, never the number's (ADR 0100)
-        if t is None:
-            return TenantInfo(tenant_id, None, UNKNOWN_TENANT.tz)
-        return TenantInfo(t.tenant_id, t.business_country, ZoneInfo(t.time_zone))
-
-    return lookup
+    return tenant_lookup(lambda: directory)
 
 
 @ratecard.command("import")

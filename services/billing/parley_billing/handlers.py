@@ -19,7 +19,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
-from parley_common.deadletter import ConsumerGuard
+from parley_common.deadletter import ConsumerGuard, raw_records, undecoded
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, Topic, consumer_group
 from prometheus_client import CollectorRegistry, Counter
@@ -35,12 +35,6 @@ GROUP = "parley-billing"
 Rec: TypeAlias = ConsumerRecord[Any, Any]
 
 
-async def _raw_batch(msg: Any) -> None:
-    """FastStream's batch decoder builds a message object and JSON-decodes every record; the
-    handlers read ``msg.raw_message`` themselves, so nothing is decoded here."""
-    return None
-
-
 def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings, registry: CollectorRegistry,
              links: SendSpanLinks | None = None, *, tenants: Callable[[], TenantDirectory],
              not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
@@ -54,14 +48,13 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
     priced = Counter("parley_billing_ledger_writes", "Ledger rows written or re-priced", registry=registry)
     bad = Counter("parley_billing_bad_records", "Records dead-lettered, by topic", ["topic"], registry=registry)
     batch = {"batch": True, "max_records": settings.batch_max_records,
-             "batch_timeout_ms": settings.batch_timeout_ms, "decoder": _raw_batch, **CONSUMER_DEFAULTS}
+             "batch_timeout_ms": settings.batch_timeout_ms, "decoder": undecoded, **CONSUMER_DEFAULTS}
     guards = {t.base: ConsumerGuard(broker, service="billing", consumer=f"billing:{t.base}", not_ready=not_ready)
               for t in (STATUSES, SENDS, MESSAGES_IN, ACCOUNT_EVENTS)}
 
     async def guarded(topic: Topic, msg: Any, handle: Callable[[Sequence[Rec]], Awaitable[None]]) -> None:
         """``handle`` of the batch's raw records under the topic's guard (ADR 0075)."""
-        raw = msg.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
+        records = raw_records(msg)
         guard = guards[topic.base]
         dead_before = guard.dead_lettered
         await guard.run(records, handle)

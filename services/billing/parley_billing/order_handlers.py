@@ -24,7 +24,7 @@ import orjson
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
-from parley_common.deadletter import ConsumerGuard
+from parley_common.deadletter import ConsumerGuard, raw_records, undecoded
 from parley_common.endpoint_calls import TenantEndpointClient, WebhookDispatcher
 from parley_common.runtime import Runtime
 from parley_common.topics import COMMERCE, MESSAGES_OUT, Topic, consumer_group
@@ -42,10 +42,6 @@ NOTICE_SWEEP_S = 15.0
 _ORDER_MARKERS = (b'"order_details"', b'"order_status"')
 
 
-async def _raw_batch(msg: Any) -> None:
-    return None
-
-
 def register(rt: Runtime, registry: CollectorRegistry, settings: BillingSettings) -> dict[str, ConsumerGuard]:
     """The order subscribers, each under a failure guard (ADR 0075); returns the guards by topic."""
     broker: KafkaBroker = rt.broker
@@ -57,7 +53,7 @@ def register(rt: Runtime, registry: CollectorRegistry, settings: BillingSettings
                   registry=registry)
     batch = {"batch": True, "max_records": settings.order_batch_max_records,
              "batch_timeout_ms": settings.batch_timeout_ms,
-             "decoder": _raw_batch, **CONSUMER_DEFAULTS}
+             "decoder": undecoded, **CONSUMER_DEFAULTS}
     guards = {t.base: ConsumerGuard(broker, service="billing", consumer=f"billing:orders:{t.base}",
                                     not_ready=rt.not_ready) for t in (COMMERCE, MESSAGES_OUT)}
     stored = asyncio.Event()  # a new fact was stored: the order event relay looks now
@@ -74,9 +70,7 @@ def register(rt: Runtime, registry: CollectorRegistry, settings: BillingSettings
         """Each wanted record of the batch becomes at most one fact, under the topic's guard: an
         unreachable database is retried with backoff (the facts already stored are not stored
         twice); a record that can never be a fact is narrowed down to and dead-lettered alone."""
-        raw = msg.raw_message
-        records = [r for r in (raw if isinstance(raw, tuple) else (raw,))
-                   if wanted(r.value if isinstance(r.value, bytes) else b"")]
+        records = [r for r in raw_records(msg) if wanted(r.value if isinstance(r.value, bytes) else b"")]
 
         async def handle_all(batch: Sequence[Any]) -> None:
             for rec in batch:

@@ -20,10 +20,11 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from parley_common.db import AnyConnection
+from parley_common.tenancy.directory import TenantDirectory
 
 from parley_billing.domain.engine import (
     PMP_LOOKBACK,
@@ -62,6 +63,24 @@ class TenantInfo:
 
 UNKNOWN_TENANT = TenantInfo(None, None, ZoneInfo("UTC"))
 TenantLookup = Callable[[str | None, str], TenantInfo]
+
+
+def tenant_lookup(directory: Callable[[], TenantDirectory]) -> TenantLookup:
+    """The business country and time zone of a fact's own tenant (bound where the event entered
+    Parley; the handlers dead-letter facts ``TenantDirectory.resolve`` refuses), never the number's
+    owner looked up again (ADR 0100). A tenant gone from the registry meters as unknown, in UTC."""
+
+    def lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:
+        tenant = directory().tenants.get(tenant_id or "")
+        if tenant is None:
+            return TenantInfo(tenant_id, None, UNKNOWN_TENANT.tz)
+        try:
+            tz = ZoneInfo(tenant.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = UNKNOWN_TENANT.tz
+        return TenantInfo(tenant.tenant_id, tenant.business_country, tz)
+
+    return lookup
 
 
 @lru_cache(maxsize=4096)

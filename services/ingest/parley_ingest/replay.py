@@ -28,9 +28,9 @@ from parley_ingest.domain.records import (
     H_RECEIVED_AT,
     H_SIGNATURE_VALID,
     OutRecord,
-    dead_letter_record,
     event_records,
     merge_records,
+    problem_record,
 )
 from parley_ingest.publishing import RecordWriter
 from parley_ingest.services import DirectoryTenants
@@ -145,7 +145,7 @@ async def _records_of(
         if merges is not None:
             merges += found
     return event_records(normalised, app_id=app_id) + merge_records(found) + [
-        dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems
+        problem_record(raw, p, app_id=app_id, received_at=received_at) for p in normalised.problems
     ]
 
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
 from parley_common.broker import CONSUMER_DEFAULTS
+from parley_common.deadletter import raw_records, undecoded
 from parley_common.endpoint_calls import EndpointOutbox, TenantEndpointClient, WebhookDispatcher
 from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_IN, consumer_group
@@ -45,19 +46,13 @@ def create_app(settings: RouterSettings | None = None, *,
     service = RouterService(rt, router, None, rt.producer)
     tasks: list[asyncio.Task[Any]] = []
 
-    async def raw_records(msg: Any) -> None:
-        # The handler decodes the raw records itself (a poison record is dead-lettered alone):
-        # the framework's JSON decoding of every body would be thrown away.
-        return None
-
     subscriber = rt.broker.subscriber(
         MESSAGES_IN.name, group_id=consumer_group("parley-router"), batch=True, max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms, decoder=raw_records, **CONSUMER_DEFAULTS)
+        batch_timeout_ms=settings.batch_timeout_ms, decoder=undecoded, **CONSUMER_DEFAULTS)
 
     @subscriber
     async def on_inbound(msg: KafkaMessage) -> None:
-        raw = msg.raw_message
-        await service.consume(raw if isinstance(raw, tuple) else (raw,))
+        await service.consume(raw_records(msg))
 
     async def sync_models_forever() -> None:
         while True:

@@ -26,7 +26,6 @@ from parley_common.deadletter import ConsumerGuard, dead_letter_record, publish_
 from parley_common.endpoint_calls import EndpointTarget, PendingDelivery, WebhookDispatcher
 from parley_common.producer import Record, RecordProducer
 from parley_common.runtime import Runtime
-from parley_common.tenancy.directory import UnboundEvent
 from parley_common.tenancy.models import Tenant
 from parley_common.topics import ACCOUNT_EVENTS, AGENT_QUEUE, MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -108,30 +107,28 @@ class RouterService:
         """The subscriber's entry point: ``handle_batch`` under the consumer's failure guard."""
         await self.guard.run(records, self.handle_batch)
 
-    async def _dead_letter(self, raw: bytes, key: bytes | None, exc: BaseException,
-                           rec: ConsumerRecord[Any, Any] | None = None) -> None:
+    async def _dead_letter_unroutable(self, m: InboundMessage, exc: BaseException) -> None:
+        """A message that decoded but fails to route on its own (its record is gone by then)."""
         await publish_dead_letter(self.rt.broker, dead_letter_record(
-            service=SERVICE, topic=MESSAGES_IN.name, value=raw, key=key, exc=exc, attempts=1,
-            partition=rec.partition if rec else None, offset=rec.offset if rec else None))
+            service=SERVICE, topic=MESSAGES_IN.name, value=m.model_dump_json().encode(),
+            key=m.phone_number_id.encode(), exc=exc, attempts=1))
 
     async def handle_batch(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[RoutingDecision]:
         """Route one batch of raw records; a record that is not an inbound message is dead-lettered
         (decoded here, not by the framework, so a poison record can never block the partition)."""
-        messages: list[InboundMessage] = []
         # Each record's own trace context (W3C traceparent from ingest), so that one customer
         # message stays one trace even though the router consumes in batches.
         self._carriers = {}
         directory = self.rt.tenants
-        for rec in records:
-            try:
-                m = InboundMessage.model_validate_json(rec.value or b"")
-                directory.resolve(m.tenant_id, m.phone_number_id)
-            except (ValidationError, UnboundEvent) as exc:  # kept and reported, never routed
-                await self._dead_letter(rec.value or b"", rec.key, exc, rec)
-                continue
-            messages.append(m)
+
+        def decode(rec: ConsumerRecord[Any, Any]) -> InboundMessage:
+            m = InboundMessage.model_validate_json(rec.value or b"")
+            directory.resolve(m.tenant_id, m.phone_number_id)  # unbound: kept and reported, never routed
             self._carriers[m.wamid] = {
                 k: v.decode() for k, v in (rec.headers or ()) if k in ("traceparent", "tracestate")}
+            return m
+
+        messages = await self.guard.decoded(records, decode)
         seen = await self.store.already_routed([m.wamid for m in messages]) if self.store else set()
         fresh: list[InboundMessage] = []
         for m in messages:
@@ -173,7 +170,7 @@ class RouterService:
             try:
                 decisions.extend(await asyncio.to_thread(self.router.route, [(m, self.context_for(m))]))
             except Exception as exc:
-                await self._dead_letter(m.model_dump_json().encode(), m.phone_number_id.encode(), exc)
+                await self._dead_letter_unroutable(m, exc)
         return decisions
 
     def _trace_headers(self, wamid: str) -> list[tuple[str, bytes]]:

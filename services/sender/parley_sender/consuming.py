@@ -41,11 +41,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from parley_common.broker import kafka_client_options
-from parley_common.deadletter import is_transient
+from parley_common.deadletter import dead_letter_consumed, is_transient
 from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY, consumer_group
 
 from parley_sender.delivery import Batch, Sender
 from parley_sender.domain.outcomes import backoff_s
+from parley_sender.effects import SERVICE
 from parley_sender.pacing import Gate
 
 log = logging.getLogger("parley.sender.consuming")
@@ -165,7 +166,8 @@ class PartitionWorker:
             try:
                 batch = await self._transient_retried("send", send([rec]), give_up_when_closed=True)
             except Exception as exc:
-                dead_letter = functools.partial(self.owner.sender.effects.dead_letter_record, rec, exc)
+                dead_letter = functools.partial(dead_letter_consumed, self.owner.sender.effects.broker, rec, exc,
+                                                service=SERVICE)
                 await self._transient_retried("dead-letter", dead_letter)
                 out.append((Batch([], []), rec.offset + 1))
                 continue

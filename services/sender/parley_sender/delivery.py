@@ -27,7 +27,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Tracer
 from parley_common.contracts import OutboundMessage
-from parley_common.deadletter import is_transient
+from parley_common.deadletter import dead_letter_consumed, is_transient
 from parley_common.producer import JSON_HEADERS, Record
 from parley_common.telemetry import traceparent_of
 from parley_common.tenancy.directory import TenantDirectory
@@ -46,7 +46,7 @@ from parley_sender.domain.standing import NumberStanding, TenantSending, number_
 from parley_sender.domain.storable import UnstorableRecord, unstorable_reason
 from parley_sender.domain.templates import TemplateCatalogue
 from parley_sender.domain.windows import ConversationWindows
-from parley_sender.effects import Effects, Outcome
+from parley_sender.effects import SERVICE, Effects, Outcome
 from parley_sender.journal import NotClaimed, RowJournal
 from parley_sender.outcome_builder import OutcomeBuilder
 from parley_sender.pacing import Gate, NumberPacer, NumberStates
@@ -302,7 +302,7 @@ class Sender:
                 if reason is not None:
                     raise UnstorableRecord(f"a value PostgreSQL cannot store: {reason}")
             except Exception as exc:
-                await self.effects.dead_letter_record(rec, exc)
+                await dead_letter_consumed(self.effects.broker, rec, exc, service=SERVICE)
                 continue
             mid = msg.message_id
             if rec.headers:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from parley_common.contracts import ConsentChange, OutboundMessage, body_hash
 from parley_common.deadletter import dead_letter_record, publish_dead_letter
@@ -164,29 +163,3 @@ class Effects:
             event_id=f"{SERVICE}:{row.message_id}",
         )
         await publish_dead_letter(self.broker, letter)
-
-    async def dead_letter_record(self, rec: ConsumerRecord[Any, Any], exc: BaseException, attempts: int = 1) -> None:
-        """A record that can never be handled: onto the dead-letter topic with the reason (the
-        exception's text names the problem, not the record's values)."""
-        log.warning(
-            "dead-lettering a send request record",
-            extra={
-                "topic": rec.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "error_type": type(exc).__name__,
-            },
-        )
-        await publish_dead_letter(
-            self.broker,
-            dead_letter_record(
-                service=SERVICE,
-                topic=rec.topic,
-                value=rec.value or b"",
-                key=rec.key,
-                exc=exc,
-                attempts=attempts,
-                partition=rec.partition,
-                offset=rec.offset,
-            ),
-        )

@@ -36,7 +36,7 @@ from parley_common.contracts import (
     believable_time,
     from_unix,
 )
-from parley_common.deadletter import ConsumerGuard, dead_letter_record, is_transient, publish_dead_letter
+from parley_common.deadletter import ConsumerGuard, raw_records
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES, consumer_group
 
 from parley_sender.contact_merges import fold_contacts
@@ -55,11 +55,6 @@ log = logging.getLogger("parley.sender.handlers")
 NOT_FROM_CUSTOMER = frozenset({"system"})
 
 
-def _records(msg: Any) -> tuple[ConsumerRecord[Any, Any], ...]:
-    raw = msg.raw_message
-    return raw if isinstance(raw, tuple) else (raw,)
-
-
 E = TypeVar("E", bound=Event)
 
 
@@ -72,38 +67,24 @@ def _account_event(raw: bytes) -> AccountEvent | ConsentChange | ContactMerged:
     return AccountEvent.model_validate(data)
 
 
-async def _decode(sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], parse: Callable[[bytes], E]) -> list[E]:
+async def _decode(
+    guard: ConsumerGuard, sender: Sender, records: Sequence[ConsumerRecord[Any, Any]], parse: Callable[[bytes], E]
+) -> list[E]:
     """The records' events that are bound to a tenant owning their number; an undecodable or
     unbound record (``TenantDirectory.resolve``, ADR 0100) is dead-lettered with the reason, never
     acted on."""
-    out: list[E] = []
     directory = sender.directory()
-    for rec in records:
-        try:
-            value = rec.value or b""
-            reason = unstorable_reason(value)
-            if reason is not None:  # PostgreSQL would refuse it on every try: never retried forever
-                raise UnstorableRecord(f"a value PostgreSQL cannot store: {reason}")
-            event = parse(value)
-            directory.resolve(event.tenant_id, event.phone_number_id)
-            out.append(event)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            await publish_dead_letter(
-                sender.effects.broker,
-                dead_letter_record(
-                    service=SERVICE,
-                    topic=rec.topic,
-                    value=rec.value or b"",
-                    key=rec.key,
-                    exc=exc,
-                    attempts=1,
-                    partition=rec.partition,
-                    offset=rec.offset,
-                ),
-            )
-    return out
+
+    def decode(rec: ConsumerRecord[Any, Any]) -> E:
+        value = rec.value or b""
+        reason = unstorable_reason(value)
+        if reason is not None:  # PostgreSQL would refuse it on every try: never retried forever
+            raise UnstorableRecord(f"a value PostgreSQL cannot store: {reason}")
+        event = parse(value)
+        directory.resolve(event.tenant_id, event.phone_number_id)
+        return event
+
+    return await guard.decoded(records, decode)
 
 
 def register(sender: Sender, *, not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
@@ -121,28 +102,30 @@ def register(sender: Sender, *, not_ready: set[str] | None = None) -> dict[str, 
               for name in ("windows", "statuses", "accounts")}
 
     async def windows(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        await track_windows(sender, await _decode(sender, records, InboundMessage.model_validate_json))
+        await track_windows(sender, await _decode(guards["windows"], sender, records,
+                                                  InboundMessage.model_validate_json))
 
     async def statuses(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        await track_statuses(sender, await _decode(sender, records, MessageStatus.model_validate_json))
+        await track_statuses(sender, await _decode(guards["statuses"], sender, records,
+                                                   MessageStatus.model_validate_json))
 
     async def accounts(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        events = await _decode(sender, records, _account_event)
+        events = await _decode(guards["accounts"], sender, records, _account_event)
         await track_account_events(sender, events)
         reported = [e for e in events if not isinstance(e, ContactMerged)]
         observe_number_health(sender.metrics, reported, sender.directory())
 
     @broker.subscriber(MESSAGES_IN.name, group_id=consumer_group("parley-sender-windows"), batch=True, **batch)
     async def on_inbound(msg: KafkaMessage) -> None:
-        await guards["windows"].run(_records(msg), windows)
+        await guards["windows"].run(raw_records(msg), windows)
 
     @broker.subscriber(STATUSES.name, group_id=consumer_group("parley-sender-statuses"), batch=True, **batch)
     async def on_statuses(msg: KafkaMessage) -> None:
-        await guards["statuses"].run(_records(msg), statuses)
+        await guards["statuses"].run(raw_records(msg), statuses)
 
     @broker.subscriber(ACCOUNT_EVENTS.name, group_id=consumer_group("parley-sender-accounts"), batch=True, **batch)
     async def on_account_events(msg: KafkaMessage) -> None:
-        await guards["accounts"].run(_records(msg), accounts)
+        await guards["accounts"].run(raw_records(msg), accounts)
 
     return guards
 

@@ -124,7 +124,7 @@ def problem_event_id(raw: bytes, problem: ShapeProblem) -> str:
     return "ingest:" + body_hash(hashlib.sha256(raw).hexdigest(), problem.where)
 
 
-def dead_letter_record(raw: bytes, problem: ShapeProblem, *, app_id: str, received_at: datetime) -> OutRecord:
+def problem_record(raw: bytes, problem: ShapeProblem, *, app_id: str, received_at: datetime) -> OutRecord:
     """A webhook part that does not match Meta's shape, for wa.deadletter (the raw archive has
     the whole body; the record points at it by app id, receive time and body hash)."""
     body_sha = hashlib.sha256(raw).hexdigest()
@@ -183,5 +183,5 @@ def webhook_records(
             normalised.sources.get(event_id, "$"),
             f"the event would be a {size}-byte Kafka record; the limit is {MAX_RECORD_BYTES}",
             None, key=record.key.decode("utf-8", "replace")))
-    records += [dead_letter_record(raw, p, app_id=app_id, received_at=received_at) for p in problems]
+    records += [problem_record(raw, p, app_id=app_id, received_at=received_at) for p in problems]
     return records
