@@ -155,7 +155,11 @@ async def _kafka_run(name: str, others: list, statuses: list[bytes], keys: list[
             await pool.close()
         app = create_app(BillingSettings(database_url=_db_url(name), kafka_bootstrap=KAFKA,
                                          batch_max_records=batch, log_level="WARNING"))
-        app.state.metering.tenants = lookup  # the same tenant view as run 1 (no tenant registry here)
+
+        async def same_tenant_view() -> None:  # as run 1 (no tenant registry here); before consuming
+            app.state.metering.tenants = lookup
+
+        app.state.runtime.on_start.append(same_tenant_view)
         async with app.router.lifespan_context(app):
             while (remaining := await lag()) == total:  # the group is joining; nothing committed yet
                 await asyncio.sleep(0.02)

@@ -19,7 +19,7 @@ from parley_billing.domain.engine import Business, InboundFact, OutboundFact, Ti
 from parley_billing.domain.markets import market_of_country
 from parley_billing.domain.rules import rules_at
 from parley_billing.settings import BillingSettings
-from parley_billing.store import Metering, TenantInfo
+from parley_billing.store import RateCache, TenantInfo
 
 Clock = Callable[[], datetime]
 
@@ -71,7 +71,7 @@ class EstimateRequest(BaseModel):
 
 
 
-def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
+def build_router(rt: Runtime, rates: RateCache, settings: BillingSettings,
                  tenant_info: Callable[[str | None, str], TenantInfo], clock: Clock = utc_now) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["billing"])
 
@@ -103,8 +103,8 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
         tz = tenant_info_.tz
         start = datetime.combine(from_, time(), tz)
         end = datetime.combine(to + timedelta(days=1), time(), tz)
-        await metering.rates.refresh_from_pool(rt.require_pool())
-        groups = await invoicing.usage(rt.require_pool(), tenant_info_, start, end, tiers=metering.rates.tiers)
+        await rates.refresh_from_pool(rt.require_pool())
+        groups = await invoicing.usage(rt.require_pool(), tenant_info_, start, end, tiers=rates.tiers)
         return {"tenant_id": tenant.tenant_id, "from": from_.isoformat(), "to": to.isoformat(),
                 "time_zone": str(tz),
                 "note": "amount is what will be invoiced (volume tiers and free tiers applied, each month "
@@ -130,24 +130,24 @@ def build_router(rt: Runtime, metering: Metering, settings: BillingSettings,
         return doc
 
     async def _invoice(tenant: Tenant, month: str, *, finalise: bool) -> dict[str, Any]:
-        await metering.rates.refresh_from_pool(rt.require_pool())
-        return await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=metering.rates.tiers,
+        await rates.refresh_from_pool(rt.require_pool())
+        return await invoicing.invoice(rt.require_pool(), info(tenant), month, tiers=rates.tiers,
                                        now=clock(), grace=timedelta(hours=settings.finalise_grace_hours),
                                        finalise=finalise)
 
     @router.get("/reconciliation/{month}", summary="Parley's pricing against Meta's, per message")
     async def get_reconciliation(tenant: TenantDep, month: MonthPath) -> dict[str, Any]:
-        await metering.rates.refresh_from_pool(rt.require_pool())
+        await rates.refresh_from_pool(rt.require_pool())
         return await invoicing.reconciliation(rt.require_pool(), info(tenant), checked(month),
-                                              tiers=metering.rates.tiers)
+                                              tiers=rates.tiers)
 
     @router.post("/estimates", summary="Price a planned campaign by the rules of the day it will be sent")
     async def post_estimate(tenant: TenantDep, body: EstimateRequest) -> dict[str, Any]:
-        await metering.rates.refresh_from_pool(rt.require_pool())
+        await rates.refresh_from_pool(rt.require_pool())
         on = body.send_on or clock().date()
         at = datetime.combine(on, time(12), UTC)
         rules = rules_at(at)
-        business = Business(tenant.business_country, metering.rates.rates)
+        business = Business(tenant.business_country, rates.rates)
         lines: list[dict[str, Any]] = []
         totals: dict[Any, Any] = {}
         unpriced = 0

@@ -136,10 +136,11 @@ class RateCache:
 class Metering:
     """Records facts and keeps the ledger priced; one instance per process."""
 
-    def __init__(self, pool: asyncpg.Pool | None, tenants: TenantLookup, *, parallel: int = 2) -> None:
-        self._pool = pool
+    def __init__(self, pool: asyncpg.Pool, tenants: TenantLookup, *, parallel: int = 2,
+                 rates: RateCache | None = None) -> None:
+        self.pool = pool
         self.tenants = tenants
-        self.rates = RateCache()
+        self.rates = rates or RateCache()  # shared with the HTTP API's invoices and estimates
         # A status batch is split by business-number lock bucket into this many transactions on as
         # many connections, run concurrently: while PostgreSQL works on one part, this process
         # prices another. The parts lock disjoint buckets, so they never wait on each other.
@@ -159,15 +160,6 @@ class Metering:
         while len(self._known_contacts) > KNOWN_CONTACTS_MAX:
             del self._known_contacts[next(iter(self._known_contacts))]
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise RuntimeError("the database pool is not attached yet")
-        return self._pool
-
-    @pool.setter
-    def pool(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
 
     # --- facts in ------------------------------------------------------------------------------
     async def record_statuses(self, facts: Sequence[StatusFact]) -> int:

@@ -42,9 +42,9 @@ def status_ref(record: dict[str, Any], headers: Sequence[tuple[str, bytes]] | No
 
 
 class SendSpanLinks:
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, pool: asyncpg.Pool) -> None:
         self.tracer = tracer
-        self.pool: asyncpg.Pool | None = None
+        self.pool = pool
 
     @staticmethod
     def tracing() -> bool:
@@ -53,7 +53,7 @@ class SendSpanLinks:
 
     async def remember(self, sends: Sequence[tuple[str, str]]) -> None:
         """Keep (wamid, send_span) of results that carry one (idempotent)."""
-        if not sends or self.pool is None:
+        if not sends:
             return
         await self.pool.execute(
             "INSERT INTO billing.send_spans (wamid, send_span)"
@@ -61,7 +61,7 @@ class SendSpanLinks:
             [w for w, _ in sends], [s for _, s in sends])
 
     async def spans_of(self, wamids: Sequence[str]) -> dict[str, str]:
-        if not wamids or self.pool is None:
+        if not wamids:
             return {}
         rows = await self.pool.fetch(
             "SELECT wamid, send_span FROM billing.send_spans WHERE wamid = ANY($1::text[])", list(set(wamids)))

@@ -3,10 +3,10 @@
 Another tenant's message or template is answered 404, exactly as a missing one.
 """
 
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import orjson
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from parley_common.runtime import TenantDep
 from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -45,12 +45,21 @@ class TemplatePreview(_JsonEncodable):
     components: list[dict[str, Any]] = Field(default_factory=list)
 
 
-def router(sender: Sender) -> APIRouter:
+def _sender(request: Request) -> Sender:
+    """The sender the app built when it started (``parley_sender.bootstrap``)."""
+    sender: Sender = request.app.state.sender
+    return sender
+
+
+SenderDep = Annotated[Sender, Depends(_sender)]
+
+
+def router() -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["sender"])
 
 
     @r.get("/messages/{message_id}", summary="A message's state, delivery status and errors")
-    async def get_message(message_id: str, t: TenantDep) -> dict[str, Any]:
+    async def get_message(message_id: str, t: TenantDep, sender: SenderDep) -> dict[str, Any]:
         row = await sender.store.message_for_tenant(t.tenant_id, message_id)
         if row is None:
             raise HTTPException(404, "no such message")
@@ -90,12 +99,12 @@ def router(sender: Sender) -> APIRouter:
         }
 
     @r.get("/templates", summary="The tenant's template catalogue")
-    async def list_templates(t: TenantDep) -> dict[str, Any]:
+    async def list_templates(t: TenantDep, sender: SenderDep) -> dict[str, Any]:
         rows = await sender.store.templates(t.tenant_id)
         return {"data": [{k: v for k, v in row.items() if k != "tenant_id"} for row in rows]}
 
     @r.post("/templates", status_code=201, summary="Submit a template to Meta for review")
-    async def post_template(body: TemplateCreate, t: TenantDep) -> dict[str, Any]:
+    async def post_template(body: TemplateCreate, t: TenantDep, sender: SenderDep) -> dict[str, Any]:
         waba = body.waba_id or (t.waba_ids[0] if t.waba_ids else None)
         if waba is None or waba not in t.waba_ids:
             raise HTTPException(404, "no such WABA")
@@ -116,7 +125,7 @@ def router(sender: Sender) -> APIRouter:
         }
 
     @r.post("/templates/sync", summary="Refresh the catalogue from the Graph API")
-    async def post_sync(t: TenantDep) -> dict[str, int]:
+    async def post_sync(t: TenantDep, sender: SenderDep) -> dict[str, int]:
         try:
             counts = await sync_templates(sender.store, sender.client, sender.directory(), t.tenant_id)
         except GraphApiError as exc:
@@ -125,7 +134,7 @@ def router(sender: Sender) -> APIRouter:
         return counts
 
     @r.post("/templates/preview", summary="Validate parameters and render the final text")
-    async def preview(body: TemplatePreview, t: TenantDep) -> dict[str, Any]:
+    async def preview(body: TemplatePreview, t: TenantDep, sender: SenderDep) -> dict[str, Any]:
         catalogue = await sender.catalogue(t.tenant_id)
         try:
             template, rendered = validate_send(

@@ -1,4 +1,6 @@
-"""Composition root of the sender: runtime, store, Cloud API client, subscribers, HTTP routes."""
+"""Composition root of the sender: runtime, Cloud API client, HTTP routes; the objects that need
+the open pool and producer are built whole by :func:`parley_sender.bootstrap.bootstrap` when the
+app starts."""
 
 from __future__ import annotations
 
@@ -12,16 +14,14 @@ from parley_common.runtime import build_runtime, make_app
 from parley_common.topics import MESSAGES_OUT, MESSAGES_OUT_RETRY, consumer_group
 
 from parley_sender.api import router as api_router
+from parley_sender.bootstrap import bootstrap
 from parley_sender.cloudapi import CloudApiClient
 from parley_sender.consuming import GROUP as SEND_GROUP
 from parley_sender.consuming import SendConsumer
-from parley_sender.delivery import Metrics, Sender
-from parley_sender.effects import Effects
-from parley_sender.handlers import register
+from parley_sender.delivery import Metrics
 from parley_sender.observed import show_in_doubt_deadline, watch_in_doubt
-from parley_sender.pacing import NumberStates
 from parley_sender.settings import SenderSettings
-from parley_sender.store import MIGRATIONS, SenderStore
+from parley_sender.store import MIGRATIONS
 from parley_sender.sweeper import InDoubtSweeper
 
 
@@ -39,56 +39,40 @@ def create_app(
         connect_timeout_s=settings.http_connect_timeout_s,
         max_connections=settings.http_max_connections,
     )
-    sender: Sender
-    effects = Effects(
-        broker=rt.broker,
-        store=lambda: sender.store,
-        producer=rt.producer,
-    )
-    sender = Sender(
-        settings=settings,
-        store=None,  # type: ignore[arg-type]  # opened by open_store, before anything consumes
-        client=client,
-        tenants=lambda: rt.tenants,
-        metrics=Metrics.create(rt.registry),
-        effects=effects,
-        numbers=NumberStates(idle_s=settings.number_idle_s),
-        tracer=rt.tracer_provider.get_tracer("parley.sender"),
-    )
-    register(sender, not_ready=rt.not_ready)
-    sweeper = InDoubtSweeper(sender)
+    metrics = Metrics.create(rt.registry)
     show_in_doubt_deadline(rt.registry, settings.in_doubt_deadline_s)
-
+    app = make_app(rt, title="Parley sender", routers=[api_router()])
     watching: list[asyncio.Task[None]] = []
 
-    async def open_store() -> None:
-        sender.store = SenderStore(rt.require_pool())
-        watching.append(asyncio.create_task(watch_in_doubt(sender.metrics, sender.store)))
+    async def build() -> None:  # the pool and the producer are open; the broker starts after this
+        parts = await bootstrap(rt, settings, client, metrics)
+        app.state.sender = parts.sender
+        app.state.send_consumer = parts.send_consumer
+        app.state.sweeper = parts.sweeper
+        watching.append(asyncio.create_task(watch_in_doubt(metrics, parts.sender.store)))
         if rt.ops is not None:  # the send requests' own consumer, for the consumer-lag gauge
             rt.ops.watch(consumer_group(SEND_GROUP), [MESSAGES_OUT.name, MESSAGES_OUT_RETRY.name])
 
     async def close() -> None:
         for task in watching:
             task.cancel()
-        await sender.numbers.close()
+        if hasattr(app.state, "sender"):
+            await app.state.sender.numbers.close()
         await client.aclose()
 
-    rt.on_start.append(open_store)
+    rt.on_start.append(build)
     rt.on_stop.append(close)
-    app = make_app(rt, title="Parley sender", routers=[api_router(sender)])
-    app.state.sender = sender
 
     # The send requests' consumer starts once everything else runs (the store, the producer and the
     # broker it dead-letters through) and stops first: its in-flight calls are recorded and their
     # offsets committed while all of that is still up.
-    consumer = SendConsumer(sender)
-    app.state.send_consumer = consumer
-    app.state.sweeper = sweeper
     runtime_lifespan = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def lifespan(a: FastAPI) -> AsyncIterator[None]:
         async with runtime_lifespan(a):
+            consumer: SendConsumer = a.state.send_consumer
+            sweeper: InDoubtSweeper = a.state.sweeper
             await consumer.start()
             sweeper.start()
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,16 +52,12 @@ class Effects:
         self,
         *,
         broker: KafkaBroker,
-        store: Callable[[], SenderStore],
+        store: SenderStore,
         producer: RecordProducer,
     ) -> None:
         self.broker = broker
-        self._store = store
+        self.store = store
         self.producer = producer
-
-    @property
-    def store(self) -> SenderStore:
-        return self._store()
 
     @staticmethod
     def of_row(row: MessageRow, request: dict[str, Any] | None = None) -> Outcome:
