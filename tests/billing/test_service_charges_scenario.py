@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from parley_billing.handlers import GROUP
 from parley_billing.store import ledger_fingerprint
 from parley_common.contracts import AccountEvent, InboundMessage, MessageStatus, SendResult
-from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES
+from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, consumer_group
 
 from .billing_scenario import C_IN, PN_IN, TENANT_IN, WABA_IN, Builder, meta
 from .test_kafka_scenario import _running
@@ -99,7 +99,7 @@ async def _settle(bootstrap: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while True:
             ends = await consumer.end_offsets(parts)
-            committed = await admin.list_consumer_group_offsets(GROUP, partitions=parts)
+            committed = await admin.list_consumer_group_offsets(consumer_group(GROUP), partitions=parts)
             lag = sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
                       for tp, end in ends.items())
             if lag == 0:

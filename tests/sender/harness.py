@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from parley_common.topics import consumer_group
 from parley_sender.app import create_app
 from parley_sender.settings import SenderSettings
 from parley_simulator.config import SimulatorConfig
@@ -228,8 +229,10 @@ async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 180
 
 
 async def consumed(bootstrap: str, group: str, topic: str, partition: int, offset: int) -> None:
-    """Waits until consumer group ``group`` committed past ``offset`` of ``topic[partition]``:
-    the record's effects are durable (consumers commit only after them)."""
+    """Waits until consumer group ``group`` (its base name: the namespace is added, as the services
+    do) committed past ``offset`` of ``topic[partition]``: the record's effects are durable
+    (consumers commit only after them)."""
+    group = consumer_group(group)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     tp = TopicPartition(topic, partition)
