@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
-from parley_common.deadletter import ConsumerGuard
+from parley_common.deadletter import ConsumerGuard, raw_records, undecoded
 from parley_common.runtime import Runtime
-from parley_common.topics import ORDERS
+from parley_common.topics import ORDERS, consumer_group
 from prometheus_client import CollectorRegistry, Counter
 
 from parley_ingest.domain.seat_orders import seat_action
@@ -32,10 +32,6 @@ GROUP = "parley-ingest"
 
 class OrderEventError(ValueError):
     """A wa.orders record that is not an order event (names the field)."""
-
-
-async def _raw_batch(msg: Any) -> None:
-    return None
 
 
 def _event_time(value: Any) -> datetime:
@@ -78,10 +74,9 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
                 log.info("seats follow the order's payment", extra={"tenant_id": tenant, "reference_id": reference_id,
                                                                     "action": action, "seats": len(changed)})
 
-    @rt.broker.subscriber(ORDERS.name, group_id=GROUP, batch=True, max_records=batch_max_records,
-                          batch_timeout_ms=batch_timeout_ms, decoder=_raw_batch, **CONSUMER_DEFAULTS)
+    @rt.broker.subscriber(ORDERS.name, group_id=consumer_group(GROUP), batch=True, max_records=batch_max_records,
+                          batch_timeout_ms=batch_timeout_ms, decoder=undecoded, **CONSUMER_DEFAULTS)
     async def on_order_events(msg: KafkaMessage) -> None:
-        raw = msg.raw_message
-        await guard.run(raw if isinstance(raw, tuple) else (raw,), handle)
+        await guard.run(raw_records(msg), handle)
 
     return guard
