@@ -236,7 +236,7 @@ async def sell_tickets(*, client: httpx.AsyncClient, shops: list[Shop], customer
 
 
 async def commerce_summary(client: httpx.AsyncClient, *, shops: list[Shop], ingest_url: str, billing_url: str,
-                           result: dict[str, Any]) -> list[str]:
+                           result: dict[str, Any], sim_url: str | None = None) -> list[str]:
     """Lines for the demo summary: orders by state, seats sold (none twice), revenue and refunds."""
     lines = ["In-chat commerce (this run):",
              "  " + ", ".join(f"{k}={v}" for k, v in sorted(result["stats"].items()))]
@@ -267,4 +267,10 @@ async def commerce_summary(client: httpx.AsyncClient, *, shops: list[Shop], inge
         per_order = ", ".join(f"{v / max(1, len(mine)):.4f} {k}" for k, v in fees.items()) or "none priced yet"
         lines.append(f"  {'':<18} WhatsApp fees of the orders' conversations: "
                      f"{', '.join(f'{v} {k}' for k, v in fees.items()) or '0'}; per order {per_order}")
+    if sim_url is not None:  # click-to-WhatsApp purchases reported to the Conversions API's stand-in
+        r = await client.get(f"{sim_url}/_sim/conversions")
+        if r.status_code == 200:
+            mine = [e for e in r.json().get("events", [])
+                    if (e.get("custom_data") or {}).get("order_id") in set(result["orders"])]
+            lines.append(f"  conversions (paid orders that began at a click-to-WhatsApp ad): {len(mine)}")
     return lines

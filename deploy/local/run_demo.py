@@ -42,7 +42,7 @@ PORTS = {"simulator": 8090, "ingest": 8081, "router": 8082, "sender": 8083, "bil
 PROMETHEUS_PORT = 19090  # not 9090: a system Prometheus from the same package may listen there
 SECRET_NAMES = ("PARLEY_DEMO_APP_SECRET", "PARLEY_DEMO_ACCESS_TOKEN", "PARLEY_DEMO_VERIFY_TOKEN",
                 "PARLEY_DEMO_APP2_SECRET", "PARLEY_DEMO_APP2_OLD_SECRET", "PARLEY_DEMO_APP2_ACCESS_TOKEN",
-                "PARLEY_REDACTION_KEY")
+                "PARLEY_REDACTION_KEY", "PARLEY_DEMO_CONVERSIONS_SECRET")
 
 
 def say(msg: str) -> None:
@@ -329,7 +329,10 @@ async def main() -> int:
         say("starting the Cloud API simulator and the four services (logs in .parley/logs/)")
         stack.start("simulator", ["parley-simulator", "run", "--port", str(PORTS["simulator"]),
                                   "--config", str(DEMO / "simulator.yaml"),
-                                  "--webhook-url", ingest_url + "/webhooks/meta/{app_id}"])
+                                  "--webhook-url", ingest_url + "/webhooks/meta/{app_id}"],
+                    # the simulator stands in for Meta's Conversions API (ADR 0113): it checks the
+                    # signature billing puts on each click-to-WhatsApp purchase
+                    {"PARLEY_SIM_CONVERSIONS_SECRET": env["PARLEY_DEMO_CONVERSIONS_SECRET"]})
         for svc in ("ingest", "router", "sender", "billing"):
             stack.start(svc, [f"parley-{svc}", "run"], {
                 f"PARLEY_{svc.upper()}_HTTP_PORT": str(PORTS[svc]),
@@ -415,7 +418,8 @@ async def print_commerce_summary(env: dict[str, str], keys: dict[str, str], resu
     async with httpx.AsyncClient(timeout=10) as client:
         lines = await demo_commerce.commerce_summary(
             client, shops=demo_shops(env, keys), ingest_url=f"http://127.0.0.1:{PORTS['ingest']}",
-            billing_url=f"http://127.0.0.1:{PORTS['billing']}", result=result)
+            billing_url=f"http://127.0.0.1:{PORTS['billing']}", result=result,
+            sim_url=f"http://127.0.0.1:{PORTS['simulator']}")
     print("\n".join(lines))
     print("=" * 72)
 
