@@ -111,12 +111,12 @@ def fuzzed(kafka_bootstrap: str, database_url: str) -> Iterator[Fuzzed]:
         # Accepted intent PUTs would each retrain the tenant's model (seconds of CPU per case, in
         # threads that outlive the case): the fuzz checks the HTTP layer and what it stores;
         # retraining is tested by tests/router/test_intents_api.py.
-        APPS["router"].state.model_registry.sync_tenant = _no_retraining
         APPS["router"].state.runtime.settings.model_poll_interval_s = 3600.0  # nor the replicas' poll
         for name in ("router", "sender", "billing"):
             # Built at import, before the session's own database existed: point them at it.
             APPS[name].state.runtime.settings.database_url = database_url
             served.append(ThreadServed(APPS[name]).start())
+        APPS["router"].state.model_registry.sync_tenant = _no_retraining  # built when it started
         yield Fuzzed(served[1], served[2], served[3], simulator, key)
     finally:
         for s in reversed(served):

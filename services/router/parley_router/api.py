@@ -19,13 +19,13 @@ import contextlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
-from parley_common.runtime import Runtime, TenantDep
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from parley_common.runtime import TenantDep
 from parley_common.tenancy.models import Tenant
 from pydantic import BaseModel, Field, field_validator
 
-from parley_router.model_registry import ModelRegistry, ModelStatus, RoutingOf
-from parley_router.store import RouterStore
+from parley_router.bootstrap import RouterParts
+from parley_router.model_registry import ModelStatus
 
 INTENT_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 IntentName = Annotated[str, Path(pattern=INTENT_NAME, description="lower-case letters, digits, _")]
@@ -78,16 +78,22 @@ class IntentLimits:
     max_examples_per_tenant: int = 3000
 
 
-def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf,
-                 limits: IntentLimits | None = None) -> APIRouter:
+def _parts(request: Request) -> RouterParts:
+    """What the router built when it started (``parley_router.bootstrap``)."""
+    parts: RouterParts = request.app.state.router_parts
+    return parts
+
+
+PartsDep = Annotated[RouterParts, Depends(_parts)]
+
+
+def build_router(limits: IntentLimits | None = None) -> APIRouter:
     limits = limits or IntentLimits()
     router = APIRouter(prefix="/v1", tags=["intents"])
 
-    def store() -> RouterStore:
-        return RouterStore(rt.require_pool())
-
     @router.get("/intents", summary="Built-in intents, the tenant's own intents and its model's state")
-    async def list_intents(tenant: TenantDep) -> dict[str, Any]:
+    async def list_intents(tenant: TenantDep, parts: PartsDep) -> dict[str, Any]:
+        registry, routing_of = parts.registry, parts.service.routing_of
         await registry.refresh_api_intents(tenant.tenant_id)
         cfg = routing_of(tenant)
         from_settings = dict(cfg.intents) if cfg else {}
@@ -98,7 +104,8 @@ def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf,
                 "model": _model(registry.status(tenant, routing_of))}
 
     @router.get("/intents/{name}", summary="One of the tenant's own intents with its examples")
-    async def get_intent(tenant: TenantDep, name: IntentName) -> dict[str, Any]:
+    async def get_intent(tenant: TenantDep, name: IntentName, parts: PartsDep) -> dict[str, Any]:
+        registry, routing_of = parts.registry, parts.service.routing_of
         await registry.refresh_api_intents(tenant.tenant_id)
         from_api = registry.api_intents(tenant.tenant_id)
         cfg = routing_of(tenant)
@@ -108,7 +115,8 @@ def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf,
             return {"name": name, "source": "settings", "examples": cfg.intents[name]}
         raise HTTPException(404, f"the tenant has no own intent {name!r}")
 
-    async def _retrain(tenant: Tenant, wait: bool, response: Response) -> dict[str, Any]:
+    async def _retrain(parts: RouterParts, tenant: Tenant, wait: bool, response: Response) -> dict[str, Any]:
+        registry, routing_of = parts.registry, parts.service.routing_of
         task = await registry.sync_tenant(tenant, routing_of)
         if wait and task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -122,25 +130,26 @@ def build_router(rt: Runtime, registry: ModelRegistry, routing_of: RoutingOf,
     @router.put("/intents/{name}", summary="Add or replace a tenant intent; the router retrains and reloads",
                 responses={202: {"description": "stored; the model is retraining"}})
     async def put_intent(tenant: TenantDep, name: IntentName, body: IntentExamples, response: Response,
+                         parts: PartsDep,
                          wait: Annotated[bool, Query(description="answer when the new model is in use")] = False,
                          ) -> dict[str, Any]:
         if len(body.examples) > limits.max_examples_per_intent:
             raise HTTPException(422, f"{len(body.examples)} examples; at most {limits.max_examples_per_intent}"
                                      " are allowed per intent")
-        refused = await store().put_tenant_intent(tenant.tenant_id, name, body.examples,
+        refused = await parts.store.put_tenant_intent(tenant.tenant_id, name, body.examples,
                                                   max_intents=limits.max_intents,
                                                   max_examples=limits.max_examples_per_tenant)
         if refused is not None:
             raise HTTPException(422, refused)
-        model = await _retrain(tenant, wait, response)
+        model = await _retrain(parts, tenant, wait, response)
         return {"name": name, "examples": len(body.examples), "model": model}
 
     @router.delete("/intents/{name}", summary="Remove a tenant intent added over HTTP; the router retrains")
-    async def delete_intent(tenant: TenantDep, name: IntentName, response: Response,
+    async def delete_intent(tenant: TenantDep, name: IntentName, response: Response, parts: PartsDep,
                             wait: Annotated[bool, Query()] = False) -> dict[str, Any]:
-        if not await store().delete_tenant_intent(tenant.tenant_id, name):
+        if not await parts.store.delete_tenant_intent(tenant.tenant_id, name):
             raise HTTPException(404, f"no intent {name!r} was added over HTTP for this tenant")
-        model = await _retrain(tenant, wait, response)
+        model = await _retrain(parts, tenant, wait, response)
         return {"name": name, "deleted": True, "model": model}
 
     return router

@@ -1,4 +1,6 @@
-"""Composition root of the router: broker, subscriber, models, store, tenant and ops HTTP."""
+"""Composition root of the router: runtime, tenant HTTP, background model sync and pruning; the
+store, models, routing service and its subscriber are built whole by
+:func:`parley_router.bootstrap.bootstrap` when the app starts."""
 
 from __future__ import annotations
 
@@ -9,22 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from faststream.kafka.annotations import KafkaMessage
 from opentelemetry.sdk.trace import TracerProvider
-from parley_common.broker import CONSUMER_DEFAULTS
-from parley_common.deadletter import raw_records, undecoded
-from parley_common.endpoint_calls import EndpointOutbox, TenantEndpointClient, WebhookDispatcher
+from parley_common.endpoint_calls import TenantEndpointClient
 from parley_common.runtime import build_runtime, make_app
-from parley_common.topics import MESSAGES_IN, consumer_group
 
 from parley_router.api import IntentLimits, build_router
-from parley_router.corpora import load_examples
-from parley_router.domain.defaults import load_defaults
-from parley_router.domain.language import LanguageIdentifier
-from parley_router.domain.pipeline import MessageRouter
-from parley_router.handlers import SERVICE, RouterService
-from parley_router.model_registry import ModelRegistry
-from parley_router.models import default_model
+from parley_router.bootstrap import RouterParts, bootstrap
+from parley_router.handlers import SERVICE
 from parley_router.settings import RouterSettings
 from parley_router.store import RouterStore
 
@@ -37,29 +30,19 @@ def create_app(settings: RouterSettings | None = None, *,
     settings = settings or RouterSettings()
     rt = build_runtime(SERVICE, settings, migrations=[("router", MIGRATIONS)],
                        tracer_provider=tracer_provider)
-    examples = load_examples()
-    registry = ModelRegistry(default_model(settings.model_cache_dir), examples, store=None)
-    router = MessageRouter(load_defaults(), LanguageIdentifier(), registry.for_tenant,
-                           settings.confidence_threshold, encoder_gate=settings.encoder_gate)
     endpoints = TenantEndpointClient(timeout_s=settings.webhook_timeout_s,
                                      connections_per_tenant=settings.webhook_per_tenant_concurrency)
-    service = RouterService(rt, router, None, rt.producer)
+    app = make_app(rt, title="Parley router", routers=[build_router(
+        IntentLimits(settings.max_tenant_intents, settings.max_examples_per_intent,
+                     settings.max_examples_per_tenant))])
     tasks: list[asyncio.Task[Any]] = []
 
-    subscriber = rt.broker.subscriber(
-        MESSAGES_IN.name, group_id=consumer_group("parley-router"), batch=True, max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms, decoder=undecoded, **CONSUMER_DEFAULTS)
-
-    @subscriber
-    async def on_inbound(msg: KafkaMessage) -> None:
-        await service.consume(raw_records(msg))
-
-    async def sync_models_forever() -> None:
+    async def sync_models_forever(parts: RouterParts) -> None:
         while True:
             await asyncio.sleep(settings.model_poll_interval_s)
             try:
-                await registry.refresh_api_intents()
-                await registry.sync(rt.tenants.tenants.values(), service.routing_of)
+                await parts.registry.refresh_api_intents()
+                await parts.registry.sync(rt.tenants.tenants.values(), parts.service.routing_of)
             except Exception:
                 log.exception("tenant model sync failed; retrying on the next poll")
 
@@ -74,43 +57,29 @@ def create_app(settings: RouterSettings | None = None, *,
                 log.exception("pruning router.routed failed; retrying later")
             await asyncio.sleep(settings.prune_interval_s)
 
-    async def start() -> None:
-        store = RouterStore(rt.require_pool())
-        service.store = store
-        registry.attach_store(store)
-        # Load lingua's language models and touch the classifier before the first batch arrives.
-        await asyncio.to_thread(router.understand, [])
-        await asyncio.to_thread(router.encoder.load)
-        await asyncio.to_thread(router.languages.detect_many, ["hello there", "x" * 80])
-        service.dispatcher = WebhookDispatcher(
-            EndpointOutbox(rt.require_pool(), "router.webhook_outbox"), endpoints, service.endpoint_target,
-            service.dead_letter_call, rt.registry,
-            attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s,
-            backoff_cap_s=settings.webhook_backoff_cap_s, per_tenant=settings.webhook_per_tenant_concurrency,
-            max_in_flight=settings.webhook_max_in_flight, poll_interval_s=settings.webhook_poll_interval_s,
-            lease_s=settings.webhook_timeout_s * 2 + 30, metric="parley_router_webhook_attempts_total")
-        service.dispatcher.start()
-        await registry.refresh_api_intents()
-        await registry.sync(rt.tenants.tenants.values(), service.routing_of)
-        tasks.append(asyncio.create_task(sync_models_forever()))
+    async def start() -> None:  # the pool and the producer are open; the broker starts after this
+        parts = await bootstrap(rt, settings, endpoints)
+        app.state.router_parts = parts
+        app.state.router_service = parts.service
+        app.state.model_registry = parts.registry
+        parts.service.dispatcher.start()
+        await parts.registry.refresh_api_intents()
+        await parts.registry.sync(rt.tenants.tenants.values(), parts.service.routing_of)
+        tasks.append(asyncio.create_task(sync_models_forever(parts)))
         if settings.prune_interval_s > 0:
-            tasks.append(asyncio.create_task(prune_forever(store)))
+            tasks.append(asyncio.create_task(prune_forever(parts.store)))
 
     async def stop() -> None:
         for t in tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if service.dispatcher is not None:
-            await service.dispatcher.stop()
-        await registry.close()
+        parts: RouterParts | None = getattr(app.state, "router_parts", None)
+        if parts is not None:
+            await parts.service.dispatcher.stop()
+            await parts.registry.close()
         await endpoints.aclose()
 
     rt.on_start.append(start)
     rt.on_stop.append(stop)
-    app = make_app(rt, title="Parley router", routers=[build_router(
-        rt, registry, service.routing_of, IntentLimits(settings.max_tenant_intents, settings.max_examples_per_intent,
-                                                       settings.max_examples_per_tenant))])
-    app.state.router_service = service
-    app.state.model_registry = registry
     return app

@@ -23,7 +23,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, set_span_in_context
 from parley_common.contracts import InboundMessage
 from parley_common.deadletter import ConsumerGuard, dead_letter_record, publish_dead_letter
-from parley_common.endpoint_calls import EndpointTarget, PendingDelivery, WebhookDispatcher
+from parley_common.endpoint_calls import (
+    EndpointOutbox,
+    EndpointTarget,
+    PendingDelivery,
+    TenantEndpointClient,
+    WebhookDispatcher,
+)
 from parley_common.producer import Record, RecordProducer
 from parley_common.runtime import Runtime
 from parley_common.tenancy.models import Tenant
@@ -34,6 +40,7 @@ from pydantic import BaseModel, ValidationError
 from parley_router.domain.config import TenantRouting
 from parley_router.domain.pipeline import MessageRouter, TenantContext
 from parley_router.domain.routing import RoutingDecision
+from parley_router.settings import RouterSettings
 from parley_router.store import RouterStore
 
 log = logging.getLogger("parley.router")
@@ -60,13 +67,19 @@ def _dump(model: BaseModel) -> bytes:
 
 
 class RouterService:
-    def __init__(self, rt: Runtime, router: MessageRouter, store: RouterStore | None,
-                 producer: RecordProducer) -> None:
+    def __init__(self, rt: Runtime, router: MessageRouter, store: RouterStore, producer: RecordProducer,
+                 outbox: EndpointOutbox, endpoints: TenantEndpointClient, settings: RouterSettings) -> None:
         self.rt = rt
         self.router = router
         self.store = store
         self.producer = producer
-        self.dispatcher: WebhookDispatcher | None = None
+        # Calls to the tenants' endpoints, queued in the store and made off the routing path (ADR 0105).
+        self.dispatcher = WebhookDispatcher(
+            outbox, endpoints, self.endpoint_target, self.dead_letter_call, rt.registry,
+            attempts=settings.webhook_attempts, backoff_s=settings.webhook_backoff_s,
+            backoff_cap_s=settings.webhook_backoff_cap_s, per_tenant=settings.webhook_per_tenant_concurrency,
+            max_in_flight=settings.webhook_max_in_flight, poll_interval_s=settings.webhook_poll_interval_s,
+            lease_s=settings.webhook_timeout_s * 2 + 30, metric="parley_router_webhook_attempts_total")
         self.metrics = RouterMetrics(rt.registry)
         self._routing_cache: dict[str, tuple[int, TenantRouting]] = {}
         self._tracer = rt.tracer_provider.get_tracer("parley.router")
@@ -129,7 +142,7 @@ class RouterService:
             return m
 
         messages = await self.guard.decoded(records, decode)
-        seen = await self.store.already_routed([m.wamid for m in messages]) if self.store else set()
+        seen = await self.store.already_routed([m.wamid for m in messages])
         fresh: list[InboundMessage] = []
         for m in messages:
             if m.wamid in seen:
@@ -145,9 +158,8 @@ class RouterService:
         if not decisions:
             return []
         await self.publish(decisions)
-        if self.store:
-            if await self.store.mark_routed_with_deliveries(decisions) and self.dispatcher is not None:
-                self.dispatcher.wake()
+        if await self.store.mark_routed_with_deliveries(decisions):
+            self.dispatcher.wake()
         # Tenant intent names are tenant data, not a bounded label set: they count as one label.
         builtin = self.builtin_intents
         per_label = collections.Counter(
@@ -223,7 +235,7 @@ class RouterService:
         return EndpointTarget(endpoint.url, endpoint.secret_ref, cfg.endpoint_policy.policy())
 
     async def dead_letter_call(self, p: PendingDelivery, exc: BaseException) -> None:
-        attempts = self.dispatcher.attempts if self.dispatcher else p.attempt
+        attempts = self.dispatcher.attempts
         await publish_dead_letter(self.rt.broker, dead_letter_record(
             service=SERVICE, topic=MESSAGES_ROUTED.name, value=p.body, key=p.phone_number_id.encode(),
             exc=exc, attempts=min(p.attempt, attempts), event_id=f"router:webhook:{p.delivery_id}"))

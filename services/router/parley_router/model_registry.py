@@ -56,9 +56,6 @@ class ModelRegistry:
         self._background: set[asyncio.Task[None]] = set()
         self.training_pids: dict[str, int] = {}  # tenant -> its current training process
 
-    def attach_store(self, store: RouterStore) -> None:
-        self._store = store
-
     def for_tenant(self, tenant_id: str | None) -> IntentClassifier:
         found = self._models.get(tenant_id or "")
         return found[1] if found else self.default
