@@ -49,3 +49,35 @@ async def test_a_merge_moves_windows_consent_and_the_messaging_limit_place_to_th
         assert [(r["customer_id"], r["reached_at"]) for r in reached] == [(phone, now - H)]
     finally:
         await pool.close()
+
+
+async def test_a_send_under_the_absorbed_key_after_the_merge_takes_the_kept_contacts_place(
+    database_url: str,
+) -> None:
+    """The send request was stamped with the absorbed contact before ingest merged (it waited on
+    Kafka behind the merge): its place in the messaging limit is still the kept contact's one, so
+    one person never holds two places (seen in `make run`: 19 places for 10 people)."""
+    pool = await create_pool(database_url)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn, "sender", MIGRATIONS)
+        store, tid, pn = SenderStore(pool), new_id("merge-late"), new_id("pn")
+        bsuid, phone = "BD." + new_id("1").replace("-", ""), new_id("880")
+        now = datetime.now(UTC)
+        await store.record_reached([(tid, bsuid, now - H)])
+        await fold_contacts(pool, tid, [pn], bsuid, [phone])  # the phone's contact joins the BSUID's
+
+        granted = await store.reserve_reach(tid, 1, [("m-late", phone)], now)
+        assert granted == {"m-late"}  # the person holds a place already: no new one needed
+        await store.record_reached([(tid, phone, now)])
+        await store.release_reach([(tid, phone, "m-late")])
+        reached = await pool.fetch("SELECT customer_id FROM sender.reached WHERE tenant_id = $1", tid)
+        assert [r["customer_id"] for r in reached] == [bsuid]
+        assert await store.kept_contacts(tid, [phone, bsuid, "someone-else"]) == {phone: bsuid}
+
+        # a chain of merges: the kept contact is itself absorbed later
+        other = "BD." + new_id("2").replace("-", "")
+        await fold_contacts(pool, tid, [pn], other, [bsuid])
+        assert await store.kept_contacts(tid, [phone, bsuid]) == {phone: other, bsuid: other}
+    finally:
+        await pool.close()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
+from parley_common.contracts import InboundMessage, OutboundMessage
 from parley_common.db import AnyConnection
 
 from parley_sender.domain.consent import ConsentState
@@ -33,6 +35,21 @@ async def fold_contacts(
         await _fold_windows(conn, list(numbers), kept, keys)
         await _fold_consent(conn, tenant_id, kept, keys)
         await _fold_reach(conn, tenant_id, kept, keys)
+        # later requests and events still stamped with an absorbed key land on the kept contact
+        await conn.execute(
+            "UPDATE sender.contact_aliases SET kept = $2 WHERE tenant_id = $1 AND kept = ANY($3::text[])",
+            tenant_id, kept, absorbed)
+        await conn.execute(
+            "INSERT INTO sender.contact_aliases (tenant_id, absorbed, kept) SELECT $1, a, $2 FROM unnest($3::text[]) a "
+            "ON CONFLICT (tenant_id, absorbed) DO UPDATE SET kept = EXCLUDED.kept",
+            tenant_id, kept, absorbed)
+
+
+async def kept_contacts(conn: AnyConnection, tenant_id: str, keys: Sequence[str]) -> dict[str, str]:
+    """The kept contact of each of ``keys`` that was folded into another (absent: not folded)."""
+    rows = await conn.fetch("SELECT absorbed, kept FROM sender.contact_aliases WHERE tenant_id = $1 "
+                            "AND absorbed = ANY($2::text[])", tenant_id, list(set(keys)))
+    return {r["absorbed"]: r["kept"] for r in rows}
 
 
 async def _fold_windows(conn: AnyConnection, numbers: list[str], kept: str, keys: list[str]) -> None:
@@ -100,3 +117,24 @@ async def _fold_reach(conn: AnyConnection, tenant_id: str, kept: str, keys: list
         "VALUES ($1, $2, $3, $4, $5::text[])",
         tenant_id, kept, reached_at, confirmed, pending,
     )
+
+
+_M = TypeVar("_M", OutboundMessage, InboundMessage)
+
+
+async def as_kept(pool: asyncpg.Pool, items: Sequence[_M]) -> list[_M]:
+    """``items`` (send requests, inbound messages) with a contact folded into another restamped
+    with the kept contact: one stamped before ingest merged may reach the sender after the fold."""
+    wanted: dict[str, set[str]] = {}
+    for m in items:
+        if m.tenant_id and m.contact_id:
+            wanted.setdefault(m.tenant_id, set()).add(m.contact_id)
+    if not wanted:
+        return list(items)
+    async with pool.acquire() as conn:
+        kept = {t: await kept_contacts(conn, t, sorted(ids)) for t, ids in wanted.items()}
+    out: list[_M] = []
+    for m in items:
+        new = kept.get(m.tenant_id or "", {}).get(m.contact_id or "")
+        out.append(m if new is None else m.model_copy(update={"contact_id": new}))
+    return out

@@ -36,6 +36,7 @@ from parley_common.topics import MESSAGES_OUT_RETRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from parley_sender.cloudapi import CloudApiClient, SendResponse
+from parley_sender.contact_merges import as_kept
 from parley_sender.domain.consent import ConsentState
 from parley_sender.domain.governor import UNLIMITED, priority_rank
 from parley_sender.domain.outcomes import (
@@ -353,6 +354,7 @@ class Sender:
     ) -> list[Outcome]:
         if not to_send:
             return []
+        to_send = await as_kept(self.store.pool, to_send)  # stamped before a merge (ADR 0117)
         d = self.directory()
         await self.reload_throughput()
         now = now_utc()

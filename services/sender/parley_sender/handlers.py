@@ -39,7 +39,7 @@ from parley_common.contracts import (
 from parley_common.deadletter import ConsumerGuard, raw_records
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, STATUSES, consumer_group
 
-from parley_sender.contact_merges import fold_contacts
+from parley_sender.contact_merges import as_kept, fold_contacts
 from parley_sender.delivery import Sender
 from parley_sender.domain.governor import reported_messaging_limit, reported_throughput
 from parley_sender.domain.outcomes import stops_consent
@@ -134,6 +134,7 @@ async def track_windows(sender: Sender, inbound: Sequence[InboundMessage]) -> No
     inbound = [m for m in inbound if m.type not in NOT_FROM_CUSTOMER]
     if not inbound:
         return
+    inbound = await as_kept(sender.store.pool, inbound)  # stamped before a merge (ADR 0117)
     by_key: dict[tuple[str, str], list[InboundMessage]] = {}
     # event_time: a message dated in the future does not hold a window open until then
     for m in sorted(inbound, key=lambda m: m.event_time):

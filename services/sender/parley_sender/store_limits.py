@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
 
 import asyncpg
+from parley_common.db import AnyConnection
 
+from parley_sender.contact_merges import kept_contacts
 from parley_sender.domain.governor import MessagingLimit
 
 
@@ -33,6 +36,9 @@ class LimitTables:
                 now - timedelta(hours=24),
             )
             counted = MessagingLimit(limit, reached={r["customer_id"]: r["reached_at"].timestamp() for r in rows})
+            # under the lock every fold takes: a customer folded into another counts as the kept one
+            kept = await kept_contacts(conn, tenant_id, [c for _, c in wanted])
+            wanted = [(mid, kept.get(c, c)) for mid, c in wanted]
             granted: list[tuple[str, str, datetime, str]] = []
             at = now.timestamp()
             for message_id, customer in wanted:
@@ -97,6 +103,7 @@ class LimitTables:
         if not items:
             return
         async with self.pool.acquire() as conn, conn.transaction():
+            items = await _kept(conn, items)
             await conn.executemany(
                 """DELETE FROM sender.reached WHERE tenant_id = $1 AND customer_id = $2 AND NOT confirmed
                      AND $3::text = ANY(pending) AND cardinality(array_remove(pending, $3::text)) = 0""",
@@ -110,10 +117,31 @@ class LimitTables:
 
     async def record_reached(self, items: Sequence[tuple[str, str, datetime]]) -> None:
         """Accepted business-initiated sends: their customers are reached (the place is final)."""
-        if items:
-            await self.pool.executemany(
+        if not items:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            items = await _kept(conn, items)
+            await conn.executemany(
                 """INSERT INTO sender.reached AS r (tenant_id, customer_id, reached_at) VALUES ($1,$2,$3)
                    ON CONFLICT (tenant_id, customer_id) DO UPDATE SET
                      reached_at = GREATEST(r.reached_at, EXCLUDED.reached_at), confirmed = true, pending = '{}'""",
                 items,
             )
+
+    async def kept_contacts(self, tenant_id: str, keys: Sequence[str]) -> dict[str, str]:
+        """The kept contact of each of ``keys`` folded into another (ADR 0117)."""
+        async with self.pool.acquire() as conn:
+            return await kept_contacts(conn, tenant_id, keys)
+
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
+
+
+async def _kept(conn: AnyConnection, items: Sequence[_T]) -> list[_T]:
+    """``items`` (tenant, customer, ...) with each customer folded into another replaced by the
+    kept one, read while holding the portfolio rows in share mode so no fold runs in between."""
+    tenants = sorted({i[0] for i in items})
+    await conn.execute("SELECT 1 FROM sender.portfolios WHERE tenant_id = ANY($1::text[]) ORDER BY tenant_id "
+                       "FOR SHARE", tenants)
+    kept = {t: await kept_contacts(conn, t, [i[1] for i in items if i[0] == t]) for t in tenants}
+    return [cast(_T, (i[0], kept[i[0]].get(i[1], i[1]), *i[2:])) for i in items]
