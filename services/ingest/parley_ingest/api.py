@@ -60,7 +60,7 @@ class TenantRateLimits:
     holds across every ingest replica; ``limits`` notation ("50/second"), a tenant's
     ``settings.ingest_rate_limit`` overriding the default."""
 
-    def __init__(self, default: str, windows: Callable[[], RateWindows]) -> None:
+    def __init__(self, default: str, windows: RateWindows) -> None:
         self._default = parse(default)
         self._windows = windows
         self._parsed: dict[str, RateLimitItem] = {}
@@ -83,7 +83,7 @@ class TenantRateLimits:
         """None when the request may go ahead (and counts it); else seconds to wait."""
         limit = self._limit_for(tenant)
         window_s, now = limit.get_expiry(), time.time()
-        if await self._windows().take(tenant.tenant_id, limit.amount, window_s, now):
+        if await self._windows.take(tenant.tenant_id, limit.amount, window_s, now):
             return None
         return max(1, math.ceil(window_s - now % window_s))
 
@@ -157,7 +157,7 @@ class SendAcceptance:
         contacts, refused = await self._addressees(tenant, messages, endpoint)
         if refused is not None:
             return refused
-        store = self.svc.require_store()
+        store = self.svc.store
         if key is not None:
             earlier = await self._reserve(store, tenant, key, request_fingerprint(endpoint, fingerprint))
             if earlier is not None:
@@ -195,7 +195,7 @@ class SendAcceptance:
         """Each message's contact (a reply naming only the inbound message goes to its sender), or
         the answer saying which message names no one."""
         try:
-            contacts = await self.svc.require_contacts().addressees(
+            contacts = await self.svc.contacts.addressees(
                 tenant.tenant_id, [(m.to, m.to_user_id, m.reply_to) for m in messages])
         except _DATABASE_DOWN:
             return [], _problem(503, "database unavailable, retry", {"Retry-After": "1"})
@@ -255,7 +255,7 @@ class SendAcceptance:
 
 def api_router(svc: IngestServices) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["send API"])
-    limits = TenantRateLimits(svc.settings.api_rate_limit, svc.require_rate_windows)
+    limits = TenantRateLimits(svc.settings.api_rate_limit, svc.rate_windows)
     acceptance = SendAcceptance(svc)
 
     async def authenticated_tenant(tenant: TenantDep) -> Tenant:

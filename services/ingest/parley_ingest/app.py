@@ -174,13 +174,13 @@ def create_app(
         ),
         tracer=rt.tracer_provider.get_tracer("parley.ingest"),
         bodies=BodyBudget(settings.max_inflight_body_bytes),
+        store=IdempotencyStore(rt.require_pool, ttl_hours=settings.idempotency_ttl_hours),
+        rate_windows=RateWindows(rt.require_pool),
+        contacts=ContactBook(rt.require_pool),
     )
     tasks: list[asyncio.Task[None]] = []
 
     async def start_store() -> None:
-        svc.store = IdempotencyStore(rt.require_pool(), ttl_hours=settings.idempotency_ttl_hours)
-        svc.rate_windows = RateWindows(rt.require_pool())
-        svc.contacts = ContactBook(rt.require_pool())
         tasks.append(asyncio.create_task(_purge_forever(svc.store, svc.rate_windows, svc.contacts)))
         tasks.append(asyncio.create_task(_tune_gc_once_started(rt.broker, settings)))
 

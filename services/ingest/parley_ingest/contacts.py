@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -75,8 +75,12 @@ class Resolved:
 
 
 class ContactBook:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
+        self._pool_of = pool  # the runtime's pool, opened when the service starts
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        return self._pool_of()
 
     async def resolve(self, work: dict[str, TenantWork], *, phone_number_ids: dict[str, str]) -> Resolved:
         """Resolve every tenant's work in one transaction; ``phone_number_ids`` gives each tenant

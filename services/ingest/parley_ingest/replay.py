@@ -60,7 +60,7 @@ async def replay_raw(
         await pool.close()
         raise
     # the events go out with their customers' contacts, as when ingest first took them (ADR 0117)
-    book = None if dry_run else ContactBook(pool)
+    book = None if dry_run else ContactBook(lambda: pool)
     merges: list[ContactMerged] = []
     report = ReplayReport()
     consumer = AIOKafkaConsumer(

@@ -1,4 +1,5 @@
-"""What ingest's HTTP routes share: runtime, settings, metrics, the record writer, the store."""
+"""What ingest's HTTP routes share, built whole by ``app.create_app``: runtime, settings, metrics,
+the record writer and the stores (which use the runtime's pool, opened when the service starts)."""
 
 from __future__ import annotations
 
@@ -40,29 +41,14 @@ class IngestServices:
     metrics: IngestMetrics
     writer: RecordWriter
     tracer: Tracer
-    store: IdempotencyStore | None = field(default=None)
+    store: IdempotencyStore
+    rate_windows: RateWindows
+    contacts: ContactBook
     bodies: BodyBudget = field(default_factory=lambda: BodyBudget(64 * 1024 * 1024))
-    rate_windows: RateWindows | None = field(default=None)
-    contacts: ContactBook | None = field(default=None)
 
     @property
     def tenants(self) -> TenantDirectory:
         return self.rt.tenants
-
-    def require_rate_windows(self) -> RateWindows:
-        if self.rate_windows is None:
-            raise RuntimeError("rate windows are not started")
-        return self.rate_windows
-
-    def require_contacts(self) -> ContactBook:
-        if self.contacts is None:
-            raise RuntimeError("contact book is not started")
-        return self.contacts
-
-    def require_store(self) -> IdempotencyStore:
-        if self.store is None:
-            raise RuntimeError("idempotency store is not started")
-        return self.store
 
 
 @dataclass(frozen=True)

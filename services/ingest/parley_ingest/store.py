@@ -7,6 +7,7 @@ older than the TTL (or whose first request died in flight), else returns the sto
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,14 @@ class StoredAnswer:
 
 
 class IdempotencyStore:
-    def __init__(self, pool: asyncpg.Pool, *, ttl_hours: int, stale_in_flight_s: int = 120) -> None:
-        self._pool = pool
+    def __init__(self, pool: Callable[[], asyncpg.Pool], *, ttl_hours: int, stale_in_flight_s: int = 120) -> None:
+        self._pool_of = pool  # the runtime's pool, opened when the service starts
         self._ttl_hours = ttl_hours
         self._stale_s = stale_in_flight_s
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        return self._pool_of()
 
     async def reserve(self, tenant_id: str, key: str, request_hash: str) -> StoredAnswer | None:
         """None when this request now owns the key; else what the key already holds."""
@@ -93,8 +98,12 @@ class RateWindows:
     estimate (the previous window's count, weighted by how much of it still overlaps the last
     ``window_s`` seconds, plus the current window's) stays within ``limit``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
+        self._pool_of = pool
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        return self._pool_of()
 
     async def take(self, tenant_id: str, limit: int, window_s: int, now: float) -> bool:
         start = int(now) // window_s * window_s

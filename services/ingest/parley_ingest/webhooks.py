@@ -205,16 +205,15 @@ class WebhookIntake:
             document, received_at=received_at, tenants=DirectoryTenants(directory, verified)
         )
         merges: list[ContactMerged] = []
-        if svc.contacts is not None:
-            # Every customer's contact decided once, here (ADR 0117); it travels with the events.
-            work, numbers = work_of_webhook(normalised)
-            try:
-                resolved = await svc.contacts.resolve(work, phone_number_ids=numbers)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                return self._answer(span, "database_unavailable", 503, b"database unavailable, retry",
-                                    retry_after=True)
-            normalised, merges = stamp(normalised, resolved), resolved.merges
+        # Every customer's contact decided once, here (ADR 0117); it travels with the events.
+        work, numbers = work_of_webhook(normalised)
+        try:
+            resolved = await svc.contacts.resolve(work, phone_number_ids=numbers)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            return self._answer(span, "database_unavailable", 503, b"database unavailable, retry",
+                                retry_after=True)
+        normalised, merges = stamp(normalised, resolved), resolved.merges
         records = webhook_records(raw, normalised, app_id=verified, received_at=received_at)
         records += merge_records(merges)
         try:
@@ -231,7 +230,7 @@ class WebhookIntake:
             return self._answer(
                 span, "kafka_unavailable", 503, b"Kafka unavailable, retry", retry_after=True
             )
-        if merges and svc.contacts is not None:
+        if merges:
             try:
                 await svc.contacts.announced(merges)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
