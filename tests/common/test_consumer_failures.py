@@ -199,6 +199,9 @@ async def test_a_postgresql_outage_makes_billing_back_off_not_ready_and_recover_
         await proxy.cut()
     # No hot loop: every failed try was followed by one backoff sleep, and the delays grew.
     assert guard.transient_failures >= 4 and len(guard.delays) == guard.transient_failures
-    assert guard.delays[1] > guard.delays[0] * 1.2 or guard.delays[0] >= 0.4
+    # Each delay is the backoff of its place in the streak: uniform in [cap/2, cap], the cap doubling
+    # from 0.05 s up to 0.8 s (so the third try waits at least as long as the first could have).
+    caps = [min(0.8, 0.05 * 2**i) for i in range(len(guard.delays))]
+    assert all(cap / 2 <= d <= cap for d, cap in zip(guard.delays, caps, strict=True)), guard.delays
     assert max(guard.delays) <= 0.8 and guard.dead_lettered == 0
     assert json.dumps(guard.delays)  # the schedule is reported in the failure output above if any

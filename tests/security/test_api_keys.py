@@ -10,7 +10,6 @@ a bounded time; a tenant's rate limit is counted in PostgreSQL, so it holds acro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import date
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from common.tcp_proxy import TcpProxy  # tests/ is on sys.path (rootdir package layout)
 from fastapi import FastAPI
 
 from .conftest import VICTIM, Parley, eventually
@@ -141,47 +141,12 @@ async def test_a_revoked_key_stops_working_on_every_ingest_replica_without_an_id
         await first.aclose()
 
 
-class PostgresLink:
-    """A TCP relay between one replica and PostgreSQL that the test can cut and restore."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.pipes: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self.pipes):
-            w.close()
-        await self.server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self.pipes |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self.pipes -= {writer, up_writer}
-
-
 async def test_a_replica_that_cannot_reload_keys_fails_closed_then_recovers(parley: Parley) -> None:
     key_id, key = await new_key(parley)
     url = urlsplit(parley.database_url)
-    link = PostgresLink(url.hostname or "127.0.0.1", url.port or 5432)
-    await link.start()
-    relayed = urlunsplit(url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{link.port}"))
+    link = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    port = await link.start()
+    relayed = urlunsplit(url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{port}"))
     async with ingest_replica(parley, database_url=relayed, tenants_max_staleness_s=2.0) as replica:
 
         async def status() -> int:
@@ -192,7 +157,7 @@ async def test_a_replica_that_cannot_reload_keys_fails_closed_then_recovers(parl
         await link.cut()  # the replica can no longer reach PostgreSQL ...
         await revoke(parley.database_url, key_id)  # ... so it cannot learn that the key was revoked
         await eventually(lambda: _is(status, 503), timeout_s=30, what="the replica failing closed")
-        await link.start()  # the link comes back: the replica reloads and sees the revocation
+        await link.restore()  # the link comes back: the replica reloads and sees the revocation
         await eventually(lambda: _is(status, 401), timeout_s=30, what="the revocation after recovery")
 
 
