@@ -37,6 +37,7 @@ os.environ.setdefault("PARLEY_DEMO", "true")  # a local measurement: the demo re
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # as in pytest: tests.sender.harness imports support.waiting
 
 N_SENDS = int(os.environ.get("BENCH_SENDER_N", "12000"))
 # Business numbers of 1,000 msg/s each: the governor caps the process at 1,000/s per number.

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
@@ -37,7 +36,6 @@ REGISTRY: dict[str, Any] = {
     ],
 }
 
-T = TypeVar("T")
 
 # The shop's Flows keys: the current one and the one being rotated out (both open requests).
 FLOW_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -116,15 +114,3 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
         return out
     finally:
         await consumer.stop()
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 60.0) -> T:
-    """Poll ``probe`` until it returns something (consumers work asynchronously); fail naming ``what``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        got = await probe()
-        if got is not None:
-            return got
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.2)

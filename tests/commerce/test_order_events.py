@@ -32,9 +32,10 @@ from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.topics import COMMERCE, DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT, ORDERS
 from parley_simulator.conversions import ConversionsReceiver, conversions_router
-from security.endpoint_harness import TenantEndpoint, wait_until
+from security.endpoint_harness import TenantEndpoint
+from support.waiting import eventually
 
-from .conftest import bearer, eventually, produce, read_topic
+from .conftest import bearer, produce, read_topic
 
 pytestmark = pytest.mark.infra
 
@@ -173,7 +174,7 @@ async def test_order_events_reach_a_flaky_endpoint_signed_and_a_paid_ad_order_co
         async def metered() -> bool | None:
             return await conn.fetchval("SELECT true FROM billing.inbound WHERE wamid = 'wamid.AD-FIRST-1'"
                                        " AND ctwa_clid = 'clid-ad-777'")
-        await eventually(metered, "the ad's first message metered with its ctwa_clid")
+        await eventually(metered, what="the ad's first message metered with its ctwa_clid", timeout_s=60)
     finally:
         await conn.close()
 
@@ -183,14 +184,15 @@ async def test_order_events_reach_a_flaky_endpoint_signed_and_a_paid_ad_order_co
     async def requested() -> bool | None:
         r = await client.get(f"/v1/orders/{ref}", headers=bearer(keys[FLAKY]))
         return True if r.status_code == 200 and r.json()["state"] == "requested" else None
-    await eventually(requested, "the order requested")
+    await eventually(requested, what="the order requested", timeout_s=60)
     paid_at = T0 + timedelta(minutes=3)
     await produce(kafka_bootstrap, COMMERCE.name, [captured(FLAKY, FLAKY_NUMBER, ref, 65000, paid_at)])
 
     def types() -> list[str]:
         return [orjson.loads(r.body)["type"] for r in flaky.received if r.headers.get("x-parley-event-id")]
 
-    assert await wait_until(lambda: flaky.answered >= 4 and "order.payment_captured" in types(), 60), types()
+    await eventually(lambda: flaky.answered >= 4 and "order.payment_captured" in types(), timeout_s=60,
+                     what=lambda: f"4 answers and order.payment_captured among the events {types()}")
     # 2 refused attempts, then every event accepted; each attempt signed afresh over the exact body
     accepted = flaky.received[2:]
     assert {orjson.loads(r.body)["type"] for r in accepted} == {"order.requested", "order.payment_captured"}
@@ -207,7 +209,7 @@ async def test_order_events_reach_a_flaky_endpoint_signed_and_a_paid_ad_order_co
 
     # the conversion reached the simulator's Conversions API stand-in (which checked its signature
     # and the fields Meta requires): once, the ad's click id, the amount paid
-    assert await wait_until(lambda: len(meta_capi.events) >= 1, 30)
+    await eventually(lambda: len(meta_capi.events) >= 1, what="the conversion at the Conversions API", timeout_s=30)
     data = meta_capi.events[0]
     assert data["event_name"] == "Purchase" and data["action_source"] == "business_messaging"
     assert data["messaging_channel"] == "whatsapp" and data["user_data"] == {"ctwa_clid": "clid-ad-777"}
@@ -220,7 +222,8 @@ async def test_order_events_reach_a_flaky_endpoint_signed_and_a_paid_ad_order_co
         content={"type": "order_status", "body": {"text": "On its way"}, "action": {
             "name": "review_order", "parameters": {"reference_id": ref, "order": {"status": "shipped"}}}})
     await produce(kafka_bootstrap, MESSAGES_OUT.name, [(FLAKY_NUMBER, shipped.model_dump_json().encode())])
-    assert await wait_until(lambda: "order.shipped" in types(), 30), types()
+    await eventually(lambda: "order.shipped" in types(), what=lambda: f"order.shipped among the events {types()}",
+                     timeout_s=30)
     assert len(meta_capi.events) == 1 and meta_capi.duplicates == 0
 
     # the same events are on wa.orders (for ingest's seats), and the orders API shows the ad
@@ -238,7 +241,8 @@ async def test_an_endpoint_that_always_fails_gets_its_calls_dead_lettered(
     ref = "ev-broken-0001"
     await produce(kafka_bootstrap, MESSAGES_OUT.name,
                   [order_details(BROKEN, BROKEN_NUMBER, ref, 12000, "pm_ev_od_broken", T0)])
-    assert await wait_until(lambda: len(broken.received) >= 3, 60)
+    await eventually(lambda: len(broken.received) >= 3, timeout_s=60,
+                     what=lambda: f"3 calls to the broken endpoint ({len(broken.received)})")
 
     async def dead_letter() -> dict[str, Any] | None:
         for r in await read_topic(kafka_bootstrap, DEAD_LETTERS.name):
@@ -247,7 +251,7 @@ async def test_an_endpoint_that_always_fails_gets_its_calls_dead_lettered(
                 return dict(letter)
         return None
 
-    letter = await eventually(dead_letter, "the broken endpoint's call in wa.deadletter", timeout=60)
+    letter = await eventually(dead_letter, what="the broken endpoint's call in wa.deadletter", timeout_s=60)
     assert letter["source_topic"] == ORDERS.name and letter["attempts"] == 3
     assert letter["headers"] == {"endpoint": "orders", "tenant_id": BROKEN}
     assert "500" in letter["reason"]
@@ -280,14 +284,14 @@ async def test_a_month_of_orders_shows_what_they_earned_and_what_their_conversat
         async def requested(ref: str = ref) -> bool | None:
             r = await client.get(f"/v1/orders/{ref}", headers=bearer(key))
             return True if r.status_code == 200 and r.json()["state"] == "requested" else None
-        await eventually(requested, f"order {ref} requested")
+        await eventually(requested, what=f"order {ref} requested", timeout_s=60)
     await produce(kafka_bootstrap, COMMERCE.name, [captured(FLAKY, FLAKY_NUMBER, ref, v, at + timedelta(minutes=2), s)
                                                    for ref, at, _, v, s in orders])
     for ref, *_, s in orders:
         async def settled(ref: str = ref, s: str = s) -> bool | None:
             r = await client.get(f"/v1/orders/{ref}", headers=bearer(key))
             return True if r.json()["state"] == ("captured" if s == "captured" else "payment_failed") else None
-        await eventually(settled, f"order {ref} settled")
+        await eventually(settled, what=f"order {ref} settled", timeout_s=60)
     r = await client.post("/v1/orders/nov-a/refunds", json={"amount": {"value": 10000, "offset": 100},
                                                              "currency": "INR", "notify": False},
                           headers={**bearer(key), "Idempotency-Key": "sum-r1"})
@@ -351,13 +355,13 @@ async def test_a_record_that_can_never_be_an_order_fact_is_dead_lettered_alone(
     async def stored() -> bool | None:
         r = await client.get("/v1/orders/ev-guard-ok", headers=bearer(keys[FLAKY]))
         return True if r.status_code == 200 else None
-    await eventually(stored, "the good payment stored beside the bad ones")
+    await eventually(stored, what="the good payment stored beside the bad ones", timeout_s=60)
 
     async def letters() -> list[dict[str, Any]] | None:
         found = [orjson.loads(r.value) for r in await read_topic(kafka_bootstrap, DEAD_LETTERS.name)]
         mine = [d for d in found if d["source_topic"] == COMMERCE.name]
         return mine if len(mine) >= 2 else None
-    mine = await eventually(letters, "both bad records dead-lettered", timeout=60)
+    mine = await eventually(letters, what="both bad records dead-lettered", timeout_s=60)
     reasons = {orjson.loads(d["payload"])["event_id"]: d["reason"] for d in mine}
     assert "reference_id" in reasons["payment:no-ref"]
     assert "Unbound" in next(r for k, r in reasons.items() if k != "payment:no-ref")

@@ -14,8 +14,9 @@ import pytest
 from fastapi import FastAPI
 from parley_common.contracts import OrderCart, OutboundMessage, PaymentUpdate
 from parley_common.topics import COMMERCE, MESSAGES_OUT
+from support.waiting import eventually
 
-from .conftest import OTHER, SHOP, SHOP_NUMBER, bearer, eventually, produce, read_topic
+from .conftest import OTHER, SHOP, SHOP_NUMBER, bearer, produce, read_topic
 
 pytestmark = pytest.mark.infra
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -83,7 +84,7 @@ async def order_in_state(client: httpx.AsyncClient, key: str, ref: str, state: s
         r = await client.get(f"/v1/orders/{ref}", headers=bearer(key))
         ok = r.status_code == 200 and r.json()["state"] == state and len(r.json()["history"]) >= facts
         return r.json() if ok else None
-    return await eventually(probe, f"order {ref} in state {state} with {facts} facts")
+    return await eventually(probe, what=f"order {ref} in state {state} with {facts} facts", timeout_s=60)
 
 
 async def test_payment_before_its_order_and_duplicates_end_in_one_captured_order(
@@ -104,7 +105,8 @@ async def test_payment_before_its_order_and_duplicates_end_in_one_captured_order
     await produce(kafka_bootstrap, MESSAGES_OUT.name, [order_details(ref, 45000, message_id="pm_od_1", at=T0,
                                                                      reply_to="wamid.CART-1")])
     order = await order_in_state(client, key, ref, "captured", facts=3)
-    order = await eventually(lambda: _with_ad(client, key, ref), "the cart's ad referral on the order")
+    order = await eventually(lambda: _with_ad(client, key, ref), what="the cart's ad referral on the order",
+                             timeout_s=60)
     assert order["total"] == {"value": 45000, "offset": 100, "currency": "INR"}
     assert order["captured"] == {"value": 45000, "offset": 100, "currency": "INR"}
     assert order["customer"] == CUSTOMER and order["conversation_wamid"] == "wamid.CART-1"
@@ -170,7 +172,8 @@ async def test_refunds_are_idempotent_capped_and_tell_the_customer(
     assert full["content"]["action"]["parameters"] == {
         "reference_id": ref, "order": {"status": "canceled", "description": "Refund of 600 INR issued in full."}}
     # billing reads its own notices back as fulfilment facts of the order
-    order = await eventually(lambda: _with_fulfilment(client, key, ref), "the refund notices in the history")
+    order = await eventually(lambda: _with_fulfilment(client, key, ref), what="the refund notices in the history",
+                             timeout_s=60)
     assert order["state"] == "refunded_fully" and order["refunded"]["value"] == 90000
 
 

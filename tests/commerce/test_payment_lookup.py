@@ -15,8 +15,9 @@ from e2e.conftest import Served  # tests/ is on sys.path (rootdir package layout
 from fastapi import FastAPI
 from parley_common.contracts import OutboundMessage
 from parley_common.topics import MESSAGES_OUT
+from support.waiting import eventually
 
-from .conftest import bearer, eventually, produce
+from .conftest import bearer, produce
 
 pytestmark = pytest.mark.infra
 APP, TOKEN, TENANT = "lookup-app", "lookup-token", "lookup-shop"
@@ -101,7 +102,7 @@ async def test_a_pending_order_is_settled_by_the_payment_lookup(
         r = await client.get(f"/v1/orders/{ref}", headers=bearer(key))
         return r.json() if r.status_code == 200 else None
 
-    assert (await eventually(requested, "the order from its order_details"))["state"] == "requested"
+    assert (await eventually(requested, what="the order from its order_details", timeout_s=60))["state"] == "requested"
     await asyncio.sleep(0.05)  # the order's last update is now in the past: past a zero deadline
     async with httpx.AsyncClient(timeout=10) as http:
         assert await settle_pending_orders(rt, http, pending_for_s=0) == 1

@@ -22,8 +22,9 @@ from parley_common.topics import ORDERS
 from parley_ingest.app import MIGRATIONS
 from parley_ingest.domain.seat_orders import seat_action
 from parley_ingest.seats import SeatStore, Trip
+from support.waiting import eventually
 
-from .conftest import SHOP, SHOP_NUMBER, bearer, eventually, produce
+from .conftest import SHOP, SHOP_NUMBER, bearer, produce
 
 TENANT = "seat-orders-tenant"
 AT = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)  # the order events' time
@@ -237,7 +238,7 @@ async def test_order_events_on_kafka_sell_and_release_the_attached_holds(
         found = [(r["seat_id"], r["state"], r["sold_ref"]) for r in rows]
         return found if found == [("5A", "sold", "ord-paid-1"), ("5B", "free", None)] else None
 
-    await eventually(settled, "the paid hold sold and the failed one released")
+    await eventually(settled, what="the paid hold sold and the failed one released", timeout_s=60)
     counts = (await client.get("/v1/flows/seats", headers=bearer(key))).json()["seats"]
     assert counts.get("sold", 0) >= 1, counts
 

@@ -25,6 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from parley_common.deadletter import Backoff
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_ROUTED
+from support.waiting import eventually
 
 from .tcp_proxy import TcpProxy
 
@@ -93,14 +94,6 @@ async def _read(bootstrap: str, topic: str, marker: bytes, until: Any, wait_s: f
     return found
 
 
-async def _eventually(check: Any, wait_s: float = 90) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    while not await check():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.2)
-
-
 async def test_nul_in_a_wamid_wedges_neither_router_nor_billing_and_other_partitions_flow(
     kafka_bootstrap: str, database_url: str
 ) -> None:
@@ -127,7 +120,7 @@ async def test_nul_in_a_wamid_wedges_neither_router_nor_billing_and_other_partit
             n = await pool.fetchval("SELECT count(*) FROM billing.inbound WHERE wamid LIKE $1", f"wamid.{run}.%")
             return bool(n == len(good))
 
-        await _eventually(metered)
+        await eventually(metered, what="billing metering every good message beside the poison")
         letters = await _read(kafka_bootstrap, DEAD_LETTERS.name, run.encode(),
                               lambda found: {orjson.loads(r.value)["service"] for r in found} >= {"router", "billing"})
         router_guard = router.state.router_service.guard
@@ -176,7 +169,8 @@ async def test_a_postgresql_outage_makes_billing_back_off_not_ready_and_recover_
             async def backing_off() -> bool:
                 return guard.transient_failures >= 4
 
-            await _eventually(backing_off)
+            await eventually(backing_off,
+                             what=lambda: f"billing backing off ({guard.transient_failures} transient failures of 4)")
             ready = (await client.get("/readyz")).json()
             assert ready["checks"]["consumers"] is False and ready["status"] == "not ready"
             assert guard.not_ready == {"billing:wa.messages.in"}
@@ -188,7 +182,8 @@ async def test_a_postgresql_outage_makes_billing_back_off_not_ready_and_recover_
                                           f"wamid.{run}.%")
                 return bool(n == len(wamids)) and not guard.not_ready
 
-            await _eventually(all_metered)
+            await eventually(all_metered,
+                             what=lambda: f"every message metered after the outage (not ready: {guard.not_ready})")
             await asyncio.sleep(1)  # redeliveries, if any, would land now
             stored = await direct.fetch("SELECT wamid FROM billing.inbound WHERE wamid LIKE $1", f"wamid.{run}.%")
             assert sorted(r["wamid"] for r in stored) == sorted(w for _, w in wamids)  # none lost, none twice

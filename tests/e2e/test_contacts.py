@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 from parley_common.topics import MESSAGES_IN, MESSAGES_OUT, SENDS
+from support.waiting import eventually
 
 from .conftest import NUMBERS, PN1, WABAS, Pipeline
-from .test_pipeline import eventually, post_signed, read_topic
+from .test_pipeline import post_signed, read_topic
 
 pytestmark = [pytest.mark.infra, pytest.mark.e2e]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -15,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from parley_billing.domain.rules import rules_at
 from parley_common.topics import MESSAGES_IN, MESSAGES_OUT, MESSAGES_ROUTED, SENDS, STATUSES
 from parley_simulator import sign
+from support.waiting import eventually
 
 from .conftest import NUMBERS, PN1, PN2, SECRET, WABAS, Pipeline
 
@@ -92,17 +92,6 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 3.0) -> list
     finally:
         await consumer.stop()
     return out
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 90.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 async def ledger(database_url: str) -> list[asyncpg.Record]:

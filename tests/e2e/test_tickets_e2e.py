@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from commerce.conftest import FLOW_KEY, STRANGER_KEY, eventually, pem, read_topic
+from commerce.conftest import FLOW_KEY, STRANGER_KEY, pem, read_topic
+from support.waiting import eventually
 
 from .conftest import Served
 
@@ -147,7 +148,7 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(
             got = await states()
             return got if got == expected else None
 
-        await eventually(settled, f"orders by state {dict(expected)}", timeout=90)
+        await eventually(settled, what=f"orders by state {dict(expected)}", timeout_s=90)
 
         # the customers were told: order_status messages reached Meta (the simulator)
         async def notices() -> list[dict[str, Any]] | None:
@@ -155,7 +156,7 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(
                     if m.request.get("interactive", {}).get("type") == "order_status"]
             return sent if len(sent) >= paid + refunds else None
 
-        sent = await eventually(notices, "ticket and refund notices sent to the customers", timeout=90)
+        sent = await eventually(notices, what="ticket and refund notices sent to the customers", timeout_s=90)
         texts = Counter(m.request["interactive"]["body"]["text"].split(":")[0].split(" of ")[0] for m in sent)
         assert texts["Your ticket"] == paid and texts["Refund"] == refunds
         lines = await demo_commerce.commerce_summary(client, shops=[shop], ingest_url=shopfront.ingest.url,
@@ -174,7 +175,7 @@ async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(
                 got.add(json.loads(reply["response_json"])["flow_token"])
         return got if tokens <= got else None
 
-    await eventually(completions, "an nfm_reply on wa.messages.in for every completed seat Flow")
+    await eventually(completions, what="an nfm_reply on wa.messages.in for every completed seat Flow", timeout_s=60)
 
 
 async def test_the_simulator_plays_metas_side_of_a_flow_and_sends_the_completion(
@@ -220,7 +221,7 @@ async def test_the_simulator_plays_metas_side_of_a_flow_and_sends_the_completion
                 return dict(msg)
         return None
 
-    msg = await eventually(completion, "the nfm_reply completion on wa.messages.in")
+    msg = await eventually(completion, what="the nfm_reply completion on wa.messages.in", timeout_s=60)
     assert msg["type"] == "interactive" and msg["customer_wa_id"] == customer
     params = json.loads(msg["payload"]["nfm_reply"]["response_json"])
     assert params["seat_id"] == "3C" and params["trip_id"] == trip and params["flow_token"] == "sim-flow-1"

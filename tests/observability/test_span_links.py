@@ -12,24 +12,12 @@ import httpx
 import pytest
 from e2e.conftest import NUMBERS, PN1, SECRET, WABAS, Pipeline
 from parley_simulator import sign
+from support.waiting import eventually
 
 pytestmark = [pytest.mark.infra, pytest.mark.e2e]
 
 CUSTOMER = "14155550177"
 RUN = str(int(time.time() * 1000))
-
-
-async def eventually(check: Any, timeout_s: float = 90.0, what: str = "") -> Any:
-    import asyncio
-
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 def status_webhook(wamid: str, status: str) -> bytes:

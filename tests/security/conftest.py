@@ -10,12 +10,11 @@ sender and billing afterwards (``VictimState``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,17 +88,6 @@ def webhook(waba: str, *changes: dict[str, Any]) -> dict[str, Any]:
 def text_message(customer: str, body: str, *, at: int | None = None, wamid: str | None = None) -> dict[str, Any]:
     return {"from": customer, "id": wamid or f"wamid.SEC{uuid.uuid4().hex}", "timestamp": str(at or int(time.time())),
             "type": "text", "text": {"body": body}}
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 90.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last={last!r}")
 
 
 @pytest.fixture(scope="module")

@@ -56,17 +56,5 @@ class TenantEndpoint:
             self.server.close()
 
 
-async def wait_until(predicate: object, timeout_s: float, step_s: float = 0.05) -> bool:
-    """Polls ``predicate()`` until it is true or ``timeout_s`` passed; returns its last value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        if predicate():  # type: ignore[operator]
-            return True
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(step_s)
-
-
 def signature_parts(header: str) -> Sequence[tuple[str, str]]:
     return [tuple(p.split("=", 1)) for p in header.split(",")]  # type: ignore[misc]

@@ -21,8 +21,9 @@ import httpx
 import pytest
 from common.tcp_proxy import TcpProxy  # tests/ is on sys.path (rootdir package layout)
 from fastapi import FastAPI
+from support.waiting import eventually
 
-from .conftest import VICTIM, Parley, eventually
+from .conftest import VICTIM, Parley
 
 pytestmark = [pytest.mark.infra, pytest.mark.e2e]
 

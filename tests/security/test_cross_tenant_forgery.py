@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from parley_simulator import sign
+from support.waiting import eventually
 
 from .conftest import (
     ATTACKER,
@@ -30,7 +31,6 @@ from .conftest import (
     VICTIM_APP,
     VICTIM_SECRET,
     Parley,
-    eventually,
     messages_change,
     text_message,
     webhook,

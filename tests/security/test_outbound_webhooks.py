@@ -27,8 +27,9 @@ from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_ROUTED
+from support.waiting import eventually
 
-from .endpoint_harness import TenantEndpoint, signature_parts, wait_until
+from .endpoint_harness import TenantEndpoint, signature_parts
 
 pytestmark = pytest.mark.infra
 
@@ -160,11 +161,11 @@ def _payload_wamid(letter: dict[str, Any]) -> str | None:
 async def test_a_slow_endpoint_delays_only_its_own_tenant(harness: Harness) -> None:
     slow, fast = harness.endpoints["sec-slow"], harness.endpoints["sec-fast"]
     await harness.send_inbound("sec-slow")
-    assert await wait_until(lambda: slow.arrived.is_set(), 30), "the slow tenant's endpoint was never called"
+    await eventually(lambda: slow.arrived.is_set(), what="the slow tenant's endpoint called", timeout_s=30)
     # The slow endpoint now holds its request open. Another tenant's message arrives after it.
     wamid = await harness.send_inbound("sec-fast")
-    assert await wait_until(lambda: any(orjson.loads(r.body)["wamid"] == wamid for r in fast.received), 20), \
-        "the other tenant's endpoint was not called while one tenant's endpoint hung"
+    await eventually(lambda: any(orjson.loads(r.body)["wamid"] == wamid for r in fast.received), timeout_s=20,
+                     what="the other tenant's endpoint called while one tenant's endpoint hangs")
     routed = await _records(harness.bootstrap, MESSAGES_ROUTED.name, lambda v: v.get("wamid") == wamid, 20)
     assert routed and routed[0]["tenant_id"] == "sec-fast"
     assert slow.answered == 0, "the slow endpoint was expected to still hold its request"
@@ -174,7 +175,8 @@ async def test_a_slow_endpoint_delays_only_its_own_tenant(harness: Harness) -> N
 async def test_signature_carries_a_timestamp_and_signs_it_with_the_body(harness: Harness) -> None:
     fast = harness.endpoints["sec-fast"]
     wamid = await harness.send_inbound("sec-fast")
-    assert await wait_until(lambda: any(orjson.loads(r.body)["wamid"] == wamid for r in fast.received), 30)
+    await eventually(lambda: any(orjson.loads(r.body)["wamid"] == wamid for r in fast.received), timeout_s=30,
+                     what="the message at the tenant's endpoint")
     [received] = [r for r in fast.received if orjson.loads(r.body)["wamid"] == wamid]
     parts = dict(signature_parts(received.headers["x-parley-signature"]))
     assert set(parts) >= {"t", "v1"}, received.headers["x-parley-signature"]
@@ -188,7 +190,8 @@ async def test_signature_carries_a_timestamp_and_signs_it_with_the_body(harness:
 async def test_an_endpoint_failing_with_503_is_retried_until_it_accepts(harness: Harness) -> None:
     flaky = harness.endpoints["sec-flaky"]
     wamid = await harness.send_inbound("sec-flaky")
-    assert await wait_until(lambda: flaky.answered >= 3, 30)
+    await eventually(lambda: flaky.answered >= 3, what=lambda: f"3 answers from the flaky endpoint ({flaky.answered})",
+                     timeout_s=30)
     bodies = [orjson.loads(r.body)["wamid"] for r in flaky.received]
     assert bodies == [wamid, wamid, wamid]  # two 503s, then accepted: delivered, not lost
     # The same event id on every attempt, so the tenant can drop repeats.

@@ -18,8 +18,9 @@ from parley_common.db import migrate
 from parley_common.runtime import TENANCY_MIGRATIONS
 from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.topics import MESSAGES_IN
+from support.waiting import eventually
 
-from .endpoint_harness import TenantEndpoint, wait_until
+from .endpoint_harness import TenantEndpoint
 
 pytestmark = pytest.mark.infra
 
@@ -65,7 +66,7 @@ async def test_a_call_cut_short_by_a_stop_is_made_by_the_next_router(kafka_boots
                 "event_id": wamid, "wamid": wamid, "phone_number_id": NUMBER, "tenant_id": TENANT,
                 "occurred_at": datetime.now(UTC).isoformat(), "customer_wa_id": "6281299990001",
                 "type": "text", "text": "is this offer still on?"}), key=NUMBER.encode())
-            assert await wait_until(lambda: endpoint.arrived.is_set(), 60), "the endpoint was never called"
+            await eventually(lambda: endpoint.arrived.is_set(), what="the endpoint called", timeout_s=60)
             store = RouterStore(first.state.runtime.require_pool())
             assert await store.pending_deliveries(TENANT) == 1
         # The first router stopped while the endpoint still held the call: nothing was answered.
@@ -73,7 +74,7 @@ async def test_a_call_cut_short_by_a_stop_is_made_by_the_next_router(kafka_boots
         endpoint.hold = False
         second = create_app(settings)
         async with second.router.lifespan_context(second):
-            assert await wait_until(lambda: endpoint.answered >= 1, 60), "the next router never made the call"
+            await eventually(lambda: endpoint.answered >= 1, what="the next router making the call", timeout_s=60)
             store = RouterStore(second.state.runtime.require_pool())
             for _ in range(100):  # the row goes once the endpoint's 200 was recorded
                 if await store.pending_deliveries(TENANT) == 0:

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import httpx
+from support.waiting import eventually
 
 from .conftest import (
     V_DISPLAY,
@@ -25,7 +26,6 @@ from .conftest import (
     VICTIM_APP,
     VICTIM_SECRET,
     Parley,
-    eventually,
     messages_change,
     text_message,
     webhook,

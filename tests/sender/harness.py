@@ -27,6 +27,7 @@ from parley_common.topics import consumer_group
 from parley_sender.app import create_app
 from parley_sender.settings import SenderSettings
 from parley_simulator.config import SimulatorConfig
+from support.waiting import eventually
 
 TOKEN = "sim-token-sender-tests"
 APP_ID = "app-sender"
@@ -213,21 +214,6 @@ class Producer:
         return meta.partition, meta.offset
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 180.0) -> Any:
-    """Polls ``check`` (sync or async) until it returns something true. The deadline only bounds a
-    failing test (a loaded machine may take long to join a consumer group); nothing is timed."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never happened: {what} (last: {last!r})")
-
-
 async def consumed(bootstrap: str, group: str, topic: str, partition: int, offset: int) -> None:
     """Waits until consumer group ``group`` (its base name: the namespace is added, as the services
     do) committed past ``offset`` of ``topic[partition]``: the record's effects are durable
@@ -242,7 +228,7 @@ async def consumed(bootstrap: str, group: str, topic: str, partition: int, offse
             meta = offsets.get(tp)
             return meta is not None and meta.offset > offset
 
-        await eventually(past, f"{group} consumed {topic}[{partition}]@{offset}")
+        await eventually(past, what=f"{group} consumed {topic}[{partition}]@{offset}", timeout_s=180)
     finally:
         await admin.close()
 

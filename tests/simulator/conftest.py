@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.waiting import eventually
 
 APP_ID = "900000000000001"
 APP_SECRET = "test-app-secret-ü"  # non-ASCII on purpose: HMAC is over bytes
@@ -225,11 +226,8 @@ class Receiver:
         ]
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-        for _ in range(int(timeout_s / 0.01)):
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("condition not met in time")
+        await eventually(predicate, what=lambda: f"the webhooks the test waits for ({len(self.posts)} received)",
+                         timeout_s=timeout_s, every_s=0.01)
 
 
 def expected_signature(p: Received) -> str:

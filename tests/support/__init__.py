@@ -1,0 +1,1 @@
+"""Helpers shared by the test areas (``tests/`` is on sys.path: ``from support.waiting import eventually``)."""
