@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +28,7 @@ from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.topics import consumer_group
 from parley_sender.app import create_app
 from parley_sender.settings import SenderSettings
+from parley_simulator.app import create_app as create_simulator
 from parley_simulator.config import SimulatorConfig
 from support.waiting import eventually
 
@@ -154,6 +157,46 @@ async def seed_tenants(
         await conn.close()
 
 
+@dataclass(frozen=True)
+class Simulated:
+    url: str  # the simulator's base URL: the sender's graph_api_base
+    keys: dict[str, str]  # tenant id -> API key, as ``seed_tenants`` returns them
+
+
+@contextlib.asynccontextmanager
+async def simulated_tenant(
+    database_url: str,
+    numbers: dict[str, int],
+    *,
+    tenant: str,
+    waba: str,
+    other_tenant: str | None = None,
+    messaging_limit: int | None = None,
+    settings: dict[str, Any] | None = None,
+    extra_templates: Sequence[dict[str, Any]] = (),
+    behaviour: dict[str, Any] | None = None,
+    sync_templates: bool = True,
+) -> AsyncIterator[Simulated]:
+    """The set-up of a sender test: ``tenant`` (and ``other_tenant``, default ``<tenant>-other``, a
+    tenant to keep apart from) seeded with ``numbers``, the simulator serving those numbers over
+    HTTP (``extra_templates`` beside ``TEMPLATES``, ``behaviour`` over the default one), and the
+    tenant's template catalogue synced from it (every template of the WABA)."""
+    keys = await seed_tenants(
+        database_url, numbers, tenant=tenant, other_tenant=other_tenant or f"{tenant}-other",
+        messaging_limit=messaging_limit, waba=waba, settings=settings,
+    )
+    config = simulator_config(numbers, waba=waba).model_dump()
+    config["wabas"][0]["templates"].extend(extra_templates)
+    config["behaviour"] |= behaviour or {}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with serve_http(create_simulator(SimulatorConfig.model_validate(config)), port):
+        if sync_templates:
+            synced = await sync_catalogue(database_url, url, tenant)
+            assert synced["synced"] == len(config["wabas"][0]["templates"]), synced
+        yield Simulated(url, keys)
+
+
 def sender_settings(kafka: str, database_url: str, sim_url: str, **kw: Any) -> SenderSettings:
     options: dict[str, Any] = {
         "batch_timeout_ms": 20,
@@ -194,6 +237,24 @@ async def start_sender(settings: SenderSettings) -> RunningSender:
     task = asyncio.create_task(run())
     await asyncio.wait_for(started.wait(), 60)
     return RunningSender(app, task, stop)
+
+
+def sender_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``parley-sender run`` as its own process (to be killed with SIGKILL), configured by ``env``."""
+    return subprocess.Popen([sys.executable, "-m", "parley_sender.cli", "run"], env=env)
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Waits until the sender process answers ``/healthz`` on ``port``; fails at once if it exited."""
+    async with httpx.AsyncClient() as c:
+        async def healthy() -> bool:
+            assert proc.poll() is None, f"sender exited with {proc.returncode}"
+            try:
+                return (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(healthy, what=f"the sender process on port {port} ready", timeout_s=60, every_s=0.1)
 
 
 class Producer:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +26,6 @@ import pytest
 from parley_common.db import create_pool, migrate
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, SENDS
 from parley_sender.store import MIGRATIONS, SenderStore
-from parley_simulator.app import create_app as create_simulator
-from parley_simulator.config import SimulatorConfig
 
 from .harness import (
     Producer,
@@ -39,12 +35,11 @@ from .harness import (
     free_port,
     new_id,
     outbound,
-    seed_tenants,
+    sender_process,
     sender_settings,
-    serve_http,
-    simulator_config,
+    simulated_tenant,
     start_sender,
-    sync_catalogue,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.infra
@@ -72,17 +67,11 @@ async def customers_reached(sim_url: str, numbers: set[str]) -> set[str]:
 
 @pytest.fixture(scope="module")
 async def one(kafka_bootstrap: str, database_url: str) -> AsyncIterator[tuple[str, RunningSender]]:
-    await seed_tenants(
-        database_url, {ONE: 1000}, tenant="limit-one", other_tenant="limit-one-other", messaging_limit=LIMIT,
-        waba=ONE_WABA,
-    )
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
-    async with serve_http(create_simulator(simulator_config({ONE: 1000}, waba=ONE_WABA)), port):
-        assert (await sync_catalogue(database_url, sim_url, "limit-one"))["synced"] == 2
-        sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim_url))
+    async with simulated_tenant(database_url, {ONE: 1000}, tenant="limit-one", messaging_limit=LIMIT,
+                                waba=ONE_WABA) as sim:
+        sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim.url))
         try:
-            yield sim_url, sender
+            yield sim.url, sender
         finally:
             await sender.shutdown()
 
@@ -199,49 +188,25 @@ async def test_a_throughput_upgrade_from_meta_changes_the_governor_live(
     assert sender.reported_mps[ONE] == 1000
 
 
-def sender_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "parley_sender.cli", "run"], env=env)
-
-
-async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as c:
-        for _ in range(600):
-            assert proc.poll() is None, f"sender exited with {proc.returncode}"
-            try:
-                if (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("sender not ready")
-
-
 async def test_two_sender_processes_share_one_portfolio_limit_and_lose_nothing_when_one_is_killed(
     kafka_bootstrap: str, database_url: str
 ) -> None:
-    await seed_tenants(
-        database_url, PAIR_NUMBERS, tenant="limit-two", other_tenant="limit-two-other", messaging_limit=LIMIT,
-        waba=PAIR_WABA,
-    )
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
-    config = simulator_config(PAIR_NUMBERS, waba=PAIR_WABA).model_dump()
-    config["behaviour"] |= {"latency_ms": 150.0}  # calls are in flight when the kill comes
     run = new_id("pl2")
     numbers = list(PAIR_NUMBERS)
     # 40 requests, 20 customers (each written to twice, from two numbers), spread over 4 numbers.
     reqs = [(f"{run}-{i}", numbers[i % 4], f"4477{i % 20:08d}") for i in range(40)]
     ids = [mid for mid, _, _ in reqs]
-    base = os.environ | {
-        "PARLEY_DATABASE_URL": database_url,
-        "PARLEY_LOG_LEVEL": "WARNING",
-        "PARLEY_SENDER_GRAPH_API_BASE": sim_url,
-        "PARLEY_SENDER_HTTP_TIMEOUT_S": "5",
-        "PARLEY_SENDER_IN_DOUBT_DEADLINE_S": "15",
-        "PARLEY_SENDER_IN_DOUBT_SWEEP_S": "1",
-    }
-    async with serve_http(create_simulator(SimulatorConfig.model_validate(config)), port):
-        assert (await sync_catalogue(database_url, sim_url, "limit-two"))["synced"] == 2
+    async with simulated_tenant(database_url, PAIR_NUMBERS, tenant="limit-two", messaging_limit=LIMIT, waba=PAIR_WABA,
+                                behaviour={"latency_ms": 150.0}) as simulated:  # calls are in flight at the kill
+        sim_url = simulated.url
+        base = os.environ | {
+            "PARLEY_DATABASE_URL": database_url,
+            "PARLEY_LOG_LEVEL": "WARNING",
+            "PARLEY_SENDER_GRAPH_API_BASE": sim_url,
+            "PARLEY_SENDER_HTTP_TIMEOUT_S": "5",
+            "PARLEY_SENDER_IN_DOUBT_DEADLINE_S": "15",
+            "PARLEY_SENDER_IN_DOUBT_SWEEP_S": "1",
+        }
         ports = [free_port(), free_port()]
         procs = [sender_process(base | {"PARLEY_SENDER_HTTP_PORT": str(p)}) for p in ports]
         try:

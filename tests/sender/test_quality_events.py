@@ -22,22 +22,17 @@ from typing import Any
 import httpx
 import pytest
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, SENDS
-from parley_simulator.app import create_app as create_simulator
 
 from .harness import (
     Producer,
     RunningSender,
     collect,
     consumed,
-    free_port,
     new_id,
     outbound,
-    seed_tenants,
     sender_settings,
-    serve_http,
-    simulator_config,
+    simulated_tenant,
     start_sender,
-    sync_catalogue,
 )
 
 pytestmark = pytest.mark.infra
@@ -49,17 +44,13 @@ NUMBERS = {FLAGGED_NUMBER: 80, SHARED_NUMBER: 1000, NAMED_SHARED: 80, PLAIN: 80}
 
 @pytest.fixture(scope="module")
 async def quality(kafka_bootstrap: str, database_url: str) -> AsyncIterator[tuple[str, RunningSender]]:
-    await seed_tenants(
+    async with simulated_tenant(
         database_url, NUMBERS, tenant=TENANT, other_tenant="quality-other", waba=WABA,
         settings={"sender": {"coexistence_numbers": [NAMED_SHARED], "marketing_messages_api": True}},
-    )
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
-    async with serve_http(create_simulator(simulator_config(NUMBERS, waba=WABA)), port):
-        assert (await sync_catalogue(database_url, sim_url, TENANT))["synced"] == 2
-        sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim_url))
+    ) as sim:
+        sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim.url))
         try:
-            yield sim_url, sender
+            yield sim.url, sender
         finally:
             await sender.shutdown()
 

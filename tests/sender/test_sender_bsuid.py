@@ -9,22 +9,8 @@ from typing import Any
 import httpx
 import pytest
 from parley_common.topics import MESSAGES_OUT, SENDS
-from parley_simulator.app import create_app as create_simulator
-from parley_simulator.config import SimulatorConfig
 
-from .harness import (
-    Producer,
-    collect,
-    free_port,
-    new_id,
-    outbound,
-    seed_tenants,
-    sender_settings,
-    serve_http,
-    simulator_config,
-    start_sender,
-    sync_catalogue,
-)
+from .harness import Producer, collect, new_id, outbound, sender_settings, simulated_tenant, start_sender
 
 pytestmark = pytest.mark.infra
 NUMBER = "8601"
@@ -45,22 +31,18 @@ OTP_TEMPLATE = {
 async def test_bsuid_customers_are_addressed_with_recipient_and_phone_only_templates_refused_before_sending(
     kafka_bootstrap: str, database_url: str
 ) -> None:
-    await seed_tenants(database_url, {NUMBER: 1000}, tenant="bsuid", other_tenant="bsuid-other", waba=WABA)
-    config = simulator_config({NUMBER: 1000}, waba=WABA).model_dump()
-    config["wabas"][0]["templates"].append(OTP_TEMPLATE)
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
     run = new_id("bs")
     by_user, by_parent, otp = f"{run}-user", f"{run}-parent", f"{run}-otp"
-    requests: list[dict[str, Any]] = [
-        outbound(by_user, NUMBER, "", to_user_id=BSUID),
-        outbound(by_parent, NUMBER, "", to_user_id=PARENT),
-        outbound(otp, NUMBER, "", to_user_id=BSUID, name="login_code", params=("123456",)),
-    ]
-    for r in requests:
-        del r["to"]
-    async with serve_http(create_simulator(SimulatorConfig.model_validate(config)), port):
-        assert (await sync_catalogue(database_url, sim_url, "bsuid"))["synced"] == 3
+    async with simulated_tenant(database_url, {NUMBER: 1000}, tenant="bsuid", waba=WABA,
+                                extra_templates=[OTP_TEMPLATE]) as simulated:
+        sim_url = simulated.url
+        requests: list[dict[str, Any]] = [  # after the seeding: ``outbound`` stamps the number's tenant
+            outbound(by_user, NUMBER, "", to_user_id=BSUID),
+            outbound(by_parent, NUMBER, "", to_user_id=PARENT),
+            outbound(otp, NUMBER, "", to_user_id=BSUID, name="login_code", params=("123456",)),
+        ]
+        for r in requests:
+            del r["to"]
         sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim_url))
         try:
             async with Producer(kafka_bootstrap) as p:

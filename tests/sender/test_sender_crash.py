@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,20 +26,8 @@ import asyncpg
 import httpx
 import pytest
 from parley_common.topics import MESSAGES_OUT, SENDS, STATUSES
-from parley_simulator.app import create_app as create_simulator
-from parley_simulator.config import SimulatorConfig
 
-from .harness import (
-    Producer,
-    collect,
-    free_port,
-    new_id,
-    outbound,
-    seed_tenants,
-    serve_http,
-    simulator_config,
-    sync_catalogue,
-)
+from .harness import Producer, collect, free_port, new_id, outbound, sender_process, simulated_tenant, wait_ready
 
 pytestmark = pytest.mark.infra
 NUMBER = "7301"
@@ -51,23 +37,6 @@ IN_FLIGHT = 16  # max_in_flight_per_number of the sender under test
 # this test counts the requests a kill leaves in doubt).
 HTTP_TIMEOUT_S = 30
 DEADLINE_S = 45
-
-
-def sender_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "parley_sender.cli", "run"], env=env)
-
-
-async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as c:
-        for _ in range(600):
-            assert proc.poll() is None, f"sender exited with {proc.returncode}"
-            try:
-                if (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("sender not ready")
 
 
 async def states(database_url: str, ids: list[str]) -> dict[str, asyncpg.Record]:
@@ -98,25 +67,22 @@ def status(mid: str, wamid: str) -> dict[str, Any]:
 async def test_kill_9_mid_stream_leaves_in_doubt_only_the_calls_in_flight_and_resolves_each(
     kafka_bootstrap: str, database_url: str
 ) -> None:
-    await seed_tenants(database_url, {NUMBER: 80}, tenant="crash", other_tenant="crash-other", waba="waba-c")
-    port, sender_port = free_port(), free_port()
-    sim_url = f"http://127.0.0.1:{port}"
+    sender_port = free_port()
     run = new_id("k9")
     ids = [f"{run}-{i}" for i in range(N)]
-    config = simulator_config({NUMBER: 80}, waba="waba-c").model_dump()
-    config["behaviour"] |= {"latency_ms": 100.0}
-    env = os.environ | {
-        "PARLEY_DATABASE_URL": database_url,
-        "PARLEY_LOG_LEVEL": "WARNING",
-        "PARLEY_SENDER_GRAPH_API_BASE": sim_url,
-        "PARLEY_SENDER_HTTP_PORT": str(sender_port),
-        "PARLEY_SENDER_HTTP_TIMEOUT_S": str(HTTP_TIMEOUT_S),
-        "PARLEY_SENDER_MAX_IN_FLIGHT_PER_NUMBER": str(IN_FLIGHT),
-        "PARLEY_SENDER_IN_DOUBT_DEADLINE_S": str(DEADLINE_S),
-        "PARLEY_SENDER_IN_DOUBT_SWEEP_S": "1",
-    }
-    async with serve_http(create_simulator(SimulatorConfig.model_validate(config)), port):
-        assert (await sync_catalogue(database_url, sim_url, "crash"))["synced"] == 2
+    async with simulated_tenant(database_url, {NUMBER: 80}, tenant="crash", waba="waba-c",
+                                behaviour={"latency_ms": 100.0}) as simulated:
+        sim_url = simulated.url
+        env = os.environ | {
+            "PARLEY_DATABASE_URL": database_url,
+            "PARLEY_LOG_LEVEL": "WARNING",
+            "PARLEY_SENDER_GRAPH_API_BASE": sim_url,
+            "PARLEY_SENDER_HTTP_PORT": str(sender_port),
+            "PARLEY_SENDER_HTTP_TIMEOUT_S": str(HTTP_TIMEOUT_S),
+            "PARLEY_SENDER_MAX_IN_FLIGHT_PER_NUMBER": str(IN_FLIGHT),
+            "PARLEY_SENDER_IN_DOUBT_DEADLINE_S": str(DEADLINE_S),
+            "PARLEY_SENDER_IN_DOUBT_SWEEP_S": "1",
+        }
         async with Producer(kafka_bootstrap) as p:
             for i, mid in enumerate(ids):
                 await p.send(MESSAGES_OUT.name, outbound(mid, NUMBER, f"4479{i:08d}"), NUMBER)

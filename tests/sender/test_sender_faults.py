@@ -22,23 +22,18 @@ import orjson
 import pytest
 from parley_common.topics import MESSAGES_OUT, SENDS, STATUSES
 from parley_sender.cli import read_dead_letters
-from parley_simulator.app import create_app as create_simulator
 
 from .harness import (
     TOKEN,
     Producer,
     RunningSender,
     collect,
-    free_port,
     new_id,
     outbound,
-    seed_tenants,
     sender_settings,
-    serve_http,
     sim_count,
-    simulator_config,
+    simulated_tenant,
     start_sender,
-    sync_catalogue,
 )
 
 pytestmark = pytest.mark.infra
@@ -70,11 +65,9 @@ class Env:
 
 @pytest.fixture(scope="module")
 async def env(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Env]:
-    keys = await seed_tenants(database_url, {PN: 200}, tenant="faults", other_tenant="faults-other", waba="waba-f")
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
-    async with serve_http(create_simulator(simulator_config({PN: 200}, waba="waba-f")), port):
-        assert (await sync_catalogue(database_url, sim_url, "faults"))["synced"] == 2
+    async with simulated_tenant(database_url, {PN: 200}, tenant="faults", waba="waba-f") as simulated:
+        sim_url = simulated.url
+        keys = simulated.keys
         # Retries far off: a retried request stays 'retrying' while a test looks at it.
         settings = sender_settings(
             kafka_bootstrap,

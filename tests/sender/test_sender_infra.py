@@ -12,20 +12,17 @@ import httpx
 import pytest
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, MESSAGES_OUT, SENDS, STATUSES
 from parley_sender.cli import read_dead_letters
-from parley_simulator.app import create_app as create_simulator
 
 from .harness import (
+    WABA,
     Producer,
     RunningSender,
     collect,
-    free_port,
     new_id,
     outbound,
-    seed_tenants,
     sender_settings,
-    serve_http,
     sim_count,
-    simulator_config,
+    simulated_tenant,
     start_sender,
 )
 
@@ -56,12 +53,11 @@ class Env:
 
 @pytest.fixture(scope="module")
 async def env(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Env]:
-    keys = await seed_tenants(database_url, {PN: 80, "9002": 1000})
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
-    async with serve_http(create_simulator(simulator_config({PN: 80, "9002": 1000})), port):
-        sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim_url))
-        e = Env(kafka_bootstrap, database_url, sim_url, keys, sender)
+    # the catalogue is synced through the sender's own API below, not by the set-up
+    async with simulated_tenant(database_url, {PN: 80, "9002": 1000}, tenant="acme", other_tenant="other", waba=WABA,
+                                sync_templates=False) as simulated:
+        sender = await start_sender(sender_settings(kafka_bootstrap, database_url, simulated.url))
+        e = Env(kafka_bootstrap, database_url, simulated.url, simulated.keys, sender)
         async with e.api() as api:
             r = await api.post("/v1/templates/sync", headers=e.auth())
             assert r.status_code == 200, r.text

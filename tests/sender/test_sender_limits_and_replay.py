@@ -15,22 +15,17 @@ from typing import Any
 import httpx
 import pytest
 from parley_common.topics import MESSAGES_OUT, SENDS
-from parley_simulator.app import create_app as create_simulator
 
 from .harness import (
     Producer,
     RunningSender,
     collect,
-    free_port,
     new_id,
     outbound,
-    seed_tenants,
     sender_settings,
-    serve_http,
     sim_count,
-    simulator_config,
+    simulated_tenant,
     start_sender,
-    sync_catalogue,
 )
 
 pytestmark = pytest.mark.infra
@@ -60,11 +55,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 async def env(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Env]:
-    await seed_tenants(database_url, NUMBERS, tenant="limits", other_tenant="limits-other", waba=WABA)
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
-    async with serve_http(create_simulator(simulator_config(NUMBERS, waba=WABA)), port):
-        assert (await sync_catalogue(database_url, sim_url, "limits"))["synced"] == 2
+    async with simulated_tenant(database_url, NUMBERS, tenant="limits", waba=WABA) as simulated:
+        sim_url = simulated.url
         sender = await start_sender(sender_settings(kafka_bootstrap, database_url, sim_url, max_attempts=4))
         try:
             yield Env(kafka_bootstrap, database_url, sim_url, sender)

@@ -8,22 +8,8 @@ import httpx
 import pytest
 from aiokafka.partitioner import murmur2
 from parley_common.topics import MESSAGES_OUT, SENDS
-from parley_simulator.app import create_app as create_simulator
 
-from .harness import (
-    Producer,
-    RunningSender,
-    collect,
-    free_port,
-    new_id,
-    outbound,
-    seed_tenants,
-    sender_settings,
-    serve_http,
-    simulator_config,
-    start_sender,
-    sync_catalogue,
-)
+from .harness import Producer, RunningSender, collect, new_id, outbound, sender_settings, simulated_tenant, start_sender
 
 pytestmark = pytest.mark.infra
 # Slow numbers, one on each of the test topics' three partitions, so that every member of the
@@ -43,14 +29,11 @@ async def test_second_sender_joining_mid_stream_moves_partitions_and_sends_each_
     kafka_bootstrap: str, database_url: str
 ) -> None:
     assert sorted((murmur2(pn.encode()) & 0x7FFFFFFF) % 3 for pn in NUMBERS) == [0, 1, 2]
-    await seed_tenants(database_url, NUMBERS, tenant="rebal", other_tenant="rebal-other", waba="waba-rb")
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
     run = new_id("rebal")
     numbers = list(NUMBERS)
     ids = [f"{run}-{i}" for i in range(N)]
-    async with serve_http(create_simulator(simulator_config(NUMBERS, waba="waba-rb")), port):
-        assert (await sync_catalogue(database_url, sim_url, "rebal"))["synced"] == 2
+    async with simulated_tenant(database_url, NUMBERS, tenant="rebal", waba="waba-rb") as simulated:
+        sim_url = simulated.url
         async with Producer(kafka_bootstrap) as p:
             for i, mid in enumerate(ids):
                 pn = numbers[i % len(numbers)]

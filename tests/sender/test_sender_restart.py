@@ -7,21 +7,8 @@ import asyncio
 import httpx
 import pytest
 from parley_common.topics import MESSAGES_OUT, SENDS
-from parley_simulator.app import create_app as create_simulator
 
-from .harness import (
-    Producer,
-    collect,
-    free_port,
-    new_id,
-    outbound,
-    seed_tenants,
-    sender_settings,
-    serve_http,
-    simulator_config,
-    start_sender,
-    sync_catalogue,
-)
+from .harness import Producer, collect, new_id, outbound, sender_settings, simulated_tenant, start_sender
 
 pytestmark = pytest.mark.infra
 # Slow numbers: the stream must outlast the sender's start-up (~2 s of group joins) to be cut.
@@ -32,13 +19,10 @@ N = 600
 async def test_killed_mid_stream_then_restarted_sends_every_request_exactly_once(
     kafka_bootstrap: str, database_url: str
 ) -> None:
-    await seed_tenants(database_url, NUMBERS, tenant="restart", other_tenant="restart-other", waba="waba-r")
-    port = free_port()
-    sim_url = f"http://127.0.0.1:{port}"
     run = new_id("kill")
     ids = [f"{run}-{i}" for i in range(N)]
-    async with serve_http(create_simulator(simulator_config(NUMBERS, waba="waba-r")), port):
-        assert (await sync_catalogue(database_url, sim_url, "restart"))["synced"] == 2
+    async with simulated_tenant(database_url, NUMBERS, tenant="restart", waba="waba-r") as simulated:
+        sim_url = simulated.url
         async with Producer(kafka_bootstrap) as p:
             for i, mid in enumerate(ids):
                 pn = "7001" if i % 2 else "7002"
