@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from parley_billing.store import MIGRATIONS, Metering, TenantInfo
 
 TABLES = ("ledger", "deliveries", "sends", "inbound", "invoice_lines", "invoices", "rate_cards", "tiers",
-          "contacts", "tier_updates")
+          "contacts", "tier_updates", "contact_aliases")
 
 
 def tenant_lookup(tenant_id: str | None, phone_number_id: str) -> TenantInfo:

@@ -6,6 +6,11 @@ facts belong to are then re-priced by the pure engine and written to the ledger 
 that only touches rows whose price changed. All in one transaction per batch, under advisory
 locks per business number, so concurrent batches (three topics, several replicas) never price a
 timeline from a stale view. See docs/adr/0050-billing-metering-and-pricing.md.
+
+A fact stamped with a contact that was folded into another (``ContactMerged``, ADR 0117) is
+stored under the kept contact: every insert maps its customers through ``billing.contact_aliases``
+in the statement that inserts them, under a shared lock of the fact's tenant that a fold takes
+exclusively (see :meth:`Metering.fold_contacts`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import asyncpg
 from parley_common.db import AnyConnection
 from parley_common.tenancy.directory import TenantDirectory
 
+from parley_billing.domain.contacts import fold
 from parley_billing.domain.engine import (
     PMP_LOOKBACK,
     Business,
@@ -46,6 +52,7 @@ from parley_billing.domain.tiers import TierUpdate
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCK_CLASS = 0x5042  # "PB": Parley billing
 LOCK_BUCKETS = 1 << 12
+MERGE_LOCK_CLASS = 0x5043  # a tenant's contact merges (exclusive) against its fact inserts (shared)
 KNOWN_CONTACTS_MAX = 500_000
 NEG_INF = datetime.min.replace(tzinfo=UTC)
 # Re-pricing after a fact at time f: messages delivered from f on are re-priced (no PMP price
@@ -88,9 +95,16 @@ def _bucket(phone_number_id: str) -> int:
     return zlib.crc32(phone_number_id.encode()) % LOCK_BUCKETS
 
 
-async def _lock_numbers(conn: AnyConnection, numbers: Iterable[str]) -> None:
-    """Advisory locks on the numbers' buckets, and the batch temp tables, in one round trip."""
+def _tenant_key(tenant_id: str) -> int:
+    return zlib.crc32(tenant_id.encode()) & 0x7FFFFFFF
+
+
+async def _lock_numbers(conn: AnyConnection, numbers: Iterable[str], tenants: Iterable[str | None] = ()) -> None:
+    """Advisory locks on the numbers' buckets, and the batch temp tables, in one round trip. A
+    transaction that inserts facts names their ``tenants`` too: it then holds their merge locks
+    shared (before the buckets, as a fold takes them: one order everywhere, no deadlocks)."""
     buckets = sorted({_bucket(n) for n in numbers})  # one order everywhere: no deadlocks
+    merges = sorted({_tenant_key(t) for t in tenants if t})
     if buckets:
         # Only integers are formatted into the statement (a multi-statement string cannot take parameters).
         await conn.execute(
@@ -98,7 +112,9 @@ async def _lock_numbers(conn: AnyConnection, numbers: Iterable[str]) -> None:
             f"CREATE TEMP TABLE IF NOT EXISTS _ledger_in ({LEDGER_IN}) ON COMMIT DELETE ROWS;"
             # Short statements on indexes: parallel workers only cost here (and take the other cores).
             "SET LOCAL max_parallel_workers_per_gather = 0;"
-            f"SELECT pg_advisory_xact_lock({int(LOCK_CLASS)}, b)"
+            + (f"SELECT pg_advisory_xact_lock_shared({int(MERGE_LOCK_CLASS)}, t)"
+               f" FROM unnest('{{{','.join(str(int(t)) for t in merges)}}}'::int[]) AS t;" if merges else "")
+            + f"SELECT pg_advisory_xact_lock({int(LOCK_CLASS)}, b)"
             f" FROM unnest('{{{','.join(str(int(b)) for b in buckets)}}}'::int[]) AS b")
 
 
@@ -182,12 +198,13 @@ class Metering:
     async def _record_statuses(self, facts: list[StatusFact]) -> int:
         contacts = self._unknown_contacts(facts)
         async with self.pool.acquire() as conn, conn.transaction():
-            await _lock_numbers(conn, (f.phone_number_id for f in facts))
+            await _lock_numbers(conn, (f.phone_number_id for f in facts), {f.tenant_id for f in facts})
             await _copy_in(conn, "_deliveries_in", facts)  # facts are rows in column order
             changed = await conn.fetch(
-                """INSERT INTO billing.deliveries AS d
-                   SELECT wamid, tenant_id, phone_number_id, waba_id, customer, delivered_at, meta_rank,
-                          meta_billable, meta_pricing_model, meta_type, meta_category FROM _deliveries_in
+                f"""INSERT INTO billing.deliveries AS d
+                   SELECT f.wamid, f.tenant_id, f.phone_number_id, f.waba_id, coalesce(ca.kept, f.customer),
+                          f.delivered_at, f.meta_rank, f.meta_billable, f.meta_pricing_model, f.meta_type,
+                          f.meta_category FROM _deliveries_in f {KEPT_CONTACT}
                    ON CONFLICT (wamid) DO UPDATE SET
                      delivered_at = LEAST(d.delivered_at, excluded.delivered_at),
                      tenant_id = coalesce(d.tenant_id, excluded.tenant_id),
@@ -221,11 +238,15 @@ class Metering:
             return 0
         unique = list({f.wamid: f for f in facts}.values())
         async with self.pool.acquire() as conn, conn.transaction():
-            await _lock_numbers(conn, (f.phone_number_id for f in unique))
+            await _lock_numbers(conn, (f.phone_number_id for f in unique), {f.tenant_id for f in unique})
             inserted = await conn.fetch(
-                """INSERT INTO billing.sends
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[],
-                                        $6::text[], $7::text[], $8::timestamptz[])
+                f"""INSERT INTO billing.sends
+                   SELECT f.wamid, f.tenant_id, f.phone_number_id, coalesce(ca.kept, f.customer), f.is_template,
+                          f.category, f.free_window, f.sent_at
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[],
+                               $8::timestamptz[])
+                        AS f(wamid, tenant_id, phone_number_id, customer, is_template, category, free_window, sent_at)
+                   {KEPT_CONTACT}
                    ON CONFLICT (wamid) DO NOTHING RETURNING wamid""",
                 [f.wamid for f in unique], [f.tenant_id for f in unique], [f.phone_number_id for f in unique],
                 [f.customer for f in unique], [f.is_template for f in unique], [f.category for f in unique],
@@ -247,11 +268,15 @@ class Metering:
         unique = list({f.wamid: f for f in facts}.values())
         contacts = self._unknown_contacts(unique)
         async with self.pool.acquire() as conn, conn.transaction():
-            await _lock_numbers(conn, (f.phone_number_id for f in unique))
+            await _lock_numbers(conn, (f.phone_number_id for f in unique), {f.tenant_id for f in unique})
             inserted = await conn.fetch(
-                """INSERT INTO billing.inbound
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                                        $6::bool[], $7::text[])
+                f"""INSERT INTO billing.inbound
+                   SELECT f.wamid, f.tenant_id, f.phone_number_id, coalesce(ca.kept, f.customer), f.received_at,
+                          f.referral, f.ctwa_clid
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[],
+                               $7::text[]) AS f(wamid, tenant_id, phone_number_id, customer, received_at, referral,
+                                                ctwa_clid)
+                   {KEPT_CONTACT}
                    ON CONFLICT (wamid) DO NOTHING RETURNING phone_number_id, customer, received_at""",
                 [f.wamid for f in unique], [f.tenant_id for f in unique], [f.phone_number_id for f in unique],
                 [f.customer for f in unique], [f.at for f in unique], [f.referral for f in unique],
@@ -282,30 +307,57 @@ class Metering:
 
     async def fold_contacts(self, tenant_id: str, kept: str, absorbed: Sequence[str]) -> int:
         """Two contacts found to be one person (``ContactMerged``; ADR 0117): the facts kept under the
-        absorbed keys move to ``kept`` and its timelines are re-priced from the earliest moved fact
-        (a reply under one identifier may fall in a window opened under the other). A repeat finds
-        nothing left to move. Returns the ledger rows written."""
-        absorbed = [a for a in absorbed if a != kept]
-        if not absorbed:
-            return 0
+        absorbed keys move to the kept contact and its timelines are re-priced from the earliest
+        moved fact (a reply under one identifier may fall in a window opened under the other); the
+        absorbed keys become aliases of the kept contact (``domain.contacts.fold``: a chain ends on
+        its last contact, a repeat absorbs nothing), so a fact stamped with one that is metered
+        later lands on the kept contact too. Returns the ledger rows written.
+
+        Why no fact slips between: the fold holds the tenant's merge lock exclusively from before
+        its first read, and every fact insert holds it shared while it maps and inserts (one
+        transaction), so on any replica a fact either committed before the fold read the tables
+        (and the fold's UPDATE moves it) or is inserted after the fold committed (and reads its
+        aliases). The fold's number locks alone would not do: it cannot know on which numbers a
+        fact still in flight will land."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", MERGE_LOCK_CLASS, _tenant_key(tenant_id))
+            known = {r["absorbed"]: r["kept"] for r in await conn.fetch(
+                "SELECT absorbed, kept FROM billing.contact_aliases"
+                " WHERE tenant_id = $1 AND absorbed = ANY($2::text[])",
+                tenant_id, [kept, *absorbed])}
+            merge = fold(kept, absorbed, known)
+            if not merge.absorbed:
+                return 0
+            gone = list(merge.absorbed)
+            await conn.execute(  # keep the aliases flat: those of a contact absorbed now follow it
+                "UPDATE billing.contact_aliases SET kept = $2, folded_at = now()"
+                " WHERE tenant_id = $1 AND kept = ANY($3::text[])", tenant_id, merge.kept, gone)
+            await conn.execute(
+                "INSERT INTO billing.contact_aliases (tenant_id, absorbed, kept)"
+                " SELECT $1, a, $2 FROM unnest($3::text[]) a"
+                " ON CONFLICT (tenant_id, absorbed) DO UPDATE SET kept = excluded.kept, folded_at = now()",
+                tenant_id, merge.kept, gone)
+            # the send records too (pricing reads them by wamid), so that all of a person's facts have one key
+            await conn.execute(
+                "UPDATE billing.sends SET customer = $3 WHERE tenant_id = $1 AND customer = ANY($2::text[])",
+                tenant_id, gone, merge.kept)
             numbers = [r["phone_number_id"] for r in await conn.fetch(
                 "SELECT phone_number_id FROM billing.deliveries WHERE tenant_id = $1 AND customer = ANY($2::text[])"
                 " UNION SELECT phone_number_id FROM billing.inbound WHERE tenant_id = $1"
-                " AND customer = ANY($2::text[])", tenant_id, absorbed)]
+                " AND customer = ANY($2::text[])", tenant_id, gone)]
             if not numbers:
                 return 0
             await _lock_numbers(conn, numbers)
             moved = list(await conn.fetch(
                 "UPDATE billing.deliveries SET customer = $3 WHERE tenant_id = $1 AND customer = ANY($2::text[])"
-                " RETURNING phone_number_id, delivered_at AS at", tenant_id, absorbed, kept))
+                " RETURNING phone_number_id, delivered_at AS at", tenant_id, gone, merge.kept))
             moved += await conn.fetch(
                 "UPDATE billing.inbound SET customer = $3 WHERE tenant_id = $1 AND customer = ANY($2::text[])"
-                " RETURNING phone_number_id, received_at AS at", tenant_id, absorbed, kept)
+                " RETURNING phone_number_id, received_at AS at", tenant_id, gone, merge.kept)
             affected: dict[Key, datetime] = {}
             for r in moved:
                 if r["at"] is not None:
-                    _touch(affected, (r["phone_number_id"], kept), r["at"])
+                    _touch(affected, (r["phone_number_id"], merge.kept), r["at"])
             return await self._reprice(conn, affected)
 
     async def reprice_since(self, since: datetime) -> int:
@@ -419,6 +471,11 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS k(p
 CROSS JOIN LATERAL (SELECT * FROM billing.inbound i WHERE i.phone_number_id = k.pnid
                     AND i.customer = k.customer AND i.received_at >= k.read_from OFFSET 0) i
 """
+
+# The kept contact of a fact ``f``'s customer that was folded into another (ADR 0117): one index
+# probe per fact, in the statement that inserts it (LATERAL … OFFSET 0: no hash of the whole table).
+KEPT_CONTACT = ("LEFT JOIN LATERAL (SELECT ca.kept FROM billing.contact_aliases ca"
+                " WHERE ca.tenant_id = f.tenant_id AND ca.absorbed = f.customer OFFSET 0) ca ON true")
 
 # Batches reach PostgreSQL by binary COPY into per-connection temp tables (much cheaper than
 # array parameters), then one INSERT … SELECT … ON CONFLICT.
