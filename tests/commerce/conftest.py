@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from parley_common.db import migrate
@@ -84,33 +83,3 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]]) 
             await producer.send_and_wait(topic, value, key=key.encode())
     finally:
         await producer.stop()
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` up to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        assert tps, f"topic {topic} does not exist"
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        pending = {tp for tp in tps if ends[tp] > 0}
-        deadline = asyncio.get_running_loop().time() + 20
-        while pending and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(*pending, timeout_ms=500)
-            for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < ends[tp])
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    pending.discard(tp)
-        assert not pending, f"could not read {topic} to its end"
-        return out
-    finally:
-        await consumer.stop()

@@ -33,9 +33,10 @@ from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.topics import COMMERCE, DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT, ORDERS
 from parley_simulator.conversions import ConversionsReceiver, conversions_router
 from security.endpoint_harness import TenantEndpoint
+from support.kafka import read_topic
 from support.waiting import eventually
 
-from .conftest import bearer, produce, read_topic
+from .conftest import bearer, produce
 
 pytestmark = pytest.mark.infra
 

@@ -14,9 +14,10 @@ import pytest
 from fastapi import FastAPI
 from parley_common.contracts import OrderCart, OutboundMessage, PaymentUpdate
 from parley_common.topics import COMMERCE, MESSAGES_OUT
+from support.kafka import read_topic
 from support.waiting import eventually
 
-from .conftest import OTHER, SHOP, SHOP_NUMBER, bearer, produce, read_topic
+from .conftest import OTHER, SHOP, SHOP_NUMBER, bearer, produce
 
 pytestmark = pytest.mark.infra
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

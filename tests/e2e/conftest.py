@@ -76,6 +76,65 @@ class Served:
         self.sock.close()
 
 
+async def start_simulator(config: dict[str, Any], ingest: Served) -> tuple[Any, Served]:
+    """Starts the Cloud API simulator on ``config``, posting its webhooks to ``ingest``: a server
+    whose port is reserved first (``Served(None)``) and which ``running_services`` starts later.
+    Returns the simulator's core (a ``CloudApiSimulator``, for the tests to look into) and its server."""
+    from parley_simulator import create_app as simulator_app
+    from parley_simulator.config import SimulatorConfig
+    from parley_simulator.simulator import CloudApiSimulator
+
+    validated = SimulatorConfig.model_validate(config | {"webhook_url": f"{ingest.url}/webhooks/meta/{{app_id}}"})
+    core = CloudApiSimulator(validated)
+    simulator = Served(simulator_app(validated, simulator=core))
+    await simulator.start()
+    return core, simulator
+
+
+@dataclass
+class Services:
+    ingest: Served
+    router: Served
+    sender: Served
+    billing: Served
+
+
+@contextlib.asynccontextmanager
+async def running_services(ingest: Served, simulator: Served, *, tracer_provider: Any = None
+                           ) -> AsyncIterator[Services]:
+    """The four services, each on its own loopback port (ingest on the one reserved before the
+    simulator started), configured from the environment; on the way out they and the simulator
+    stop, the last started first."""
+    from parley_billing.app import create_app as billing_app
+    from parley_ingest.app import create_app as ingest_app
+    from parley_router.app import create_app as router_app
+    from parley_sender.app import create_app as sender_app
+    from parley_sender.settings import SenderSettings
+
+    ingest.server.config.app = ingest_app(tracer_provider=tracer_provider)
+    ingest.server.config.loaded = False
+    router = Served(router_app(tracer_provider=tracer_provider))
+    sender = Served(sender_app(SenderSettings(), tracer_provider=tracer_provider))
+    billing = Served(billing_app(tracer_provider=tracer_provider))
+    started: list[Served] = [simulator]
+    try:
+        for served in (ingest, router, sender, billing):
+            await served.start()
+            started.append(served)
+        yield Services(ingest, router, sender, billing)
+    finally:
+        for served in reversed(started):
+            await served.stop()
+
+
+async def sync_templates(sender: Served, *api_keys: str) -> None:
+    """Each key's tenant syncs its template catalogue from the simulator through the sender's API."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        for key in api_keys:
+            r = await client.post(f"{sender.url}/v1/templates/sync", headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+
+
 @dataclass
 class Pipeline:
     exporter: InMemorySpanExporter
@@ -94,17 +153,9 @@ class Pipeline:
 
 @pytest.fixture(scope="module")
 async def pipeline(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Pipeline]:
-    from parley_billing.app import create_app as billing_app
     from parley_common.db import connect, migrate
     from parley_common.runtime import TENANCY_MIGRATIONS
     from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
-    from parley_ingest.app import create_app as ingest_app
-    from parley_router.app import create_app as router_app
-    from parley_sender.app import create_app as sender_app
-    from parley_sender.settings import SenderSettings
-    from parley_simulator import create_app as simulator_app
-    from parley_simulator.config import SimulatorConfig
-    from parley_simulator.simulator import CloudApiSimulator
 
     os.environ.update({"E2E_APP_SECRET": SECRET, "E2E_TOKEN": TOKEN, "E2E_VERIFY": "e2e-verify"})
     exporter = InMemorySpanExporter()
@@ -112,18 +163,14 @@ async def pipeline(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Pip
     tp.add_span_processor(SimpleSpanProcessor(exporter))
 
     ingest = Served(None)  # port reserved first: the simulator posts webhooks to it
-    config = SimulatorConfig.model_validate({
+    sim_core, simulator = await start_simulator({
         "apps": [{"app_id": APP_ID, "app_secret": SECRET}],
         "wabas": [{"id": w, "app_id": APP_ID, "token": TOKEN, "templates": TEMPLATES} for w in WABAS],
         "phone_numbers": [{"id": n, "display_phone_number": d, "waba_id": w} for n, (d, w) in NUMBERS.items()],
-        "webhook_url": f"{ingest.url}/webhooks/meta/{{app_id}}",
         "behaviour": {"delivered_ratio": 1.0, "read_ratio": 0.5, "skip_delivered_ratio": 0.3,
                       "failure_131049_rate": 0.0, "unknown_recipient_pattern": None,
                       "sent_delay_ms": 10, "delivered_delay_ms": 50, "read_delay_ms": 100},
-    })
-    sim_core = CloudApiSimulator(config)
-    simulator = Served(simulator_app(config, simulator=sim_core))
-    await simulator.start()
+    }, ingest)
 
     conn = await connect(database_url)
     try:
@@ -141,24 +188,11 @@ async def pipeline(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Pip
     finally:
         await conn.close()
 
-    ingest.server.config.app = ingest_app(tracer_provider=tp)
-    ingest.server.config.loaded = False
-    router = Served(router_app(tracer_provider=tp))
-    sender = Served(sender_app(SenderSettings(), tracer_provider=tp))
-    billing = Served(billing_app(tracer_provider=tp))
-    started: list[Served] = [simulator]
-    try:
-        for served in (ingest, router, sender, billing):
-            await served.start()
-            started.append(served)
+    async with running_services(ingest, simulator, tracer_provider=tp) as services:
         cli = Path(sys.executable).parent
         subprocess.run([str(cli / "parley-billing"), "ratecard", "import",
                         str(REPO / "services/billing/parley_billing/data/example_rate_card.csv")],
                        check=True, env=os.environ.copy(), capture_output=True)
-        async with httpx.AsyncClient(timeout=30) as client:
-            r = await client.post(f"{sender.url}/v1/templates/sync", headers={"Authorization": f"Bearer {api_key}"})
-            assert r.status_code == 200, r.text
-        yield Pipeline(exporter, sim_core, ingest, sender, billing, api_key, database_url, kafka_bootstrap)
-    finally:
-        for served in reversed(started):
-            await served.stop()
+        await sync_templates(services.sender, api_key)
+        yield Pipeline(exporter, sim_core, services.ingest, services.sender, services.billing, api_key, database_url,
+                       kafka_bootstrap)

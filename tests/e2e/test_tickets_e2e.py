@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from commerce.conftest import FLOW_KEY, STRANGER_KEY, pem, read_topic
+from commerce.conftest import FLOW_KEY, STRANGER_KEY, pem
+from support.kafka import read_topic
 from support.waiting import eventually
 
-from .conftest import Served
+from .conftest import Served, running_services, start_simulator
 
 pytestmark = pytest.mark.infra
 REPO = Path(__file__).resolve().parents[2]
@@ -43,25 +44,16 @@ class Shopfront:
 
 @pytest.fixture(scope="module")
 async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Shopfront]:
-    from parley_billing.app import create_app as billing_app
     from parley_common.db import connect, migrate
     from parley_common.runtime import TENANCY_MIGRATIONS
     from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
-    from parley_ingest.app import create_app as ingest_app
-    from parley_router.app import create_app as router_app
-    from parley_sender.app import create_app as sender_app
-    from parley_sender.settings import SenderSettings
-    from parley_simulator import create_app as simulator_app
-    from parley_simulator.config import SimulatorConfig
-    from parley_simulator.simulator import CloudApiSimulator
 
     os.environ.update({"SHOP_E2E_SECRET": SECRET, "SHOP_E2E_TOKEN": TOKEN, "SHOP_E2E_FLOW_KEY": pem(FLOW_KEY)})
     ingest = Served(None)
-    config = SimulatorConfig.model_validate({
+    sim, simulator = await start_simulator({
         "apps": [{"app_id": APP_ID, "app_secret": SECRET}],
         "wabas": [{"id": WABA, "app_id": APP_ID, "token": TOKEN}],
         "phone_numbers": [{"id": PN, "display_phone_number": "918000000091", "waba_id": WABA}],
-        "webhook_url": f"{ingest.url}/webhooks/meta/{{app_id}}",
         "behaviour": {"delivered_ratio": 1.0, "unknown_recipient_pattern": None, "sent_delay_ms": 10,
                       "delivered_delay_ms": 50, "read_delay_ms": 100, "pair_burst": 1000,
                       "payment_capture_ratio": 0.7, "payment_fail_ratio": 0.3,
@@ -71,10 +63,7 @@ async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Sh
                    "screens": {"TRIPS": {"choose_from": "trips", "submit_as": "trip_id"},
                                "SEATS": {"choose_from": "seats", "submit_as": "seat_id"}}}],
         "seed": 11,
-    })
-    sim = CloudApiSimulator(config)
-    simulator = Served(simulator_app(config, simulator=sim))
-    await simulator.start()
+    }, ingest)
     conn = await connect(database_url)
     try:
         await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
@@ -90,20 +79,10 @@ async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Sh
         _, api_key = await add_api_key(conn, TENANT, "e2e")
     finally:
         await conn.close()
-    ingest.server.config.app = ingest_app()
-    ingest.server.config.loaded = False
-    router, sender, billing = Served(router_app()), Served(sender_app(SenderSettings())), Served(billing_app())
-    started = [simulator]
-    try:
-        for served in (ingest, router, sender, billing):
-            await served.start()
-            started.append(served)
+    async with running_services(ingest, simulator) as services:
         shop = demo_commerce.Shop(TENANT, PN, api_key, TOKEN, "INR", ("en", "bn-latn", "id", "tr"),
                                   (("BLR-MYS", "Bengaluru → Mysuru", 45000), ("BLR-CHN", "Bengaluru → Chennai", 90000)))
-        yield Shopfront(sim, ingest, billing, simulator, shop)
-    finally:
-        for served in reversed(started):
-            await served.stop()
+        yield Shopfront(sim, services.ingest, services.billing, simulator, shop)
 
 
 async def test_customers_buy_tickets_pick_seats_pay_and_some_get_refunds(

@@ -16,8 +16,9 @@ from parley_common.broker import MAX_RECORD_BYTES
 from parley_common.contracts import DeadLetter
 from parley_common.meta.signature import sign
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN
+from support.kafka import read_topic
 
-from .conftest import IngestEnv, read_topic
+from .conftest import IngestEnv
 from .ingest_support import APP1_SECRET, APP2_SECRET, APP_1, APP_2
 
 pytestmark = pytest.mark.infra

@@ -13,8 +13,9 @@ import pytest
 from parley_common.contracts import DeadLetter, InboundMessage
 from parley_common.meta.signature import sign
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN
+from support.kafka import read_topic
 
-from .conftest import IngestEnv, read_topic
+from .conftest import IngestEnv
 from .ingest_support import APP1_SECRET, APP_1, corpus_cases
 
 pytestmark = pytest.mark.infra

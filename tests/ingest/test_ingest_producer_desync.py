@@ -16,8 +16,7 @@ from parley_common.settings import CommonSettings
 from parley_common.topics import MESSAGES_IN
 from parley_ingest.domain.records import OutRecord
 from parley_ingest.publishing import KafkaUnavailable, RecordWriter
-
-from .conftest import read_topic
+from support.kafka import read_topic
 
 pytestmark = pytest.mark.infra
 

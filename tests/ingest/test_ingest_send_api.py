@@ -7,8 +7,9 @@ import uuid
 import pytest
 from parley_common.contracts import OutboundMessage
 from parley_common.topics import MESSAGES_OUT
+from support.kafka import read_topic
 
-from .conftest import IngestEnv, read_topic
+from .conftest import IngestEnv
 
 pytestmark = pytest.mark.infra
 

@@ -11,8 +11,9 @@ import pytest
 from parley_common.contracts import AccountEvent, DeadLetter, InboundMessage, MessageStatus
 from parley_common.meta.signature import sign
 from parley_common.topics import ACCOUNT_EVENTS, DEAD_LETTERS, MESSAGES_IN, STATUSES, WEBHOOKS_RAW
+from support.kafka import read_topic
 
-from .conftest import IngestEnv, read_topic
+from .conftest import IngestEnv
 from .ingest_support import (
     APP1_SECRET,
     APP1_SECRET_NEW,

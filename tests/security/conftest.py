@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from e2e.conftest import REPO, Served
+from e2e.conftest import REPO, Served, running_services, start_simulator, sync_templates
 from parley_simulator import sign
 
 VICTIM_APP, ATTACKER_APP = "victim-app", "attacker-app"
@@ -92,36 +92,24 @@ def text_message(customer: str, body: str, *, at: int | None = None, wamid: str 
 
 @pytest.fixture(scope="module")
 async def parley(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Parley]:
-    from parley_billing.app import create_app as billing_app
     from parley_common.db import connect, migrate
     from parley_common.runtime import TENANCY_MIGRATIONS
     from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
-    from parley_ingest.app import create_app as ingest_app
-    from parley_router.app import create_app as router_app
-    from parley_sender.app import create_app as sender_app
-    from parley_sender.settings import SenderSettings
-    from parley_simulator import create_app as simulator_app
-    from parley_simulator.config import SimulatorConfig
-    from parley_simulator.simulator import CloudApiSimulator
 
     os.environ.update({"SEC_VICTIM_SECRET": VICTIM_SECRET, "SEC_ATTACKER_SECRET": ATTACKER_SECRET,
                        "SEC_VICTIM_TOKEN": VICTIM_TOKEN, "SEC_ATTACKER_TOKEN": ATTACKER_TOKEN})
     ingest = Served(None)  # port reserved first: the simulator posts status webhooks to it
-    config = SimulatorConfig.model_validate({
+    sim_core, simulator = await start_simulator({
         "apps": [{"app_id": VICTIM_APP, "app_secret": VICTIM_SECRET},
                  {"app_id": ATTACKER_APP, "app_secret": ATTACKER_SECRET}],
         "wabas": [{"id": V_WABA, "app_id": VICTIM_APP, "token": VICTIM_TOKEN, "templates": TEMPLATES},
                   {"id": X_WABA, "app_id": ATTACKER_APP, "token": ATTACKER_TOKEN, "templates": TEMPLATES}],
         "phone_numbers": [{"id": V_PN, "display_phone_number": V_DISPLAY, "waba_id": V_WABA},
                           {"id": X_PN, "display_phone_number": X_DISPLAY, "waba_id": X_WABA}],
-        "webhook_url": f"{ingest.url}/webhooks/meta/{{app_id}}",
         "behaviour": {"delivered_ratio": 1.0, "read_ratio": 0.0, "skip_delivered_ratio": 0.0,
                       "failure_131049_rate": 0.0, "unknown_recipient_pattern": None,
                       "sent_delay_ms": 10, "delivered_delay_ms": 30, "read_delay_ms": 50},
-    })
-    sim_core = CloudApiSimulator(config)
-    simulator = Served(simulator_app(config, simulator=sim_core))
-    await simulator.start()
+    }, ingest)
 
     def tenant(tid: str, app: str, waba: str, pn: str, display: str) -> dict[str, Any]:
         return {"tenant_id": tid, "name": tid, "app_id": app, "business_country": "ID", "time_zone": "Asia/Jakarta",
@@ -144,16 +132,7 @@ async def parley(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Parle
     finally:
         await conn.close()
 
-    ingest.server.config.app = ingest_app()
-    ingest.server.config.loaded = False
-    router = Served(router_app())
-    sender = Served(sender_app(SenderSettings()))
-    billing = Served(billing_app())
-    started: list[Served] = [simulator]
-    try:
-        for served in (ingest, router, sender, billing):
-            await served.start()
-            started.append(served)
+    async with running_services(ingest, simulator) as services:
         from parley_billing.ratecards import import_rate_card
 
         conn = await connect(database_url)
@@ -162,11 +141,6 @@ async def parley(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Parle
             await import_rate_card(conn, card.read_text())
         finally:
             await conn.close()
-        async with httpx.AsyncClient(timeout=30) as client:
-            for t in (VICTIM, ATTACKER):
-                r = await client.post(f"{sender.url}/v1/templates/sync", headers={"Authorization": f"Bearer {keys[t]}"})
-                assert r.status_code == 200, r.text
-        yield Parley(sim_core, ingest, router, sender, billing, keys, database_url, kafka_bootstrap)
-    finally:
-        for served in reversed(started):
-            await served.stop()
+        await sync_templates(services.sender, *(keys[t] for t in (VICTIM, ATTACKER)))
+        yield Parley(sim_core, services.ingest, services.router, services.sender, services.billing, keys, database_url,
+                     kafka_bootstrap)
