@@ -52,17 +52,35 @@ async def record_fact(pool: asyncpg.Pool, tenant_id: str, reference_id: str, fac
 
 
 async def record_cart(pool: asyncpg.Pool, tenant_id: str, cart: dict[str, Any]) -> bool:
-    """Store a cart once; orders that answer it (already stored) learn its ad referral."""
-    async with pool.acquire() as conn, conn.transaction():
-        new = await _insert_cart(conn, tenant_id, cart)
-        if new:
+    """Store a cart once; orders that answer it (already stored) learn its ad referral.
+
+    The cart and the order that answers it come on two topics and may be stored at the same
+    moment. Both sides take the cart's lock (:func:`_lock_cart`): the cart is inserted under it and
+    committed, then the orders are looked for in a second transaction; an order reads the cart
+    under it. So either the order's transaction sees the committed cart, or the cart's look-up
+    sees the committed order. The look-up runs on every delivery of the cart (it only touches
+    orders that do not carry the cart's referral yet), so a crash between the two transactions
+    is mended when the cart is consumed again. The cart's transaction holds no order lock, so
+    the two never wait for each other in a cycle.
+    """
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await _lock_cart(conn, tenant_id, cart["wamid"])
+            new = await _insert_cart(conn, tenant_id, cart)
+        async with conn.transaction():
             refs = await conn.fetch(
                 "SELECT reference_id FROM billing.orders WHERE tenant_id = $1 AND conversation_wamid = $2"
-                " ORDER BY reference_id", tenant_id, cart["wamid"])
+                " AND ctwa_clid IS DISTINCT FROM $3 ORDER BY reference_id", tenant_id, cart["wamid"],
+                (cart.get("referral") or {}).get("ctwa_clid"))
             for r in refs:
                 before = await _lock_order(conn, tenant_id, r["reference_id"], datetime.now(UTC))
                 await _refold(conn, tenant_id, r["reference_id"], before)
         return new
+
+
+async def _lock_cart(conn: AnyConnection, tenant_id: str, wamid: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('parley-billing-cart:' || $1 || ':' || $2))",
+                       tenant_id, wamid)
 
 
 async def _insert_cart(conn: AnyConnection, tenant_id: str, cart: dict[str, Any]) -> bool:
@@ -101,6 +119,7 @@ async def _ad_referral(conn: AnyConnection, tenant_id: str, view: OrderView, fir
     referral of the customer's latest message from an ad on that number in the 72 hours before
     the order (the conversation the ad opened)."""
     if view.conversation_wamid:
+        await _lock_cart(conn, tenant_id, view.conversation_wamid)  # see record_cart
         clid = await conn.fetchval("SELECT ctwa_clid FROM billing.order_carts WHERE wamid = $1 AND tenant_id = $2",
                                    view.conversation_wamid, tenant_id)
         if isinstance(clid, str):
