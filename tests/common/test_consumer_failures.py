@@ -25,6 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from parley_common.deadletter import Backoff
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_ROUTED
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
 from .tcp_proxy import TcpProxy
@@ -43,22 +44,13 @@ async def _numbers_registered(database_url: str) -> None:
     owns their number (ADR 0100), as ingest binds them."""
     import os
 
-    from parley_common.db import connect, migrate
-    from parley_common.runtime import TENANCY_MIGRATIONS
-    from parley_common.tenancy.cli import RegistryFile, import_registry
-
     os.environ.setdefault("FAILURES_APP_SECRET", "failures-secret")
-    conn = await connect(database_url)
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": "failures-app", "app_secret_refs": ["env:FAILURES_APP_SECRET"]}],
-            "tenants": [{"tenant_id": TENANT, "name": "Failures", "app_id": "failures-app",
-                         "business_country": "US", "time_zone": "UTC", "wabas": ["failures-waba"],
-                         "phone_numbers": [{"phone_number_id": n, "display_phone_number": n,
-                                            "waba_id": "failures-waba"} for n in NUMBERS]}]}))
-    finally:
-        await conn.close()
+    await import_tenants(database_url, {
+        "apps": [{"app_id": "failures-app", "app_secret_refs": ["env:FAILURES_APP_SECRET"]}],
+        "tenants": [{"tenant_id": TENANT, "name": "Failures", "app_id": "failures-app",
+                     "business_country": "US", "time_zone": "UTC", "wabas": ["failures-waba"],
+                     "phone_numbers": [{"phone_number_id": n, "display_phone_number": n,
+                                        "waba_id": "failures-waba"} for n in NUMBERS]}]})
 
 
 def _inbound(wamid: str, number: str) -> bytes:

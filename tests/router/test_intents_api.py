@@ -8,15 +8,12 @@ import json
 import os
 from datetime import UTC, datetime
 
-import asyncpg
 import httpx
 import pytest
 from aiokafka import ConsumerRecord
 from parley_common.contracts import InboundMessage
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from prometheus_client import generate_latest
+from support.tenancy import import_tenants
 
 pytestmark = pytest.mark.infra
 
@@ -28,28 +25,19 @@ BAGGAGE = ["how many bags can i bring", "baggage allowance?", "can i take a seco
 
 async def _setup(database_url: str) -> tuple[str, str]:
     os.environ.setdefault("ROUTER_API_TEST_SECRET", "s")
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": "app-router-api", "app_secret_refs": ["env:ROUTER_API_TEST_SECRET"]}],
-            "tenants": [
-                {"tenant_id": "router-api", "name": "Router API", "app_id": "app-router-api",
-                 "business_country": "TR", "time_zone": "Europe/Istanbul", "wabas": ["waba-router-api"],
-                 "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "905000000077",
-                                    "waba_id": "waba-router-api"}],
-                 "settings": {"router": {"auto_reply": True}}},
-                {"tenant_id": "router-api-other", "name": "Other", "app_id": "app-router-api",
-                 "business_country": "TR", "time_zone": "Europe/Istanbul", "wabas": ["waba-router-api-2"],
-                 "phone_numbers": []},
-            ]}))
-        _, key = await add_api_key(conn, "router-api", "test")
-        _, other_key = await add_api_key(conn, "router-api-other", "test")
-    finally:
-        await conn.close()
-    return key, other_key
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": "app-router-api", "app_secret_refs": ["env:ROUTER_API_TEST_SECRET"]}],
+        "tenants": [
+            {"tenant_id": "router-api", "name": "Router API", "app_id": "app-router-api",
+             "business_country": "TR", "time_zone": "Europe/Istanbul", "wabas": ["waba-router-api"],
+             "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "905000000077",
+                                "waba_id": "waba-router-api"}],
+             "settings": {"router": {"auto_reply": True}}},
+            {"tenant_id": "router-api-other", "name": "Other", "app_id": "app-router-api",
+             "business_country": "TR", "time_zone": "Europe/Istanbul", "wabas": ["waba-router-api-2"],
+             "phone_numbers": []},
+        ]}, keys_for=["router-api", "router-api-other"], key_label="test")
+    return keys["router-api"], keys["router-api-other"]
 
 
 async def test_tenant_intents_over_http_retrain_and_reload_without_a_restart(kafka_bootstrap: str,

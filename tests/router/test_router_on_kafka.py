@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from parley_common.db import migrate
 from parley_common.outbound import verify
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.topics import (
     ACCOUNT_EVENTS,
     AGENT_QUEUE,
@@ -26,6 +21,7 @@ from parley_common.topics import (
     MESSAGES_OUT,
     MESSAGES_ROUTED,
 )
+from support.tenancy import import_tenants
 
 pytestmark = pytest.mark.infra
 
@@ -100,31 +96,24 @@ async def test_six_languages_are_routed_to_the_expected_destinations(kafka_boots
     endpoint = EndpointRecorder()
     port = await endpoint.start()
     os.environ["ROUTER_E2E_ENDPOINT_SECRET"] = SECRET
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": "app-router-e2e", "app_secret_refs": ["env:ROUTER_E2E_ENDPOINT_SECRET"]}],
-            "tenants": [{
-                "tenant_id": "router-e2e", "name": "Router E2E", "app_id": "app-router-e2e",
-                "business_country": "BD", "time_zone": "Asia/Dhaka", "wabas": ["waba-router-e2e"],
-                "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "8801700000009",
-                                   "waba_id": "waba-router-e2e"}],
-                "settings": {"router": {
-                    "auto_reply": True,
-                    # the test's endpoint listens on loopback over http: an operator's exception
-                    "endpoint_policy": {"allow_http": True, "allow_private_addresses": True},
-                    "endpoints": {"crm": {"url": f"http://127.0.0.1:{port}/hook",
-                                          "secret_ref": "env:ROUTER_E2E_ENDPOINT_SECRET"}},
-                    "rules": [{"name": "ad-leads", "when": {"referral": ["ad-777"]},
-                               "then": {"webhook": "crm"}}],
-                }},
-            }],
-        }))
-    finally:
-        await conn.close()
+    await import_tenants(database_url, {
+        "apps": [{"app_id": "app-router-e2e", "app_secret_refs": ["env:ROUTER_E2E_ENDPOINT_SECRET"]}],
+        "tenants": [{
+            "tenant_id": "router-e2e", "name": "Router E2E", "app_id": "app-router-e2e",
+            "business_country": "BD", "time_zone": "Asia/Dhaka", "wabas": ["waba-router-e2e"],
+            "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "8801700000009",
+                               "waba_id": "waba-router-e2e"}],
+            "settings": {"router": {
+                "auto_reply": True,
+                # the test's endpoint listens on loopback over http: an operator's exception
+                "endpoint_policy": {"allow_http": True, "allow_private_addresses": True},
+                "endpoints": {"crm": {"url": f"http://127.0.0.1:{port}/hook",
+                                      "secret_ref": "env:ROUTER_E2E_ENDPOINT_SECRET"}},
+                "rules": [{"name": "ad-leads", "when": {"referral": ["ad-777"]},
+                           "then": {"webhook": "crm"}}],
+            }},
+        }],
+    })
 
     from parley_router.app import create_app
     from parley_router.settings import RouterSettings

@@ -4,17 +4,13 @@ finalises a month (finalising is a POST, or ``parley-billing invoice --finalise`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from support.tenancy import import_tenants
 
 pytestmark = pytest.mark.infra
 
@@ -28,19 +24,12 @@ async def billing(database_url: str) -> AsyncIterator[tuple[FastAPI, dict[str, s
     from parley_common.runtime import start_runtime, stop_runtime
 
     os.environ["SEC_BILLING_APP_SECRET"] = "sec-billing-app-secret"
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": "app-sec-billing", "app_secret_refs": ["env:SEC_BILLING_APP_SECRET"]}],
-            "tenants": [{"tenant_id": TENANT, "name": "Billing input", "app_id": "app-sec-billing",
-                         "business_country": "IN", "time_zone": "Asia/Kolkata", "wabas": ["waba-sec-billing"],
-                         "phone_numbers": []}]}))
-        _, key = await add_api_key(conn, TENANT, "sec")
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": "app-sec-billing", "app_secret_refs": ["env:SEC_BILLING_APP_SECRET"]}],
+        "tenants": [{"tenant_id": TENANT, "name": "Billing input", "app_id": "app-sec-billing",
+                     "business_country": "IN", "time_zone": "Asia/Kolkata", "wabas": ["waba-sec-billing"],
+                     "phone_numbers": []}]}, keys_for=[TENANT], key_label="sec")
+    key = keys[TENANT]
     app = create_app(BillingSettings(database_url=database_url, db_pool_max=4))
     await start_runtime(app.state.runtime, start_broker=False)
     try:

@@ -22,17 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.topics import ACCOUNT_EVENTS, DEAD_LETTERS, MESSAGES_IN, STATUSES, WEBHOOKS_RAW
+from support.tenancy import import_tenants
 
 from .fuzz_harness import ThreadServed
 
@@ -168,19 +165,12 @@ def webhook(draw: st.DrawFn) -> Shape:
 
 
 async def _register(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:META_FUZZ_APP_SECRET"]}],
-            "tenants": [{"tenant_id": "meta-fuzz", "name": "Meta fuzz", "app_id": APP_ID, "business_country": "TR",
-                         "time_zone": "Europe/Istanbul", "wabas": [WABA],
-                         "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "905300000100",
-                                            "waba_id": WABA}]}]}))
-    finally:
-        await conn.close()
+    await import_tenants(database_url, {
+        "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:META_FUZZ_APP_SECRET"]}],
+        "tenants": [{"tenant_id": "meta-fuzz", "name": "Meta fuzz", "app_id": APP_ID, "business_country": "TR",
+                     "time_zone": "Europe/Istanbul", "wabas": [WABA],
+                     "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "905300000100",
+                                        "waba_id": WABA}]}]})
 
 
 @pytest.fixture(scope="module")

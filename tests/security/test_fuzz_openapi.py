@@ -9,20 +9,16 @@ The case counts are hypothesis's: run with ``--hypothesis-show-statistics`` to s
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from schemathesis.checks import not_a_server_error
+from support.tenancy import import_tenants
 
 from .fuzz_harness import ThreadServed
 
@@ -48,22 +44,15 @@ class Fuzzed:
 
 
 async def _register(database_url: str, graph_base: str) -> str:
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:FUZZ_APP_SECRET"],
-                      "access_token_ref": "env:FUZZ_ACCESS_TOKEN", "graph_api_base": graph_base}],
-            "tenants": [{"tenant_id": "fuzz-shop", "name": "Fuzz", "app_id": APP_ID, "business_country": "TR",
-                         "time_zone": "Europe/Istanbul", "wabas": [WABA],
-                         "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "905300000099",
-                                            "waba_id": WABA}],
-                         "settings": {"router": {"auto_reply": True}}}]}))
-        return (await add_api_key(conn, "fuzz-shop", "fuzz"))[1]
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:FUZZ_APP_SECRET"],
+                  "access_token_ref": "env:FUZZ_ACCESS_TOKEN", "graph_api_base": graph_base}],
+        "tenants": [{"tenant_id": "fuzz-shop", "name": "Fuzz", "app_id": APP_ID, "business_country": "TR",
+                     "time_zone": "Europe/Istanbul", "wabas": [WABA],
+                     "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "905300000099",
+                                        "waba_id": WABA}],
+                     "settings": {"router": {"auto_reply": True}}}]}, keys_for=["fuzz-shop"], key_label="fuzz")
+    return keys["fuzz-shop"]
 
 
 def _apps() -> dict[str, Any]:

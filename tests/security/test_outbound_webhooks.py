@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import os
 import time
 import uuid
@@ -18,15 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_ROUTED
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
 from .endpoint_harness import TenantEndpoint, signature_parts
@@ -84,23 +80,16 @@ async def _register(database_url: str, ports: dict[str, int]) -> None:
                                   "secret_ref": f"env:{_secret_env(tenant)}"}},
             "rules": [{"name": "everything-to-crm", "then": {"webhook": "crm"}}]}}
 
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:SEC_OUT_APP_SECRET"]}],
-            "tenants": [{
-                "tenant_id": tenant, "name": tenant, "app_id": APP_ID, "business_country": "ID",
-                "time_zone": "Asia/Jakarta", "wabas": [f"waba-{tenant}"],
-                "phone_numbers": [{"phone_number_id": number, "display_phone_number": "62812" + number[-6:],
-                                   "waba_id": f"waba-{tenant}"}],
-                "settings": router_settings(tenant),
-            } for tenant, number in TENANTS.items()],
-        }))
-    finally:
-        await conn.close()
+    await import_tenants(database_url, {
+        "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:SEC_OUT_APP_SECRET"]}],
+        "tenants": [{
+            "tenant_id": tenant, "name": tenant, "app_id": APP_ID, "business_country": "ID",
+            "time_zone": "Asia/Jakarta", "wabas": [f"waba-{tenant}"],
+            "phone_numbers": [{"phone_number_id": number, "display_phone_number": "62812" + number[-6:],
+                               "waba_id": f"waba-{tenant}"}],
+            "settings": router_settings(tenant),
+        } for tenant, number in TENANTS.items()],
+    })
 
 
 @pytest.fixture(scope="module")

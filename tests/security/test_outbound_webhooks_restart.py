@@ -5,19 +5,15 @@ and the next router makes it. At least once, with the same event id."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
 from datetime import UTC, datetime
 
-import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.topics import MESSAGES_IN
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
 from .endpoint_harness import TenantEndpoint
@@ -36,24 +32,17 @@ async def test_a_call_cut_short_by_a_stop_is_made_by_the_next_router(kafka_boots
     endpoint = TenantEndpoint(hold=True)
     port = await endpoint.start()
     os.environ["SEC_RESTART_SECRET"] = "whsec-restart-0123456789"
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": "app-sec-restart", "app_secret_refs": ["env:SEC_RESTART_SECRET"]}],
-            "tenants": [{"tenant_id": TENANT, "name": TENANT, "app_id": "app-sec-restart",
-                         "business_country": "ID", "time_zone": "Asia/Jakarta", "wabas": ["waba-sec-restart"],
-                         "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "6281200000099",
-                                            "waba_id": "waba-sec-restart"}],
-                         "settings": {"router": {
-                             "endpoint_policy": {"allow_http": True, "allow_private_addresses": True},
-                             "endpoints": {"crm": {"url": f"http://127.0.0.1:{port}/hook",
-                                                   "secret_ref": "env:SEC_RESTART_SECRET"}},
-                             "rules": [{"name": "everything-to-crm", "then": {"webhook": "crm"}}]}}}]}))
-    finally:
-        await conn.close()
+    await import_tenants(database_url, {
+        "apps": [{"app_id": "app-sec-restart", "app_secret_refs": ["env:SEC_RESTART_SECRET"]}],
+        "tenants": [{"tenant_id": TENANT, "name": TENANT, "app_id": "app-sec-restart",
+                     "business_country": "ID", "time_zone": "Asia/Jakarta", "wabas": ["waba-sec-restart"],
+                     "phone_numbers": [{"phone_number_id": NUMBER, "display_phone_number": "6281200000099",
+                                        "waba_id": "waba-sec-restart"}],
+                     "settings": {"router": {
+                         "endpoint_policy": {"allow_http": True, "allow_private_addresses": True},
+                         "endpoints": {"crm": {"url": f"http://127.0.0.1:{port}/hook",
+                                               "secret_ref": "env:SEC_RESTART_SECRET"}},
+                         "rules": [{"name": "everything-to-crm", "then": {"webhook": "crm"}}]}}}]})
 
     settings = RouterSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url, webhook_timeout_s=60.0)
     wamid = f"wamid.sec.restart.{uuid.uuid4().hex[:10]}"
