@@ -12,19 +12,25 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from parley_common.contracts import DeadLetter, InboundMessage
 from parley_common.deadletter import Backoff, ConsumerGuard, TransientFailure, classify, failure_reason
+from parley_common.producer import Record
+from parley_common.topics import DEAD_LETTERS
 from pydantic import ValidationError
 
 
-class FakeBroker:
+class FakeProducer:
+    """The service's producer as the guard writes dead letters through it (``send_all``)."""
+
     def __init__(self, fail_first: int = 0) -> None:
         self.published: list[DeadLetter] = []
+        self.records: list[Record] = []
         self.fail_first = fail_first
 
-    async def publish(self, body: dict[str, Any], topic: str, **_: Any) -> None:
+    async def send_all(self, records: list[Record], *, headers: Any = ()) -> None:
         if self.fail_first:
             self.fail_first -= 1
             raise KafkaConnectionError("broker away")
-        self.published.append(DeadLetter.model_validate(body))
+        self.records.extend(records)
+        self.published.extend(DeadLetter.model_validate_json(r.value) for r in records)
 
 
 def _rec(value: bytes, offset: int, partition: int = 0) -> ConsumerRecord[Any, Any]:
@@ -40,14 +46,14 @@ def _pg_error(cls: type[asyncpg.PostgresError], **fields: str) -> asyncpg.Postgr
     return exc
 
 
-def _guard(broker: FakeBroker, **kw: Any) -> tuple[ConsumerGuard, list[tuple[float, set[str]]]]:
+def _guard(producer: FakeProducer, **kw: Any) -> tuple[ConsumerGuard, list[tuple[float, set[str]]]]:
     slept: list[tuple[float, set[str]]] = []
     not_ready: set[str] = set()
 
     async def sleep(delay: float) -> None:
         slept.append((delay, set(not_ready)))  # readiness as it was while backing off
 
-    guard = ConsumerGuard(broker, service="svc", consumer="svc:t", not_ready=not_ready, sleep=sleep,  # type: ignore[arg-type]
+    guard = ConsumerGuard(producer, service="svc", consumer="svc:t", not_ready=not_ready, sleep=sleep,  # type: ignore[arg-type]
                           rng=lambda: 0.5, **kw)
     return guard, slept
 
@@ -72,7 +78,7 @@ def test_failures_are_classified_per_record(exc: BaseException, expected: str) -
 
 
 async def test_transient_failures_back_off_exponentially_with_readiness_false_and_never_spin() -> None:
-    guard, slept = _guard(FakeBroker(), backoff=Backoff(base_s=0.1, max_s=0.5))
+    guard, slept = _guard(FakeProducer(), backoff=Backoff(base_s=0.1, max_s=0.5))
     calls: list[list[int]] = []
 
     async def handle(records: Any) -> None:
@@ -90,8 +96,8 @@ async def test_transient_failures_back_off_exponentially_with_readiness_false_an
 
 
 async def test_a_permanent_failure_dead_letters_only_the_record_that_fails_alone() -> None:
-    broker = FakeBroker()
-    guard, slept = _guard(broker)
+    producer = FakeProducer()
+    guard, slept = _guard(producer)
     applied: list[int] = []
 
     async def handle(records: Any) -> None:
@@ -103,17 +109,21 @@ async def test_a_permanent_failure_dead_letters_only_the_record_that_fails_alone
     await guard.run(records, handle)
     assert applied == [10, 12] and slept == []
     assert guard.attempts == 5  # [10 11 12], [10], [11 12], [11] (dead-lettered), [12]
-    [letter] = broker.published
+    [letter] = producer.published
     assert (letter.source_partition, letter.source_offset, letter.error_type) == (
         3, 11, "CharacterNotInRepertoireError")
     assert letter.reason == "CharacterNotInRepertoireError (SQLSTATE 22021), column_name wamid"
     assert letter.payload == "wamid.\x00poison"  # replayable as it was
     assert guard.dead_lettered == 1
+    [record] = producer.records  # on the dead-letter topic, keyed as its record, naming where it came from
+    assert (record.topic, record.key) == (DEAD_LETTERS.name, b"k")
+    assert dict(record.headers) == {"content-type": b"application/json", "x-parley-service": b"svc",
+                                    "x-parley-source-topic": b"t"}
 
 
 async def test_one_poison_record_in_a_large_batch_costs_a_logarithmic_number_of_tries() -> None:
-    broker = FakeBroker()
-    guard, _ = _guard(broker)
+    producer = FakeProducer()
+    guard, _ = _guard(producer)
     applied: list[int] = []
 
     async def handle(records: Any) -> None:
@@ -123,13 +133,13 @@ async def test_one_poison_record_in_a_large_batch_costs_a_logarithmic_number_of_
 
     await guard.run([_rec(b"v", i, partition=i % 12) for i in range(64)], handle)
     assert applied == [i for i in range(64) if i != 41]  # in order, every other record once
-    assert [letter.source_offset for letter in broker.published] == [41]
+    assert [letter.source_offset for letter in producer.published] == [41]
     assert guard.attempts <= 1 + 2 * 6
 
 
 async def test_a_lone_record_failing_permanently_is_dead_lettered_once_without_a_retry() -> None:
-    broker = FakeBroker(fail_first=2)  # and the dead-letter topic is briefly unreachable
-    guard, slept = _guard(broker)
+    producer = FakeProducer(fail_first=2)  # and the dead-letter topic is briefly unreachable
+    guard, slept = _guard(producer)
     calls = 0
 
     async def handle(records: Any) -> None:
@@ -138,12 +148,12 @@ async def test_a_lone_record_failing_permanently_is_dead_lettered_once_without_a
         raise KeyError("phone_number_id")
 
     await guard.run([_rec(b"{}", 5)], handle)
-    assert calls == 1 and len(slept) == 2 and len(broker.published) == 1
-    assert broker.published[0].reason == "KeyError: 'phone_number_id'"
+    assert calls == 1 and len(slept) == 2 and len(producer.published) == 1
+    assert producer.published[0].reason == "KeyError: 'phone_number_id'"
 
 
 async def test_after_give_back_time_the_batch_goes_back_to_the_framework_and_the_streak_carries_on() -> None:
-    guard, slept = _guard(FakeBroker(), backoff=Backoff(base_s=1.0, max_s=8.0), give_back_after_s=2.5)
+    guard, slept = _guard(FakeProducer(), backoff=Backoff(base_s=1.0, max_s=8.0), give_back_after_s=2.5)
 
     async def down(records: Any) -> None:
         raise ConnectionRefusedError()
@@ -179,11 +189,12 @@ def test_reasons_name_fields_and_errors_never_values() -> None:
 def test_backoff_is_capped_and_jittered() -> None:
     b = Backoff(base_s=0.2, max_s=30.0)
     assert [b.delay(n, lambda: 1.0) for n in (1, 2, 3, 8, 9, 50)] == [0.2, 0.4, 0.8, 25.6, 30.0, 30.0]
+    assert b.delay(5000, lambda: 1.0) == 30.0  # a streak of hours of outage (2.0 ** 4999 overflowed)
     assert [b.delay(n, lambda: 0.0) for n in (1, 9)] == [0.1, 15.0]
 
 
 def test_guard_is_usable_from_a_running_loop_only_when_records_exist() -> None:
-    guard, _ = _guard(FakeBroker())
+    guard, _ = _guard(FakeProducer())
 
     async def never(records: Any) -> None:
         raise AssertionError("an empty batch calls nothing")
@@ -193,8 +204,8 @@ def test_guard_is_usable_from_a_running_loop_only_when_records_exist() -> None:
 
 
 async def test_records_that_do_not_decode_are_dead_lettered_alone_and_the_rest_decoded_in_order() -> None:
-    broker = FakeBroker(fail_first=1)  # Kafka away for the first dead letter: backed off, not lost
-    guard, slept = _guard(broker)
+    producer = FakeProducer(fail_first=1)  # Kafka away for the first dead letter: backed off, not lost
+    guard, slept = _guard(producer)
     records = [_rec(b'{"n": 1}', 0), _rec(b"{not json", 1), _rec(b'{"n": 3}', 2), _rec(b"[]", 3)]
 
     def decode(rec: ConsumerRecord[Any, Any]) -> int:
@@ -203,13 +214,13 @@ async def test_records_that_do_not_decode_are_dead_lettered_alone_and_the_rest_d
         return int(orjson.loads(rec.value)["n"])
 
     assert await guard.decoded(records, decode) == [1, 3]
-    assert [(le.source_offset, le.error_type) for le in broker.published] == [(1, "JSONDecodeError"),
+    assert [(le.source_offset, le.error_type) for le in producer.published] == [(1, "JSONDecodeError"),
                                                                              (3, "ValidationError")]
     assert guard.dead_lettered == 2 and len(slept) == 1 and not guard.not_ready
 
 
 async def test_a_transient_failure_while_decoding_is_raised_for_the_guard_to_retry() -> None:
-    guard, _ = _guard(FakeBroker())
+    guard, _ = _guard(FakeProducer())
 
     def decode(rec: ConsumerRecord[Any, Any]) -> int:
         raise asyncpg.ConnectionDoesNotExistError("closed")

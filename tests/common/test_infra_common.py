@@ -15,6 +15,8 @@ from parley_common.broker import CONSUMER_DEFAULTS, make_broker
 from parley_common.contracts import DeadLetter, InboundMessage
 from parley_common.db import connect, migrate
 from parley_common.deadletter import ConsumerGuard
+from parley_common.producer import RecordProducer
+from parley_common.settings import CommonSettings
 from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import DEAD_LETTERS, MESSAGES_IN
@@ -29,14 +31,19 @@ async def test_record_round_trip_carries_trace_context_and_dead_letters_poison(k
     tp = TracerProvider()
     tp.add_span_processor(SimpleSpanProcessor(exporter))
     broker = make_broker(kafka_bootstrap, service="commontest", tracer_provider=tp)
+    producer = RecordProducer(CommonSettings(kafka_bootstrap=kafka_bootstrap), service="commontest")
     got: list[tuple[InboundMessage, dict]] = []
-    letters: list[DeadLetter] = []
+    poison_headers: dict = {}
+    letters: list[tuple[DeadLetter, dict]] = []
     done = asyncio.Event()
 
-    guard = ConsumerGuard(broker, service="commontest", consumer="commontest:messages.in")
+    guard = ConsumerGuard(producer, service="commontest", consumer="commontest:messages.in")
 
     @broker.subscriber(MESSAGES_IN.name, group_id="commontest", **CONSUMER_DEFAULTS)
     async def on_message(msg: KafkaMessage) -> None:
+        if msg.body == b"{not json":
+            poison_headers.update(msg.headers)
+
         async def handle(records: object) -> None:
             event = InboundMessage.model_validate_json(msg.body)  # poison records raise here
             if event.event_id == "wamid.rt1":
@@ -47,25 +54,34 @@ async def test_record_round_trip_carries_trace_context_and_dead_letters_poison(k
             done.set()
 
     @broker.subscriber(DEAD_LETTERS.name, group_id="commontest-dlq", **CONSUMER_DEFAULTS)
-    async def on_letter(letter: DeadLetter) -> None:
+    async def on_letter(msg: KafkaMessage) -> None:
+        letter = DeadLetter.model_validate_json(msg.body)
         if letter.payload == "{not json":
-            letters.append(letter)
+            letters.append((letter, dict(msg.headers)))
         if got:
             done.set()
 
-    async with broker:
-        await broker.start()
-        event = InboundMessage(event_id="wamid.rt1", wamid="wamid.rt1", phone_number_id="555", type="text",
-                               text="hello", occurred_at=datetime.now(UTC))
-        await broker.publish(b"{not json", MESSAGES_IN.name, key=b"555")
-        await broker.publish(event, MESSAGES_IN.name, key=b"555")
-        await asyncio.wait_for(done.wait(), 60)
+    await producer.start()  # what the guard dead-letters through: started before the consumers
+    try:
+        async with broker:
+            await broker.start()
+            event = InboundMessage(event_id="wamid.rt1", wamid="wamid.rt1", phone_number_id="555", type="text",
+                                   text="hello", occurred_at=datetime.now(UTC))
+            await broker.publish(b"{not json", MESSAGES_IN.name, key=b"555")
+            await broker.publish(event, MESSAGES_IN.name, key=b"555")
+            await asyncio.wait_for(done.wait(), 60)
+    finally:
+        await producer.stop()
 
     assert got[0][0] == event
     assert "traceparent" in got[0][1]
-    assert letters[0].source_topic == MESSAGES_IN.name and letters[0].payload == "{not json"
-    assert letters[0].attempts == 1 and letters[0].key == "555"  # permanent: no retry
-    assert letters[0].reason.startswith("ValidationError: ") and letters[0].error_type == "ValidationError"
+    letter, headers = letters[0]
+    assert letter.source_topic == MESSAGES_IN.name and letter.payload == "{not json"
+    assert letter.attempts == 1 and letter.key == "555"  # permanent: no retry
+    assert letter.reason.startswith("ValidationError: ") and letter.error_type == "ValidationError"
+    assert headers["x-parley-service"] == "commontest" and headers["x-parley-source-topic"] == MESSAGES_IN.name
+    # the dead letter continues the trace of the record it came from
+    assert headers["traceparent"].split("-")[1] == poison_headers["traceparent"].split("-")[1]
     names = {s.name for s in exporter.get_finished_spans()}
     assert f"{MESSAGES_IN.name} process" in names and f"{MESSAGES_IN.name} publish" in names
 

@@ -1,6 +1,8 @@
 """The broker factory: one configuration for every service's KafkaBroker.
 
-Producers: ``acks="all"`` with the idempotent producer, lz4 compression and a small linger.
+The FastStream broker only consumes: every record Parley writes goes through the service's one
+:class:`parley_common.producer.RecordProducer` (ADR 0005), whose settings are
+:data:`PRODUCER_SETTINGS` (``acks="all"`` with the idempotent producer, lz4 compression).
 Consumers: commit only after the handler succeeded (``AckPolicy.NACK_ON_ERROR``; never
 ACK_FIRST, which is at-most-once). A poison record is dead-lettered by :mod:`deadletter`.
 Transport: TLS and SASL (PLAIN, SCRAM-SHA-256/512) from the environment (``CommonSettings``,
@@ -12,15 +14,11 @@ trace ids); its per-message "Received"/"Processed" lines are at DEBUG, so off at
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import OutOfOrderSequenceNumber, UnknownProducerId
-from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -31,8 +29,6 @@ from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from parley_common.settings import CommonSettings
-
-log = logging.getLogger("parley.broker")
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a webhook body may be 3 MB
 #: The most one record (key + value + headers) may take: the producer's request limit (and the
@@ -46,41 +42,11 @@ def record_size(key: bytes | None, value: bytes, headers: Any = ()) -> int:
     pairs = headers.items() if isinstance(headers, dict) else headers
     return len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in pairs)
 
-#: The broker's answers when an idempotent producer's sequence numbers or identity no longer match
-#: what it kept for that producer id (after a broker restart, for one). aiokafka fails the batch and
-#: every later one the same way, for good (aio-libs/aiokafka#1017); the Java client bumps its epoch.
-SEQUENCE_DESYNC = (OutOfOrderSequenceNumber, UnknownProducerId)
 
-
-def renew_producer_identity(producer: AIOKafkaProducer, exc: BaseException) -> bool:
-    """After a sequence desync (``exc`` or its cause), make the idempotent ``producer`` ask the
-    broker for a new producer id, with sequence numbers from zero, before its next batch (what the
-    Java producer does). The batch that failed was not written; its caller retries it, so at most
-    that batch is written twice, which every consumer's event-id dedupe absorbs. True if renewed."""
-    seen: BaseException | None = exc
-    while seen is not None and not isinstance(seen, SEQUENCE_DESYNC):
-        seen = seen.__cause__ or seen.__context__
-    txn = getattr(producer, "_txn_manager", None)
-    if seen is None or txn is None or txn.transactional_id is not None:
-        return False
-    txn._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
-    txn._pid_waiter = asyncio.get_running_loop().create_future()
-    txn._sequence_numbers.clear()
-    log.warning("Kafka producer out of sequence with the broker; renewing its producer id",
-                extra={"error_type": type(seen).__name__})
-    return True
-
-
-def aiokafka_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
-    """The started FastStream broker's own aiokafka producer (None before start, or in tests)."""
-    state = getattr(getattr(getattr(broker, "config", None), "producer", None), "_producer", None)
-    producer = getattr(state, "producer", None)
-    return producer if isinstance(producer, AIOKafkaProducer) else None
-
-
-#: What every producer of Parley is set to, the FastStream broker's and :mod:`producer`'s alike:
-#: Kafka acknowledges a record once every in-sync replica has it, and the idempotent producer's
-#: retries never write a record twice (ADR 0005). Only the linger differs per service.
+#: What Parley's producer (:mod:`producer`) is set to: Kafka acknowledges a record once every
+#: in-sync replica has it, and the idempotent producer's retries never write a record twice
+#: (ADR 0005). Only the linger differs per service. The FastStream broker gets them too: FastStream
+#: opens a producer with its admin client (``/readyz``'s ping), though Parley writes nothing through it.
 PRODUCER_SETTINGS: dict[str, Any] = {
     "acks": "all",
     "enable_idempotence": True,

@@ -17,7 +17,7 @@ A failure is classified per record (ADR 0075):
 Usage, in a batch subscriber (handlers are idempotent, so a record that already took effect in
 a failed batch may safely take effect again)::
 
-    guard = ConsumerGuard(rt.broker, service="billing", consumer="statuses", not_ready=rt.not_ready)
+    guard = ConsumerGuard(rt.producer, service="billing", consumer="statuses", not_ready=rt.not_ready)
 
     @broker.subscriber(STATUSES.name, group_id=consumer_group(GROUP), batch=True, decoder=undecoded,
                        **CONSUMER_DEFAULTS)
@@ -28,6 +28,12 @@ A handler that decodes its records one by one and can go on without the ones tha
 (or are not bound to a tenant) uses ``await guard.decoded(records, decode)``: those are
 dead-lettered alone with the reason, without halving the batch. A consumer of its own (the
 sender's send requests) dead-letters a record with :func:`dead_letter_consumed`.
+
+Dead letters are written through the service's one producer (``rt.producer``,
+:class:`parley_common.producer.RecordProducer`, ADR 0005), never through the FastStream broker,
+which only consumes. Its ``send_all`` renews the producer id after the broker answered out of
+sequence (ADR 0077), so a dead letter (or any other record) that failed that way is written by
+the guard's next try instead of failing the same way for good.
 """
 
 from __future__ import annotations
@@ -43,11 +49,10 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
-from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from parley_common.broker import aiokafka_producer, renew_producer_identity
 from parley_common.contracts import DeadLetter
+from parley_common.producer import JSON_HEADERS, Record, RecordProducer, trace_headers
 from parley_common.topics import DEAD_LETTERS
 
 log = logging.getLogger("parley.deadletter")
@@ -143,13 +148,14 @@ async def undecoded(msg: Any) -> None:
     return None
 
 
-async def publish_dead_letter(broker: KafkaBroker, letter: DeadLetter) -> None:
-    await broker.publish(
-        letter.model_dump(mode="json"),
-        DEAD_LETTERS.name,
-        key=(letter.key or letter.event_id).encode(),
-        headers={"x-parley-service": letter.service, "x-parley-source-topic": letter.source_topic},
-    )
+async def publish_dead_letter(producer: RecordProducer, letter: DeadLetter) -> None:
+    """``letter`` onto ``wa.deadletter``, keyed by its record's key (else its event id), with the
+    current trace context; returns once Kafka acknowledged it (a failure raises)."""
+    headers = (*JSON_HEADERS, ("x-parley-service", letter.service.encode()),
+               ("x-parley-source-topic", letter.source_topic.encode()))
+    record = Record(DEAD_LETTERS.name, (letter.key or letter.event_id).encode(), letter.model_dump_json().encode(),
+                    headers)
+    await producer.send_all([record], headers=trace_headers())
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,8 @@ class Backoff:
     max_s: float = 30.0
 
     def delay(self, streak: int, rng: Callable[[], float] = random.random) -> float:
-        cap = min(self.max_s, self.base_s * 2.0 ** max(streak - 1, 0))
+        # the exponent is bounded: the streak carries on across hand-backs, and 2.0 ** 1024 overflows
+        cap = min(self.max_s, self.base_s * 2.0 ** min(max(streak - 1, 0), 64))
         return cap / 2 + rng() * cap / 2
 
 
@@ -174,14 +181,14 @@ Handler = Callable[[Sequence[ConsumerRecord[Any, Any]]], Awaitable[Any]]
 T = TypeVar("T")
 
 
-async def dead_letter_consumed(broker: KafkaBroker, rec: ConsumerRecord[Any, Any], exc: BaseException, *,
+async def dead_letter_consumed(producer: RecordProducer, rec: ConsumerRecord[Any, Any], exc: BaseException, *,
                                service: str, attempts: int = 1) -> None:
     """``rec``, consumed from its topic, onto ``wa.deadletter`` with the reason (logged without
     its values). The one way a consumed record becomes a dead letter; a failure to publish raises."""
     log.warning("dead-lettering a record that cannot be processed",
                 extra={"service": service, "topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
                        "error_type": type(exc).__name__})
-    await publish_dead_letter(broker, dead_letter_record(
+    await publish_dead_letter(producer, dead_letter_record(
         service=service, topic=rec.topic, value=rec.value or b"", key=rec.key, exc=exc, attempts=attempts,
         partition=rec.partition, offset=rec.offset))
 
@@ -191,7 +198,7 @@ class ConsumerGuard:
 
     def __init__(
         self,
-        broker: KafkaBroker,
+        producer: RecordProducer,
         *,
         service: str,
         consumer: str,
@@ -201,7 +208,7 @@ class ConsumerGuard:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
-        self.broker = broker
+        self.producer = producer  # what the dead letters are written through
         self.service = service
         self.consumer = consumer
         self.not_ready = not_ready if not_ready is not None else set()
@@ -272,9 +279,6 @@ class ConsumerGuard:
             except Exception as exc:
                 if not is_transient(exc):
                     return exc
-                producer = aiokafka_producer(self.broker)
-                if producer is not None:  # a publish through the broker failed out of sequence
-                    renew_producer_identity(producer, exc)
                 await self._back_off(exc, started)
                 continue
             self._recovered()
@@ -303,7 +307,7 @@ class ConsumerGuard:
     async def _dead_letter(self, rec: ConsumerRecord[Any, Any], exc: BaseException, started: float) -> None:
         while True:
             try:
-                await dead_letter_consumed(self.broker, rec, exc, service=self.service)
+                await dead_letter_consumed(self.producer, rec, exc, service=self.service)
             except Exception as publish_exc:
                 if not is_transient(publish_exc):
                     raise

@@ -1,5 +1,8 @@
 """Parley's one Kafka producer: a long-lived aiokafka producer that every service writes through.
 
+Every record Parley writes goes through one :class:`RecordProducer` per process (``rt.producer``):
+events, dead letters, consent changes and notices alike; the FastStream broker only consumes.
+
 Guarantees (the same for every service, ADR 0005): ``acks="all"`` with the idempotent producer
 (no record lost or written twice by the producer's own retries), lz4 compression, batches up to
 256 KiB, requests up to :data:`parley_common.broker.MAX_REQUEST_BYTES`, and the Kafka transport
@@ -19,15 +22,20 @@ request, so many one-record batches would each wait their turn).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, OutOfOrderSequenceNumber, UnknownProducerId
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
+from opentelemetry import propagate
 
-from parley_common.broker import PRODUCER_SETTINGS, kafka_client_options, renew_producer_identity
+from parley_common.broker import PRODUCER_SETTINGS, kafka_client_options
 from parley_common.settings import CommonSettings
+
+log = logging.getLogger("parley.producer")
 
 Headers = Sequence[tuple[str, bytes]]
 JSON_HEADERS: Headers = (("content-type", b"application/json"),)
@@ -46,6 +54,39 @@ class Record(NamedTuple):
 
 class ProducerNotStarted(RuntimeError):
     pass
+
+
+def trace_headers() -> Headers:
+    """The current span's trace context (W3C ``traceparent``, ``tracestate``) as record headers,
+    so that whoever consumes the record continues the trace it was written in (none: empty)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+#: The broker's answers when an idempotent producer's sequence numbers or identity no longer match
+#: what it kept for that producer id (after a broker restart, for one). aiokafka fails the batch and
+#: every later one the same way, for good (aio-libs/aiokafka#1017); the Java client bumps its epoch.
+SEQUENCE_DESYNC = (OutOfOrderSequenceNumber, UnknownProducerId)
+
+
+def renew_producer_identity(producer: AIOKafkaProducer, exc: BaseException) -> bool:
+    """After a sequence desync (``exc`` or its cause), make the idempotent ``producer`` ask the
+    broker for a new producer id, with sequence numbers from zero, before its next batch (what the
+    Java producer does). The batch that failed was not written; its caller retries it, so at most
+    that batch is written twice, which every consumer's event-id dedupe absorbs. True if renewed."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, SEQUENCE_DESYNC):
+        seen = seen.__cause__ or seen.__context__
+    txn = getattr(producer, "_txn_manager", None)
+    if seen is None or txn is None or txn.transactional_id is not None:
+        return False
+    txn._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+    txn._pid_waiter = asyncio.get_running_loop().create_future()
+    txn._sequence_numbers.clear()
+    log.warning("Kafka producer out of sequence with the broker; renewing its producer id",
+                extra={"error_type": type(seen).__name__})
+    return True
 
 
 def producer_options(settings: CommonSettings, *, service: str, linger_ms: int = 5) -> dict[str, Any]:
@@ -95,7 +136,7 @@ class RecordProducer:
     def renew_after(self, exc: BaseException) -> bool:
         """After the broker answered out of sequence (``exc`` or its cause), ask it for a new
         producer id before the next batch, else every later batch fails the same way
-        (``parley_common.broker.renew_producer_identity``). For callers that gather the futures of
+        (:func:`renew_producer_identity`). For callers that gather the futures of
         :meth:`send` themselves; :meth:`send_all` does it. True if renewed."""
         return self._producer is not None and renew_producer_identity(self._producer, exc)
 

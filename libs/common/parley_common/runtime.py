@@ -1,7 +1,9 @@
 """What every service's composition root needs: broker, pool, tenants, telemetry, ops HTTP.
 
-Each service is one process: a FastAPI app served by uvicorn, whose lifespan starts the Kafka
-broker (its subscribers) and the database pool. Operations routes:
+Each service is one process: a FastAPI app served by uvicorn, whose lifespan opens the database
+pool, starts the service's one producer (``Runtime.producer``, every record it writes), then the
+Kafka broker (its subscribers, which only consume), and stops them in the reverse order.
+Operations routes:
 
 - ``/healthz``: liveness; answers from the process alone, never depends on Kafka.
 - ``/readyz``: the broker and the database answer.
@@ -53,7 +55,8 @@ class Runtime:
     registry: CollectorRegistry
     tracer_provider: TracerProvider
     redactor: Redactor
-    #: the service's one producer of records (started with the runtime, stopped after the broker)
+    #: the service's one producer: every record it writes, dead letters included (ADR 0005); started
+    #: before the start hooks and the broker's consumers, stopped after them
     producer: RecordProducer
     migrations: Sequence[tuple[str, Path]] = ()
     pool: asyncpg.Pool | None = None
@@ -104,7 +107,7 @@ def _watch_subscribers(rt: Runtime) -> None:
     service's own, like the sender's, are added with ``rt.ops.watch``)."""
     if rt.ops is None:
         return
-    for sub in getattr(rt.broker, "subscribers", ()):
+    for sub in rt.broker.subscribers:
         group = getattr(sub, "group_id", None)
         topics = [t if isinstance(t, str) else str(getattr(t, "name", t)) for t in getattr(sub, "topics", None) or ()]
         if group and topics:

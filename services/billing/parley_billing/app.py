@@ -28,7 +28,7 @@ def create_app(settings: BillingSettings | None = None, *, tracer_provider: Trac
     app = make_app(rt, title="Parley billing", routers=[api.build_router(rt, rates, settings, lookup, clock),
                                                         order_api.build_router(rt)])
 
-    async def build() -> None:  # the pool is open; the broker starts after this
+    async def build() -> None:  # the pool and the producer are open; the broker starts after this
         parts = await bootstrap(rt, settings, lookup, rates)
         app.state.metering = parts.metering
         # failure counters of the Kafka consumers (tests, diagnostics); the order consumers' as orders:<topic>

@@ -1,8 +1,9 @@
 """Billing built whole: the async half of its composition root (``app.py``).
 
-Called by the app's lifespan once the runtime opened the database pool, it builds the metering
-store and the send-span links with the pool in hand and registers the Kafka subscribers on the
-broker before the broker starts.
+Called by the app's lifespan once the runtime opened the database pool and the producer, it
+builds the metering store and the send-span links with the pool in hand and registers the Kafka
+subscribers on the broker (their failure guards dead-letter through the producer) before the
+broker starts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,6 @@ async def bootstrap(rt: Runtime, settings: BillingSettings, lookup: TenantLookup
     pool = rt.require_pool()
     metering = Metering(pool, lookup, parallel=settings.parallel_transactions, rates=rates)
     links = SendSpanLinks(rt.tracer_provider.get_tracer("parley.billing"), pool)
-    guards = handlers.register(rt.broker, metering, settings, rt.registry, links, tenants=lambda: rt.tenants,
-                               not_ready=rt.not_ready)
+    guards = handlers.register(rt.broker, rt.producer, metering, settings, rt.registry, links,
+                               tenants=lambda: rt.tenants, not_ready=rt.not_ready)
     return BillingParts(metering, links, guards)

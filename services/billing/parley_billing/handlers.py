@@ -20,6 +20,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.deadletter import ConsumerGuard, raw_records, undecoded
+from parley_common.producer import RecordProducer
 from parley_common.tenancy.directory import TenantDirectory
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_IN, SENDS, STATUSES, Topic, consumer_group
 from prometheus_client import CollectorRegistry, Counter
@@ -35,10 +36,11 @@ GROUP = "parley-billing"
 Rec: TypeAlias = ConsumerRecord[Any, Any]
 
 
-def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings, registry: CollectorRegistry,
-             links: SendSpanLinks | None = None, *, tenants: Callable[[], TenantDirectory],
-             not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
-    """The subscribers, each under a failure guard; returns the guards by topic base name.
+def register(broker: KafkaBroker, producer: RecordProducer, metering: Metering, settings: BillingSettings,
+             registry: CollectorRegistry, links: SendSpanLinks | None = None, *,
+             tenants: Callable[[], TenantDirectory], not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
+    """The subscribers on ``broker``, each under a failure guard that dead-letters through
+    ``producer``; returns the guards by topic base name.
 
     ``tenants`` gives the current tenant directory: a fact is metered only for the tenant it was
     bound to where it entered Parley, and only on that tenant's number
@@ -49,7 +51,7 @@ def register(broker: KafkaBroker, metering: Metering, settings: BillingSettings,
     bad = Counter("parley_billing_bad_records", "Records dead-lettered, by topic", ["topic"], registry=registry)
     batch = {"batch": True, "max_records": settings.batch_max_records,
              "batch_timeout_ms": settings.batch_timeout_ms, "decoder": undecoded, **CONSUMER_DEFAULTS}
-    guards = {t.base: ConsumerGuard(broker, service="billing", consumer=f"billing:{t.base}", not_ready=not_ready)
+    guards = {t.base: ConsumerGuard(producer, service="billing", consumer=f"billing:{t.base}", not_ready=not_ready)
               for t in (STATUSES, SENDS, MESSAGES_IN, ACCOUNT_EVENTS)}
 
     async def guarded(topic: Topic, msg: Any, handle: Callable[[Sequence[Rec]], Awaitable[None]]) -> None:

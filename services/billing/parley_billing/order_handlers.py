@@ -26,6 +26,7 @@ from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.deadletter import ConsumerGuard, raw_records, undecoded
 from parley_common.endpoint_calls import TenantEndpointClient, WebhookDispatcher
+from parley_common.producer import JSON_HEADERS, Record, trace_headers
 from parley_common.runtime import Runtime
 from parley_common.topics import COMMERCE, MESSAGES_OUT, Topic, consumer_group
 from prometheus_client import CollectorRegistry, Counter
@@ -54,7 +55,7 @@ def register(rt: Runtime, registry: CollectorRegistry, settings: BillingSettings
     batch = {"batch": True, "max_records": settings.order_batch_max_records,
              "batch_timeout_ms": settings.batch_timeout_ms,
              "decoder": undecoded, **CONSUMER_DEFAULTS}
-    guards = {t.base: ConsumerGuard(broker, service="billing", consumer=f"billing:orders:{t.base}",
+    guards = {t.base: ConsumerGuard(rt.producer, service="billing", consumer=f"billing:orders:{t.base}",
                                     not_ready=rt.not_ready) for t in (COMMERCE, MESSAGES_OUT)}
     stored = asyncio.Event()  # a new fact was stored: the order event relay looks now
 
@@ -207,9 +208,10 @@ async def publish_notice(rt: Runtime, tenant_id: str, reference_id: str, key: st
     """Publish a refund's order_status notice (acknowledged by Kafka), then mark it published.
 
     The notice's message id is derived from the refund, so publishing it twice sends it once."""
-    await rt.broker.publish(orjson.dumps(notice), MESSAGES_OUT.name, key=str(notice["phone_number_id"]).encode(),
-                            headers={"content-type": "application/json", "x-parley-event-id": notice["event_id"],
-                                     "x-parley-tenant": tenant_id})
+    await rt.producer.send_all([Record(
+        MESSAGES_OUT.name, str(notice["phone_number_id"]).encode(), orjson.dumps(notice),
+        (*JSON_HEADERS, ("x-parley-event-id", str(notice["event_id"]).encode()),
+         ("x-parley-tenant", tenant_id.encode())))], headers=trace_headers())
     await order_store.mark_notice_published(rt.require_pool(), tenant_id, reference_id, key)
 
 

@@ -126,7 +126,7 @@ def build_dispatcher(rt: Runtime, client: TenantEndpointClient, *, attempts: int
         return EndpointTarget(endpoint.url, endpoint.secret_ref, settings.endpoint_policy.policy())
 
     async def dead_letter(p: PendingDelivery, exc: BaseException) -> None:
-        await publish_dead_letter(rt.broker, dead_letter_record(
+        await publish_dead_letter(rt.producer, dead_letter_record(
             service="billing", topic=ORDERS.name, value=p.body, key=p.phone_number_id.encode(), exc=exc,
             attempts=min(p.attempt, attempts), event_id=f"billing:webhook:{p.delivery_id}",
             headers={"endpoint": p.endpoint, "tenant_id": p.tenant_id}))

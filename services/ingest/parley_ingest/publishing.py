@@ -20,9 +20,8 @@ import time
 from collections.abc import Sequence
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
-from opentelemetry import propagate
 from parley_common.broker import MAX_RECORD_BYTES, record_size
-from parley_common.producer import Record, RecordProducer
+from parley_common.producer import Record, RecordProducer, trace_headers
 
 from parley_ingest.domain.records import OutRecord
 
@@ -84,8 +83,6 @@ class RecordWriter:
     async def _send_all(self, records: Sequence[OutRecord]) -> None:
         # Hot path (ADR 0010): one trace context for the whole request, added to every record,
         # instead of FastStream's per-record middleware span.
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
         await self._producer.send_all(
             [Record(r.topic, r.key, r.value, [(k, v.encode()) for k, v in r.headers.items()]) for r in records],
-            headers=[(k, v.encode()) for k, v in carrier.items()])
+            headers=trace_headers())

@@ -49,7 +49,7 @@ def register(rt: Runtime, registry: CollectorRegistry, *, batch_max_records: int
              batch_timeout_ms: int = 100) -> ConsumerGuard:
     seats = Counter("parley_ingest_seats_following_orders", "Seats sold or released by order events",
                     ["action"], registry=registry)
-    guard = ConsumerGuard(rt.broker, service="ingest", consumer="ingest:orders", not_ready=set())
+    guard = ConsumerGuard(rt.producer, service="ingest", consumer="ingest:orders", not_ready=set())
 
     async def handle(records: Sequence[Any]) -> None:
         store = SeatStore(rt.require_pool())

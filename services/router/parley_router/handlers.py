@@ -87,7 +87,7 @@ class RouterService:
         self._builtin: frozenset[str] | None = None
         # An unreachable database or broker is retried with backoff (readiness false meanwhile);
         # a batch that fails otherwise is narrowed to the records that fail alone, dead-lettered.
-        self.guard = ConsumerGuard(rt.broker, service=SERVICE, consumer="router:messages.in",
+        self.guard = ConsumerGuard(producer, service=SERVICE, consumer="router:messages.in",
                                    not_ready=rt.not_ready)
 
     @property
@@ -122,7 +122,7 @@ class RouterService:
 
     async def _dead_letter_unroutable(self, m: InboundMessage, exc: BaseException) -> None:
         """A message that decoded but fails to route on its own (its record is gone by then)."""
-        await publish_dead_letter(self.rt.broker, dead_letter_record(
+        await publish_dead_letter(self.producer, dead_letter_record(
             service=SERVICE, topic=MESSAGES_IN.name, value=m.model_dump_json().encode(),
             key=m.phone_number_id.encode(), exc=exc, attempts=1))
 
@@ -236,6 +236,6 @@ class RouterService:
 
     async def dead_letter_call(self, p: PendingDelivery, exc: BaseException) -> None:
         attempts = self.dispatcher.attempts
-        await publish_dead_letter(self.rt.broker, dead_letter_record(
+        await publish_dead_letter(self.producer, dead_letter_record(
             service=SERVICE, topic=MESSAGES_ROUTED.name, value=p.body, key=p.phone_number_id.encode(),
             exc=exc, attempts=min(p.attempt, attempts), event_id=f"router:webhook:{p.delivery_id}"))

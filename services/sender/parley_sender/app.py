@@ -63,9 +63,9 @@ def create_app(
     rt.on_start.append(build)
     rt.on_stop.append(close)
 
-    # The send requests' consumer starts once everything else runs (the store, the producer and the
-    # broker it dead-letters through) and stops first: its in-flight calls are recorded and their
-    # offsets committed while all of that is still up.
+    # The send requests' consumer starts once everything else runs (the store, the producer it
+    # writes results and dead letters through, the broker) and stops first: its in-flight calls
+    # are recorded and their offsets committed while all of that is still up.
     runtime_lifespan = app.router.lifespan_context
 
     @contextlib.asynccontextmanager

@@ -40,9 +40,9 @@ async def bootstrap(rt: Runtime, settings: SenderSettings, client: CloudApiClien
         client=client,
         tenants=lambda: rt.tenants,
         metrics=metrics,
-        effects=Effects(broker=rt.broker, store=store, producer=rt.producer),
+        effects=Effects(store=store, producer=rt.producer),
         numbers=NumberStates(idle_s=settings.number_idle_s),
         tracer=rt.tracer_provider.get_tracer("parley.sender"),
     )
-    guards = register(sender, not_ready=rt.not_ready)
+    guards = register(rt.broker, sender, not_ready=rt.not_ready)
     return SenderParts(sender, SendConsumer(sender), InDoubtSweeper(sender), guards)

@@ -166,7 +166,7 @@ class PartitionWorker:
             try:
                 batch = await self._transient_retried("send", send([rec]), give_up_when_closed=True)
             except Exception as exc:
-                dead_letter = functools.partial(dead_letter_consumed, self.owner.sender.effects.broker, rec, exc,
+                dead_letter = functools.partial(dead_letter_consumed, self.owner.sender.effects.producer, rec, exc,
                                                 service=SERVICE)
                 await self._transient_retried("dead-letter", dead_letter)
                 out.append((Batch([], []), rec.offset + 1))

@@ -303,7 +303,7 @@ class Sender:
                 if reason is not None:
                     raise UnstorableRecord(f"a value PostgreSQL cannot store: {reason}")
             except Exception as exc:
-                await dead_letter_consumed(self.effects.broker, rec, exc, service=SERVICE)
+                await dead_letter_consumed(self.effects.producer, rec, exc, service=SERVICE)
                 continue
             mid = msg.message_id
             if rec.headers:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from faststream.kafka import KafkaBroker
 from parley_common.contracts import ConsentChange, OutboundMessage, body_hash
 from parley_common.deadletter import dead_letter_record, publish_dead_letter
-from parley_common.producer import JSON_HEADERS, Record, RecordProducer
+from parley_common.producer import JSON_HEADERS, Record, RecordProducer, trace_headers
 from parley_common.topics import ACCOUNT_EVENTS, MESSAGES_OUT, MESSAGES_OUT_RETRY, SENDS
 
 from parley_sender.domain.outcomes import FINAL, NOT_SENT, MessageState, stops_consent
@@ -48,16 +47,9 @@ class Outcome:
 
 
 class Effects:
-    def __init__(
-        self,
-        *,
-        broker: KafkaBroker,
-        store: SenderStore,
-        producer: RecordProducer,
-    ) -> None:
-        self.broker = broker
+    def __init__(self, *, store: SenderStore, producer: RecordProducer) -> None:
         self.store = store
-        self.producer = producer
+        self.producer = producer  # every record the sender writes, dead letters included
 
     @staticmethod
     def of_row(row: MessageRow, request: dict[str, Any] | None = None) -> Outcome:
@@ -144,7 +136,9 @@ class Effects:
             action="stop",
             source=source,
         )
-        await self.broker.publish(change.model_dump(mode="json"), ACCOUNT_EVENTS.name, key=phone_number_id.encode())
+        await self.producer.send_all(
+            [Record(ACCOUNT_EVENTS.name, phone_number_id.encode(), change.model_dump_json().encode(), JSON_HEADERS)],
+            headers=trace_headers())
 
     async def dead_letter_request(self, o: Outcome) -> None:
         row = o.row
@@ -158,4 +152,4 @@ class Effects:
             attempts=row.attempt + 1,
             event_id=f"{SERVICE}:{row.message_id}",
         )
-        await publish_dead_letter(self.broker, letter)
+        await publish_dead_letter(self.producer, letter)

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from parley_common.broker import CONSUMER_DEFAULTS
 from parley_common.contracts import (
@@ -87,18 +88,19 @@ async def _decode(
     return await guard.decoded(records, decode)
 
 
-def register(sender: Sender, *, not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
-    """The three subscribers, each under a failure guard (parley_common.deadletter, ADR 0075): an
-    unreachable database is retried with backoff (``not_ready`` lists the consumer meanwhile), a
-    record the database refuses is dead-lettered alone. Returns the guards, by consumer."""
-    broker = sender.effects.broker
+def register(broker: KafkaBroker, sender: Sender, *, not_ready: set[str] | None = None) -> dict[str, ConsumerGuard]:
+    """The three subscribers on ``broker``, each under a failure guard (parley_common.deadletter,
+    ADR 0075): an unreachable database is retried with backoff (``not_ready`` lists the consumer
+    meanwhile), a record the database refuses is dead-lettered alone, through the sender's
+    producer. Returns the guards, by consumer."""
     s = sender.settings
     batch: dict[str, Any] = {
         "max_records": s.batch_max_records,
         "batch_timeout_ms": s.batch_timeout_ms,
         **CONSUMER_DEFAULTS,
     }
-    guards = {name: ConsumerGuard(broker, service=SERVICE, consumer=f"sender:{name}", not_ready=not_ready)
+    guards = {name: ConsumerGuard(sender.effects.producer, service=SERVICE, consumer=f"sender:{name}",
+                                  not_ready=not_ready)
               for name in ("windows", "statuses", "accounts")}
 
     async def windows(records: Sequence[ConsumerRecord[Any, Any]]) -> None:
