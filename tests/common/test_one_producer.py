@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from parley_common.deadletter import ConsumerGuard
 from parley_common.producer import RecordProducer
 from parley_common.settings import CommonSettings
 from parley_common.topics import DEAD_LETTERS
+from support.kafka import read_topic
 
 REPO = Path(__file__).resolve().parents[2]
 WRITES = frozenset({"publish", "publish_batch", "request"})
@@ -55,17 +56,6 @@ def _rec(key: bytes, offset: int) -> ConsumerRecord[Any, Any]:
                           serialized_value_size=len(value), headers=())
 
 
-async def _dead_letters(bootstrap: str, key: bytes) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(DEAD_LETTERS.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        batches = await consumer.getmany(timeout_ms=5000)
-        return [json.loads(r.value) for rs in batches.values() for r in rs if r.key == key]
-    finally:
-        await consumer.stop()
-
-
 @pytest.mark.infra
 async def test_a_dead_letter_refused_out_of_sequence_renews_the_producer_and_is_written(kafka_bootstrap: str) -> None:
     producer = RecordProducer(CommonSettings(kafka_bootstrap=kafka_bootstrap), service="deadletter-desync-test")
@@ -90,4 +80,5 @@ async def test_a_dead_letter_refused_out_of_sequence_renews_the_producer_and_is_
     finally:
         await producer.stop()
     assert guard.dead_lettered == 2 and guard.transient_failures == 1 and len(slept) == 1
-    assert [letter["source_offset"] for letter in await _dead_letters(kafka_bootstrap, key)] == [1, 2]
+    letters = [json.loads(r.value) for r in await read_topic(kafka_bootstrap, DEAD_LETTERS.name) if r.key == key]
+    assert [letter["source_offset"] for letter in letters] == [1, 2]
