@@ -129,6 +129,7 @@ def build_router(rt: Runtime) -> APIRouter:
                 event_id=message_id, message_id=message_id, tenant_id=tenant.tenant_id,
                 phone_number_id=view.phone_number_id, occurred_at=now, received_at=now,
                 to=None if by_user_id else view.customer, to_user_id=view.customer if by_user_id else None,
+                contact_id=view.contact,  # the sender's per-person rules follow the contact (ADR 0117)
                 type="interactive", content=refund_notice(view, refunded), reply_to_wamid=None,
                 priority="reply", origin="billing",
             ).model_dump(mode="json")

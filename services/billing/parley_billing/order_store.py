@@ -114,22 +114,35 @@ async def _lock_order(conn: AnyConnection, tenant_id: str, reference_id: str, at
 AD_REFERRAL_WINDOW = "72 hours"  # Meta's free entry point window after a click-to-WhatsApp ad
 
 
+def _kept(tenant: str, contact: str) -> str:
+    """SQL: the key billing keeps the facts of the contact ``contact`` under (both SQL
+    expressions): the contact it was folded into (``billing.contact_aliases``, ADR 0117), else itself."""
+    return (f"coalesce((SELECT ca.kept FROM billing.contact_aliases ca WHERE ca.tenant_id = {tenant}"
+            f" AND ca.absorbed = {contact}), {contact})")
+
+
+# An order's contact as stored; orders not re-folded since it was added fall back to the customer.
+_ORDER_CONTACT = "coalesce(contact, ltrim(customer, '+'))"
+
+
 async def _ad_referral(conn: AnyConnection, tenant_id: str, view: OrderView, first_at: datetime) -> str | None:
     """The click-to-WhatsApp ad an order came from: the cart its order_details answered, else the
     referral of the customer's latest message from an ad on that number in the 72 hours before
-    the order (the conversation the ad opened)."""
+    the order (the conversation the ad opened). The customer is the order's contact (ADR 0117), as
+    billing meters inbound messages, followed into the contact it was merged into, if any."""
     if view.conversation_wamid:
         await _lock_cart(conn, tenant_id, view.conversation_wamid)  # see record_cart
         clid = await conn.fetchval("SELECT ctwa_clid FROM billing.order_carts WHERE wamid = $1 AND tenant_id = $2",
                                    view.conversation_wamid, tenant_id)
         if isinstance(clid, str):
             return clid
-    if not view.phone_number_id or not view.customer:
+    if not view.phone_number_id or not view.contact:
         return None
     clid = await conn.fetchval(
-        "SELECT ctwa_clid FROM billing.inbound WHERE phone_number_id = $1 AND customer = $2 AND tenant_id = $3"
-        f" AND ctwa_clid IS NOT NULL AND received_at <= $4 AND received_at > $4 - interval '{AD_REFERRAL_WINDOW}'"
-        " ORDER BY received_at DESC LIMIT 1", view.phone_number_id, view.customer.lstrip("+"), tenant_id, first_at)
+        f"SELECT ctwa_clid FROM billing.inbound WHERE phone_number_id = $1 AND customer = {_kept('$3', '$2')}"
+        f" AND tenant_id = $3 AND ctwa_clid IS NOT NULL AND received_at <= $4"
+        f" AND received_at > $4 - interval '{AD_REFERRAL_WINDOW}'"
+        " ORDER BY received_at DESC LIMIT 1", view.phone_number_id, view.contact, tenant_id, first_at)
     return clid if isinstance(clid, str) else None
 
 
@@ -151,10 +164,10 @@ async def _refold(conn: AnyConnection, tenant_id: str, reference_id: str, before
     await conn.execute(
         "UPDATE billing.orders SET state = $3, phone_number_id = $4, customer = $5, currency = $6,"
         " total = $7, captured = $8, refunded = $9, conversation_wamid = $10, ctwa_clid = $11,"
-        " first_at = $12, updated_at = now(), view = $13 WHERE tenant_id = $1 AND reference_id = $2",
+        " first_at = $12, updated_at = now(), view = $13, contact = $14 WHERE tenant_id = $1 AND reference_id = $2",
         tenant_id, reference_id, view.state, view.phone_number_id, view.customer, view.currency,
         _amount(view.total), _amount(view.captured), _amount(view.refunded), view.conversation_wamid,
-        view.ctwa_clid, first, body)
+        view.ctwa_clid, first, body, view.contact)
     event = order_event(tenant_id, view, body, datetime.now(UTC), before)
     if event is not None:
         await conn.execute(
@@ -202,14 +215,14 @@ FEE_WINDOW = "24 hours"
 
 
 async def get_order(pool: asyncpg.Pool, tenant_id: str, reference_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow("SELECT view, first_at, updated_at FROM billing.orders"
+    row = await pool.fetchrow(f"SELECT view, first_at, updated_at, {_ORDER_CONTACT} AS contact FROM billing.orders"
                               " WHERE tenant_id = $1 AND reference_id = $2", tenant_id, reference_id)
     if row is None or not isinstance(row["view"], dict) or not row["view"]:
         return None
     view = dict(row["view"])
     view["earned"] = _earned(view)
     last_at = max((datetime.fromisoformat(h["at"]) for h in view.get("history") or []), default=row["first_at"])
-    view["fees"] = await order_fees(pool, tenant_id, view.get("phone_number_id"), view.get("customer"),
+    view["fees"] = await order_fees(pool, tenant_id, view.get("phone_number_id"), row["contact"],
                                     row["first_at"], last_at)
     return view
 
@@ -225,20 +238,21 @@ def _earned(view: dict[str, Any]) -> dict[str, Any] | None:
     return Money(total, currency).as_meta()
 
 
-async def order_fees(pool: asyncpg.Pool, tenant_id: str, phone_number_id: str | None, customer: str | None,
+async def order_fees(pool: asyncpg.Pool, tenant_id: str, phone_number_id: str | None, contact: str | None,
                      first_at: datetime, last_at: datetime) -> dict[str, Any]:
     """What the order's conversation cost in WhatsApp fees: the priced messages the business sent
     the customer from the order's number, from a day before the order's first fact to a day after
-    its last one, in event time (billing's ledger, list prices)."""
-    if not phone_number_id or not customer:
+    its last one, in event time (billing's ledger, list prices). The customer is the order's
+    ``contact``, as billing meters deliveries (ADR 0117), followed into the contact it was merged into."""
+    if not phone_number_id or not contact:
         return {"messages": 0, "amounts": {}, "window": None}
     rows = await pool.fetch(
         "SELECT l.currency, count(*) AS messages, sum(l.amount) FILTER (WHERE l.billable) AS amount"
         " FROM billing.ledger l JOIN billing.deliveries d ON d.wamid = l.wamid"
-        " WHERE l.tenant_id = $1 AND l.phone_number_id = $2 AND d.customer = $3"
+        f" WHERE l.tenant_id = $1 AND l.phone_number_id = $2 AND d.customer = {_kept('$1', '$3::text')}"
         f" AND l.delivered_at BETWEEN $4::timestamptz - interval '{FEE_WINDOW}'"
         f" AND $5::timestamptz + interval '{FEE_WINDOW}' GROUP BY l.currency",
-        tenant_id, phone_number_id, customer, first_at, last_at)
+        tenant_id, phone_number_id, contact, first_at, last_at)
     return {"messages": sum(r["messages"] for r in rows),
             "amounts": {r["currency"]: str(r["amount"] or Decimal(0)) for r in rows},
             "window": f"{FEE_WINDOW} either side of the order"}
@@ -275,15 +289,16 @@ async def order_summary(pool: asyncpg.Pool, tenant_id: str, *, since: datetime |
              "earned": str((r["captured"] or Decimal(0)) - (r["refunded"] or Decimal(0)))} for r in rows]
 
 
-# The priced messages of the conversations of the orders started in [$2, $3): (order, message) pairs.
+# The priced messages of the conversations of the orders started in [$2, $3): (order, message) pairs;
+# an order's customer is its contact as billing keeps it (see order_fees).
 _ORDER_MESSAGES = (
-    "WITH o AS (SELECT reference_id, phone_number_id, customer, first_at,"
+    f"WITH o AS (SELECT reference_id, phone_number_id, {_kept('$1', _ORDER_CONTACT)} AS contact, first_at,"
     " coalesce((SELECT max((h->>'at')::timestamptz) FROM jsonb_array_elements(view->'history') h), first_at)"
     " AS last_at FROM billing.orders"
     " WHERE tenant_id = $1 AND first_at >= $2 AND first_at < $3 AND state <> 'unknown'"
-    " AND phone_number_id IS NOT NULL AND customer IS NOT NULL),"
+    f" AND phone_number_id IS NOT NULL AND {_ORDER_CONTACT} IS NOT NULL),"
     " m AS (SELECT o.reference_id, l.wamid, l.currency, l.amount, l.billable FROM o"
-    " JOIN billing.deliveries d ON d.phone_number_id = o.phone_number_id AND d.customer = o.customer"
+    " JOIN billing.deliveries d ON d.phone_number_id = o.phone_number_id AND d.customer = o.contact"
     " JOIN billing.ledger l ON l.wamid = d.wamid AND l.tenant_id = $1"
     f" WHERE l.delivered_at BETWEEN o.first_at - interval '{FEE_WINDOW}' AND o.last_at + interval '{FEE_WINDOW}')"
 )

@@ -117,6 +117,10 @@ class OrderView:
     ctwa_clid: str | None
     history: tuple[HistoryEntry, ...]
     problems: tuple[str, ...]
+    # The customer's contact (ADR 0117) as billing keys the customer's facts: the contact the
+    # order_details was stamped with, else the address (records from before contacts). Not shown
+    # to the business, which sees ``customer``, whom Meta was asked to send to.
+    contact: str | None
 
     @property
     def refundable(self) -> Decimal:
@@ -135,7 +139,7 @@ def fold_order(reference_id: str, facts: Iterable[OrderFact]) -> OrderView:
     requested: OrderFact | None = None
     currency: str | None = None
     total: Money | None = None
-    customer = phone = conversation = ctwa = None
+    customer = contact = phone = conversation = ctwa = None
     items: tuple[Mapping[str, Any], ...] = ()
     problems: list[str] = []
     history: list[HistoryEntry] = []
@@ -146,6 +150,7 @@ def fold_order(reference_id: str, facts: Iterable[OrderFact]) -> OrderView:
             currency = f.body.get("currency")
             total = _money_or_none(f.body.get("total"), currency)
             customer = f.body.get("customer")
+            contact = f.body.get("contact") or contact_key(customer)
             phone = f.body.get("phone_number_id")
             conversation = f.body.get("conversation_wamid")
             ctwa = f.body.get("ctwa_clid")
@@ -156,6 +161,7 @@ def fold_order(reference_id: str, facts: Iterable[OrderFact]) -> OrderView:
         currency = next((f.body.get("currency") for f in ordered if f.body.get("currency")), None)
         phone = next((f.body.get("phone_number_id") for f in ordered if f.body.get("phone_number_id")), None)
         customer = next((f.body.get("customer") for f in ordered if f.body.get("customer")), None)
+        contact = contact_key(customer)
 
     # What was captured is known before refunds are counted, so a refund's event time (Parley's
     # clock) against a capture's (Meta's) never decides whether it counts.
@@ -231,6 +237,7 @@ def fold_order(reference_id: str, facts: Iterable[OrderFact]) -> OrderView:
         ctwa_clid=ctwa,
         history=tuple(history),
         problems=tuple(problems),
+        contact=contact,
     )
 
 
@@ -310,6 +317,12 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
+def contact_key(value: Any) -> str | None:
+    """The key billing meters a customer's facts under (``domain.facts``): the contact, or the
+    address without its ``+``."""
+    return (value.lstrip("+") or None) if isinstance(value, str) else None
+
+
 # --- facts from records (the JSON dicts of contract models) --------------------------------
 
 
@@ -344,6 +357,8 @@ def requested_fact(message: Mapping[str, Any]) -> tuple[str, OrderFact] | None:
         "payment_configuration": _payment_configuration(params),
         "items": items,
         "customer": message.get("to") or message.get("to_user_id"),
+        # whom billing meters the customer's messages under (ADR 0117): the contact ingest stamped
+        "contact": contact_key(message.get("contact_id") or message.get("to") or message.get("to_user_id")),
         "phone_number_id": message.get("phone_number_id"),
         "conversation_wamid": message.get("reply_to_wamid"),
         "message_id": message.get("message_id"),
