@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
-from parley_common.contracts import OrderCart, OutboundMessage, PaymentUpdate
-from parley_common.topics import COMMERCE, MESSAGES_OUT
+from parley_common.contracts import InboundMessage, OrderCart, OutboundMessage, PaymentUpdate, Referral
+from parley_common.topics import COMMERCE, MESSAGES_IN, MESSAGES_OUT
 from support.kafka import read_topic
 from support.waiting import eventually
 
@@ -165,7 +165,7 @@ async def test_refunds_are_idempotent_capped_and_tell_the_customer(
 
     notices = [orjson.loads(r.value) for r in await read_topic(kafka_bootstrap, MESSAGES_OUT.name)
                if r.value and b"pm_refund_" in r.value]
-    by_id = {n["message_id"]: n for n in notices}
+    by_id = {n["message_id"]: n for n in notices if n["content"]["action"]["parameters"]["reference_id"] == ref}
     assert set(by_id) == {first.json()["notice"]["message_id"], rest.json()["notice"]["message_id"]}
     full = by_id[rest.json()["notice"]["message_id"]]
     assert full["to"] == CUSTOMER and full["phone_number_id"] == SHOP_NUMBER and full["tenant_id"] == SHOP
@@ -229,3 +229,43 @@ async def test_an_order_shows_what_its_conversation_cost_in_whatsapp_fees(
     order = (await client.get(f"/v1/orders/{ref}", headers=bearer(key))).json()
     assert order["fees"]["messages"] == 2
     assert order["fees"]["amounts"] == {"USD": "0.02140000"}
+
+
+async def test_an_order_to_a_customer_known_by_bsuid_takes_the_ad_of_their_contact(
+        billing: tuple[FastAPI, httpx.AsyncClient], kafka_bootstrap: str, commerce_keys: dict[str, str]) -> None:
+    """The customer was first seen by BSUID (their contact, ADR 0117), so billing meters their
+    messages under it; the business's order_details goes to their phone number, stamped with the
+    contact by ingest. The order takes the ad of the contact's message, shows the number it was
+    addressed to, and its refund notice carries the contact (the sender's rules are the person's)."""
+    app, client = billing
+    key, ref = commerce_keys[SHOP], "bus-bsuid-1"
+    phone, bsuid = "919900000071", "IN.7134912086550071"
+    ad = InboundMessage(event_id="wamid.BSUID-AD-1", tenant_id=SHOP, phone_number_id=SHOP_NUMBER,
+                        occurred_at=T0 - timedelta(hours=1), wamid="wamid.BSUID-AD-1", customer_wa_id=phone,
+                        customer_user_id=bsuid, contact_id=bsuid, type="text", text="I saw your ad",
+                        referral=Referral(source_type="ad", source_id="ad-71", ctwa_clid="clid-bsuid-71"))
+    await produce(kafka_bootstrap, MESSAGES_IN.name, [(SHOP_NUMBER, ad.model_dump_json().encode())])
+    pool = app.state.runtime.require_pool()
+
+    async def metered() -> bool | None:
+        return await pool.fetchval("SELECT true FROM billing.inbound WHERE wamid = 'wamid.BSUID-AD-1'"
+                                   " AND customer = $1", bsuid)
+    await eventually(metered, what="the ad's message metered under the customer's contact", timeout_s=60)
+
+    number, record = order_details(ref, 45000, message_id="pm_od_bsuid_1", at=T0)
+    stamped = {**orjson.loads(record), "to": phone, "contact_id": bsuid}
+    await produce(kafka_bootstrap, MESSAGES_OUT.name, [(number, orjson.dumps(stamped))])
+    order = await order_in_state(client, key, ref, "requested")
+    assert order["ctwa_clid"] == "clid-bsuid-71"
+    assert order["customer"] == phone and "contact" not in order
+
+    await produce(kafka_bootstrap, COMMERCE.name, [payment(ref, "captured", 45000, at=T0 + timedelta(minutes=2),
+                                                           tx="pay_bsuid_1")])
+    await order_in_state(client, key, ref, "captured", facts=2)
+    r = await client.post(f"/v1/orders/{ref}/refunds", json={}, headers={**bearer(key), "Idempotency-Key": "bsuid-r1"})
+    assert r.status_code == 201, r.text
+    notice_id = r.json()["notice"]["message_id"]
+    notices = [orjson.loads(x.value) for x in await read_topic(kafka_bootstrap, MESSAGES_OUT.name)
+               if x.value and b"pm_refund_" in x.value]
+    notice = next(n for n in notices if n["message_id"] == notice_id)
+    assert (notice["to"], notice["contact_id"]) == (phone, bsuid)
