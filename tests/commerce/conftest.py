@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from support.tenancy import import_tenants
 
 APP_ID = "commerce-app-1"
 APP_SECRET = "commerce-app-secret"
@@ -57,18 +53,8 @@ async def commerce_keys(database_url: str) -> dict[str, str]:
     os.environ["COMMERCE_TEST_APP_SECRET"] = APP_SECRET
     os.environ["COMMERCE_FLOW_KEY"] = pem(FLOW_KEY)
     os.environ["COMMERCE_FLOW_OLD_KEY"] = pem(FLOW_OLD_KEY)
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate(REGISTRY))
-        keys = {}
-        for t in REGISTRY["tenants"]:
-            _, keys[t["tenant_id"]] = await add_api_key(conn, t["tenant_id"], "commerce tests")
-        return keys
-    finally:
-        await conn.close()
+    return await import_tenants(database_url, REGISTRY, keys_for=[t["tenant_id"] for t in REGISTRY["tenants"]],
+                                 key_label="commerce tests")
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import os
 import socket
 import time
@@ -16,13 +15,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
-from e2e.conftest import Served
 from parley_common.outbound import verify
-from parley_common.tenancy.cli import RegistryFile, import_registry
 from parley_common.tenancy.models import Tenant
 from parley_ingest.domain.flows import decrypt_response, encrypt_request
 from parley_ingest.flow_backends import answer_problem, backend_choice
@@ -30,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.served import Served
+from support.tenancy import import_tenants
 
 from .conftest import APP_ID, APP_SECRET, FLOW_KEY
 
@@ -98,17 +96,11 @@ async def endpoint(kafka_bootstrap: str, database_url: str, commerce_keys: dict[
     backend = TenantBackend()
     served = Served(Starlette(routes=[Route("/flow/{kind}", backend.handle, methods=["POST"])]))
     await served.start()
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await import_registry(conn, RegistryFile.model_validate({"tenants": [{
-            "tenant_id": TENANT, "name": "Own backend", "app_id": APP_ID, "business_country": "IN",
-            "time_zone": "Asia/Kolkata", "wabas": [WABA], "settings": settings(served.url),
-            "phone_numbers": [{"phone_number_id": n, "display_phone_number": f"9180000{n[-5:]}", "waba_id": WABA}
-                              for n in (OK, SLOW, BROKEN, GARBAGE, EXPIRED, NOWHERE)]}]}))
-    finally:
-        await conn.close()
+    await import_tenants(database_url, {"tenants": [{
+        "tenant_id": TENANT, "name": "Own backend", "app_id": APP_ID, "business_country": "IN",
+        "time_zone": "Asia/Kolkata", "wabas": [WABA], "settings": settings(served.url),
+        "phone_numbers": [{"phone_number_id": n, "display_phone_number": f"9180000{n[-5:]}", "waba_id": WABA}
+                          for n in (OK, SLOW, BROKEN, GARBAGE, EXPIRED, NOWHERE)]}]})
     app = create_app(IngestSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url))
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(

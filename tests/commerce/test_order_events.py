@@ -10,7 +10,6 @@ Then a month of orders: what they earned and what their conversations cost in Wh
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
@@ -26,14 +25,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from parley_common.contracts import InboundMessage, OrderEvent, OutboundMessage, PaymentUpdate, Referral
-from parley_common.db import migrate
 from parley_common.outbound import verify
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.topics import COMMERCE, DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT, ORDERS
 from parley_simulator.conversions import ConversionsReceiver, conversions_router
 from security.endpoint_harness import TenantEndpoint
 from support.kafka import read_topic
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
 from .conftest import bearer, produce
@@ -107,15 +104,7 @@ async def billing(kafka_bootstrap: str, database_url: str, endpoints: dict[str, 
             "conversions": {"url": conversions_url, "secret_ref": "env:ORDER_EVENTS_CAPI_SECRET"}}),
         _tenant(BROKEN, BROKEN_NUMBER, {"endpoint": {"url": url("broken"), "secret_ref": "env:ORDER_EVENTS_SECRET"}}),
     ]}
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate(registry))
-        keys = {t: (await add_api_key(conn, t, "order events tests"))[1] for t in (FLAKY, BROKEN)}
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, registry, keys_for=(FLAKY, BROKEN), key_label="order events tests")
     app = create_app(BillingSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url,
                                      batch_timeout_ms=50, order_batch_max_records=50, endpoint_attempts=3,
                                      endpoint_backoff_s=0.05, endpoint_poll_interval_s=0.1))

@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e.conftest import Served  # tests/ is on sys.path (rootdir package layout)
 from fastapi import FastAPI
 from parley_common.contracts import OutboundMessage
 from parley_common.topics import MESSAGES_OUT
+from support.served import Served  # tests/ is on sys.path (rootdir package layout)
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
 from .conftest import bearer, produce
@@ -29,8 +30,6 @@ async def world(kafka_bootstrap: str, database_url: str, commerce_keys: dict[str
                 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, Served, str]]:
     from parley_billing.app import create_app
     from parley_billing.settings import BillingSettings
-    from parley_common.db import connect
-    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
     from parley_simulator import create_app as simulator_app
     from parley_simulator.config import SimulatorConfig
     from parley_simulator.simulator import CloudApiSimulator
@@ -45,18 +44,14 @@ async def world(kafka_bootstrap: str, database_url: str, commerce_keys: dict[str
     simulator = Served(simulator_app(config, simulator=CloudApiSimulator(config)))
     await simulator.start()
     os.environ["LOOKUP_TOKEN"] = TOKEN
-    conn = await connect(database_url)
-    try:
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP, "app_secret_refs": ["env:LOOKUP_TOKEN"], "access_token_ref": "env:LOOKUP_TOKEN",
-                      "graph_api_base": simulator.url}],
-            "tenants": [{"tenant_id": TENANT, "name": "Lookup", "app_id": APP, "business_country": "IN",
-                         "time_zone": "Asia/Kolkata", "wabas": [WABA],
-                         "phone_numbers": [{"phone_number_id": PN, "display_phone_number": "918000000031",
-                                            "waba_id": WABA}]}]}))
-        _, key = await add_api_key(conn, TENANT, "lookup")
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": APP, "app_secret_refs": ["env:LOOKUP_TOKEN"], "access_token_ref": "env:LOOKUP_TOKEN",
+                  "graph_api_base": simulator.url}],
+        "tenants": [{"tenant_id": TENANT, "name": "Lookup", "app_id": APP, "business_country": "IN",
+                     "time_zone": "Asia/Kolkata", "wabas": [WABA],
+                     "phone_numbers": [{"phone_number_id": PN, "display_phone_number": "918000000031",
+                                        "waba_id": WABA}]}]}, keys_for=[TENANT], key_label="lookup")
+    key = keys[TENANT]
     app = create_app(BillingSettings(kafka_bootstrap=kafka_bootstrap, database_url=database_url,
                                      batch_timeout_ms=50, order_lookup_interval_s=0))
     try:

@@ -7,10 +7,8 @@ customer message through every hop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,10 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support.served import Served
+from support.tenancy import import_tenants
 
 REPO = Path(__file__).resolve().parents[2]
 APP_ID = "e2e-app"
@@ -40,40 +39,6 @@ TEMPLATES = [
      "components": [{"type": "BODY", "text": "{{1}}, 20% off this weekend.",
                      "example": {"body_text": [["Ana"]]}}]},
 ]
-
-
-class Served:
-    """An ASGI app on a free loopback port, served by uvicorn inside the test's event loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", access_log=False))
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-        for _ in range(1200):
-            if self.server.started:
-                return
-            if self.task.done():
-                self.task.result()  # raises the start-up error
-                raise RuntimeError("server stopped during start-up")
-            await asyncio.sleep(0.05)
-        raise TimeoutError("server did not start within 60 s")
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self.task:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self.task, 30)
-        self.sock.close()
 
 
 async def start_simulator(config: dict[str, Any], ingest: Served) -> tuple[Any, Served]:
@@ -153,10 +118,6 @@ class Pipeline:
 
 @pytest.fixture(scope="module")
 async def pipeline(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Pipeline]:
-    from parley_common.db import connect, migrate
-    from parley_common.runtime import TENANCY_MIGRATIONS
-    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
-
     os.environ.update({"E2E_APP_SECRET": SECRET, "E2E_TOKEN": TOKEN, "E2E_VERIFY": "e2e-verify"})
     exporter = InMemorySpanExporter()
     tp = TracerProvider()
@@ -172,21 +133,16 @@ async def pipeline(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Pip
                       "sent_delay_ms": 10, "delivered_delay_ms": 50, "read_delay_ms": 100},
     }, ingest)
 
-    conn = await connect(database_url)
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:E2E_APP_SECRET"], "access_token_ref": "env:E2E_TOKEN",
-                      "verify_token_ref": "env:E2E_VERIFY", "graph_api_base": simulator.url}],
-            "tenants": [{"tenant_id": "e2e-shop", "name": "E2E Shop", "app_id": APP_ID, "business_country": "US",
-                         "time_zone": "America/New_York", "messaging_limit": None, "wabas": list(WABAS),
-                         "phone_numbers": [{"phone_number_id": n, "display_phone_number": d, "waba_id": w}
-                                           for n, (d, w) in NUMBERS.items()],
-                         "settings": {"demo": True, "router": {"auto_reply": True}}}],
-        }))
-        _, api_key = await add_api_key(conn, "e2e-shop", "e2e")
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:E2E_APP_SECRET"], "access_token_ref": "env:E2E_TOKEN",
+                  "verify_token_ref": "env:E2E_VERIFY", "graph_api_base": simulator.url}],
+        "tenants": [{"tenant_id": "e2e-shop", "name": "E2E Shop", "app_id": APP_ID, "business_country": "US",
+                     "time_zone": "America/New_York", "messaging_limit": None, "wabas": list(WABAS),
+                     "phone_numbers": [{"phone_number_id": n, "display_phone_number": d, "waba_id": w}
+                                       for n, (d, w) in NUMBERS.items()],
+                     "settings": {"demo": True, "router": {"auto_reply": True}}}],
+    }, keys_for=["e2e-shop"], key_label="e2e")
+    api_key = keys["e2e-shop"]
 
     async with running_services(ingest, simulator, tracer_provider=tp) as services:
         cli = Path(sys.executable).parent

@@ -20,9 +20,11 @@ import orjson
 import pytest
 from commerce.conftest import FLOW_KEY, STRANGER_KEY, pem
 from support.kafka import read_topic
+from support.served import Served
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
-from .conftest import Served, running_services, start_simulator
+from .conftest import running_services, start_simulator
 
 pytestmark = pytest.mark.infra
 REPO = Path(__file__).resolve().parents[2]
@@ -44,10 +46,6 @@ class Shopfront:
 
 @pytest.fixture(scope="module")
 async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Shopfront]:
-    from parley_common.db import connect, migrate
-    from parley_common.runtime import TENANCY_MIGRATIONS
-    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
-
     os.environ.update({"SHOP_E2E_SECRET": SECRET, "SHOP_E2E_TOKEN": TOKEN, "SHOP_E2E_FLOW_KEY": pem(FLOW_KEY)})
     ingest = Served(None)
     sim, simulator = await start_simulator({
@@ -64,21 +62,16 @@ async def shopfront(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Sh
                                "SEATS": {"choose_from": "seats", "submit_as": "seat_id"}}}],
         "seed": 11,
     }, ingest)
-    conn = await connect(database_url)
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:SHOP_E2E_SECRET"],
-                      "access_token_ref": "env:SHOP_E2E_TOKEN", "graph_api_base": simulator.url}],
-            "tenants": [{"tenant_id": TENANT, "name": "Tickets", "app_id": APP_ID, "business_country": "IN",
-                         "time_zone": "Asia/Kolkata", "wabas": [WABA],
-                         "phone_numbers": [{"phone_number_id": PN, "display_phone_number": "918000000091",
-                                            "waba_id": WABA}],
-                         "settings": {"flows": {"private_key_refs": ["env:SHOP_E2E_FLOW_KEY"]}}}],
-        }))
-        _, api_key = await add_api_key(conn, TENANT, "e2e")
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:SHOP_E2E_SECRET"],
+                  "access_token_ref": "env:SHOP_E2E_TOKEN", "graph_api_base": simulator.url}],
+        "tenants": [{"tenant_id": TENANT, "name": "Tickets", "app_id": APP_ID, "business_country": "IN",
+                     "time_zone": "Asia/Kolkata", "wabas": [WABA],
+                     "phone_numbers": [{"phone_number_id": PN, "display_phone_number": "918000000091",
+                                        "waba_id": WABA}],
+                     "settings": {"flows": {"private_key_refs": ["env:SHOP_E2E_FLOW_KEY"]}}}],
+    }, keys_for=[TENANT], key_label="e2e")
+    api_key = keys[TENANT]
     async with running_services(ingest, simulator) as services:
         shop = demo_commerce.Shop(TENANT, PN, api_key, TOKEN, "INR", ("en", "bn-latn", "id", "tr"),
                                   (("BLR-MYS", "Bengaluru → Mysuru", 45000), ("BLR-CHN", "Bengaluru → Chennai", 90000)))

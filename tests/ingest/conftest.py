@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from support.tenancy import import_tenants
 
 from .ingest_support import REGISTRY, SECRETS
 
@@ -30,18 +26,8 @@ class IngestEnv:
 async def ingest_registry(database_url: str) -> dict[str, str]:
     """The test tenants in the session database; returns an API key per tenant."""
     os.environ.update(SECRETS)
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):  # as parley_common.db's pool does
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate(REGISTRY))
-        keys = {}
-        for t in REGISTRY["tenants"]:
-            _, keys[t["tenant_id"]] = await add_api_key(conn, t["tenant_id"], "ingest tests")
-        return keys
-    finally:
-        await conn.close()
+    return await import_tenants(database_url, REGISTRY, keys_for=[t["tenant_id"] for t in REGISTRY["tenants"]],
+                                 key_label="ingest tests")
 
 
 @pytest.fixture(scope="module")

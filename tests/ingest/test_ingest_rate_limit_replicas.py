@@ -5,17 +5,13 @@ tenant's limit (``ingest.rate_windows``, one atomic statement per request)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
-import asyncpg
 import httpx
 import pytest
-from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+from support.tenancy import import_tenants
 
 from .ingest_support import APP_2
 
@@ -26,21 +22,13 @@ TENANT = "ingest-flood"
 
 @pytest.fixture(scope="module")
 async def flood_key(database_url: str, ingest_registry: dict[str, str]) -> str:
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({"tenants": [{
-            "tenant_id": TENANT, "name": "Flood", "app_id": APP_2, "business_country": "GB",
-            "time_zone": "Europe/London", "wabas": ["880000000199"],
-            "settings": {"ingest_rate_limit": f"{LIMIT}/hour"},
-            "phone_numbers": [{"phone_number_id": "880000000099", "display_phone_number": "15550100099",
-                               "waba_id": "880000000199"}]}]}))
-        _, key = await add_api_key(conn, TENANT, "flood")
-        return key
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {"tenants": [{
+        "tenant_id": TENANT, "name": "Flood", "app_id": APP_2, "business_country": "GB",
+        "time_zone": "Europe/London", "wabas": ["880000000199"],
+        "settings": {"ingest_rate_limit": f"{LIMIT}/hour"},
+        "phone_numbers": [{"phone_number_id": "880000000099", "display_phone_number": "15550100099",
+                           "waba_id": "880000000199"}]}]}, keys_for=[TENANT], key_label="flood")
+    return keys[TENANT]
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ import httpx
 import pytest
 import yaml
 from parley_simulator import sign
+from support.tenancy import import_tenants
 
 from .queries import REPO, queried_metrics
 
@@ -109,27 +110,17 @@ class Run:
 
 
 async def register_tenant(database_url: str, sim_url: str) -> str:
-    from parley_common.db import connect, migrate
-    from parley_common.runtime import TENANCY_MIGRATIONS
-    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
-
-    conn = await connect(database_url)
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:OBS_APP_SECRET"], "access_token_ref": "env:OBS_TOKEN",
-                      "verify_token_ref": "env:OBS_VERIFY", "graph_api_base": sim_url}],
-            "tenants": [{"tenant_id": "obs-shop", "name": "Observed Shop", "app_id": APP_ID,
-                         "business_country": "GB", "time_zone": "Europe/London", "messaging_limit": None,
-                         "wabas": [WABA],
-                         "phone_numbers": [{"phone_number_id": n, "display_phone_number": d, "waba_id": WABA}
-                                           for n, d in NUMBERS.items()],
-                         "settings": {"router": {"auto_reply": True}}}],
-        }))
-        _, key = await add_api_key(conn, "obs-shop", "observability")
-        return key
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": APP_ID, "app_secret_refs": ["env:OBS_APP_SECRET"], "access_token_ref": "env:OBS_TOKEN",
+                  "verify_token_ref": "env:OBS_VERIFY", "graph_api_base": sim_url}],
+        "tenants": [{"tenant_id": "obs-shop", "name": "Observed Shop", "app_id": APP_ID,
+                     "business_country": "GB", "time_zone": "Europe/London", "messaging_limit": None,
+                     "wabas": [WABA],
+                     "phone_numbers": [{"phone_number_id": n, "display_phone_number": d, "waba_id": WABA}
+                                       for n, d in NUMBERS.items()],
+                     "settings": {"router": {"auto_reply": True}}}],
+    }, keys_for=["obs-shop"], key_label="observability")
+    return keys["obs-shop"]
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from e2e.conftest import REPO, Served, running_services, start_simulator, sync_templates
+from e2e.conftest import REPO, running_services, start_simulator, sync_templates
 from parley_simulator import sign
+from support.served import Served
+from support.tenancy import import_tenants
 
 VICTIM_APP, ATTACKER_APP = "victim-app", "attacker-app"
 VICTIM_SECRET, ATTACKER_SECRET = "victim-app-secret-for-tests", "attacker-app-secret-for-tests"
@@ -92,9 +94,7 @@ def text_message(customer: str, body: str, *, at: int | None = None, wamid: str 
 
 @pytest.fixture(scope="module")
 async def parley(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Parley]:
-    from parley_common.db import connect, migrate
-    from parley_common.runtime import TENANCY_MIGRATIONS
-    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
+    from parley_common.db import connect
 
     os.environ.update({"SEC_VICTIM_SECRET": VICTIM_SECRET, "SEC_ATTACKER_SECRET": ATTACKER_SECRET,
                        "SEC_VICTIM_TOKEN": VICTIM_TOKEN, "SEC_ATTACKER_TOKEN": ATTACKER_TOKEN})
@@ -117,20 +117,14 @@ async def parley(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Parle
                                                     "waba_id": waba}],
                 "settings": {"demo": True, "router": {"auto_reply": True}}}
 
-    conn = await connect(database_url)
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        await import_registry(conn, RegistryFile.model_validate({
-            "apps": [{"app_id": VICTIM_APP, "app_secret_refs": ["env:SEC_VICTIM_SECRET"],
-                      "access_token_ref": "env:SEC_VICTIM_TOKEN", "graph_api_base": simulator.url},
-                     {"app_id": ATTACKER_APP, "app_secret_refs": ["env:SEC_ATTACKER_SECRET"],
-                      "access_token_ref": "env:SEC_ATTACKER_TOKEN", "graph_api_base": simulator.url}],
-            "tenants": [tenant(VICTIM, VICTIM_APP, V_WABA, V_PN, V_DISPLAY),
-                        tenant(ATTACKER, ATTACKER_APP, X_WABA, X_PN, X_DISPLAY)],
-        }))
-        keys = {t: (await add_api_key(conn, t, "security tests"))[1] for t in (VICTIM, ATTACKER)}
-    finally:
-        await conn.close()
+    keys = await import_tenants(database_url, {
+        "apps": [{"app_id": VICTIM_APP, "app_secret_refs": ["env:SEC_VICTIM_SECRET"],
+                  "access_token_ref": "env:SEC_VICTIM_TOKEN", "graph_api_base": simulator.url},
+                 {"app_id": ATTACKER_APP, "app_secret_refs": ["env:SEC_ATTACKER_SECRET"],
+                  "access_token_ref": "env:SEC_ATTACKER_TOKEN", "graph_api_base": simulator.url}],
+        "tenants": [tenant(VICTIM, VICTIM_APP, V_WABA, V_PN, V_DISPLAY),
+                    tenant(ATTACKER, ATTACKER_APP, X_WABA, X_PN, X_DISPLAY)],
+    }, keys_for=(VICTIM, ATTACKER), key_label="security tests")
 
     async with running_services(ingest, simulator) as services:
         from parley_billing.ratecards import import_rate_card

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from common.tcp_proxy import TcpProxy  # tests/ is on sys.path (rootdir package layout)
 from fastapi import FastAPI
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
 from .conftest import VICTIM, Parley
@@ -167,19 +168,13 @@ async def _is(probe: Any, code: int) -> bool:
 
 
 async def test_a_tenants_rate_limit_holds_across_ingest_replicas(parley: Parley) -> None:
-    from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
-
-    conn = await parley.db()
-    try:
-        await import_registry(conn, RegistryFile.model_validate({"tenants": [{
-            "tenant_id": "flood-shop", "name": "Flood", "app_id": "attacker-app", "business_country": "ID",
-            "time_zone": "Asia/Jakarta", "wabas": ["399000000000077"],
-            "phone_numbers": [{"phone_number_id": "299000000000077", "display_phone_number": "6281200000077",
-                               "waba_id": "399000000000077"}],
-            "settings": {"ingest_rate_limit": "4/hour"}}]}))
-        _, key = await add_api_key(conn, "flood-shop", "flood")
-    finally:
-        await conn.close()
+    keys = await import_tenants(parley.database_url, {"tenants": [{
+        "tenant_id": "flood-shop", "name": "Flood", "app_id": "attacker-app", "business_country": "ID",
+        "time_zone": "Asia/Jakarta", "wabas": ["399000000000077"],
+        "phone_numbers": [{"phone_number_id": "299000000000077", "display_phone_number": "6281200000077",
+                           "waba_id": "399000000000077"}],
+        "settings": {"ingest_rate_limit": "4/hour"}}]}, keys_for=["flood-shop"], key_label="flood")
+    key = keys["flood-shop"]
     async with ingest_replica(parley) as second:
         first = httpx.AsyncClient(base_url=parley.ingest.url, timeout=30)
 

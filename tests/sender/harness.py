@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -15,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import uvicorn
@@ -23,13 +21,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 from parley_common.db import migrate
-from parley_common.runtime import TENANCY_MIGRATIONS
-from parley_common.tenancy.cli import RegistryFile, add_api_key, import_registry
 from parley_common.topics import consumer_group
 from parley_sender.app import create_app
 from parley_sender.settings import SenderSettings
 from parley_simulator.app import create_app as create_simulator
 from parley_simulator.config import SimulatorConfig
+from support.tenancy import import_tenants
 from support.waiting import eventually
 
 TOKEN = "sim-token-sender-tests"
@@ -103,58 +100,47 @@ async def seed_tenants(
     settings: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     os.environ["PARLEY_TEST_SIM_TOKEN"] = TOKEN
-    conn = await asyncpg.connect(database_url)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        await migrate(conn, "tenancy", TENANCY_MIGRATIONS)
-        reg = RegistryFile.model_validate(
+    registry: dict[str, Any] = {
+        "apps": [
             {
-                "apps": [
-                    {
-                        "app_id": APP_ID,
-                        "app_secret_refs": ["env:PARLEY_TEST_SIM_TOKEN"],
-                        "access_token_ref": "env:PARLEY_TEST_SIM_TOKEN",
-                    }
-                ],
-                "tenants": [
-                    {
-                        "tenant_id": tenant,
-                        "name": "Acme",
-                        "app_id": APP_ID,
-                        "business_country": "GB",
-                        "time_zone": "Europe/London",
-                        "messaging_limit": messaging_limit,
-                        "settings": settings or {},
-                        "wabas": [waba],
-                        "phone_numbers": [
-                            {
-                                "phone_number_id": pn,
-                                "display_phone_number": f"1555{pn}",
-                                "waba_id": waba,
-                                "throughput_mps": mps,
-                            }
-                            for pn, mps in numbers.items()
-                        ],
-                    },
-                    {
-                        "tenant_id": other_tenant,
-                        "name": "Other",
-                        "app_id": APP_ID,
-                        "business_country": "GB",
-                        "time_zone": "Europe/London",
-                        "wabas": [f"{waba}-other"],
-                    },
-                ],
+                "app_id": APP_ID,
+                "app_secret_refs": ["env:PARLEY_TEST_SIM_TOKEN"],
+                "access_token_ref": "env:PARLEY_TEST_SIM_TOKEN",
             }
-        )
-        await import_registry(conn, reg)
-        TENANT_OF_NUMBER.update(dict.fromkeys(numbers, tenant))
-        _, key = await add_api_key(conn, tenant)
-        _, other_key = await add_api_key(conn, other_tenant)
-        return {tenant: key, other_tenant: other_key}
-    finally:
-        await conn.close()
+        ],
+        "tenants": [
+            {
+                "tenant_id": tenant,
+                "name": "Acme",
+                "app_id": APP_ID,
+                "business_country": "GB",
+                "time_zone": "Europe/London",
+                "messaging_limit": messaging_limit,
+                "settings": settings or {},
+                "wabas": [waba],
+                "phone_numbers": [
+                    {
+                        "phone_number_id": pn,
+                        "display_phone_number": f"1555{pn}",
+                        "waba_id": waba,
+                        "throughput_mps": mps,
+                    }
+                    for pn, mps in numbers.items()
+                ],
+            },
+            {
+                "tenant_id": other_tenant,
+                "name": "Other",
+                "app_id": APP_ID,
+                "business_country": "GB",
+                "time_zone": "Europe/London",
+                "wabas": [f"{waba}-other"],
+            },
+        ],
+    }
+    keys = await import_tenants(database_url, registry, keys_for=[tenant, other_tenant])
+    TENANT_OF_NUMBER.update(dict.fromkeys(numbers, tenant))
+    return keys
 
 
 @dataclass(frozen=True)

@@ -3,23 +3,21 @@ webhook receiver (also under uvicorn) records every POST's raw bytes and headers
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from parley_simulator import CloudApiSimulator, SimulatorConfig, create_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.served import Served
 from support.waiting import eventually
 
 APP_ID = "900000000000001"
@@ -154,34 +152,6 @@ def make_config(webhook_url: str | None, **behaviour: Any) -> SimulatorConfig:
             "seed": 7,
         }
     )
-
-
-class Served:
-    """An ASGI app served by uvicorn on a free loopback port, inside the test's event loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> Served:
-        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
-        while not self.server.started:
-            await asyncio.sleep(0.005)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        assert self.task is not None
-        await self.task
-        self.sock.close()
 
 
 @dataclass

@@ -25,8 +25,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from support.served import Served
 
-from .conftest import APP_SECRET, CUSTOMER, PN, TOKEN, Receiver, Served, SimHandle, make_config
+from .conftest import APP_SECRET, CUSTOMER, PN, TOKEN, Receiver, SimHandle, make_config
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 PUBLIC_PEM = KEY.public_key().public_bytes(serialization.Encoding.PEM,
