@@ -128,3 +128,12 @@ def test_a_user_id_update_webhook_is_read_as_a_bsuid_change_of_the_tenants_conta
     assert [c for c, _ in work["shop"].changes] == [BsuidChange(BSUID, NEW_BSUID)] and numbers == {"shop": "pn1"}
     stamped = stamp(normalised, Resolved({("shop", BSUID): BSUID, ("shop", NEW_BSUID): BSUID}, []))
     assert stamped.account_events[0].contacts == {BSUID: BSUID, NEW_BSUID: BSUID}
+
+
+def test_an_identifier_no_person_could_have_is_no_sighting() -> None:
+    from parley_ingest.domain.contact_events import IDENTIFIER_MAX, identifier
+
+    for nobody in ("", "\x00", "1650555\x001234", "user\tname", "9" * (IDENTIFIER_MAX + 1), 16505551234, None):
+        assert identifier(nobody) is None, nobody
+    for person in ("16505551234", "US.13491208655302741918", "US.ENT.11815799212886844830", "sheena.n", "9" * 256):
+        assert identifier(person) == person

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections import Counter
 
@@ -373,3 +374,29 @@ async def test_garbage_collector_is_tuned_once_the_broker_runs(ingest: IngestEnv
         await asyncio.sleep(0.05)
     assert settings.gc_freeze and gc.get_freeze_count() > 10_000
     assert gc.get_threshold()[0] == settings.gc_gen0_threshold == 10_000
+
+
+@pytest.mark.parametrize("where", ["from", "contacts"])
+@pytest.mark.parametrize("who", ["\u0000", "1650555\u00001234", "9" * 3000, "user\tname"])
+async def test_a_customer_no_person_could_be_is_no_contact_and_the_webhook_is_still_taken(
+        ingest: IngestEnv, who: str, where: str) -> None:
+    """A signed webhook whose customer id PostgreSQL could not store (a NUL) or no index could hold:
+    ingest answered 503 for ever, so Meta would retry it for days (the webhook fuzzer found it).
+    Such an id names no one: no contact is decided, and the events go on. (A lone surrogate is
+    not valid JSON text for ingest: 400, tested with the fuzzer.)"""
+    marker = uuid.uuid4().hex[:8]
+    case = dict(corpus_cases())["message_ad_referral"]
+    value = case["webhook"]["entry"][0]["changes"][0]["value"]
+    message = {k: v for k, v in value["messages"][0].items() if k != "from"}
+    if where == "from":
+        message = {**message, "from": who, "from_user_id": who}
+    hostile = {**value, "contacts": [{"profile": {"name": "x", "username": who}, "wa_id": who, "user_id": who}],
+               "messages": [{**message, "id": f"wamid.{marker}.m"}],
+               "statuses": [{"id": f"wamid.{marker}.s", "status": "sent", "timestamp": "1750275993",
+                             "recipient_id": who, "recipient_user_id": who}]}
+    webhook = {**case["webhook"], "entry": [{**case["webhook"]["entry"][0],
+                                             "changes": [{"field": "messages", "value": hostile}]}]}
+    body = json.dumps(webhook).encode()
+    assert await _post(ingest, body) == 200
+    raws = [r for r in await read_topic(ingest.kafka_bootstrap, WEBHOOKS_RAW.name) if marker.encode() in r.value]
+    assert [r.value for r in raws] == [body]

@@ -216,3 +216,4 @@ def test_nul_deep_inside_a_nested_value_is_found_without_recursion() -> None:
     records = webhook_records(b"{}", out, app_id="app", received_at=RECEIVED)
     [letter] = [r for r in records if r.topic.endswith("wa.deadletter")]
     assert b"nested too deep" in letter.value
+    assert b"the item's id is wamid.IN.DEEP" in letter.value  # the letter names what it stands for

@@ -4,6 +4,11 @@ inbound message or a status, a BSUID change, the customers a ``user_preferences`
 ``user_id_update`` is read leniently: each item of ``value.user_id_update`` (or the value itself)
 names the old and the new BSUID either as ``user_id: {previous, current}`` or as
 ``previous_user_id`` / ``user_id``, and the phone number as ``wa_id`` when Meta shares it.
+
+An identifier no person can have is no sighting (:func:`identifier`): one that is empty, longer
+than ``IDENTIFIER_MAX`` or holds a control character (a NUL, which PostgreSQL cannot store). The
+event then goes on without a contact, as for a customer Meta did not name, and is judged by its
+consumers; the webhook is never refused for it (a refusal would be retried by Meta for days).
 """
 
 from __future__ import annotations
@@ -14,14 +19,24 @@ from parley_common.contracts import AccountEvent, InboundMessage, MessageStatus
 
 from parley_ingest.domain.contacts import BsuidChange, Sighting
 
+IDENTIFIER_MAX = 256  # Meta's ids are far shorter; a btree index entry holds about 2,700 bytes
+
+
+def identifier(v: Any) -> str | None:
+    """``v`` when it can be an id of a person or a webhook item (a non-empty printable string of
+    at most IDENTIFIER_MAX characters), else None."""
+    return v if isinstance(v, str) and 0 < len(v) <= IDENTIFIER_MAX and v.isprintable() else None
+
 
 def sighting_of_message(m: InboundMessage) -> Sighting | None:
-    seen = Sighting(m.customer_wa_id, m.customer_user_id, m.customer_parent_user_id, m.customer_username)
+    seen = Sighting(identifier(m.customer_wa_id), identifier(m.customer_user_id),
+                    identifier(m.customer_parent_user_id), identifier(m.customer_username))
     return seen if seen.identifiers() else None
 
 
 def sighting_of_status(s: MessageStatus) -> Sighting | None:
-    seen = Sighting(s.recipient_id, s.recipient_user_id, s.recipient_parent_user_id)
+    seen = Sighting(identifier(s.recipient_id), identifier(s.recipient_user_id),
+                    identifier(s.recipient_parent_user_id))
     return seen if seen.identifiers() else None
 
 
@@ -43,10 +58,10 @@ def _change(item: dict[str, Any]) -> BsuidChange | None:
         old, new = ids.get("previous"), ids.get("current")
     else:
         old, new = item.get("previous_user_id"), ids
-    phone = item.get("wa_id")
-    if not isinstance(old, str) or not isinstance(new, str) or not old or not new or old == new:
+    old, new = identifier(old), identifier(new)
+    if old is None or new is None or old == new:
         return None
-    return BsuidChange(old, new, phone if isinstance(phone, str) and phone else None)
+    return BsuidChange(old, new, identifier(item.get("wa_id")))
 
 
 def preference_sightings(ev: AccountEvent) -> list[Sighting]:
@@ -56,11 +71,8 @@ def preference_sightings(ev: AccountEvent) -> list[Sighting]:
     out = []
     for pref in ev.value.get("user_preferences") or []:
         if isinstance(pref, dict):
-            seen = Sighting(_text(pref.get("wa_id")), _text(pref.get("user_id")), _text(pref.get("parent_user_id")))
+            seen = Sighting(identifier(pref.get("wa_id")), identifier(pref.get("user_id")),
+                            identifier(pref.get("parent_user_id")))
             if seen.identifiers():
                 out.append(seen)
     return out
-
-
-def _text(v: Any) -> str | None:
-    return v if isinstance(v, str) and v else None

@@ -19,6 +19,8 @@ from parley_common.topics import (
     WEBHOOKS_RAW,
 )
 
+from parley_ingest.domain.contact_events import identifier
+
 JSON = "application/json"
 H_APP_ID = "x-parley-app-id"
 H_RECEIVED_AT = "x-parley-received-at"
@@ -137,6 +139,9 @@ def problem_record(raw: bytes, problem: ShapeProblem, *, app_id: str, received_a
     if len(fragment) > MAX_FRAGMENT_BYTES:
         reason += f"; the fragment ({len(fragment)} bytes) is not copied: the raw archive holds it"
         fragment = b""
+    item_id = problem.fragment.get("id") if isinstance(problem.fragment, dict) else None
+    if not fragment and identifier(item_id):
+        reason += f"; the item's id is {item_id}"  # the letter still names what it stands for
     letter = DeadLetter(
         event_id=problem_event_id(raw, problem),
         service="ingest",
@@ -173,6 +178,7 @@ def webhook_records(
     """
     records = [raw_archive_record(raw, app_id=app_id, received_at=received_at)]
     problems = list(normalised.problems)
+    wamids = {e.event_id: e.wamid for e in normalised.messages} | {e.event_id: e.wamid for e in normalised.statuses}
     for record in event_records(normalised, app_id=app_id):
         size = record_size(record.key, record.value, record.headers)
         if size <= MAX_RECORD_BYTES:
@@ -182,6 +188,6 @@ def webhook_records(
         problems.append(ShapeProblem(
             normalised.sources.get(event_id, "$"),
             f"the event would be a {size}-byte Kafka record; the limit is {MAX_RECORD_BYTES}",
-            None, key=record.key.decode("utf-8", "replace")))
+            {"id": wamids.get(event_id)}, key=record.key.decode("utf-8", "replace")))
     records += [problem_record(raw, p, app_id=app_id, received_at=received_at) for p in problems]
     return records
